@@ -1,0 +1,1 @@
+"""Documents, loaders, embedding and the index stores of both retrieval backends."""

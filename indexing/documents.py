@@ -1,0 +1,46 @@
+"""The Document every loader produces and every backend indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Document:
+    """One catalog item. Text fields are title, body and the ``extra`` text fields."""
+
+    id: str
+    title: str = ""
+    body: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)  # more text fields, e.g. attributes
+    category: str | None = None
+    attrs: Mapping[str, float] = field(default_factory=dict)  # numeric: price, rating, ...
+
+    def text_fields(self) -> dict[str, str]:
+        """Field name -> text, in index order (title, body, extras sorted by name)."""
+        out = {"title": self.title, "body": self.body}
+        for name in sorted(self.extra):
+            out[name] = self.extra[name]
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "body": self.body,
+            "extra": dict(self.extra),
+            "category": self.category,
+            "attrs": dict(self.attrs),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, object]) -> Document:
+        return cls(
+            id=str(obj["id"]),
+            title=str(obj.get("title") or ""),
+            body=str(obj.get("body") or ""),
+            extra={str(k): str(v) for k, v in dict(obj.get("extra") or {}).items()},  # type: ignore[call-overload]
+            category=None if obj.get("category") is None else str(obj["category"]),
+            attrs={str(k): float(v) for k, v in dict(obj.get("attrs") or {}).items()},  # type: ignore[call-overload]
+        )

@@ -1,0 +1,1 @@
+"""Thin command-line entry points; each is a short main() over library calls."""
