@@ -109,7 +109,8 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise SettingsError(
-            f"{where or "settings"}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            f"{where or 'settings'}: unknown key(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     obj = cls(**kwargs)
