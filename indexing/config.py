@@ -17,6 +17,13 @@ class LoaderConfig:
     category_field: str | None = "category"
     numeric_fields: tuple[str, ...] = ()
     on_error: Literal["fail", "skip"] = "fail"  # fail fast, or skip the line and report it
+    csv_delimiter: str = ","  # a .tsv file uses a tab when this is left at ","
+
+    def validate(self) -> None:
+        if not self.id_field:
+            raise ValueError("id_field must not be empty")
+        if len(self.csv_delimiter) != 1:
+            raise ValueError(f"csv_delimiter must be one character, got {self.csv_delimiter!r}")
 
 
 @dataclass(frozen=True)
