@@ -1,0 +1,192 @@
+"""Behavior aggregates kept up to date from the impression log and the events.
+
+Updated incrementally in the same SQLite transaction that logs the impressions / events
+(so a crash can never count a click twice or lose one), mirrored in an in-memory table the
+pipeline reads at serve time without touching the disk.
+
+The numbers are those of ltr.behavior.aggregate_sessions over the logged sessions: the same
+keys, the same examination curve, the same half-life decay (a click decays from the time
+its page was served, as offline), and a hit counts as clicked once however many click
+events name it. Decayed sums are stored relative to the newest contributing time ``ref``
+and decayed to "now" when read: value(now) = value(ref) * 0.5 ** ((now - ref) / half_life).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ltr.behavior import AGGREGATE_KEYS, DEFAULT_EXAM_ETA, DEFAULT_HALF_LIFE_S, query_key
+from search.events import Event, Impression, SqliteEventStore
+
+# One row per (level, query, doc); for level "d" the query is "".
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS behavior (
+    level TEXT NOT NULL,
+    query TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    impressions REAL NOT NULL,
+    clicks REAL NOT NULL,
+    examinations REAL NOT NULL,
+    decayed_clicks REAL NOT NULL,
+    decayed_impressions REAL NOT NULL,
+    ref_ts REAL NOT NULL,
+    PRIMARY KEY (level, query, doc_id)
+) WITHOUT ROWID;
+"""
+
+# impressions, clicks, examinations, decayed_clicks, decayed_impressions, ref_ts
+_Row = list[float]
+_Key = tuple[str, str, str]
+
+
+class BehaviorAggregates:
+    """Incremental qd_* / d_* aggregates; attach to a SqliteEventStore as a listener."""
+
+    def __init__(
+        self,
+        half_life_s: float = DEFAULT_HALF_LIFE_S,
+        exam_eta: float = DEFAULT_EXAM_ETA,
+        exam_positions: int = 100,
+    ) -> None:
+        if not math.isfinite(half_life_s) or half_life_s <= 0:
+            raise ValueError(f"half_life_s must be > 0, got {half_life_s!r}")
+        if exam_positions < 1:
+            raise ValueError("exam_positions must be >= 1")
+        from ltr.behavior import examination_probs
+
+        self.half_life_s = half_life_s
+        self._exam = examination_probs(exam_positions, exam_eta)
+        self._rows: dict[_Key, _Row] = {}
+        self._staged: dict[_Key, _Row] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def attach(
+        cls, store: SqliteEventStore, half_life_s: float = DEFAULT_HALF_LIFE_S, **kw: Any
+    ) -> BehaviorAggregates:
+        """Create the table, load the current state into memory, listen to the store."""
+        agg = cls(half_life_s, **kw)
+        with store.lock:
+            store.connection.executescript(_SCHEMA)
+            for level, q, d, *vals in store.connection.execute("SELECT * FROM behavior"):
+                agg._rows[(level, q, d)] = [float(v) for v in vals]
+        store.add_listener(agg)
+        return agg
+
+    # -- math -----------------------------------------------------------------------------
+    def exam_prob(self, position: int) -> float:
+        """Examination probability of a 1-based position (past the curve: its last value)."""
+        i = min(max(position, 1), self._exam.size) - 1
+        return float(self._exam[i])
+
+    def _decay(self, age_s: float) -> float:
+        return float(0.5 ** (max(age_s, 0.0) / self.half_life_s))
+
+    def _current(self, conn: sqlite3.Connection, key: _Key) -> _Row:
+        row = self._staged.get(key)
+        if row is None:
+            cached = self._rows.get(key)
+            row = list(cached) if cached is not None else [0.0, 0.0, 0.0, 0.0, 0.0, -math.inf]
+            self._staged[key] = row
+        return row
+
+    def _add(self, row: _Row, ts: float, imp: float, clk: float, exam: float) -> None:
+        row[0] += imp
+        row[1] += clk
+        row[2] += exam
+        if ts >= row[5]:
+            f = 0.0 if row[5] == -math.inf else self._decay(ts - row[5])
+            row[3] = row[3] * f + clk
+            row[4] = row[4] * f + imp
+            row[5] = ts
+        else:  # a contribution older than the reference time: decay it to ref
+            f = self._decay(row[5] - ts)
+            row[3] += clk * f
+            row[4] += imp * f
+
+    # -- listener -------------------------------------------------------------------------
+    def on_impressions(self, conn: sqlite3.Connection, impressions: Sequence[Impression]) -> None:
+        touched: set[_Key] = set()
+        for imp in impressions:
+            q = query_key(imp.query)
+            for doc, pos in zip(imp.doc_ids, imp.positions, strict=True):
+                ex = self.exam_prob(int(pos))
+                for key in (("qd", q, doc), ("d", "", doc)):
+                    self._add(self._current(conn, key), imp.ts, 1.0, 0.0, ex)
+                    touched.add(key)
+        self._write(conn, touched)
+
+    def on_events(
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[Event],
+        shown: Mapping[tuple[str, str], Any],
+        first_clicks: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        touched: set[_Key] = set()
+        for rid, doc in first_clicks:
+            query, _pos, req_ts = shown[(rid, doc)]
+            for key in (("qd", query_key(query), doc), ("d", "", doc)):
+                self._add(self._current(conn, key), float(req_ts), 0.0, 1.0, 0.0)
+                touched.add(key)
+        self._write(conn, touched)
+
+    def _write(self, conn: sqlite3.Connection, keys: set[_Key]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO behavior VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*k, *self._staged[k]) for k in keys],
+        )
+
+    def after_commit(self) -> None:
+        with self._lock:
+            self._rows.update(self._staged)
+        self._staged = {}
+
+    def after_rollback(self) -> None:
+        self._staged = {}
+
+    # -- reads ----------------------------------------------------------------------------
+    def arrays(
+        self, query: str, ids: Sequence[str], now: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per-candidate arrays of every contract key (NaN = no history), decayed to now."""
+        now = time.time() if now is None else now
+        q = query_key(query)
+        n = len(ids)
+        out = {k: np.full(n, np.nan, dtype=np.float64) for k in AGGREGATE_KEYS}
+        rows = self._rows  # dict reads are atomic; rows are replaced, never mutated in place
+        for i, doc in enumerate(ids):
+            for level, key in (("qd", ("qd", q, doc)), ("d", ("d", "", doc))):
+                row = rows.get(key)
+                if row is None:
+                    continue
+                f = self._decay(now - row[5])
+                out[f"{level}_impressions"][i] = row[0]
+                out[f"{level}_clicks"][i] = row[1]
+                out[f"{level}_examinations"][i] = row[2]
+                out[f"{level}_decayed_clicks"][i] = row[3] * f
+                out[f"{level}_decayed_impressions"][i] = row[4] * f
+        return out
+
+    def snapshot(self, now: float | None = None) -> dict[str, dict[tuple[str, ...], float]]:
+        """All aggregates as ltr.behavior.aggregate_sessions returns them (for tests, replay)."""
+        now = time.time() if now is None else now
+        out: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in AGGREGATE_KEYS}
+        for (level, q, doc), row in list(self._rows.items()):
+            key: tuple[str, ...] = (q, doc) if level == "qd" else (doc,)
+            f = self._decay(now - row[5])
+            for j, stat in enumerate(("impressions", "clicks", "examinations")):
+                out[f"{level}_{stat}"][key] = row[j]
+            out[f"{level}_decayed_clicks"][key] = row[3] * f
+            out[f"{level}_decayed_impressions"][key] = row[4] * f
+        return out
+
+    def __len__(self) -> int:
+        return len(self._rows)

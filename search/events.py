@@ -1,0 +1,611 @@
+"""The event store: what was served (impressions) and what users did with it (events).
+
+Principle 2: log what was served and join labels later. Every served page is logged with
+the EXACT feature vectors the model scored (float32 blobs; the ordered feature names are
+stored once per featureset), so training from clicks and drift monitoring read the same
+numbers the model saw, never a recomputation.
+
+SQLite in WAL mode with synchronous=FULL: a committed event survives a kill -9 (and a power
+cut). Every call is blocking: the API runs them in ``asyncio.to_thread`` and batches
+impressions through :class:`ImpressionWriter` so the event loop never waits on a disk sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from search.errors import EventStoreError, InvalidEventError, UnknownRequestIdError
+
+if TYPE_CHECKING:
+    from ltr.click_models import Session
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES: tuple[str, ...] = ("click", "add_to_cart", "purchase")
+FIXED_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "ts",
+    "query",
+    "query_id",
+    "doc_id",
+    "position",
+    "model_version",
+    "featureset_id",
+    "score",
+    "clicked",
+)
+
+TimeBound = float | datetime | None
+
+
+@dataclass(frozen=True)
+class Impression:
+    """One served page: the hits in shown order with the exact feature rows scored.
+
+    ``positions`` are 1-based and absolute (offset + i + 1), so page 2 starts at k + 1.
+    """
+
+    request_id: str
+    ts: float
+    query: str
+    query_id: str | None
+    model_version: str | None
+    featureset_id: str
+    feature_names: tuple[str, ...]
+    offset: int
+    doc_ids: tuple[str, ...]
+    positions: tuple[int, ...]
+    scores: np.ndarray  # float64 [n]
+    features: np.ndarray  # float32 [n, F], aligned with doc_ids
+
+    def __post_init__(self) -> None:
+        n = len(self.doc_ids)
+        if len(self.positions) != n or len(self.scores) != n:
+            raise ValueError("doc_ids, positions and scores must have the same length")
+        if self.features.shape != (n, len(self.feature_names)):
+            raise ValueError(
+                f"features shape {self.features.shape} != ({n}, {len(self.feature_names)})"
+            )
+
+
+@dataclass(frozen=True)
+class Event:
+    """A user action on a served hit."""
+
+    type: str
+    request_id: str
+    doc_id: str
+    ts: float
+
+
+def parse_events(raw: Any, now: float | None = None, max_events: int = 1000) -> list[Event]:
+    """Validate a JSON batch (a list of objects, or {"events": [...]}) into Events.
+
+    Raises InvalidEventError naming the index and the problem of the first bad event.
+    """
+    if isinstance(raw, dict) and set(raw) == {"events"}:
+        raw = raw["events"]
+    if not isinstance(raw, list):
+        raise InvalidEventError('expected a JSON list of events (or {"events": [...]})')
+    if not raw:
+        raise InvalidEventError("the batch is empty")
+    if len(raw) > max_events:
+        raise InvalidEventError(f"too many events in one batch: {len(raw)} > {max_events}")
+    now = time.time() if now is None else now
+    allowed = {"type", "request_id", "doc_id", "ts"}
+    out = []
+    for i, ev in enumerate(raw):
+        where = f"events[{i}]"
+        if not isinstance(ev, dict):
+            raise InvalidEventError(f"{where}: expected an object, got {type(ev).__name__}")
+        unknown = sorted(set(ev) - allowed)
+        if unknown:
+            raise InvalidEventError(
+                f"{where}: unknown field(s) {', '.join(unknown)}; valid: "
+                f"{', '.join(sorted(allowed))}"
+            )
+        typ = ev.get("type")
+        if typ not in EVENT_TYPES:
+            raise InvalidEventError(f"{where}.type: {typ!r} is not one of {', '.join(EVENT_TYPES)}")
+        for key in ("request_id", "doc_id"):
+            val = ev.get(key)
+            if not isinstance(val, str) or not val or len(val) > 200:
+                raise InvalidEventError(f"{where}.{key}: expected a non-empty string")
+        ts = ev.get("ts", now)
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise InvalidEventError(f"{where}.ts: expected unix seconds, got {ts!r}")
+        if ts <= 0 or ts > now + 300:
+            raise InvalidEventError(f"{where}.ts: {ts!r} is not a plausible unix time")
+        out.append(Event(typ, ev["request_id"], ev["doc_id"], float(ts)))
+    return out
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Where impressions and events live. Blocking calls: run them off the event loop."""
+
+    def add_impressions(self, impressions: Sequence[Impression]) -> None: ...
+
+    def add_events(self, events: Sequence[Event]) -> int:
+        """Durably store a validated batch (all or nothing); return the number stored."""
+        ...
+
+    def known_request_ids(self, request_ids: Iterable[str]) -> set[str]: ...
+
+    def served_features(self, since: TimeBound = None, until: TimeBound = None) -> pd.DataFrame: ...
+
+    def sessions(self, since: TimeBound = None, until: TimeBound = None) -> list[Session]: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class StoreListener(Protocol):
+    """Derived state (behavior aggregates) updated in the SAME transaction as the log."""
+
+    def on_impressions(
+        self, conn: sqlite3.Connection, impressions: Sequence[Impression]
+    ) -> None: ...
+
+    def on_events(
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[Event],
+        shown: Mapping[tuple[str, str], Any],
+        first_clicks: Sequence[tuple[str, str]],
+    ) -> None:
+        """``shown``: (request_id, doc_id) -> (query, position, request ts) of each hit;
+        ``first_clicks``: the hits clicked for the first time by this batch."""
+        ...
+
+    def after_commit(self) -> None: ...
+
+    def after_rollback(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS featuresets (
+    featureset_id TEXT PRIMARY KEY,
+    feature_names TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    query TEXT NOT NULL,
+    query_id TEXT,
+    model_version TEXT,
+    featureset_id TEXT NOT NULL REFERENCES featuresets(featureset_id),
+    page_offset INTEGER NOT NULL,
+    n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+CREATE TABLE IF NOT EXISTS impressions (
+    request_id TEXT NOT NULL REFERENCES requests(request_id),
+    position INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    score REAL,
+    features BLOB NOT NULL,
+    PRIMARY KEY (request_id, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    request_id TEXT NOT NULL REFERENCES requests(request_id),
+    doc_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_request ON events(request_id);
+"""
+
+
+def _ts(bound: TimeBound, default: float) -> float:
+    if bound is None:
+        return default
+    if isinstance(bound, datetime):
+        return bound.timestamp()
+    return float(bound)
+
+
+class SqliteEventStore:
+    """EventStore on one SQLite file (WAL, synchronous=FULL), safe to call from threads."""
+
+    def __init__(self, path: str | Path, listeners: Sequence[StoreListener] = ()) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._listeners = list(listeners)
+        self._featuresets: dict[str, tuple[str, ...]] = {}
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+            for fid, names in self._conn.execute(
+                "SELECT featureset_id, feature_names FROM featuresets"
+            ):
+                self._featuresets[fid] = tuple(json.loads(names))
+        except sqlite3.Error as e:
+            raise EventStoreError(f"{self.path}: cannot open the event store: {e}") from e
+
+    # -- plumbing -------------------------------------------------------------------------
+    def add_listener(self, listener: StoreListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The shared connection (listeners create their tables through it)."""
+        return self._conn
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                for li in self._listeners:
+                    li.after_rollback()
+                raise
+            for li in self._listeners:
+                li.after_commit()
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    # -- writes ---------------------------------------------------------------------------
+    def add_impressions(self, impressions: Sequence[Impression]) -> None:
+        """Store served pages (one transaction); a request id already stored is an error."""
+        if not impressions:
+            return
+        try:
+            with self._transaction() as conn:
+                for imp in impressions:
+                    if imp.featureset_id not in self._featuresets:
+                        conn.execute(
+                            "INSERT OR IGNORE INTO featuresets VALUES (?, ?)",
+                            (imp.featureset_id, json.dumps(list(imp.feature_names))),
+                        )
+                    elif self._featuresets[imp.featureset_id] != imp.feature_names:
+                        raise EventStoreError(
+                            f"featureset {imp.featureset_id} logged with other feature names"
+                        )
+                    conn.execute(
+                        "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            imp.request_id,
+                            imp.ts,
+                            imp.query,
+                            imp.query_id,
+                            imp.model_version,
+                            imp.featureset_id,
+                            imp.offset,
+                            len(imp.doc_ids),
+                        ),
+                    )
+                    feats = np.ascontiguousarray(imp.features, dtype=np.float32)
+                    conn.executemany(
+                        "INSERT INTO impressions VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (
+                                imp.request_id,
+                                int(pos),
+                                doc,
+                                float(score) if math.isfinite(float(score)) else None,
+                                feats[i].tobytes(),
+                            )
+                            for i, (pos, doc, score) in enumerate(
+                                zip(imp.positions, imp.doc_ids, imp.scores, strict=True)
+                            )
+                        ],
+                    )
+                for li in self._listeners:
+                    li.on_impressions(conn, impressions)
+            for imp in impressions:
+                self._featuresets.setdefault(imp.featureset_id, imp.feature_names)
+        except sqlite3.Error as e:
+            raise EventStoreError(f"{self.path}: writing impressions failed: {e}") from e
+
+    def add_events(self, events: Sequence[Event]) -> int:
+        """Validate against the log and commit durably, all or nothing.
+
+        Unknown request ids -> UnknownRequestIdError listing them; a doc that was not shown
+        in its request -> InvalidEventError naming it. Nothing of a bad batch is stored.
+        """
+        if not events:
+            return 0
+        received = time.time()
+        try:
+            with self._transaction() as conn:
+                rids = sorted({e.request_id for e in events})
+                shown: dict[tuple[str, str], Any] = {}
+                found: set[str] = set()
+                for chunk in _chunks(rids, 500):
+                    marks = ",".join("?" * len(chunk))
+                    for rid, doc, pos, query, rts in conn.execute(
+                        "SELECT i.request_id, i.doc_id, i.position, r.query, r.ts "
+                        "FROM impressions i "
+                        f"JOIN requests r USING (request_id) WHERE i.request_id IN ({marks})",
+                        chunk,
+                    ):
+                        found.add(rid)
+                        shown.setdefault((rid, doc), (query, int(pos), float(rts)))
+                    for (rid,) in conn.execute(
+                        f"SELECT request_id FROM requests WHERE request_id IN ({marks})", chunk
+                    ):
+                        found.add(rid)
+                unknown = [r for r in rids if r not in found]
+                if unknown:
+                    raise UnknownRequestIdError(unknown)
+                for i, e in enumerate(events):
+                    if (e.request_id, e.doc_id) not in shown:
+                        raise InvalidEventError(
+                            f"events[{i}]: doc_id {e.doc_id!r} was not shown in request "
+                            f"{e.request_id!r}"
+                        )
+                first_clicks: list[tuple[str, str]] = []
+                for pair in dict.fromkeys(
+                    (e.request_id, e.doc_id) for e in events if e.type == "click"
+                ):
+                    if not conn.execute(
+                        "SELECT 1 FROM events WHERE request_id = ? AND doc_id = ? "
+                        "AND type = 'click' LIMIT 1",
+                        pair,
+                    ).fetchone():
+                        first_clicks.append(pair)
+                conn.executemany(
+                    "INSERT INTO events (type, request_id, doc_id, ts, received_ts) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(e.type, e.request_id, e.doc_id, e.ts, received) for e in events],
+                )
+                for li in self._listeners:
+                    li.on_events(conn, events, shown, first_clicks)
+        except sqlite3.Error as e:
+            raise EventStoreError(f"{self.path}: writing events failed: {e}") from e
+        return len(events)
+
+    # -- reads ----------------------------------------------------------------------------
+    def known_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(request_ids))
+        found: set[str] = set()
+        with self._lock:
+            for chunk in _chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    r
+                    for (r,) in self._conn.execute(
+                        f"SELECT request_id FROM requests WHERE request_id IN ({marks})", chunk
+                    )
+                )
+        return found
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                t: int(self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+                for t in ("requests", "impressions", "events")
+            }
+
+    def feature_names(self, featureset_id: str) -> tuple[str, ...]:
+        return self._featuresets[featureset_id]
+
+    def events(self, since: TimeBound = None, until: TimeBound = None) -> list[Event]:
+        lo, hi = _ts(since, -math.inf), _ts(until, math.inf)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT type, request_id, doc_id, ts FROM events WHERE ts >= ? AND ts < ? "
+                "ORDER BY id",
+                (lo, hi),
+            ).fetchall()
+        return [Event(*r) for r in rows]
+
+    def served_features(self, since: TimeBound = None, until: TimeBound = None) -> pd.DataFrame:
+        """One row per served hit in [since, until) (request time), with its exact features.
+
+        ``ts`` is unix seconds (float). ``clicked`` is 1 when any click event names the hit.
+        Rows of different featuresets share columns (union, NaN where a set lacks one).
+        """
+        lo, hi = _ts(since, -math.inf), _ts(until, math.inf)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT r.request_id, r.ts, r.query, r.query_id, i.doc_id, i.position, "
+                "r.model_version, r.featureset_id, i.score, "
+                "EXISTS (SELECT 1 FROM events e WHERE e.request_id = i.request_id "
+                "        AND e.doc_id = i.doc_id AND e.type = 'click') AS clicked, "
+                "i.features "
+                "FROM requests r JOIN impressions i USING (request_id) "
+                "WHERE r.ts >= ? AND r.ts < ? ORDER BY r.ts, r.request_id, i.position",
+                (lo, hi),
+            ).fetchall()
+        names: list[str] = []
+        for fid in dict.fromkeys(r[7] for r in rows):
+            names.extend(n for n in self._featuresets[fid] if n not in names)
+        base = pd.DataFrame([r[:10] for r in rows], columns=list(FIXED_COLUMNS))
+        base["ts"] = base["ts"].astype(float)
+        base["position"] = base["position"].astype("int64")
+        base["score"] = base["score"].astype(float)
+        base["clicked"] = base["clicked"].astype("int64")
+        mat = np.full((len(rows), len(names)), np.nan, dtype=np.float32)
+        col = {n: j for j, n in enumerate(names)}
+        by_fs: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_fs.setdefault(r[7], []).append(i)
+        for fid, idx in by_fs.items():
+            fnames = self._featuresets[fid]
+            block = np.frombuffer(b"".join(rows[i][10] for i in idx), dtype=np.float32)
+            block = block.reshape(len(idx), len(fnames))
+            mat[np.ix_(idx, [col[n] for n in fnames])] = block
+        feats = pd.DataFrame(mat, columns=names, index=base.index)
+        return pd.concat([base, feats], axis=1)
+
+    def sessions(self, since: TimeBound = None, until: TimeBound = None) -> list[Session]:
+        """Click-model sessions: first pages only (offset 0), docs in shown order.
+
+        Later pages are left out because click models read position 1 as the top of the
+        screen; a page-2 list would be fitted with page-1 examination probabilities.
+        """
+        from ltr.click_models import Session
+
+        lo, hi = _ts(since, -math.inf), _ts(until, math.inf)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT r.request_id, r.query, r.ts, i.doc_id, "
+                "EXISTS (SELECT 1 FROM events e WHERE e.request_id = i.request_id "
+                "        AND e.doc_id = i.doc_id AND e.type = 'click') "
+                "FROM requests r JOIN impressions i USING (request_id) "
+                "WHERE r.ts >= ? AND r.ts < ? AND r.page_offset = 0 "
+                "ORDER BY r.ts, r.request_id, i.position",
+                (lo, hi),
+            ).fetchall()
+        out: list[Session] = []
+        cur: str | None = None
+        docs: list[str] = []
+        clicks: list[bool] = []
+        query = ""
+        ts = 0.0
+        for rid, q, t, doc, clicked in rows:
+            if rid != cur:
+                if cur is not None:
+                    out.append(_session(Session, query, docs, clicks, ts))
+                cur, query, ts, docs, clicks = rid, q, t, [], []
+            docs.append(doc)
+            clicks.append(bool(clicked))
+        if cur is not None:
+            out.append(_session(Session, query, docs, clicks, ts))
+        return out
+
+
+def _session(cls: Any, query: str, docs: list[str], clicks: list[bool], ts: float) -> Any:
+    try:
+        return cls(query=query, docs=tuple(docs), clicks=tuple(clicks), ts=ts)
+    except TypeError:  # a Session without a timestamp field
+        return cls(query=query, docs=tuple(docs), clicks=tuple(clicks))
+
+
+def _chunks(seq: Sequence[str], n: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class ImpressionWriter:
+    """Batches impressions and writes them off the event loop.
+
+    Flushes when ``batch_size`` pages are waiting, every ``flush_interval_s``, on demand
+    (``flush()``: the events endpoint calls it when an event names a page still waiting, so
+    a click right after its search is accepted), and on ``close()``. A failed write keeps
+    the batch for the next attempt up to ``max_pending`` pages, then drops the oldest and
+    counts them in ``dropped`` (serving must not stop because the log disk is full).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        batch_size: int = 256,
+        flush_interval_s: float = 0.5,
+        max_pending: int = 100_000,
+    ) -> None:
+        if batch_size < 1 or flush_interval_s <= 0 or max_pending < batch_size:
+            raise ValueError("batch_size >= 1, flush_interval_s > 0, max_pending >= batch_size")
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_pending = max_pending
+        self._buf: list[Impression] = []
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="impression-writer")
+
+    def submit(self, imp: Impression) -> None:
+        """Queue one served page (never blocks)."""
+        if self._closed:
+            raise EventStoreError("the impression writer is closed")
+        self._buf.append(imp)
+        self._pending.add(imp.request_id)
+        if len(self._buf) > self.max_pending:
+            drop = len(self._buf) - self.max_pending
+            for old in self._buf[:drop]:
+                self._pending.discard(old.request_id)
+            del self._buf[:drop]
+            self.dropped += drop
+            log.error("impression log backlog full; dropped %d pages", drop)
+        if len(self._buf) >= self.batch_size:
+            self._wake.set()
+
+    def is_pending(self, request_id: str) -> bool:
+        return request_id in self._pending
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    async def flush(self) -> None:
+        """Write everything queued so far; raises EventStoreError if the write fails."""
+        async with self._flush_lock:
+            while self._buf:
+                batch = self._buf[: self.batch_size * 4]
+                try:
+                    await asyncio.to_thread(self.store.add_impressions, batch)
+                except Exception:
+                    self.failures += 1
+                    raise
+                del self._buf[: len(batch)]
+                for imp in batch:
+                    self._pending.discard(imp.request_id)
+                self.written += len(batch)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("impression flush failed; will retry")
+                await asyncio.sleep(self.flush_interval_s)
+
+    async def close(self) -> None:
+        """Stop the background task (never cancelled mid-write) and write what is left."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.flush()
