@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from indexing.config import ElasticsearchConfig, EmbeddingConfig, IndexConfig, LoaderConfig
+from ltr.config import RegistryConfig, TrainConfig
 
 ENV_PREFIX = "LTRSEARCH_"
 
@@ -32,6 +33,8 @@ class Settings:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
+    ltr: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

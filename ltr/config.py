@@ -1,0 +1,150 @@
+"""Typed settings sections owned by ltr: LambdaMART training and the model registry.
+
+Composed into scripts.settings.Settings as ``ltr`` and ``registry``. Defaults are tuned for
+small collections (hundreds of queries): shallow trees, strong regularisation and early
+stopping, because a reranker boosted from the fusion score only has to learn corrections.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """XGBoost LambdaMART hyper-parameters plus how the data is split."""
+
+    objective: Literal["rank:ndcg", "rank:pairwise", "rank:map"] = "rank:ndcg"
+    eta: float = 0.05
+    max_depth: int = 4
+    min_child_weight: float = 1.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 1.0
+    reg_alpha: float = 0.0
+    gamma: float = 0.0
+    num_boost_round: int = 300
+    early_stopping_rounds: int = 30  # 0 disables early stopping
+    eval_at: int = 10  # NDCG@k watched for early stopping
+    # exp gain (2^rel - 1) needs integer grades; click-model relevances are fractions.
+    ndcg_exp_gain: bool = True
+    lambdarank_pair_method: Literal["topk", "mean"] = "topk"
+    lambdarank_num_pair_per_sample: int = 10
+    tree_method: Literal["hist", "approx", "exact"] = "hist"
+    nthread: int = 2  # the machine is shared; fixed threads also keep runs reproducible
+    seed: int = 42
+    valid_fraction: float = 0.2  # of the training queries, when no validation set is given
+    test_fraction: float = 0.2  # the CLI holds out this share of queries for the final report
+    use_base_margin: bool = True  # boost from the fusion score (architecture principle 12)
+    base_margin: str = "rrf"  # fusion name in ltr.fusion.FUSIONS used as base margin
+    reference_rows: int = 5000  # training feature rows kept as the drift-monitoring reference
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value (called by the settings loader)."""
+
+        def positive(name: str, value: float) -> None:
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+
+        def non_negative(name: str, value: float) -> None:
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+        def fraction(name: str, value: float, *, allow_one: bool) -> None:
+            hi_ok = value <= 1 if allow_one else value < 1
+            if not (isinstance(value, int | float) and value > 0 and hi_ok):
+                bound = "(0, 1]" if allow_one else "(0, 1)"
+                raise ValueError(f"{name} must be in {bound}, got {value!r}")
+
+        if self.objective not in ("rank:ndcg", "rank:pairwise", "rank:map"):
+            raise ValueError(f"objective must be a rank:* objective, got {self.objective!r}")
+        positive("eta", self.eta)
+        if self.eta > 1:
+            raise ValueError(f"eta must be <= 1, got {self.eta!r}")
+        if not isinstance(self.max_depth, int) or not 1 <= self.max_depth <= 16:
+            raise ValueError(f"max_depth must be an integer in [1, 16], got {self.max_depth!r}")
+        non_negative("min_child_weight", self.min_child_weight)
+        fraction("subsample", self.subsample, allow_one=True)
+        fraction("colsample_bytree", self.colsample_bytree, allow_one=True)
+        non_negative("reg_lambda", self.reg_lambda)
+        non_negative("reg_alpha", self.reg_alpha)
+        non_negative("gamma", self.gamma)
+        if not isinstance(self.num_boost_round, int) or self.num_boost_round < 1:
+            raise ValueError(f"num_boost_round must be >= 1, got {self.num_boost_round!r}")
+        if not isinstance(self.early_stopping_rounds, int) or self.early_stopping_rounds < 0:
+            raise ValueError(
+                "early_stopping_rounds must be >= 0 (0 disables), "
+                f"got {self.early_stopping_rounds!r}"
+            )
+        if not isinstance(self.eval_at, int) or self.eval_at < 1:
+            raise ValueError(f"eval_at must be >= 1, got {self.eval_at!r}")
+        if self.lambdarank_pair_method not in ("topk", "mean"):
+            raise ValueError(
+                "lambdarank_pair_method must be 'topk' or 'mean', "
+                f"got {self.lambdarank_pair_method!r}"
+            )
+        if (
+            not isinstance(self.lambdarank_num_pair_per_sample, int)
+            or self.lambdarank_num_pair_per_sample < 1
+        ):
+            raise ValueError(
+                "lambdarank_num_pair_per_sample must be >= 1, "
+                f"got {self.lambdarank_num_pair_per_sample!r}"
+            )
+        if not isinstance(self.nthread, int) or self.nthread < 1:
+            raise ValueError(f"nthread must be >= 1, got {self.nthread!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        fraction("valid_fraction", self.valid_fraction, allow_one=False)
+        fraction("test_fraction", self.test_fraction, allow_one=False)
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "valid_fraction + test_fraction must be < 1, "
+                f"got {self.valid_fraction} + {self.test_fraction}"
+            )
+        if not isinstance(self.base_margin, str) or not self.base_margin:
+            raise ValueError("base_margin must name a fusion (e.g. 'rrf')")
+        if not isinstance(self.reference_rows, int) or self.reference_rows < 1:
+            raise ValueError(f"reference_rows must be >= 1, got {self.reference_rows!r}")
+
+    def xgb_params(self) -> dict[str, Any]:
+        """The parameter dict handed to xgboost.train (also stored in the manifest)."""
+        params: dict[str, Any] = {
+            "objective": self.objective,
+            "eval_metric": f"ndcg@{self.eval_at}",
+            "eta": self.eta,
+            "max_depth": self.max_depth,
+            "min_child_weight": self.min_child_weight,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "lambda": self.reg_lambda,
+            "alpha": self.reg_alpha,
+            "gamma": self.gamma,
+            "tree_method": self.tree_method,
+            "nthread": self.nthread,
+            "seed": self.seed,
+            "lambdarank_pair_method": self.lambdarank_pair_method,
+            "lambdarank_num_pair_per_sample": self.lambdarank_num_pair_per_sample,
+        }
+        if self.objective == "rank:ndcg":
+            params["ndcg_exp_gain"] = self.ndcg_exp_gain
+        return params
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Where models live and how many versions are kept (the promoted one is never deleted)."""
+
+    dir: str = "var/models"
+    keep_versions: int = 5
+    model_format: Literal["ubj", "json"] = "ubj"
+
+    def validate(self) -> None:
+        if not isinstance(self.keep_versions, int) or self.keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {self.keep_versions!r}")
+        if self.model_format not in ("ubj", "json"):
+            raise ValueError(f"model_format must be 'ubj' or 'json', got {self.model_format!r}")
+        if not self.dir:
+            raise ValueError("dir must not be empty")

@@ -1,0 +1,371 @@
+"""Versioned model registry on the local filesystem.
+
+Layout under ``root``::
+
+    v0001/ model.ubj  manifest.json  reference.parquet
+    v0002/ ...
+    PROMOTED            # the served version's name (swapped atomically with os.replace)
+    PROMOTIONS.json     # promotion history, newest last (rollback = the one before)
+    .tmp-*/ .trash-*/   # in-flight saves / deletions: never listed, never loaded
+
+A save writes everything into a hidden temp directory and renames it into place, so a
+killed save never leaves a half-written version visible. Nothing is pickled: the booster
+is XGBoost's own UBJ/JSON, the manifest JSON, the reference sample Parquet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from ltr.dataset import RankingData
+from ltr.errors import FeaturesetMismatchError, LTRError, ModelNotFoundError
+from ltr.model import MANIFEST_FILE, Manifest, RankModel
+from ltr.train import TrainedModel
+
+PROMOTED_FILE = "PROMOTED"
+HISTORY_FILE = "PROMOTIONS.json"
+REFERENCE_FILE = "reference.parquet"
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+_STALE_TMP_SECONDS = 3600.0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class ModelRegistry:
+    """Save, list, promote, roll back and load model versions under one directory."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        keep_versions: int = 5,
+        model_format: Literal["ubj", "json"] = "ubj",
+    ) -> None:
+        if not isinstance(keep_versions, int) or keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions!r}")
+        if model_format not in ("ubj", "json"):
+            raise ValueError(f"model_format must be 'ubj' or 'json', got {model_format!r}")
+        self.root = Path(root)
+        self.keep_versions = keep_versions
+        self.model_format = model_format
+
+    # --- locking -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise writers (save numbering, promote, retention) across processes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # --- listing -----------------------------------------------------------------------
+    def list_versions(self) -> list[str]:
+        """Complete versions, oldest first (temp and trash directories are invisible)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            m = _VERSION_RE.match(p.name)
+            if m and p.is_dir() and (p / MANIFEST_FILE).is_file():
+                found.append((int(m.group(1)), p.name))
+        return [name for _, name in sorted(found)]
+
+    def promoted(self) -> str | None:
+        """The promoted (served) version, or None."""
+        try:
+            name = (self.root / PROMOTED_FILE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def history(self) -> list[str]:
+        """Promotion history, oldest first (the last entry is the promoted version)."""
+        try:
+            data = json.loads((self.root / HISTORY_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except json.JSONDecodeError as e:
+            raise LTRError(f"{self.root / HISTORY_FILE}: corrupt promotion history: {e}") from None
+        return [str(v) for v in data]
+
+    def path(self, version: str) -> Path:
+        """Directory of an existing version; ModelNotFoundError lists the known ones."""
+        if not _VERSION_RE.match(str(version)):
+            raise ModelNotFoundError(self._missing_msg(version))
+        p = self.root / version
+        if not (p / MANIFEST_FILE).is_file():
+            raise ModelNotFoundError(self._missing_msg(version))
+        return p
+
+    def _missing_msg(self, version: str) -> str:
+        known = self.list_versions()
+        return (
+            f"no model version {version!r} in {self.root}; "
+            f"versions: {', '.join(known) if known else '(none)'}"
+        )
+
+    def _resolve(self, version: str | None) -> str:
+        if version is not None:
+            return version
+        promoted = self.promoted()
+        if promoted is None:
+            known = self.list_versions()
+            raise ModelNotFoundError(
+                f"no promoted model in {self.root}; "
+                f"versions: {', '.join(known) if known else '(none)'} "
+                "(promote one, e.g. scripts/train.py --promote)"
+            )
+        return promoted
+
+    def manifest(self, version: str | None = None) -> Manifest:
+        p = self.path(self._resolve(version))
+        return Manifest.from_json(json.loads((p / MANIFEST_FILE).read_text(encoding="utf-8")))
+
+    # --- saving ------------------------------------------------------------------------
+    def save(
+        self,
+        trained: TrainedModel,
+        *,
+        featureset_id: str,
+        base_margin: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        data_sizes: Mapping[str, Mapping[str, int]] | None = None,
+        label_source: str = "qrels",
+        extra: Mapping[str, Any] | None = None,
+        reference_rows: RankingData | pd.DataFrame | np.ndarray | None = None,
+        reference_max_rows: int = 5000,
+        seed: int = 0,
+    ) -> str:
+        """Write a new version (atomically) and apply retention; returns its name.
+
+        ``base_margin`` is the fusion spec ``{"name": ..., "params": {...}}`` the model was
+        boosted from; required exactly when the model was trained with a base margin.
+        ``reference_rows`` (training feature rows) become the drift-monitoring reference,
+        sampled to at most ``reference_max_rows`` rows.
+        """
+        if trained.uses_base_margin and base_margin is None:
+            raise ValueError(
+                "the model was trained from a base margin; pass its spec "
+                "base_margin={'name': <fusion>, 'params': {...}}"
+            )
+        if not trained.uses_base_margin and base_margin is not None:
+            raise ValueError("the model was trained without a base margin; pass base_margin=None")
+        if base_margin is not None and "name" not in base_margin:
+            raise ValueError("base_margin spec needs a 'name' (a fusion in ltr.fusion.FUSIONS)")
+        if not featureset_id:
+            raise ValueError("featureset_id is required (ltr.features.featureset_id(names))")
+        names = trained.feature_names
+        ref = self._reference_frame(reference_rows, names, reference_max_rows, seed)
+
+        model_file = f"model.{self.model_format}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            trained.booster.save_model(str(tmp / model_file))
+            if ref is not None:
+                ref.to_parquet(tmp / REFERENCE_FILE, index=False)
+            with self._lock():
+                self._cleanup_stale()
+                version = self._next_version()
+                manifest = Manifest(
+                    version=version,
+                    feature_names=tuple(names),
+                    featureset_id=featureset_id,
+                    base_margin=(
+                        None
+                        if base_margin is None
+                        else {
+                            "name": str(base_margin["name"]),
+                            "params": dict(base_margin.get("params") or {}),
+                        }
+                    ),
+                    params=dict(trained.params),
+                    metrics={k: float(v) for k, v in (metrics or {}).items()},
+                    data_sizes={k: dict(v) for k, v in (data_sizes or trained.data_sizes).items()},
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    xgboost_version=xgb.__version__,
+                    best_iteration=trained.best_iteration,
+                    model_file=model_file,
+                    label_source=label_source,
+                    extra=dict(extra or {}),
+                )
+                text = json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=True)
+                with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                for p in tmp.iterdir():
+                    if p.name != MANIFEST_FILE:
+                        with open(p, "rb") as fh:
+                            os.fsync(fh.fileno())
+                _fsync_dir(tmp)
+                os.rename(tmp, self.root / version)  # the version appears complete or not at all
+                _fsync_dir(self.root)
+                self._apply_retention(keep={version})
+            return version
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _next_version(self) -> str:
+        nums = [0]
+        for p in self.root.iterdir():
+            m = _VERSION_RE.match(p.name)
+            if m:
+                nums.append(int(m.group(1)))
+        return f"v{max(nums) + 1:04d}"
+
+    @staticmethod
+    def _reference_frame(
+        rows: RankingData | pd.DataFrame | np.ndarray | None,
+        names: Sequence[str],
+        max_rows: int,
+        seed: int,
+    ) -> pd.DataFrame | None:
+        if rows is None:
+            return None
+        if isinstance(rows, RankingData):
+            if rows.feature_names != tuple(names):
+                raise ValueError("reference rows have other features than the model")
+            frame = pd.DataFrame(rows.X, columns=list(names))
+        elif isinstance(rows, pd.DataFrame):
+            missing = [n for n in names if n not in rows.columns]
+            if missing:
+                raise ValueError(f"reference rows lack feature column(s): {', '.join(missing)}")
+            frame = rows[list(names)].astype(np.float32).reset_index(drop=True)
+        else:
+            arr = np.asarray(rows, dtype=np.float32)
+            if arr.ndim != 2 or arr.shape[1] != len(names):
+                raise ValueError(f"reference rows must be [n, {len(names)}], got {arr.shape}")
+            frame = pd.DataFrame(arr, columns=list(names))
+        if len(frame) > max_rows:
+            idx = np.sort(np.random.default_rng(seed).choice(len(frame), max_rows, replace=False))
+            frame = frame.iloc[idx].reset_index(drop=True)
+        return frame
+
+    def _cleanup_stale(self) -> None:
+        """Remove temp/trash directories left by killed processes (older than an hour)."""
+        now = time.time()
+        for p in self.root.iterdir():
+            if p.name.startswith((".tmp-", ".trash-")) and p.is_dir():
+                with contextlib.suppress(OSError):
+                    if p.name.startswith(".trash-") or now - p.stat().st_mtime > _STALE_TMP_SECONDS:
+                        shutil.rmtree(p, ignore_errors=True)
+
+    def _apply_retention(self, keep: set[str]) -> list[str]:
+        """Delete the oldest versions beyond keep_versions; never the promoted one or the
+        rollback target (previous promotion). Caller holds the lock."""
+        versions = self.list_versions()
+        protected = set(keep)
+        hist = self.history()
+        promoted = self.promoted()
+        if promoted:
+            protected.add(promoted)
+        if len(hist) >= 2:
+            protected.add(hist[-2])
+        excess = len(versions) - self.keep_versions
+        removed = []
+        for v in versions:  # oldest first
+            if excess <= 0:
+                break
+            if v in protected:
+                continue
+            trash = self.root / f".trash-{v}-{uuid.uuid4().hex}"
+            os.rename(self.root / v, trash)  # disappears atomically, then is deleted
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(v)
+            excess -= 1
+        return removed
+
+    # --- promotion ---------------------------------------------------------------------
+    def promote(self, version: str) -> None:
+        """Make ``version`` the served one (atomic pointer swap) and record the history."""
+        with self._lock():
+            self.path(version)
+            hist = self.history()
+            if not hist or hist[-1] != version:
+                hist.append(version)
+            _write_atomic(self.root / HISTORY_FILE, json.dumps(hist))
+            _write_atomic(self.root / PROMOTED_FILE, version + "\n")
+
+    def rollback(self) -> str:
+        """Re-promote the previously promoted version; returns it."""
+        with self._lock():
+            hist = self.history()
+            current = self.promoted()
+            if current is not None and hist and hist[-1] == current:
+                hist = hist[:-1]
+            # skip versions deleted since (by hand)
+            while hist and not (self.root / hist[-1] / MANIFEST_FILE).is_file():
+                hist.pop()
+            if not hist:
+                raise ModelNotFoundError(
+                    f"nothing to roll back to in {self.root}: no earlier promoted version"
+                )
+            target = hist[-1]
+            _write_atomic(self.root / HISTORY_FILE, json.dumps(hist))
+            _write_atomic(self.root / PROMOTED_FILE, target + "\n")
+            return target
+
+    # --- loading -----------------------------------------------------------------------
+    def load(
+        self,
+        version: str | None = None,
+        expected_featureset_id: str | None = None,
+        nthread: int = 1,
+    ) -> RankModel:
+        """The promoted model (or ``version``); refuses a featureset other than expected."""
+        name = self._resolve(version)
+        model = RankModel.load(self.path(name), nthread=nthread)
+        if expected_featureset_id is not None and model.featureset_id != expected_featureset_id:
+            raise FeaturesetMismatchError(
+                f"model {name} in {self.root} was trained on featureset "
+                f"{model.featureset_id} but the serving code expects "
+                f"{expected_featureset_id}; retrain or configure the matching features"
+            )
+        return model
+
+    def reference_sample(self, version: str | None = None) -> pd.DataFrame:
+        """Training feature rows of a version (default: promoted), columns = feature names."""
+        name = self._resolve(version)
+        p = self.path(name)
+        ref = p / REFERENCE_FILE
+        if not ref.is_file():
+            raise ModelNotFoundError(f"model {name} in {self.root} has no reference sample")
+        frame = pd.read_parquet(ref)
+        names = list(self.manifest(name).feature_names)
+        return frame[names]
