@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from indexing.config import ElasticsearchConfig, EmbeddingConfig, IndexConfig, LoaderConfig
 from ltr.config import RegistryConfig, TrainConfig
+from monitoring.config import MonitoringConfig
 
 ENV_PREFIX = "LTRSEARCH_"
 
@@ -35,6 +36,7 @@ class Settings:
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
     ltr: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

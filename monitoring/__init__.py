@@ -1,0 +1,10 @@
+"""Drift monitoring: the served feature log against the model's training sample.
+
+- monitoring.drift: per-feature Evidently drift, share of drifted features, overall flag.
+- monitoring.concept: click-labelled NDCG/MRR, score and retriever drift, the decision
+  (no_drift / concept_drift / covariate_drift).
+- monitoring.report: one report per window (HTML + JSON), webhook, retention.
+
+Kept import-light on purpose: scripts.settings imports monitoring.config, and Evidently
+(seconds to import) is only loaded when a report is computed.
+"""
