@@ -38,16 +38,26 @@ class BehaviorError(LTRError):
 
 
 class SessionLike(Protocol):
-    """What aggregation needs from a session: one served result list and its clicks."""
+    """What aggregation needs from a session: one served result list and its clicks.
+
+    ltr.click_models.Session fits (``docs``); objects exposing ``doc_ids`` instead of
+    ``docs`` are accepted too.
+    """
 
     @property
     def query(self) -> str: ...
 
     @property
-    def doc_ids(self) -> Sequence[str]: ...
-
-    @property
     def clicks(self) -> Sequence[bool] | Sequence[int] | np.ndarray: ...
+
+
+def _session_docs(s: object) -> list[str]:
+    docs = getattr(s, "docs", None)
+    if docs is None:
+        docs = getattr(s, "doc_ids", None)
+    if docs is None:
+        raise BehaviorError(f"session {s!r} has neither 'docs' nor 'doc_ids'")
+    return [str(d) for d in docs]
 
 
 _WS = re.compile(r"\s+")
@@ -93,7 +103,7 @@ def aggregate_sessions(
     """Raw behavior aggregates of the contract keys from result-list sessions.
 
     ``sessions`` items need ``query`` (the key, e.g. query_key(text) or a query id),
-    ``doc_ids`` (served order, position 1 first), ``clicks`` (aligned 0/1) and optionally
+    ``docs`` (served order, position 1 first), ``clicks`` (aligned 0/1) and optionally
     ``ts`` (epoch seconds; missing = ``now``). Returns key -> {(query, doc) or (doc,): value}.
     """
     probs = (
@@ -105,7 +115,7 @@ def aggregate_sessions(
         raise BehaviorError(f"half_life_s must be > 0, got {half_life_s!r}")
     out: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in AGGREGATE_KEYS}
     for s in sessions:
-        ids = list(s.doc_ids)
+        ids = _session_docs(s)
         clicks = np.asarray(s.clicks, dtype=np.float64)
         if clicks.shape != (len(ids),):
             raise BehaviorError(

@@ -126,7 +126,7 @@ def test_static_features_log_and_nan() -> None:
 @dataclass
 class S:
     query: str
-    doc_ids: tuple[str, ...]
+    docs: tuple[str, ...]
     clicks: tuple[int, ...]
     ts: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
@@ -164,6 +164,10 @@ def test_aggregate_sessions_and_behavior_features() -> None:
 def test_behavior_validation_errors() -> None:
     with pytest.raises(bh.BehaviorError, match="half_life_s"):
         bh.decay_weights([1.0], 0.0)
+    from ltr.click_models import Session
+
+    agg = bh.aggregate_sessions([Session("q", ("a", "b"), (True, False), ts=5.0)], now=5.0)
+    assert agg["qd_clicks"] == {("q", "a"): 1.0, ("q", "b"): 0.0}
     with pytest.raises(bh.BehaviorError, match="shape"):
         bh.aggregate_sessions([S("q", ("a", "b"), (1,))], now=0.0)
     np.testing.assert_allclose(bh.examination_probs(3), [1.0, 0.5, 1 / 3])

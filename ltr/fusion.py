@@ -1,0 +1,110 @@
+"""Fusion of the retrievers' results: the baselines the reranker must beat and its base margin.
+
+- ``rrf``: reciprocal rank fusion, sum over retrievers of 1 / (k + rank) (k = 60, Cormack et
+  al. 2009); a retriever that did not return the candidate contributes 0.
+- ``linear``: weighted sum of per-query min-max normalized retriever scores. A candidate a
+  retriever did not return gets 0 (it scored at most the minimum of that retriever's list).
+  For the dense retriever the exact cosine of every candidate is used when the candidate
+  set carries it, so the normalization sees all candidates. Weights are fitted on training
+  queries by grid search (``fit_linear``).
+
+Every fusion is ``fn(cs, **params) -> float64 [n]`` registered in ``FUSIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ltr.errors import LTRError, TrainingDataError, unknown_name
+from ltr.features import RRF_K, rrf_scores
+from ltr.types import DENSE, RETRIEVERS, CandidateSet
+
+FusionFn = Callable[..., np.ndarray]
+
+
+def rrf(cs: CandidateSet, k: float = RRF_K) -> np.ndarray:
+    """Reciprocal rank fusion over every retriever's 1-based ranks."""
+    if not np.isfinite(k) or k < 0:
+        raise LTRError(f"rrf k must be a finite number >= 0, got {k!r}")
+    return rrf_scores(cs, k)
+
+
+def minmax(a: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1] over finite values; NaN -> 0; constant -> 1 where finite."""
+    a = np.asarray(a, dtype=np.float64)
+    fin = np.isfinite(a)
+    out = np.zeros(a.shape[0], dtype=np.float64)
+    if not fin.any():
+        return out
+    lo, hi = float(a[fin].min()), float(a[fin].max())
+    out[fin] = (a[fin] - lo) / (hi - lo) if hi > lo else 1.0
+    return out
+
+
+def retriever_scores(cs: CandidateSet, retriever: str) -> np.ndarray:
+    """A retriever's score per candidate (dense: the exact cosine for every candidate)."""
+    if retriever == DENSE and len(cs.dense_cosine) == len(cs.ids):
+        cos = np.asarray(cs.dense_cosine, dtype=np.float64)
+        if np.isfinite(cos).any():
+            return cos
+    s = cs.scores.get(retriever)
+    return np.full(len(cs.ids), np.nan) if s is None else np.asarray(s, dtype=np.float64)
+
+
+def linear(cs: CandidateSet, weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """sum_r w_r * minmax(score_r); equal weights when none are given."""
+    w = dict(weights) if weights else {r: 1.0 / len(RETRIEVERS) for r in RETRIEVERS}
+    out = np.zeros(len(cs.ids), dtype=np.float64)
+    for r, wr in w.items():
+        if not np.isfinite(wr):
+            raise LTRError(f"linear fusion weight for {r!r} must be finite, got {wr!r}")
+        out += float(wr) * minmax(retriever_scores(cs, r))
+    return out
+
+
+FUSIONS: dict[str, FusionFn] = {"rrf": rrf, "linear": linear}
+
+
+def fusion_score(
+    cs: CandidateSet, name: str, params: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """Score every candidate of ``cs`` with the fusion ``name`` (UnknownNameError if absent)."""
+    fn = FUSIONS.get(name)
+    if fn is None:
+        raise unknown_name("fusion", name, list(FUSIONS))
+    return np.asarray(fn(cs, **dict(params or {})), dtype=np.float64)
+
+
+def fit_linear(
+    groups: Sequence[tuple[CandidateSet, Mapping[str, float]]],
+    metric: str = "ndcg@10",
+    steps: int = 20,
+) -> dict[str, Any]:
+    """Grid-search the BM25/dense weight (w, 1 - w) maximizing the mean ``metric``.
+
+    ``groups``: (candidate set, qrels doc -> grade) of each training query. Returns the
+    params for ``fusion_score(cs, "linear", params)``; ties prefer the more balanced weight.
+    """
+    from ltr.metrics import evaluate, rank_ids, summarize
+
+    if not groups:
+        raise TrainingDataError("fit_linear needs at least one training query")
+    if steps < 1:
+        raise LTRError(f"steps must be >= 1, got {steps}")
+    if len(RETRIEVERS) != 2:
+        raise LTRError("fit_linear searches one weight between exactly two retrievers")
+    a, b = RETRIEVERS
+    qrels = {str(i): dict(q) for i, (_, q) in enumerate(groups)}
+    normed = [(cs, minmax(retriever_scores(cs, a)), minmax(retriever_scores(cs, b)))
+              for cs, _ in groups]
+    best_w, best_v = 0.5, -np.inf
+    for w in np.linspace(0.0, 1.0, steps + 1):
+        run = {str(i): rank_ids(cs.ids, w * sa + (1 - w) * sb)
+               for i, (cs, sa, sb) in enumerate(normed)}
+        v = summarize(evaluate(run, qrels, [metric]))[metric]
+        if v > best_v + 1e-12 or (abs(v - best_v) <= 1e-12 and abs(w - 0.5) < abs(best_w - 0.5)):
+            best_w, best_v = float(w), float(v)
+    return {"weights": {a: best_w, b: 1.0 - best_w}}
