@@ -34,6 +34,19 @@ class EmbeddingConfig:
     batch_size: int = 64
     threads: int = 0  # 0 = one per core, capped at 2 here (more threads than cores is slow)
     cache: bool = True
+    # Where ONNX exports of the model are kept (exported once, atomically, then reused).
+    export_dir: str = "var/models"
+    # The SQLite embedding cache (EmbeddingCache), used by entry points when cache = true.
+    cache_path: str = "var/embeddings.sqlite"
+    # onnx-int8 weight quantization: "auto" picks from the CPU flags (avx512_vnni, avx512,
+    # avx2, arm64); or name one of those.
+    quantization: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
 
 
 @dataclass(frozen=True)

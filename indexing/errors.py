@@ -28,3 +28,7 @@ class BackendError(IndexingError):
 
 class BackendTimeoutError(BackendError):
     """A retrieval backend did not answer in time."""
+
+
+class EmbeddingError(IndexingError):
+    """An embedding model could not be loaded, exported or run (the message says which)."""

@@ -1,0 +1,229 @@
+"""Embedding backends (real MiniLM: torch, ONNX, int8) and the SQLite embedding cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexing.config import EmbeddingConfig
+from indexing.embedding import (
+    BACKENDS,
+    EmbeddingCache,
+    EmbedStats,
+    Encoder,
+    SentenceTransformerEncoder,
+    cpu_quantization,
+    default_model_path,
+    embed_texts,
+    ensure_onnx_export,
+    load_encoder,
+    resolve_threads,
+)
+from indexing.errors import EmbeddingError, IndexingError
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORT_DIR = REPO / "var" / "models"  # persistent (gitignored): the export is made once
+
+SENTENCES = [
+    "How do swept wings behave at transonic speeds?",
+    "Heat transfer in the laminar boundary layer of a flat plate.",
+    "A red leather running shoe with a cushioned sole.",
+    "Stainless steel kettle, 1.7 litres, automatic shut-off.",
+    "The buckling of thin cylindrical shells under axial compression.",
+]
+
+
+@pytest.fixture(scope="module")
+def backend_encoder(encoder: Encoder) -> Callable[[str], Encoder]:
+    """Each backend loaded at most once in this module (the session encoder is reused)."""
+    loaded: dict[str, Encoder] = {getattr(encoder, "backend", "torch"): encoder}
+
+    def get(backend: str) -> Encoder:
+        if backend not in loaded:
+            loaded[backend] = load_encoder(
+                EmbeddingConfig(backend=backend, export_dir=str(EXPORT_DIR))  # type: ignore[arg-type]
+            )
+        return loaded[backend]
+
+    return get
+
+
+def test_normalized_float32_and_dims(encoder: Encoder) -> None:
+    v = encoder.encode(SENTENCES)
+    assert isinstance(encoder, Encoder) and encoder.dim == 384
+    assert v.shape == (len(SENTENCES), 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # Related texts are closer than unrelated ones (the model does something sensible).
+    sims = v @ v.T
+    assert sims[0, 4] > sims[0, 3]
+
+
+def test_empty_and_bad_input(encoder: Encoder, tmp_path: Path) -> None:
+    assert encoder.encode([]).shape == (0, 384)
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        out = embed_texts(encoder, [], cache)
+        assert out.shape == (0, 384) and out.dtype == np.float32
+        with pytest.raises(TypeError, match=r"texts\[1\] is NoneType"):
+            embed_texts(encoder, ["ok", None], cache)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not one string"):
+        encoder.encode("one string")
+
+
+def test_cache_embeds_only_new_or_changed_texts(encoder: Encoder, tmp_path: Path) -> None:
+    path = tmp_path / "emb.sqlite"
+    first = [*SENTENCES[:3], SENTENCES[0]]  # a duplicate is embedded once
+    with EmbeddingCache(path) as cache:
+        s1 = EmbedStats()
+        v1 = embed_texts(encoder, first, cache, stats=s1)
+        assert (s1.texts, s1.unique, s1.hits, s1.embedded) == (4, 3, 0, 3)
+        np.testing.assert_array_equal(v1[0], v1[3])
+        np.testing.assert_allclose(v1, encoder.encode(first), atol=1e-5)
+        assert cache.count(encoder.model_id) == 3
+
+        changed = SENTENCES[1] + " Revised."
+        second = [SENTENCES[0], changed, SENTENCES[2], SENTENCES[1], SENTENCES[3]]
+        s2 = EmbedStats()
+        v2 = embed_texts(encoder, second, cache, stats=s2)
+        assert (s2.hits, s2.embedded) == (3, 2)  # only the changed and the new text
+        np.testing.assert_array_equal(v2[0], v1[0])  # hits are bit-identical
+        np.testing.assert_array_equal(v2[3], v1[1])
+        assert cache.count(encoder.model_id) == 5
+
+    # Reopened from disk: same vectors; another model id sees none of them.
+    with EmbeddingCache(path) as cache:
+        got = cache.get_many(encoder.model_id, [SENTENCES[0], "never seen"])
+        assert got[1] is None and got[0] is not None
+        np.testing.assert_array_equal(got[0], v1[0])
+        assert cache.get_many("other-model:torch", [SENTENCES[0]]) == [None]
+        s3 = EmbedStats()
+        embed_texts(encoder, second, cache, stats=s3)
+        assert s3.embedded == 0 and s3.hits == 5
+        mode = cache._db.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+
+
+def test_length_sorted_chunks_restore_input_order(encoder: Encoder, tmp_path: Path) -> None:
+    texts = ["short", SENTENCES[1] * 3, "mid length text here", SENTENCES[0], "x"]
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        out = embed_texts(encoder, texts, cache, chunk_size=2)
+    np.testing.assert_allclose(out, encoder.encode(texts), atol=1e-5)
+
+
+def test_progress_bar(encoder: Encoder, capsys: pytest.CaptureFixture[str]) -> None:
+    embed_texts(encoder, SENTENCES[:2], None, progress=True)
+    assert "embedding (" in capsys.readouterr().err
+
+
+def test_cache_rejects_inconsistent_vectors(tmp_path: Path) -> None:
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many("m:torch", ["a"], np.ones((1, 4), dtype=np.float32))
+        with pytest.raises(EmbeddingError, match="has dim 4, got vectors of 3"):
+            cache.put_many("m:torch", ["b"], np.ones((1, 3), dtype=np.float32))
+        with pytest.raises(EmbeddingError, match="2 texts but vectors of shape"):
+            cache.put_many("m:torch", ["b", "c"], np.ones((1, 4), dtype=np.float32))
+        # A damaged row (wrong byte length) reads as a miss and is re-embedded, not served.
+        cache._db.execute("UPDATE vectors SET vec = x'00'")
+        assert cache.get_many("m:torch", ["a"]) == [None]
+
+
+@pytest.mark.parametrize(("backend", "min_cos"), [("onnx", 0.9999), ("onnx-int8", 0.98)])
+def test_onnx_backends_match_torch(
+    backend_encoder: Callable[[str], Encoder], backend: str, min_cos: float
+) -> None:
+    torch_enc, other = backend_encoder("torch"), backend_encoder(backend)
+    a, b = torch_enc.encode(SENTENCES), other.encode(SENTENCES)
+    assert b.shape == a.shape and b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cos = (a * b).sum(axis=1)
+    assert cos.min() > min_cos, cos
+    # A different backend never shares cached vectors with torch.
+    assert other.model_id != torch_enc.model_id
+    assert other.model_id.split(":")[0] == torch_enc.model_id.split(":")[0]  # same weights
+
+
+def test_backend_cache_isolation(backend_encoder: Callable[[str], Encoder], tmp_path: Path) -> None:
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        embed_texts(backend_encoder("torch"), SENTENCES, cache)
+        stats = EmbedStats()
+        embed_texts(backend_encoder("onnx-int8"), SENTENCES, cache, stats=stats)
+        assert stats.embedded == len(SENTENCES) and stats.hits == 0
+
+
+def test_int8_model_id_names_quantization(backend_encoder: Callable[[str], Encoder]) -> None:
+    enc = backend_encoder("onnx-int8")
+    assert isinstance(enc, SentenceTransformerEncoder)
+    assert enc.model_id.endswith(f":onnx-int8-{cpu_quantization()}")
+    assert enc.model_path.parent == EXPORT_DIR
+    assert (enc.model_path / "onnx" / "model.onnx").is_file()
+
+
+def test_threads_are_set_deliberately(encoder: Encoder) -> None:
+    import torch
+
+    expected = max(1, min(2, os.cpu_count() or 1))
+    assert resolve_threads(0) == expected and resolve_threads(1) == 1
+    assert getattr(encoder, "threads", expected) == expected
+    assert torch.get_num_threads() <= 2
+    with pytest.raises(EmbeddingError, match="threads must be >= 0"):
+        resolve_threads(-1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_model_path(tmp_path: Path, backend: str) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(EmbeddingError, match="embedding model folder not found") as ei:
+        load_encoder(EmbeddingConfig(model=str(missing), backend=backend))  # type: ignore[arg-type]
+    assert isinstance(ei.value, IndexingError) and str(missing) in str(ei.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbeddingError, match="not a sentence-transformers model folder"):
+        load_encoder(EmbeddingConfig(model=str(tmp_path / "empty"), backend=backend))  # type: ignore[arg-type]
+
+
+def test_quantization_choice_is_known() -> None:
+    assert cpu_quantization() in ("avx512_vnni", "avx512", "avx2", "arm64")
+
+
+_EXPORT_CHILD = """
+import sys
+from indexing.embedding import default_model_path, ensure_onnx_export
+ensure_onnx_export(default_model_path(), sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_killed_export_leaves_no_broken_cache(tmp_path: Path) -> None:
+    """SIGKILL an export mid-way: no model folder appears; the next run cleans up and exports."""
+    root = tmp_path / "models"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _EXPORT_CHILD, str(root)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(root.glob(".tmp-*")) and time.monotonic() < deadline:
+            assert child.poll() is None, "export finished before it could be interrupted"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    left = list(root.iterdir())
+    assert left and all(p.name.startswith(".tmp-") for p in left)  # nothing half-made is final
+
+    path, file_name = ensure_onnx_export(default_model_path(), root)
+    assert file_name == "onnx/model.onnx" and (path / file_name).is_file()
+    assert [p.name for p in root.iterdir()] == [path.name]  # the stale temp dir is gone
+    mtime = (path / file_name).stat().st_mtime_ns
+    again, _ = ensure_onnx_export(default_model_path(), root)  # reused, not re-exported
+    assert again == path and (path / file_name).stat().st_mtime_ns == mtime
