@@ -30,5 +30,9 @@ class BackendTimeoutError(BackendError):
     """A retrieval backend did not answer in time."""
 
 
+class InvalidRequestError(IndexingError, ValueError):
+    """A backend call got a bad argument (k < 1, a query vector of the wrong shape, ...)."""
+
+
 class EmbeddingError(IndexingError):
     """An embedding model could not be loaded, exported or run (the message says which)."""

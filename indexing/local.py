@@ -1,0 +1,514 @@
+"""The embedded ``local`` backend: versioned on-disk indexes with an atomic swap.
+
+Layout under ``index_dir``::
+
+    CURRENT                  the serving version's name (replaced atomically)
+    versions/<version>/      complete, validated, immutable versions (see local_store)
+    .building-<random>/      a build in progress; renamed into versions/ only when complete
+    .lock                    flock held by the one running build
+
+A build writes into ``.building-*``, validates the result (document count, one smoke
+query per retriever) and only then renames it into ``versions/`` and swaps ``CURRENT``.
+A failed or killed build therefore never changes what is served; its leftover directory
+is removed by the next build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+
+from indexing.analysis import Analyzer
+from indexing.backend import Filters, Hits, IndexInfo
+from indexing.config import IndexConfig
+from indexing.documents import Document
+from indexing.embedding import Encoder
+from indexing.errors import (
+    BackendError,
+    IndexingError,
+    IndexNotFoundError,
+    ValidationError,
+)
+from indexing.local_store import (
+    COMBINED,
+    FORMAT_VERSION,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
+    FieldIndex,
+    Snapshot,
+    write_lines,
+)
+
+log = logging.getLogger(__name__)
+
+CURRENT = "CURRENT"
+VERSIONS = "versions"
+BUILDING_PREFIX = ".building-"
+LOCK = ".lock"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+# --- versions ------------------------------------------------------------------------
+def current_version(index_dir: str | Path) -> str | None:
+    """The serving version's name (None before the first build); one small file read."""
+    try:
+        return (Path(index_dir) / CURRENT).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def list_versions(index_dir: str | Path) -> list[str]:
+    """Complete versions on disk, oldest first (names sort by build time)."""
+    vdir = Path(index_dir) / VERSIONS
+    if not vdir.is_dir():
+        return []
+    return sorted(p.name for p in vdir.iterdir() if (p / "manifest.json").is_file())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_current(index_dir: Path, version: str) -> None:
+    """Point CURRENT at ``version``: write a temp file, fsync, os.replace, fsync the dir."""
+    tmp = index_dir / f".{CURRENT}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, index_dir / CURRENT)
+    _fsync_dir(index_dir)
+
+
+def rollback(index_dir: str | Path, version: str | None = None) -> str:
+    """Serve the version before the current one (or the named one); returns its name."""
+    root = Path(index_dir)
+    versions = list_versions(root)
+    cur = current_version(root)
+    if version is None:
+        older = [v for v in versions if cur is None or v < cur]
+        if not older:
+            raise IndexNotFoundError(f"{root}: no version older than {cur!r} to roll back to")
+        version = older[-1]
+    elif version not in versions:
+        raise IndexNotFoundError(
+            f"{root}: unknown version {version!r}; available: {', '.join(versions) or 'none'}"
+        )
+    _swap_current(root, version)
+    return version
+
+
+def _prune(root: Path, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` versions, never the current one."""
+    versions = list_versions(root)
+    cur = current_version(root)
+    keep_set = set(versions[-keep:]) | ({cur} if cur else set())
+    removed = []
+    for v in versions:
+        if v not in keep_set:
+            shutil.rmtree(root / VERSIONS / v, ignore_errors=True)
+            removed.append(v)
+    return removed
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """One build at a time per index_dir; the kernel drops the lock if the process dies."""
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexingError(f"{root}: another build is running (lock {root / LOCK})") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _new_version_name(root: Path) -> str:
+    existing = set(list_versions(root))
+    while True:
+        name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        if name not in existing and (not existing or name > max(existing)):
+            return name
+        time.sleep(0.001)
+
+
+# --- build -----------------------------------------------------------------------------
+def embedding_text(doc: Document) -> str:
+    """The one text embedded per document: title, body and extra fields, blank ones skipped."""
+    return "\n".join(t for t in doc.text_fields().values() if t)
+
+
+def _embed(encoder: Encoder, texts: list[str], cache: Any, progress: bool) -> np.ndarray:
+    """indexing.embedding.embed_texts (with its cache) when available, else the encoder."""
+    try:
+        from indexing.embedding import embed_texts  # type: ignore[attr-defined]
+    except ImportError:
+        if cache is not None:
+            raise IndexingError(
+                "an embedding cache was given but embed_texts is unavailable"
+            ) from None
+        return encoder.encode(texts, progress=progress)
+    return np.asarray(embed_texts(encoder, texts, cache=cache, progress=progress))
+
+
+def _progress(it: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="doc")  # type: ignore[no-any-return]
+
+
+def _write_version(
+    path: Path,
+    docs: list[Document],
+    vectors: np.ndarray,
+    version: str,
+    model_id: str,
+    cfg: IndexConfig,
+    progress: bool,
+) -> None:
+    analyzer = Analyzer(cfg.stopwords, cfg.stemmer)
+    extra_fields = sorted({f for d in docs for f in d.extra})
+    text_fields = ("title", "body", *extra_fields)
+    attr_names = (
+        tuple(cfg.attrs) if cfg.attrs else tuple(sorted({a for d in docs for a in d.attrs}))
+    )
+    n = len(docs)
+
+    per_field: list[list[tuple[str, ...]]] = [[] for _ in text_fields]
+    combined: list[tuple[str, ...]] = []
+    terms_rows: list[list[tuple[str, ...]]] = []
+    for doc in _progress(docs, n, "analyze", progress):
+        texts = doc.text_fields()
+        row = [analyzer.terms(texts.get(f, "")) for f in text_fields]
+        for j, t in enumerate(row):
+            per_field[j].append(t)
+        combined.append(tuple(t for field_terms in row for t in field_terms))
+        terms_rows.append(row)
+
+    (path / "bm25").mkdir()
+    for name, token_lists in _progress(
+        [*zip(text_fields, per_field, strict=True), (COMBINED, combined)],
+        len(text_fields) + 1,
+        "bm25 fields",
+        progress,
+    ):
+        FieldIndex.build(token_lists, cfg.k1, cfg.b).save(path / "bm25" / name)
+
+    np.save(path / "vectors.npy", vectors)
+    ann = n > cfg.ann_threshold
+    if ann:
+        import hnswlib
+
+        index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+        index.init_index(
+            max_elements=n, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=42
+        )
+        index.set_num_threads(min(2, os.cpu_count() or 1))
+        index.add_items(vectors, np.arange(n))
+        index.save_index(str(path / "ann.bin"))
+
+    attrs = np.full((n, len(attr_names)), np.nan, dtype=np.float64)
+    for i, doc in enumerate(docs):
+        for j, a in enumerate(attr_names):
+            v = doc.attrs.get(a)
+            if v is not None:
+                attrs[i, j] = float(v)
+    np.save(path / "attrs.npy", attrs)
+    categories = sorted({d.category for d in docs if d.category is not None})
+    code = {c: i for i, c in enumerate(categories)}
+    cat = np.array([code.get(d.category, -1) if d.category is not None else -1 for d in docs])
+    np.save(path / "category.npy", cat.astype(np.int32))
+    (path / "categories.json").write_text(json.dumps(categories), encoding="utf-8")
+    (path / "ids.json").write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
+    write_lines(path / "docs.jsonl", (d.to_json() for d in docs))
+    write_lines(path / "terms.jsonl", terms_rows)
+
+    manifest = {
+        "format": FORMAT_VERSION,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "doc_count": n,
+        "text_fields": list(text_fields),
+        "attr_names": list(attr_names),
+        "analyzer": analyzer.settings(),
+        "model_id": model_id,
+        "dim": int(vectors.shape[1]),
+        "bm25": {"method": "lucene", "k1": cfg.k1, "b": cfg.b},
+        "ann": {
+            "enabled": ann,
+            "library": "hnswlib",
+            "space": "ip",
+            "M": HNSW_M,
+            "ef_construction": HNSW_EF_CONSTRUCTION,
+            "ef_search": cfg.ann_ef_search,
+            "threshold": cfg.ann_threshold,
+        },
+    }
+    tmp = path / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(tmp, path / "manifest.json")
+
+
+def _check_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.shape != (n, dim):
+        raise ValidationError(f"embeddings have shape {vectors.shape}, expected ({n}, {dim})")
+    if not np.all(np.isfinite(vectors)):
+        bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+        raise ValidationError(f"embedding of document row {bad} has NaN/inf values")
+    norms = np.linalg.norm(vectors, axis=1)
+    if n and float(np.abs(norms - 1.0).max()) > 1e-3:
+        bad = int(np.argmax(np.abs(norms - 1.0)))
+        raise ValidationError(f"embedding of document row {bad} is not L2-normalized")
+    return vectors
+
+
+def validate_snapshot(snap: Snapshot, docs: Sequence[Document], seed: int = 0) -> None:
+    """Refuse a version that cannot serve: wrong count, or a smoke query per retriever fails."""
+    if snap.n != len(docs):
+        raise ValidationError(f"index holds {snap.n} documents, input had {len(docs)}")
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(docs), size=min(20, len(docs)), replace=False)
+
+    # BM25: the most distinctive sampled title must come back in the top 10 (ties allowed).
+    def distinctiveness(row: int) -> float:
+        return sum(snap.idf(list(set(snap.analyzer.terms(docs[row].title)))).values())
+
+    titled = [int(r) for r in sample if snap.analyzer.terms(docs[int(r)].title)]
+    if titled:
+        row = max(titled, key=distinctiveness)
+        hits = snap.bm25(docs[row].title, 10)
+        own = snap.combined.scores(snap.analyzer.terms(docs[row].title))[row]
+        if docs[row].id not in hits.ids and not (len(hits) and own >= hits.scores[-1] - 1e-9):
+            raise ValidationError(
+                f"BM25 smoke query failed: the title of {docs[row].id!r} "
+                "does not retrieve it in the top 10"
+            )
+    # kNN: a document's own vector must retrieve it first (an exact duplicate may tie).
+    row = int(sample[0])
+    hits = snap.knn(snap.vectors[row], 10)
+    self_score = float(snap.vectors[row] @ snap.vectors[row])
+    if not len(hits) or (
+        hits.ids[0] != docs[row].id and abs(float(hits.scores[0]) - self_score) > 1e-5
+    ):
+        raise ValidationError(
+            f"kNN smoke query failed: {docs[row].id!r} is not its own nearest neighbour"
+        )
+
+
+def build_local_index(
+    docs: Iterable[Document],
+    index_dir: str | Path,
+    encoder: Encoder,
+    cfg: IndexConfig | None = None,
+    cache: Any = None,
+    progress: bool = False,
+) -> str:
+    """Build, validate and atomically publish a new version; returns its name.
+
+    On any failure (bad input, embedding error, validation) nothing is published and the
+    previous CURRENT keeps serving.
+    """
+    cfg = cfg or IndexConfig()
+    if cfg.keep_versions < 1:
+        raise IndexingError(f"keep_versions must be >= 1, got {cfg.keep_versions}")
+    root = Path(index_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / VERSIONS).mkdir(exist_ok=True)
+    docs = list(docs)
+    if not docs:
+        raise ValidationError("no documents to index")
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise ValidationError(f"duplicate document id {d.id!r}")
+        seen.add(d.id)
+
+    with _build_lock(root):
+        for stale in root.glob(BUILDING_PREFIX + "*"):  # left by a killed build
+            log.warning("removing stale build directory %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=BUILDING_PREFIX, dir=root))
+        try:
+            version = _new_version_name(root)
+            vectors = _embed(encoder, [embedding_text(d) for d in docs], cache, progress)
+            vectors = _check_vectors(vectors, len(docs), encoder.dim)
+            _write_version(tmp, docs, vectors, version, encoder.model_id, cfg, progress)
+            snap = Snapshot(tmp)
+            try:
+                validate_snapshot(snap, docs)
+            finally:
+                snap.close()
+            _fsync_dir(tmp)
+            final = root / VERSIONS / version
+            os.rename(tmp, final)
+            _fsync_dir(root / VERSIONS)
+            _swap_current(root, version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _prune(root, cfg.keep_versions)
+    return version
+
+
+# --- backend ---------------------------------------------------------------------------
+class LocalBackend:
+    """indexing.backend.RetrievalBackend over the current local index version.
+
+    CPU work runs in asyncio.to_thread. ``reload()`` swaps in a newer CURRENT without
+    disturbing requests in flight (they keep the snapshot they started with).
+    """
+
+    name = "local"
+
+    def __init__(self, index_dir: Path, snapshot: Snapshot, encoder: Encoder | None = None) -> None:
+        self.index_dir = index_dir
+        self._snap: Snapshot | None = snapshot
+        self._encoder = encoder
+        self._ef_search: int | None = None
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | Path,
+        encoder: Encoder | None = None,
+        *,
+        version: str | None = None,
+        ef_search: int | None = None,
+    ) -> LocalBackend:
+        """Load CURRENT (or a named version); refuses an encoder of another dimension."""
+        root = Path(index_dir)
+        snap = cls._load(root, version, ef_search)
+        _check_encoder(snap, encoder)
+        backend = cls(root, snap, encoder)
+        backend._ef_search = ef_search
+        return backend
+
+    @staticmethod
+    def _load(root: Path, version: str | None, ef_search: int | None) -> Snapshot:
+        version = version or current_version(root)
+        if version is None:
+            raise IndexNotFoundError(f"{root}: no current index (run ltrsearch-reindex first)")
+        path = root / VERSIONS / version
+        if not path.is_dir():
+            raise IndexNotFoundError(f"{root}: version {version!r} not found")
+        return Snapshot(path, ef_search=ef_search)
+
+    @property
+    def version(self) -> str:
+        return self._state().version
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(self._state().manifest)
+
+    def reload_sync(self) -> bool:
+        """Switch to CURRENT if it changed; True when a new version was loaded."""
+        cur = current_version(self.index_dir)
+        if cur is None or cur == self.version:
+            return False
+        snap = self._load(self.index_dir, cur, self._ef_search)
+        _check_encoder(snap, self._encoder)
+        self._snap = snap  # the old snapshot's files close when the last request drops it
+        return True
+
+    async def reload(self) -> bool:
+        return await asyncio.to_thread(self.reload_sync)
+
+    def _state(self) -> Snapshot:
+        if self._snap is None:
+            raise BackendError("local backend is closed")
+        return self._snap
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as e:
+            raise BackendError(f"local index I/O failed: {e}") from e
+
+    # --- RetrievalBackend ------------------------------------------------------------
+    async def info(self) -> IndexInfo:
+        s = self._state()
+        return IndexInfo(
+            backend=self.name,
+            version=s.version,
+            doc_count=s.n,
+            text_fields=s.text_fields,
+            attr_names=s.attr_names,
+            model_id=str(s.manifest["model_id"]),
+            dim=s.dim,
+        )
+
+    async def bm25(
+        self, query: str, k: int, field: str | None = None, filters: Filters | None = None
+    ) -> Hits:
+        return await self._run(self._state().bm25, query, k, field, filters)
+
+    async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
+        return await self._run(self._state().knn, vector, k, filters)
+
+    async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
+        return await self._run(self._state().fetch, list(ids))
+
+    async def field_scores(self, query: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return await self._run(self._state().field_scores, query, list(ids))
+
+    async def cosine(self, vector: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+        return await self._run(self._state().cosine, vector, list(ids))
+
+    async def analyze(self, text: str) -> tuple[str, ...]:
+        return self._state().analyzer.terms(text)
+
+    async def doc_terms(self, ids: Sequence[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
+        return await self._run(self._state().doc_terms, list(ids))
+
+    async def idf(self, terms: Sequence[str]) -> dict[str, float]:
+        return self._state().idf(list(terms))
+
+    async def static_attrs(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Numeric attributes per id (NaN = missing); cheaper than fetch (not in the Protocol)."""
+        return await self._run(self._state().static_attrs, list(ids))
+
+    async def close(self) -> None:
+        if self._snap is not None:
+            self._snap.close()
+            self._snap = None
+
+
+def _check_encoder(snap: Snapshot, encoder: Encoder | None) -> None:
+    if encoder is None:
+        return
+    if encoder.dim != snap.dim:
+        raise IndexingError(
+            f"encoder {encoder.model_id!r} has dim {encoder.dim}, "
+            f"index {snap.version} has {snap.dim}"
+        )
+    if encoder.model_id != snap.manifest["model_id"]:
+        log.warning(
+            "query encoder %r differs from the index's %r",
+            encoder.model_id,
+            snap.manifest["model_id"],
+        )

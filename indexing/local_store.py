@@ -1,0 +1,349 @@
+"""On-disk format of one local index version and its synchronous query engine.
+
+A version directory holds everything one immutable index needs:
+- ``manifest.json``: version, created, doc_count, text_fields, attr_names, analyzer,
+  model_id, dim, bm25 params, ann settings (written last by the builder).
+- ``ids.json``: document ids by row.
+- ``bm25/<field>.npz`` + ``bm25/<field>.vocab.json``: bm25s (method="lucene") score matrices
+  in CSC form (term -> postings of precomputed per-document BM25 contributions), one per
+  text field plus ``_all`` (all text fields concatenated).
+- ``vectors.npy``: L2-normalized float32 [N, dim]; ``ann.bin``: hnswlib index (optional).
+- ``attrs.npy``: float64 [N, A], NaN where a document has no value; ``category.npy`` int32
+  codes into ``categories.json`` (-1 = none). Filters and static features are vectorized.
+- ``docs.jsonl`` / ``terms.jsonl`` with ``*.offsets.npy``: the stored Document and the
+  analyzed terms per field of each row, read with os.pread (thread-safe, no re-analysis).
+
+``Snapshot`` answers queries synchronously; indexing.local.LocalBackend runs it off the
+event loop. Everything here is read-only once written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexing.analysis import Analyzer
+from indexing.backend import Filters, Hits
+from indexing.documents import Document
+from indexing.errors import IndexingError, IndexNotFoundError, InvalidRequestError
+from ltr.errors import unknown_name
+
+COMBINED = "_all"  # name of the combined-field BM25 index on disk
+FORMAT_VERSION = 1
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+
+
+@dataclass(frozen=True)
+class FieldIndex:
+    """bm25s score matrix of one field in CSC form: column = term, row = document."""
+
+    vocab: Mapping[str, int]
+    data: np.ndarray  # float32 BM25 contribution of (term, doc)
+    indices: np.ndarray  # document row of each entry
+    indptr: np.ndarray  # [n_terms + 1]
+    num_docs: int
+
+    @classmethod
+    def build(cls, token_lists: Sequence[Sequence[str]], k1: float, b: float) -> FieldIndex:
+        """Index analyzed documents with bm25s' Lucene variant (idf log(1 + (N-df+.5)/(df+.5)))."""
+        n = len(token_lists)
+        if not any(token_lists):  # bm25s divides by the average length; nothing to index
+            return cls({}, np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(1, np.int64), n)
+        import bm25s
+
+        retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+        retriever.index(
+            [list(t) for t in token_lists], create_empty_token=False, show_progress=False
+        )
+        sc = retriever.scores
+        return cls(
+            vocab=dict(retriever.vocab_dict),
+            data=np.asarray(sc["data"], dtype=np.float32),
+            indices=np.asarray(sc["indices"], dtype=np.int32),
+            indptr=np.asarray(sc["indptr"], dtype=np.int64),
+            num_docs=int(sc["num_docs"]),
+        )
+
+    def save(self, path: Path) -> None:
+        np.savez(path.with_suffix(".npz"), data=self.data, indices=self.indices, indptr=self.indptr)
+        path.with_suffix(".vocab.json").write_text(
+            json.dumps({"num_docs": self.num_docs, "vocab": self.vocab}), encoding="utf-8"
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> FieldIndex:
+        meta = json.loads(path.with_suffix(".vocab.json").read_text(encoding="utf-8"))
+        with np.load(path.with_suffix(".npz")) as z:
+            return cls(meta["vocab"], z["data"], z["indices"], z["indptr"], int(meta["num_docs"]))
+
+    def term_ids(self, terms: Iterable[str]) -> list[int]:
+        """Vocabulary ids of the known terms (duplicates kept: each occurrence adds a clause)."""
+        vocab = self.vocab
+        return [vocab[t] for t in terms if t in vocab]
+
+    def scores(self, terms: Sequence[str]) -> np.ndarray:
+        """BM25 of the query terms against every document (float64 [N]; 0 = no match)."""
+        ids = self.term_ids(terms)
+        out = np.zeros(self.num_docs, dtype=np.float64)
+        if not ids:
+            return out
+        starts, ends = self.indptr[ids], self.indptr[np.asarray(ids) + 1]
+        if len(ids) == 1:
+            s, e = int(starts[0]), int(ends[0])
+            out[self.indices[s:e]] = self.data[s:e]
+            return out
+        rows = np.concatenate([self.indices[s:e] for s, e in zip(starts, ends, strict=True)])
+        vals = np.concatenate([self.data[s:e] for s, e in zip(starts, ends, strict=True)])
+        return np.bincount(rows, weights=vals, minlength=self.num_docs)
+
+    def doc_freq(self, term: str) -> int:
+        tid = self.vocab.get(term)
+        return 0 if tid is None else int(self.indptr[tid + 1] - self.indptr[tid])
+
+
+def lucene_idf(df: int, n: int) -> float:
+    """Lucene's BM25 IDF (always positive)."""
+    return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best scores, best first, ties broken by position (deterministic)."""
+    n = len(scores)
+    if k <= 0 or n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[part].min()
+        sel = np.flatnonzero(scores >= kth)  # every tie at the boundary, then cut below
+    else:
+        sel = np.arange(n)
+    order = np.lexsort((sel, -scores[sel]))[:k]
+    return sel[order]
+
+
+class _LineStore:
+    """JSON lines addressed by row through an offsets array, read with os.pread."""
+
+    def __init__(self, path: Path) -> None:
+        self.offsets = np.load(path.with_suffix(".offsets.npy"))
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def get(self, row: int) -> Any:
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return json.loads(os.pread(self.fd, end - start, start))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:  # a snapshot replaced by reload() is closed when dropped
+        self.close()
+
+
+def write_lines(path: Path, objs: Iterable[Any]) -> None:
+    """Write JSON lines plus the byte offset of each line (offsets[-1] = file size)."""
+    offsets = [0]
+    with open(path, "wb") as f:
+        for obj in objs:
+            line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            f.write(line)
+            offsets.append(offsets[-1] + len(line))
+        f.flush()
+        os.fsync(f.fileno())
+    np.save(path.with_suffix(".offsets.npy"), np.asarray(offsets, dtype=np.int64))
+
+
+class Snapshot:
+    """One loaded index version; every method is synchronous and thread-safe (read-only)."""
+
+    def __init__(self, path: Path, ef_search: int | None = None) -> None:
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            raise IndexNotFoundError(f"{path}: no manifest.json (not a complete index version)")
+        self.path = path
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        m = self.manifest
+        if m.get("format") != FORMAT_VERSION:
+            raise IndexingError(
+                f"{path}: index format {m.get('format')!r}, expected {FORMAT_VERSION}"
+            )
+        self.version: str = m["version"]
+        self.text_fields: tuple[str, ...] = tuple(m["text_fields"])
+        self.attr_names: tuple[str, ...] = tuple(m["attr_names"])
+        self.analyzer = Analyzer(m["analyzer"]["stopwords"], m["analyzer"]["stemmer"])
+        self.ids: list[str] = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        self.row_of: dict[str, int] = {d: i for i, d in enumerate(self.ids)}
+        self.n = len(self.ids)
+        self.fields = {f: FieldIndex.load(path / "bm25" / f) for f in self.text_fields}
+        self.combined = FieldIndex.load(path / "bm25" / COMBINED)
+        self.vectors: np.ndarray = np.load(path / "vectors.npy")
+        self.dim = int(m["dim"])
+        self.attrs: np.ndarray = np.load(path / "attrs.npy")
+        self.cat_codes: np.ndarray = np.load(path / "category.npy")
+        self.categories: list[str] = json.loads((path / "categories.json").read_text("utf-8"))
+        self._cat_index = {c: i for i, c in enumerate(self.categories)}
+        self.ann: Any = None
+        if m["ann"]["enabled"]:
+            import hnswlib
+
+            self.ann = hnswlib.Index(space="ip", dim=self.dim)
+            self.ann.load_index(str(path / "ann.bin"), max_elements=self.n)
+            self.ann.set_ef(int(ef_search or m["ann"]["ef_search"]))
+            self.ann.set_num_threads(1)
+        self.docs = _LineStore(path / "docs.jsonl")
+        self.terms = _LineStore(path / "terms.jsonl")
+
+    def close(self) -> None:
+        self.docs.close()
+        self.terms.close()
+
+    # --- helpers -------------------------------------------------------------------
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row per id, -1 for unknown ids."""
+        get = self.row_of.get
+        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def mask(self, filters: Filters | None) -> np.ndarray | None:
+        """Boolean [N]: documents passing the filters (None = no filter); Filters.matches rules."""
+        if filters is None or filters.is_empty():
+            return None
+        m = np.ones(self.n, dtype=bool)
+        if filters.category is not None:
+            code = self._cat_index.get(filters.category)
+            if code is None:
+                return np.zeros(self.n, dtype=bool)
+            m &= self.cat_codes == code
+        for name, (lo, hi) in filters.ranges.items():
+            if name not in self.attr_names:  # no document has it: nothing matches
+                return np.zeros(self.n, dtype=bool)
+            col = self.attrs[:, self.attr_names.index(name)]
+            m &= ~np.isnan(col)
+            if lo is not None:
+                m &= col >= lo
+            if hi is not None:
+                m &= col <= hi
+        return m
+
+    def _field(self, field: str | None) -> FieldIndex:
+        if field is None:
+            return self.combined
+        fi = self.fields.get(field)
+        if fi is None:
+            raise unknown_name("text field", field, self.text_fields)
+        return fi
+
+    def _vector(self, vector: np.ndarray) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float32)
+        if v.ndim == 2 and v.shape[0] == 1:
+            v = v[0]
+        if v.shape != (self.dim,):
+            raise InvalidRequestError(f"query vector has shape {v.shape}, expected ({self.dim},)")
+        if not np.all(np.isfinite(v)):
+            raise InvalidRequestError("query vector has NaN or infinite values")
+        return v
+
+    @staticmethod
+    def _check_k(k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidRequestError(f"k must be a positive integer, got {k!r}")
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> Hits:
+        ids = self.ids
+        return Hits(tuple(ids[r] for r in rows.tolist()), np.asarray(scores, dtype=np.float64))
+
+    # --- retrieval -----------------------------------------------------------------
+    def bm25(
+        self, query: str, k: int, field: str | None = None, filters: Filters | None = None
+    ) -> Hits:
+        self._check_k(k)
+        fi = self._field(field)
+        terms = self.analyzer.terms(query)
+        scores = fi.scores(terms)
+        m = self.mask(filters)
+        eligible = scores > 0 if m is None else (scores > 0) & m
+        rows = np.flatnonzero(eligible)
+        if len(rows) == 0:
+            return Hits((), np.zeros(0, dtype=np.float64))
+        best = rows[top_k(scores[rows], k)]
+        return self._hits(best, scores[best])
+
+    def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
+        self._check_k(k)
+        v = self._vector(vector)
+        m = self.mask(filters)
+        if m is None and self.ann is not None:
+            labels, _ = self.ann.knn_query(v, k=min(k, self.n), num_threads=1)
+            cand = labels[0].astype(np.int64)
+            s = self.vectors[cand] @ v  # exact cosine of the ANN's candidates
+            order = np.lexsort((cand, -s))
+            return self._hits(cand[order], s[order].astype(np.float64))
+        if m is None:
+            s = self.vectors @ v
+            best = top_k(s, k)
+            return self._hits(best, s[best].astype(np.float64))
+        rows = np.flatnonzero(m)
+        if len(rows) == 0:
+            return Hits((), np.zeros(0, dtype=np.float64))
+        s = self.vectors[rows] @ v
+        pos = top_k(s, k)
+        return self._hits(rows[pos], s[pos].astype(np.float64))
+
+    # --- per-candidate lookups -----------------------------------------------------
+    def fetch(self, ids: Sequence[str]) -> list[Document | None]:
+        return [None if r < 0 else Document.from_json(self.docs.get(r)) for r in self.rows(ids)]
+
+    def field_scores(self, query: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        terms = self.analyzer.terms(query)
+        rows = self.rows(ids)
+        known = rows >= 0
+        out: dict[str, np.ndarray] = {}
+        for name, fi in self.fields.items():
+            col = np.full(len(rows), np.nan, dtype=np.float64)
+            if terms:
+                col[known] = fi.scores(terms)[rows[known]]
+            else:
+                col[known] = 0.0
+            out[name] = col
+        return out
+
+    def cosine(self, vector: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+        v = self._vector(vector)
+        rows = self.rows(ids)
+        known = rows >= 0
+        out = np.full(len(rows), np.nan, dtype=np.float64)
+        out[known] = self.vectors[rows[known]] @ v
+        return out
+
+    def doc_terms(self, ids: Sequence[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
+        per_doc = [
+            [()] * len(self.text_fields) if r < 0 else self.terms.get(r) for r in self.rows(ids)
+        ]
+        return {f: tuple(tuple(d[j]) for d in per_doc) for j, f in enumerate(self.text_fields)}
+
+    def idf(self, terms: Sequence[str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for t in terms:
+            df = self.combined.doc_freq(t)
+            if df > 0:
+                out[t] = lucene_idf(df, self.combined.num_docs)
+        return out
+
+    def static_attrs(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Numeric attribute -> value per id (NaN where missing or the id is unknown)."""
+        rows = self.rows(ids)
+        known = rows >= 0
+        out: dict[str, np.ndarray] = {}
+        for j, name in enumerate(self.attr_names):
+            col = np.full(len(rows), np.nan, dtype=np.float64)
+            col[known] = self.attrs[rows[known], j]
+            out[name] = col
+        return out

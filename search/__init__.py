@@ -1,0 +1,1 @@
+"""Query-time code: candidate generation, features pipeline, the aiohttp API, event logging."""

@@ -1,0 +1,252 @@
+"""Candidate generation: BM25 and kNN concurrently, their union, and every lookup features need.
+
+The same code runs at serving time and in offline replay, so a CandidateSet (and hence the
+features) is identical in both. Each retriever stage has its own timeout; a retriever that
+fails (BackendError) or times out is reported as degraded and the other one still serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+
+from indexing.backend import Filters, Hits, RetrievalBackend
+from indexing.embedding import Encoder
+from indexing.errors import BackendError, BackendTimeoutError
+from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query
+from search.config import RetrievalConfig
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUTS_MS: dict[str, float] = RetrievalConfig().timeouts()
+
+
+class QueryVectorCache:
+    """Thread-safe LRU of query text -> L2-normalized vector (read-only arrays)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, text: str) -> np.ndarray | None:
+        with self._lock:
+            v = self._data.get(text)
+            if v is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(text)
+            self.hits += 1
+            return v
+
+    def put(self, text: str, vector: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        v = vector
+        if v.dtype != np.float32 or v.flags.writeable:
+            v = np.array(vector, dtype=np.float32)
+            v.flags.writeable = False
+        with self._lock:
+            self._data[text] = v
+            self._data.move_to_end(text)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class CandidateGenerator:
+    """Turns a query into a CandidateSet (see ltr.types.CandidateSet) over one backend."""
+
+    def __init__(
+        self,
+        backend: RetrievalBackend,
+        encoder: Encoder,
+        bm25_k: int = 100,
+        knn_k: int = 100,
+        timeouts: Mapping[str, float] | None = None,
+        query_cache_size: int = 4096,
+    ) -> None:
+        """``timeouts``: stage ("embed", "bm25", "knn", "lookup") -> milliseconds."""
+        if bm25_k < 1 or knn_k < 1:
+            raise ValueError(f"bm25_k and knn_k must be >= 1, got {bm25_k}, {knn_k}")
+        merged = dict(DEFAULT_TIMEOUTS_MS)
+        for stage, ms in (timeouts or {}).items():
+            if stage not in merged:
+                raise ValueError(f"unknown timeout stage {stage!r}; valid: {', '.join(merged)}")
+            if not ms > 0:
+                raise ValueError(f"timeout of stage {stage!r} must be > 0 ms, got {ms}")
+            merged[stage] = float(ms)
+        self.backend = backend
+        self.encoder = encoder
+        self.bm25_k = bm25_k
+        self.knn_k = knn_k
+        self.timeouts_ms = merged
+        self.query_cache = QueryVectorCache(query_cache_size)
+
+    @classmethod
+    def from_config(
+        cls, backend: RetrievalBackend, encoder: Encoder, cfg: RetrievalConfig
+    ) -> CandidateGenerator:
+        return cls(backend, encoder, cfg.bm25_k, cfg.knn_k, cfg.timeouts(), cfg.query_cache_size)
+
+    async def _timed(self, stage: str, aw: Awaitable[T]) -> T:
+        seconds = self.timeouts_ms[stage] / 1000.0
+        try:
+            return await asyncio.wait_for(aw, seconds)
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"{stage} stage exceeded {self.timeouts_ms[stage]:g} ms"
+            ) from None
+
+    async def embed(self, text: str) -> np.ndarray:
+        """The query's vector, from the LRU cache or encoded off the event loop."""
+        cached = self.query_cache.get(text)
+        if cached is not None:
+            return cached
+        out = await asyncio.to_thread(self.encoder.encode, [text])
+        v = np.array(np.asarray(out)[0], dtype=np.float32)
+        v.flags.writeable = False  # shared through the cache: nobody may modify it
+        self.query_cache.put(text, v)
+        return v
+
+    async def _dense(self, text: str, filters: Filters | None) -> tuple[Hits, np.ndarray]:
+        vector = await self._timed("embed", self.embed(text))
+        hits = await self._timed("knn", self.backend.knn(vector, self.knn_k, filters))
+        return hits, vector
+
+    async def generate(
+        self, query: str | Query, filters: Filters | None = None, query_id: str | None = None
+    ) -> tuple[CandidateSet, list[str]]:
+        """Candidates for ``query`` and the retrievers that were degraded (failed/timed out).
+
+        Raises BackendError when both retrievers fail, or when a lookup fails.
+        """
+        if isinstance(query, Query):
+            query_id = query.id if query_id is None else query_id
+            text = query.text
+        else:
+            text = query
+        bm25_res, dense_res = await asyncio.gather(
+            self._timed("bm25", self.backend.bm25(text, self.bm25_k, None, filters)),
+            self._dense(text, filters),
+            return_exceptions=True,
+        )
+        degraded: list[str] = []
+        errors: list[BaseException] = []
+        bm25_hits: Hits | None = None
+        dense_hits: Hits | None = None
+        vector: np.ndarray | None = None
+        for name, res in ((BM25, bm25_res), (DENSE, dense_res)):
+            if isinstance(res, BackendError):
+                degraded.append(name)
+                errors.append(res)
+            elif isinstance(res, BaseException):
+                raise res
+            elif name == BM25:
+                bm25_hits = res  # type: ignore[assignment]
+            else:
+                dense_hits, vector = res  # type: ignore[misc]
+        if len(degraded) == len(RETRIEVERS):
+            raise BackendError(
+                "all retrievers failed: "
+                + "; ".join(f"{n}: {e}" for n, e in zip(degraded, errors, strict=True))
+            ) from errors[0]
+
+        per_retriever = {BM25: bm25_hits, DENSE: dense_hits}
+        ids = _union(per_retriever)
+        n = len(ids)
+        pos = {d: i for i, d in enumerate(ids)}
+        scores: dict[str, np.ndarray] = {}
+        ranks: dict[str, np.ndarray] = {}
+        for name in RETRIEVERS:
+            s = np.full(n, np.nan, dtype=np.float64)
+            r = np.full(n, np.nan, dtype=np.float64)
+            hits = per_retriever[name]
+            if hits is not None:
+                for rank, (doc_id, score) in enumerate(zip(hits.ids, hits.scores, strict=True)):
+                    s[pos[doc_id]] = float(score)
+                    r[pos[doc_id]] = rank + 1
+            scores[name] = s
+            ranks[name] = r
+
+        lookups = await self._timed("lookup", self._lookups(text, ids, vector))
+        query_terms, field_bm25, cosine, doc_terms, idf, static = lookups
+        cs = CandidateSet(
+            query_text=text,
+            query_terms=query_terms,
+            ids=ids,
+            scores=scores,
+            ranks=ranks,
+            field_bm25=field_bm25,
+            dense_cosine=cosine,
+            doc_terms=doc_terms,
+            idf=idf,
+            static=static,
+            query_id=query_id,
+        )
+        return cs, degraded
+
+    async def _lookups(
+        self, text: str, ids: tuple[str, ...], vector: np.ndarray | None
+    ) -> tuple[Any, Any, np.ndarray, Any, Any, dict[str, np.ndarray]]:
+        backend = self.backend
+        query_terms = await backend.analyze(text)
+        n = len(ids)
+
+        async def cosine() -> np.ndarray:
+            if vector is None:  # dense degraded: cosine unknown, not 0
+                return np.full(n, np.nan, dtype=np.float64)
+            return np.asarray(await backend.cosine(vector, ids), dtype=np.float64)
+
+        field_bm25, cos, doc_terms, idf, static = await asyncio.gather(
+            backend.field_scores(text, ids),
+            cosine(),
+            backend.doc_terms(ids),
+            backend.idf(list(dict.fromkeys(query_terms))),
+            self._static(ids),
+        )
+        field_bm25 = {k: np.asarray(v, dtype=np.float64) for k, v in field_bm25.items()}
+        return query_terms, field_bm25, cos, doc_terms, idf, static
+
+    async def _static(self, ids: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Numeric attrs per candidate: the backend's cheap lookup if it has one, else fetch."""
+        cheap = getattr(self.backend, "static_attrs", None)
+        if cheap is not None:
+            got = await cheap(ids)
+            return {k: np.asarray(v, dtype=np.float64) for k, v in got.items()}
+        info = await self.backend.info()
+        docs = await self.backend.fetch(ids)
+        out: dict[str, np.ndarray] = {}
+        for name in info.attr_names:
+            col = np.full(len(ids), np.nan, dtype=np.float64)
+            for i, doc in enumerate(docs):
+                if doc is not None and name in doc.attrs:
+                    col[i] = float(doc.attrs[name])
+            out[name] = col
+        return out
+
+
+def _union(per_retriever: Mapping[str, Hits | None]) -> tuple[str, ...]:
+    """Ids of all retrievers, ordered by best rank; ties by retriever order (bm25 first)."""
+    best: dict[str, tuple[int, int]] = {}
+    for order, name in enumerate(RETRIEVERS):
+        hits = per_retriever.get(name)
+        if hits is None:
+            continue
+        for rank, doc_id in enumerate(hits.ids):
+            key = (rank, order)
+            if doc_id not in best or key < best[doc_id]:
+                best[doc_id] = key
+    return tuple(sorted(best, key=best.__getitem__))
+
+
+__all__ = ["DEFAULT_TIMEOUTS_MS", "CandidateGenerator", "QueryVectorCache"]

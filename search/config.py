@@ -1,0 +1,109 @@
+"""Typed settings sections owned by search (composed into scripts.settings.Settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Candidate generation: how many each retriever returns and how long each stage may take.
+
+    A retriever stage (embed + kNN, BM25) that exceeds its timeout is dropped for that
+    request and reported as degraded; the lookups stage (per-candidate features) has its
+    own budget and fails the request when exceeded.
+    """
+
+    bm25_k: int = 100
+    knn_k: int = 100
+    embed_timeout_ms: float = 1000.0  # query embedding (LRU-cached)
+    bm25_timeout_ms: float = 500.0
+    knn_timeout_ms: float = 500.0
+    lookup_timeout_ms: float = 2000.0  # field scores, cosine, doc terms, idf, attrs
+    query_cache_size: int = 4096  # query vectors kept in the LRU cache
+
+    def validate(self) -> None:
+        """Called by scripts.settings at load; raises ValueError naming the key."""
+        for name in ("bm25_k", "knn_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("embed_timeout_ms", "bm25_timeout_ms", "knn_timeout_ms", "lookup_timeout_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.query_cache_size < 0:
+            raise ValueError(f"query_cache_size must be >= 0, got {self.query_cache_size}")
+
+    def timeouts(self) -> dict[str, float]:
+        """Stage -> timeout in ms, the form search.candidates.CandidateGenerator takes."""
+        return {
+            "embed": self.embed_timeout_ms,
+            "bm25": self.bm25_timeout_ms,
+            "knn": self.knn_timeout_ms,
+            "lookup": self.lookup_timeout_ms,
+        }
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The search API (engineer F): limits, admin token, stage timeouts, impression logging."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_query_chars: int = 512
+    max_k: int = 100
+    max_offset: int = 1000
+    max_body_bytes: int = 65536
+    max_events_per_batch: int = 1000
+    admin_token: str = ""  # "" disables /admin/* (403); set via LTRSEARCH_API__ADMIN_TOKEN
+    require_model: bool = True  # /ready is 503 while no model serves (search still ranks by RRF)
+    candidates_timeout_ms: float = 2000.0  # candidates + features for one request
+    model_timeout_ms: float = 500.0  # then the page is ranked by fusion, "model" degraded
+    body_chars: int = 300  # body characters returned per hit
+    impression_batch_size: int = 256  # pages per impression-log write
+    impression_flush_ms: float = 500.0  # ... or this often
+    impression_max_pending: int = 100_000  # backlog bound before dropping (counted)
+    index_poll_s: float = 5.0  # notice a swapped local index version (0 = only on reload)
+    model_threads: int = 1  # XGBoost threads per prediction (requests run concurrently)
+    features: tuple[str, ...] = ()  # served features without a model; () = all features
+    featureset_id: str = ""  # pin: refuse models of any other featureset ("" = no pin)
+    access_log: bool = True
+
+    def validate(self) -> None:
+        """Raises ValueError naming the key."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in (
+            "max_query_chars",
+            "max_k",
+            "max_body_bytes",
+            "max_events_per_batch",
+            "impression_batch_size",
+            "model_threads",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_offset < 0 or self.body_chars < 0 or self.index_poll_s < 0:
+            raise ValueError("max_offset, body_chars and index_poll_s must be >= 0")
+        for name in ("candidates_timeout_ms", "model_timeout_ms", "impression_flush_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.impression_max_pending < self.impression_batch_size:
+            raise ValueError("impression_max_pending must be >= impression_batch_size")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """The event store and behavior aggregates (engineer F)."""
+
+    path: str = "var/events.db"
+    half_life_s: float = 14 * 24 * 3600.0  # = ltr.behavior.DEFAULT_HALF_LIFE_S
+    exam_eta: float = 1.0  # examination curve 1 / position ** eta (ltr.behavior)
+    exam_positions: int = 100  # positions past this share the last examination probability
+
+    def validate(self) -> None:
+        if self.half_life_s <= 0:
+            raise ValueError(f"half_life_s must be > 0, got {self.half_life_s}")
+        if self.exam_eta < 0:
+            raise ValueError(f"exam_eta must be >= 0, got {self.exam_eta}")
+        if self.exam_positions < 1:
+            raise ValueError(f"exam_positions must be >= 1, got {self.exam_positions}")

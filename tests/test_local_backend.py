@@ -1,0 +1,80 @@
+"""LocalBackend against the shared backend contract, plus local-only behaviour."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from indexing.config import IndexConfig
+from indexing.local import LocalBackend, build_local_index
+from tests.contract import CONTRACT_DOCS, BackendContract, N
+
+
+@pytest.fixture(scope="session")
+def contract_index(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
+    """CONTRACT_DOCS indexed once per session (exact kNN)."""
+    root = tmp_path_factory.mktemp("contract-index")
+    build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig())
+    return root
+
+
+@pytest.fixture(scope="session")
+def contract_index_ann(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
+    """The same corpus with the hnswlib index forced on (threshold below the corpus size)."""
+    root = tmp_path_factory.mktemp("contract-index-ann")
+    build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(ann_threshold=5))
+    return root
+
+
+class TestLocalBackendContract(BackendContract):
+    @pytest_asyncio.fixture(loop_scope="session")
+    async def backend(self, contract_index: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
+        b = LocalBackend.open(contract_index, encoder)
+        yield b
+        await b.close()
+
+
+class TestLocalBackendAnnContract(BackendContract):
+    """The same contract when unfiltered kNN goes through hnswlib."""
+
+    @pytest_asyncio.fixture(loop_scope="session")
+    async def backend(self, contract_index_ann: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
+        b = LocalBackend.open(contract_index_ann, encoder)
+        assert b.manifest["ann"]["enabled"]
+        yield b
+        await b.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_static_attrs_nan_for_missing(contract_index: Path) -> None:
+    b = LocalBackend.open(contract_index)
+    got = await b.static_attrs(["d28", "d30", "unknown", "d01"])
+    np.testing.assert_array_equal(np.isnan(got["price"]), [True, True, True, False])
+    assert got["price"][3] == 999.0
+    assert got["rating"][0] == 4.4
+    await b.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_closed_backend_raises(contract_index: Path) -> None:
+    from indexing.errors import BackendError
+
+    b = LocalBackend.open(contract_index)
+    await b.close()
+    with pytest.raises(BackendError, match="closed"):
+        await b.bm25("laptop", 3)
+
+
+def test_manifest_records_settings(contract_index: Path, encoder: Any) -> None:
+    b = LocalBackend.open(contract_index)
+    m = b.manifest
+    assert m["doc_count"] == N
+    assert m["analyzer"] == {"stopwords": "en", "stemmer": "english"}
+    assert m["bm25"] == {"method": "lucene", "k1": 1.2, "b": 0.75}
+    assert m["model_id"] == encoder.model_id and m["dim"] == encoder.dim
+    assert m["ann"]["enabled"] is False
