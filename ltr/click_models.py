@@ -6,11 +6,19 @@ Sessions (``Session``), their encoding and the simulators live in ``click_models
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Self, cast, runtime_checkable
+
+import numpy as np
+
 from ltr.click_models_data import (
     ClickModelError,
     EncodedSessions,
     Pair,
     Session,
+    check_probability,
     encode_sessions,
 )
 from ltr.click_models_sim import (
@@ -23,19 +31,627 @@ from ltr.click_models_sim import (
     simulate_pbm,
     simulate_sdbn,
 )
+from ltr.errors import TrainingDataError, unknown_name
+from ltr.types import Judgment
 
 __all__ = [
+    "CLICK_MODELS",
+    "COEC",
+    "DBN",
+    "PBM",
+    "SDBN",
     "SIMULATORS",
+    "ClickModel",
     "ClickModelError",
     "EncodedSessions",
+    "ModelScore",
     "Pair",
+    "Perplexity",
     "Session",
     "attractiveness_from_grades",
     "attractiveness_from_judgments",
     "encode_sessions",
+    "labels",
+    "make_click_model",
+    "select_best",
     "simulate",
     "simulate_cascade",
     "simulate_dbn",
     "simulate_pbm",
     "simulate_sdbn",
 ]
+
+
+# ----------------------------------------------------------------------------- interface
+
+EPS = 1e-6  # click probabilities are clipped to [EPS, 1 - EPS] so a log-likelihood stays finite
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """Click perplexity 2^(-mean log2 P(observed click)), per position (1 first) and overall.
+
+    ``overall`` is the mean of the per-position values (Chuklin et al. 2015); 1 is a perfect
+    model, 2 a coin flip. A position holds the sessions that show a document there.
+    """
+
+    overall: float
+    by_position: np.ndarray
+
+
+@runtime_checkable
+class ClickModel(Protocol):
+    """What every click model offers (see the module docstring for the estimators)."""
+
+    name: str
+
+    def fit(self, sessions: Iterable[Session]) -> Self: ...
+
+    def relevance(self, query: str, doc: str) -> float: ...
+
+    def predict_relevance(self) -> dict[Pair, float]: ...
+
+    def impressions(self) -> dict[Pair, int]: ...
+
+    def click_probs(self, session: Session) -> np.ndarray: ...
+
+    def log_likelihood(self, sessions: Iterable[Session]) -> float: ...
+
+    def perplexity(self, sessions: Iterable[Session]) -> Perplexity: ...
+
+
+def _check_prior(a: float, b: float, what: str) -> tuple[float, float]:
+    a, b = float(a), float(b)
+    if not (np.isfinite(a) and np.isfinite(b) and a >= 0 and b >= 0 and a + b > 0):
+        raise ClickModelError(f"{what} prior pseudo-counts must be >= 0 and not both 0")
+    return a, b
+
+
+def _check_iter(max_iter: int, tol: float) -> None:
+    if int(max_iter) < 1:
+        raise ClickModelError(f"max_iter must be >= 1, got {max_iter!r}")
+    if not (float(tol) >= 0):
+        raise ClickModelError(f"tol must be >= 0, got {tol!r}")
+
+
+class _Base:
+    """Shared machinery: the pair index, held-out encoding, likelihood and perplexity.
+
+    Subclasses implement ``_fit(enc)`` (fit on encoded sessions whose pair ids are this
+    model's ids), ``_cond_probs(ids, enc)`` (P(click at r | clicks before r) for every cell,
+    with id ``n_pairs`` meaning an unseen pair) and ``_relevance_array()`` / ``prior``.
+    """
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._index: dict[Pair, int] = {}
+        self._pairs: tuple[Pair, ...] = ()
+        self._impr = np.zeros(0, dtype=np.int64)
+        self._fitted = False
+
+    # -- to implement
+    def _fit(self, enc: EncodedSessions) -> None:
+        raise NotImplementedError
+
+    def _cond_probs(self, ids: np.ndarray, enc: EncodedSessions) -> np.ndarray:
+        raise NotImplementedError
+
+    def _relevance_array(self) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def prior(self) -> float:
+        """Relevance returned for a (query, doc) pair the model has never seen."""
+        raise NotImplementedError
+
+    # -- shared
+    def fit(self, sessions: Iterable[Session]) -> Self:
+        """Fit on click sessions; raises TrainingDataError when there are none."""
+        enc = encode_sessions(sessions)
+        self._pairs = enc.pairs
+        self._index = {p: i for i, p in enumerate(enc.pairs)}
+        self._impr = enc.impressions()
+        self._fit(enc)
+        self._fitted = True
+        return self
+
+    @property
+    def pairs(self) -> tuple[Pair, ...]:
+        """The training (query, doc) pairs; parameter arrays are aligned with this order."""
+        return self._pairs
+
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise ClickModelError(f"{self.name} click model is not fitted; call fit(sessions)")
+
+    def _model_ids(self, enc: EncodedSessions) -> np.ndarray:
+        """Encoded pair ids -> this model's ids; unseen pairs get ``len(pairs)`` (prior)."""
+        get = self._index.get
+        unseen = len(self._pairs)
+        lut = np.fromiter((get(p, unseen) for p in enc.pairs), np.int64, len(enc.pairs))
+        return lut[enc.pair_ids]
+
+    def relevance(self, query: str, doc: str) -> float:
+        """Relevance estimate of ``doc`` for ``query``; ``prior`` for an unseen pair."""
+        self._require_fitted()
+        i = self._index.get((query, doc))
+        return self.prior if i is None else float(self._relevance_array()[i])
+
+    def predict_relevance(self) -> dict[Pair, float]:
+        """Relevance of every (query, doc) pair seen in training."""
+        self._require_fitted()
+        return dict(zip(self._pairs, self._relevance_array().tolist(), strict=True))
+
+    def impressions(self) -> dict[Pair, int]:
+        """Training impressions per pair (how much data stands behind each estimate)."""
+        self._require_fitted()
+        return dict(zip(self._pairs, self._impr.tolist(), strict=True))
+
+    def _probs(self, sessions: Iterable[Session]) -> tuple[np.ndarray, EncodedSessions]:
+        self._require_fitted()
+        enc = encode_sessions(sessions)
+        p = self._cond_probs(self._model_ids(enc), enc)
+        return np.clip(p, EPS, 1.0 - EPS), enc
+
+    def click_probs(self, session: Session) -> np.ndarray:
+        """P(click at each position | the session's clicks above it), position 1 first."""
+        p, _ = self._probs([session])
+        return p[0, : len(session.docs)]
+
+    def _log_probs(self, sessions: Iterable[Session]) -> tuple[np.ndarray, np.ndarray]:
+        p, enc = self._probs(sessions)
+        lp = np.where(enc.clicks, np.log(p), np.log1p(-p))
+        return np.where(enc.mask, lp, 0.0), enc.mask
+
+    def log_likelihood(self, sessions: Iterable[Session]) -> float:
+        """Mean over sessions of the natural-log probability of the session's clicks."""
+        lp, _ = self._log_probs(sessions)
+        return float(lp.sum(axis=1).mean())
+
+    def perplexity(self, sessions: Iterable[Session]) -> Perplexity:
+        """Click perplexity per position and overall (see ``Perplexity``)."""
+        lp, mask = self._log_probs(sessions)
+        n = mask.sum(axis=0)
+        mean_log2 = lp.sum(axis=0) / np.maximum(n, 1) / np.log(2.0)
+        by_pos = np.where(n > 0, np.exp2(-mean_log2), np.nan)
+        return Perplexity(float(np.nanmean(by_pos)), by_pos)
+
+    def __repr__(self) -> str:
+        state = f"{len(self._pairs)} pairs" if self._fitted else "unfitted"
+        return f"<{type(self).__name__} {state}>"
+
+
+def _position_ids(enc: EncodedSessions, n_positions: int) -> np.ndarray:
+    """Column index per cell, capped at the last fitted position (longer held-out lists)."""
+    pos = np.broadcast_to(np.arange(enc.max_len), enc.pair_ids.shape)
+    return np.minimum(pos, n_positions - 1)
+
+
+# ----------------------------------------------------------------------------- COEC
+
+
+class COEC(_Base):
+    """Clicks over expected clicks (Zhang & Jones 2007).
+
+    Position priors ``ctr[r]`` = clicks / impressions at position r over all pairs; a pair's
+    expected clicks E = sum of ``ctr`` over its impressions; relevance =
+    (clicks + m) / (E + m) with ``m = prior_strength`` pseudo expected clicks, so the prior
+    for an unseen pair is 1.0 (clicked as often as its positions predict). It is a ratio,
+    not a probability. As a click model: P(click at r) = min(ctr[r] * relevance, 1).
+    """
+
+    name = "coec"
+
+    def __init__(self, prior_strength: float = 1.0) -> None:
+        super().__init__()
+        if not (float(prior_strength) > 0 and np.isfinite(prior_strength)):
+            raise ClickModelError(f"prior_strength must be > 0, got {prior_strength!r}")
+        self.prior_strength = float(prior_strength)
+        self.position_ctr = np.zeros(0)
+        self.coec = np.zeros(0)
+
+    @property
+    def prior(self) -> float:
+        return 1.0
+
+    def _fit(self, enc: EncodedSessions) -> None:
+        shown = enc.mask.sum(axis=0)
+        self.position_ctr = (enc.clicks & enc.mask).sum(axis=0) / np.maximum(shown, 1)
+        m = enc.mask
+        expected = np.bincount(
+            enc.pair_ids[m],
+            weights=np.broadcast_to(self.position_ctr, m.shape)[m],
+            minlength=len(enc.pairs),
+        )
+        m0 = self.prior_strength
+        self.coec = (enc.click_counts() + m0) / (expected + m0)
+
+    def _relevance_array(self) -> np.ndarray:
+        return self.coec
+
+    def _cond_probs(self, ids: np.ndarray, enc: EncodedSessions) -> np.ndarray:
+        rel = np.append(self.coec, self.prior)[ids]
+        ctr = self.position_ctr[_position_ids(enc, len(self.position_ctr))]
+        return np.minimum(ctr * rel, 1.0)
+
+
+# ----------------------------------------------------------------------------- PBM
+
+
+class PBM(_Base):
+    """Position-based model, fitted by EM (Chuklin, Markov & de Rijke 2015, ch. 4).
+
+    P(click at r) = examination[r] * attractiveness[query, doc], independently per position.
+    The likelihood only sees the products, so the scale is fixed by the usual convention
+    examination[0] = 1 (the top result is always looked at); the fit needs each pair shown
+    at more than one position (randomized or varying rankings) to separate the two.
+    ``prior_a`` / ``prior_b`` are pseudo-clicks / pseudo-skips added in every M-step (the
+    MAP estimate under a Beta(prior_a + 1, prior_b + 1) prior), so rare pairs shrink to
+    the prior mean; relevance = attractiveness; an unseen pair gets prior_a / (prior_a +
+    prior_b). ``attractiveness`` is aligned with ``pairs``.
+    """
+
+    name = "pbm"
+
+    def __init__(
+        self,
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        prior_a: float = 1.0,
+        prior_b: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _check_iter(max_iter, tol)
+        self.max_iter, self.tol = int(max_iter), float(tol)
+        self.prior_a, self.prior_b = _check_prior(prior_a, prior_b, "attractiveness")
+        self.attractiveness = np.zeros(0)
+        self.examination = np.zeros(0)
+        self.n_iter = 0
+
+    @property
+    def prior(self) -> float:
+        return self.prior_a / (self.prior_a + self.prior_b)
+
+    def _fit(self, enc: EncodedSessions) -> None:
+        m = enc.mask
+        ids, clk = enc.pair_ids[m], enc.clicks[m]
+        pos = np.broadcast_to(np.arange(enc.max_len), m.shape)[m]
+        n_pairs, n_pos = len(enc.pairs), enc.max_len
+        impr = np.bincount(ids, minlength=n_pairs)
+        shown = np.bincount(pos, minlength=n_pos)
+        alpha = np.full(n_pairs, 0.5)
+        ctr = np.bincount(pos, weights=clk, minlength=n_pos) / np.maximum(shown, 1)
+        gamma = np.clip(ctr / max(ctr[0], EPS), 0.05, 1.0)  # CTR decay is a decent start
+        a0, b0 = self.prior_a, self.prior_b
+        for it in range(1, self.max_iter + 1):
+            a, g = alpha[ids], gamma[pos]
+            denom = np.maximum(1.0 - a * g, EPS)
+            post_a = np.where(clk, 1.0, a * (1.0 - g) / denom)
+            post_e = np.where(clk, 1.0, g * (1.0 - a) / denom)
+            new_alpha = (np.bincount(ids, weights=post_a, minlength=n_pairs) + a0) / (
+                impr + a0 + b0
+            )
+            new_gamma = np.bincount(pos, weights=post_e, minlength=n_pos) / np.maximum(shown, 1)
+            scale = max(new_gamma[0], EPS)  # identifiability: examination[0] = 1
+            new_gamma = np.clip(new_gamma / scale, EPS, 1.0)
+            new_alpha = np.clip(new_alpha * scale, EPS, 1.0 - EPS)
+            delta = max(np.abs(new_alpha - alpha).max(), np.abs(new_gamma - gamma).max())
+            alpha, gamma = new_alpha, new_gamma
+            self.n_iter = it
+            if delta < self.tol:
+                break
+        self.attractiveness, self.examination = alpha, gamma
+
+    def _relevance_array(self) -> np.ndarray:
+        return self.attractiveness
+
+    def _cond_probs(self, ids: np.ndarray, enc: EncodedSessions) -> np.ndarray:
+        a = np.append(self.attractiveness, self.prior)[ids]
+        return a * self.examination[_position_ids(enc, len(self.examination))]
+
+
+# ----------------------------------------------------------------------------- DBN / SDBN
+
+
+class DBN(_Base):
+    """Dynamic Bayesian network (Chapelle & Zhang 2009), fitted by exact EM.
+
+    Cascade: position 1 is examined; an examined doc is clicked with attractiveness a; after
+    a click the user is satisfied with probability s and stops, else continues to the next
+    position with probability ``gamma`` (also continues with ``gamma`` after a non-click).
+    The E-step computes, per session, the exact posteriors of examination (backward
+    probabilities of "no click below" + a forward pass), attraction and satisfaction of the
+    last click, vectorized over sessions with a loop over positions only.
+    ``gamma=None`` learns the continuation probability; a number fixes it.
+    a and s get (pseudo-successes, pseudo-failures) ``prior_a`` / ``prior_s`` in every
+    M-step (MAP under Beta(x + 1, y + 1) priors); the arrays ``attractiveness`` and
+    ``satisfaction`` are aligned with ``pairs``. Relevance = a * s (the
+    probability that the doc satisfies a user who examines it); an unseen pair gets the
+    product of the prior means.
+    """
+
+    name = "dbn"
+
+    def __init__(
+        self,
+        gamma: float | None = None,
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        prior_a: tuple[float, float] = (1.0, 1.0),
+        prior_s: tuple[float, float] = (1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        _check_iter(max_iter, tol)
+        self.fixed_gamma = None if gamma is None else check_probability(gamma, "gamma")
+        self.max_iter, self.tol = int(max_iter), float(tol)
+        self.prior_a = _check_prior(*prior_a, "attractiveness")
+        self.prior_s = _check_prior(*prior_s, "satisfaction")
+        self.attractiveness = np.zeros(0)
+        self.satisfaction = np.zeros(0)
+        self.gamma = 0.9 if gamma is None else float(gamma)
+        self.n_iter = 0
+
+    @property
+    def prior(self) -> float:
+        (a0, b0), (s0, t0) = self.prior_a, self.prior_s
+        return a0 / (a0 + b0) * s0 / (s0 + t0)
+
+    def _relevance_array(self) -> np.ndarray:
+        return self.attractiveness * self.satisfaction
+
+    def _e_step(
+        self, enc: EncodedSessions, a: np.ndarray, s: np.ndarray, g: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Posteriors per cell: P(A=1), P(S=1 and clicked), P(E=1); and last-click index."""
+        n, L = enc.pair_ids.shape
+        m, clk = enc.mask, enc.clicks & enc.mask
+        a_m = np.where(m, np.clip(a[enc.pair_ids], EPS, 1 - EPS), 0.0)  # padding: never clicked
+        s_m = s[enc.pair_ids]
+
+        last = np.where(clk.any(axis=1), L - 1 - np.argmax(clk[:, ::-1], axis=1), -1)
+        # z[:, r] = P(no clicks at r..end | examined at r); padding leaves z = 1.
+        z = np.ones((n, L + 1))
+        for r in range(L - 1, -1, -1):
+            z[:, r] = (1.0 - a_m[:, r]) * ((1.0 - g) + g * z[:, r + 1])
+        rows = np.arange(n)
+        has = last >= 0
+        li = np.maximum(last, 0)
+        s_l = np.where(has, s_m[rows, li], 0.0)
+        z_next = z[rows, li + 1]
+        stop_unsat = (1.0 - g) + g * z_next  # P(no click below | not satisfied at last click)
+        denom = s_l + (1.0 - s_l) * stop_unsat
+        p_sat = np.where(has, s_l / np.maximum(denom, EPS), 0.0)
+        e_after_last = (1.0 - s_l) * g * z_next / np.maximum(denom, EPS)
+        e = np.ones((n, L))
+        for r in range(L - 1):
+            tail = e[:, r] * (1.0 - a_m[:, r]) * g * z[:, r + 1] / np.maximum(z[:, r], EPS)
+            e[:, r + 1] = np.where(r < last, 1.0, np.where(r == last, e_after_last, tail))
+        post_a = np.where(clk, 1.0, (1.0 - e) * a_m)
+        post_s = np.zeros((n, L))
+        post_s[rows[has], last[has]] = p_sat[has]
+
+        return post_a, post_s, e, last
+
+    def _m_step(
+        self,
+        enc: EncodedSessions,
+        post_a: np.ndarray,
+        post_s: np.ndarray,
+        e: np.ndarray,
+        impr: np.ndarray,
+        clicks: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        m = enc.mask
+        ids = enc.pair_ids[m]
+        n_pairs = len(enc.pairs)
+        (a0, b0), (s0, t0) = self.prior_a, self.prior_s
+        a = (np.bincount(ids, weights=post_a[m], minlength=n_pairs) + a0) / (impr + a0 + b0)
+        s = (np.bincount(ids, weights=post_s[m], minlength=n_pairs) + s0) / (clicks + s0 + t0)
+        if self.fixed_gamma is not None:
+            return a, s, self.fixed_gamma
+        nxt = m[:, 1:]  # a transition r -> r+1 exists only if position r+1 was shown
+        num = (e[:, 1:] * nxt).sum()
+        den = ((e[:, :-1] - post_s[:, :-1]) * nxt).sum()
+        g = float(np.clip(num / den, EPS, 1.0)) if den > 0 else self.gamma
+        return a, s, g
+
+    def _fit(self, enc: EncodedSessions) -> None:
+        n_pairs = len(enc.pairs)
+        impr, clicks = enc.impressions(), enc.click_counts()
+        a, s = np.full(n_pairs, 0.5), np.full(n_pairs, 0.5)
+        g = self.gamma if self.fixed_gamma is None else self.fixed_gamma
+        for it in range(1, self.max_iter + 1):
+            post_a, post_s, e, _ = self._e_step(enc, a, s, g)
+            new_a, new_s, new_g = self._m_step(enc, post_a, post_s, e, impr, clicks)
+            delta = max(np.abs(new_a - a).max(), np.abs(new_s - s).max(), abs(new_g - g))
+            a, s, g = new_a, new_s, new_g
+            self.n_iter = it
+            if delta < self.tol:
+                break
+        self.attractiveness, self.satisfaction, self.gamma = a, s, g
+
+    def attractiveness_of(self, query: str, doc: str) -> float:
+        """Attractiveness of a pair (prior mean when unseen)."""
+        self._require_fitted()
+        i = self._index.get((query, doc))
+        a0, b0 = self.prior_a
+        return a0 / (a0 + b0) if i is None else float(self.attractiveness[i])
+
+    def satisfaction_of(self, query: str, doc: str) -> float:
+        """Satisfaction of a pair (prior mean when unseen)."""
+        self._require_fitted()
+        i = self._index.get((query, doc))
+        s0, t0 = self.prior_s
+        return s0 / (s0 + t0) if i is None else float(self.satisfaction[i])
+
+    def _cond_probs(self, ids: np.ndarray, enc: EncodedSessions) -> np.ndarray:
+        (a0, b0), (s0, t0) = self.prior_a, self.prior_s
+        a = np.append(self.attractiveness, a0 / (a0 + b0))[ids]
+        s = np.append(self.satisfaction, s0 / (s0 + t0))[ids]
+        g = self.gamma
+        n, L = ids.shape
+        p = np.zeros((n, L))
+        pe = np.ones(n)  # P(examined at r | clicks above r)
+        for r in range(L):
+            ar = np.clip(a[:, r], EPS, 1 - EPS)
+            p[:, r] = pe * ar
+            c = enc.clicks[:, r]
+            after_skip = pe * (1.0 - ar) / np.maximum(1.0 - pe * ar, EPS)
+            pe = g * np.where(c, 1.0 - s[:, r], after_skip)
+        return p
+
+
+class SDBN(DBN):
+    """Simplified DBN: gamma = 1, fitted by counting (Chuklin et al. 2015, sec. 4.2).
+
+    With gamma = 1 a user leaves only when satisfied, so the last click is taken as the
+    satisfied one and every document down to it as examined (all of them in a session
+    without clicks). a = clicks / examinations, s = last clicks / clicks, both with Beta
+    pseudo-counts. Exact when the last click really is satisfying; on DBN data with
+    unsatisfied last clicks it overestimates s and, a little, a (see docs/evaluation.md).
+    """
+
+    name = "sdbn"
+
+    def __init__(
+        self,
+        prior_a: tuple[float, float] = (1.0, 1.0),
+        prior_s: tuple[float, float] = (1.0, 1.0),
+    ) -> None:
+        super().__init__(gamma=1.0, max_iter=1, prior_a=prior_a, prior_s=prior_s)
+
+    def _fit(self, enc: EncodedSessions) -> None:
+        m, clk = enc.mask, enc.clicks & enc.mask
+        L = enc.max_len
+        n_pairs = len(enc.pairs)
+        last = np.where(clk.any(axis=1), L - 1 - np.argmax(clk[:, ::-1], axis=1), L - 1)
+        examined = m & (np.arange(L)[None, :] <= last[:, None])
+        is_last = np.zeros_like(clk)
+        rows = np.flatnonzero(clk.any(axis=1))
+        is_last[rows, last[rows]] = True
+        ex = np.bincount(enc.pair_ids[examined], minlength=n_pairs)
+        clicks = enc.click_counts()
+        lasts = np.bincount(enc.pair_ids[is_last], minlength=n_pairs)
+        (a0, b0), (s0, t0) = self.prior_a, self.prior_s
+        self.attractiveness = (clicks + a0) / (ex + a0 + b0)
+        self.satisfaction = (lasts + s0) / (clicks + s0 + t0)
+        self.gamma = 1.0
+        self.n_iter = 1
+
+
+# ----------------------------------------------------------------------------- registry
+
+CLICK_MODELS: dict[str, type[_Base]] = {"coec": COEC, "pbm": PBM, "sdbn": SDBN, "dbn": DBN}
+
+
+def make_click_model(name: str, **params: Any) -> ClickModel:
+    """A new, unfitted click model by registry name; unknown names list the valid ones."""
+    if name not in CLICK_MODELS:
+        raise unknown_name("click model", name, list(CLICK_MODELS))
+    try:
+        return CLICK_MODELS[name](**params)
+    except TypeError as e:  # an unknown keyword: say which model refused it
+        raise ClickModelError(f"click model {name!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """One row of ``select_best``'s table."""
+
+    name: str
+    perplexity: float
+    log_likelihood: float
+    perplexity_by_position: tuple[float, ...]
+    fit_seconds: float
+
+
+def select_best(
+    models: Iterable[str | ClickModel] | None,
+    train: Sequence[Session],
+    heldout: Sequence[Session],
+) -> tuple[ClickModel, list[ModelScore]]:
+    """Fit each model on ``train``; return the lowest held-out perplexity one and the table.
+
+    ``models`` are registry names or unfitted instances (None = every registered model).
+    The table is sorted best first. Raises TrainingDataError when either split is empty.
+    """
+    train, heldout = list(train), list(heldout)
+    if not heldout:
+        raise TrainingDataError("select_best needs held-out sessions to score the models")
+    chosen = list(CLICK_MODELS) if models is None else list(models)
+    if not chosen:
+        raise ClickModelError("select_best got no models to compare")
+    fitted: list[tuple[ClickModel, ModelScore]] = []
+    for spec in chosen:
+        model = make_click_model(spec) if isinstance(spec, str) else spec
+        t0 = time.perf_counter()
+        model.fit(train)
+        secs = time.perf_counter() - t0
+        pp = model.perplexity(heldout)
+        score = ModelScore(
+            model.name,
+            pp.overall,
+            model.log_likelihood(heldout),
+            tuple(pp.by_position.tolist()),
+            secs,
+        )
+        fitted.append((model, score))
+    fitted.sort(key=lambda ms: ms[1].perplexity)
+    return fitted[0][0], [s for _, s in fitted]
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def labels(
+    source: ClickModel | Iterable[Session],
+    *,
+    grades: int = 4,
+    method: Literal["quantile", "threshold"] = "quantile",
+    thresholds: Sequence[float] | None = None,
+    model: str = "dbn",
+    min_impressions: int = 1,
+    **model_params: Any,
+) -> list[Judgment]:
+    """Graded judgments 0..grades-1 from click-model relevance estimates.
+
+    ``source`` is a fitted click model, or sessions to fit ``make_click_model(model,
+    **model_params)`` on. Pairs with fewer than ``min_impressions`` training impressions are
+    left out (no label rather than a noisy one).
+    - ``quantile``: cut points at the 1/grades, 2/grades, ... quantiles of the relevance
+      of the kept pairs over all queries (equal-sized grade bins; the grade scale is global,
+      so a query with only weak documents gets only low grades).
+    - ``threshold``: grade = number of ``thresholds`` (ascending, grades-1 of them) that the
+      relevance reaches; the default splits [0, 1] evenly, which suits probability-valued
+      relevance (pbm, sdbn, dbn), not COEC's ratio.
+    The query of a session becomes ``Judgment.query_id``.
+    """
+    if int(grades) < 2:
+        raise ClickModelError(f"grades must be >= 2, got {grades!r}")
+    grades = int(grades)
+    fitted: ClickModel
+    if hasattr(source, "predict_relevance"):  # a fitted model, ours or any ClickModel
+        fitted = cast(ClickModel, source)
+    else:
+        fitted = make_click_model(model, **model_params).fit(cast(Iterable[Session], source))
+    rel = fitted.predict_relevance()
+    impr = fitted.impressions()
+    pairs = [p for p in rel if impr.get(p, 0) >= min_impressions]
+    if not pairs:
+        raise TrainingDataError(f"no (query, doc) pair has >= {min_impressions} impressions")
+    values = np.array([rel[p] for p in pairs], dtype=np.float64)
+    if method == "quantile":
+        cuts = np.quantile(values, np.arange(1, grades) / grades)
+    elif method == "threshold":
+        cuts = (
+            np.arange(1, grades) / grades
+            if thresholds is None
+            else np.asarray(thresholds, dtype=np.float64)
+        )
+        if cuts.shape != (grades - 1,) or np.any(np.diff(cuts) < 0) or np.isnan(cuts).any():
+            raise ClickModelError(f"thresholds must be {grades - 1} ascending numbers")
+    else:
+        raise unknown_name("label method", method, ["quantile", "threshold"])
+    g = np.searchsorted(cuts, values, side="right")
+    return [Judgment(q, d, float(k)) for (q, d), k in zip(pairs, g.tolist(), strict=True)]

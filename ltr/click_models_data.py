@@ -133,9 +133,7 @@ def check_probabilities(values: Sequence[float] | np.ndarray, what: str) -> np.n
     return arr
 
 
-def lookup_pairs(
-    pairs: Sequence[Pair], values: Mapping[Pair, float], what: str
-) -> np.ndarray:
+def lookup_pairs(pairs: Sequence[Pair], values: Mapping[Pair, float], what: str) -> np.ndarray:
     """Values for ``pairs`` from a (query, doc) mapping; a missing pair is a ClickModelError."""
     out = np.empty(len(pairs), dtype=np.float64)
     for i, p in enumerate(pairs):

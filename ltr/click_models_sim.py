@@ -112,9 +112,7 @@ def _plan(
     return gen, queries, which
 
 
-def _shown(
-    gen: np.random.Generator, n: int, length: int, shuffle: float
-) -> np.ndarray:
+def _shown(gen: np.random.Generator, n: int, length: int, shuffle: float) -> np.ndarray:
     """Per session, the indices into the query's ranking shown at positions 1..length."""
     order = np.broadcast_to(np.arange(length), (n, length)).copy()
     if shuffle > 0:
@@ -232,8 +230,14 @@ def simulate_cascade(
     """Cascade model (Craswell et al. 2008): scan down, click the first attractive doc, stop."""
     ones = _AllOnes()
     return simulate_dbn(
-        rankings, attractiveness, ones, 1.0, n_sessions, rng,
-        query_weights=query_weights, shuffle=shuffle,
+        rankings,
+        attractiveness,
+        ones,
+        1.0,
+        n_sessions,
+        rng,
+        query_weights=query_weights,
+        shuffle=shuffle,
     )
 
 
@@ -249,8 +253,14 @@ def simulate_sdbn(
 ) -> list[Session]:
     """Simplified DBN: the DBN with gamma = 1 (users never abandon unless satisfied)."""
     return simulate_dbn(
-        rankings, attractiveness, satisfaction, 1.0, n_sessions, rng,
-        query_weights=query_weights, shuffle=shuffle,
+        rankings,
+        attractiveness,
+        satisfaction,
+        1.0,
+        n_sessions,
+        rng,
+        query_weights=query_weights,
+        shuffle=shuffle,
     )
 
 
