@@ -330,7 +330,8 @@ def from_served_log(
     feature_names: Sequence[str] | None = None,
     missing_label: Literal["drop", "zero", "error"] = "drop",
     group_by: Literal["request", "query"] = "request",
-    margin_column: str = "base_margin",
+    margin_column: str | None = "base_margin",
+    featureset_id: str | None = None,
 ) -> RankingData:
     """Training rows from the impression log: the served vectors, unchanged, plus labels.
 
@@ -338,8 +339,11 @@ def from_served_log(
     featureset_id, <features...>). ``labels`` maps (query, doc_id) — click models label
     query-document pairs — or (request_id, doc_id) to a grade. Each served list
     (request) is one ranking group by default, because the features (behavior
-    aggregates) belong to that moment. The base margin comes from ``margin_column``
-    when the log has it, else None. Never recomputes a feature.
+    aggregates) belong to that moment. The base margin is the ``margin_column`` of the
+    log when it has one (a dedicated column, or a logged fusion feature such as "rrf"),
+    else None. ``featureset_id`` keeps only the rows served with that featureset (a log
+    spanning a model change holds several; the frame is then a column union, so pass
+    that featureset's ``feature_names`` too). Never recomputes a feature.
     """
     if not isinstance(rows, pd.DataFrame):
         raise TrainingDataError("rows must be a pandas DataFrame of served features")
@@ -347,6 +351,10 @@ def from_served_log(
     miss = sorted(need - set(rows.columns))
     if miss:
         raise TrainingDataError(f"served log is missing column(s): {', '.join(miss)}")
+    if featureset_id is not None:
+        if "featureset_id" not in rows.columns:
+            raise TrainingDataError("served log has no featureset_id column to filter on")
+        rows = rows[rows["featureset_id"] == featureset_id]
     if feature_names is None:
         feature_names = [c for c in rows.columns if c not in SERVED_META_COLUMNS]
     names = list(feature_names)
@@ -395,7 +403,9 @@ def from_served_log(
     X = frame[names].to_numpy(dtype=np.float32, na_value=np.nan)
     bm = (
         frame[margin_column].to_numpy(dtype=np.float64)
-        if margin_column in frame.columns and frame[margin_column].notna().all()
+        if margin_column is not None
+        and margin_column in frame.columns
+        and frame[margin_column].notna().all()
         else None
     )
     return RankingData(

@@ -1,0 +1,381 @@
+"""LambdaMART training: data handling, splits, early stopping, determinism, served-log join.
+
+Synthetic ranking tasks have a known signal, so "the model learned" is checkable; NDCG is
+measured with ir-measures (an outside library), not with our own metric code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ir_measures
+import numpy as np
+import pandas as pd
+import pytest
+
+from ltr.config import RegistryConfig, TrainConfig
+from ltr.dataset import RankingData, concat, from_served_log, kfold_by_query, split_by_query
+from ltr.errors import TrainingDataError
+from ltr.train import Trainer, with_overrides
+
+FEATURES = ("signal", "noise", "sparse_signal", "all_nan")
+
+
+def synthetic(n_queries: int = 120, n_docs: int = 25, seed: int = 0) -> RankingData:
+    """Graded labels from a latent relevance; the base margin is a noisy view of it (like a
+    fusion score) and the features carry more of the signal, so boosting from the margin
+    has something to learn. ``sparse_signal`` is NaN for 30 % of rows, ``all_nan`` always."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    for q in range(n_queries):
+        latent = rng.normal(size=n_docs)
+        y = np.clip(np.round(latent + 1.0), 0, 3)
+        X = np.c_[
+            latent + rng.normal(scale=0.6, size=n_docs),
+            rng.normal(size=n_docs),
+            np.where(rng.random(n_docs) < 0.3, np.nan, latent + rng.normal(scale=0.6, size=n_docs)),
+            np.full(n_docs, np.nan),
+        ]
+        margin = latent + rng.normal(scale=1.5, size=n_docs)
+        groups.append((f"q{q}", X, y, [f"q{q}d{i}" for i in range(n_docs)], margin))
+    return RankingData.from_groups(groups, FEATURES)
+
+
+def ndcg10(data: RankingData, scores: np.ndarray) -> float:
+    """Mean NDCG@10 (trec_eval linear gain) over queries with a relevant document, computed
+    by ir-measures; the gain form is irrelevant here: the same for every ranker compared."""
+    assert data.doc_ids is not None
+    qrels, run = [], []
+    judged = {str(q) for q, y in zip(data.qids, data.y, strict=True) if y > 0}
+    for q, d, y, s in zip(data.qids, data.doc_ids, data.y, scores, strict=True):
+        if str(q) in judged:
+            qrels.append(ir_measures.Qrel(str(q), str(d), int(y)))
+            run.append(ir_measures.ScoredDoc(str(q), str(d), float(s)))
+    measure = ir_measures.nDCG @ 10
+    return float(ir_measures.calc_aggregate([measure], qrels, run)[measure])
+
+
+FAST = TrainConfig(num_boost_round=80, early_stopping_rounds=15, eta=0.1, nthread=1)
+
+
+@pytest.fixture(scope="module")
+def data() -> RankingData:
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def splits(data: RankingData) -> tuple[RankingData, RankingData, RankingData]:
+    tr, va, te = split_by_query(data, (0.6, 0.2, 0.2), seed=3)
+    return tr, va, te
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("eta", 0.0, "eta"),
+        ("eta", 1.5, "eta"),
+        ("max_depth", 0, "max_depth"),
+        ("subsample", 0.0, "subsample"),
+        ("colsample_bytree", 1.2, "colsample_bytree"),
+        ("num_boost_round", 0, "num_boost_round"),
+        ("early_stopping_rounds", -1, "early_stopping_rounds"),
+        ("lambdarank_pair_method", "all", "lambdarank_pair_method"),
+        ("valid_fraction", 1.0, "valid_fraction"),
+        ("reg_lambda", float("nan"), "reg_lambda"),
+        ("objective", "reg:squarederror", "objective"),
+    ],
+)
+def test_train_config_rejects_bad_values(field: str, value: object, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        with_overrides(TrainConfig(), **{field: value})
+
+
+def test_defaults_validate_and_map_to_xgboost_params() -> None:
+    cfg = TrainConfig()
+    cfg.validate()
+    RegistryConfig().validate()
+    p = cfg.xgb_params()
+    assert p["objective"] == "rank:ndcg" and p["eval_metric"] == "ndcg@10"
+    assert p["seed"] == cfg.seed and p["lambda"] == cfg.reg_lambda
+    with pytest.raises(ValueError, match="keep_versions"):
+        RegistryConfig(keep_versions=0).validate()
+
+
+def test_settings_compose_ltr_and_registry_sections() -> None:
+    from scripts.settings import SettingsError, load_settings
+
+    s = load_settings(env={"LTRSEARCH_LTR__ETA": "0.2", "LTRSEARCH_REGISTRY__KEEP_VERSIONS": "2"})
+    assert s.ltr.eta == 0.2 and s.registry.keep_versions == 2
+    with pytest.raises(SettingsError, match=r"ltr: subsample"):
+        load_settings(env={"LTRSEARCH_LTR__SUBSAMPLE": "2"})
+
+
+# --- dataset --------------------------------------------------------------------------
+
+
+def test_ranking_data_keeps_nan_and_groups(data: RankingData) -> None:
+    assert data.X.dtype == np.float32 and data.n_features == 4
+    assert np.isnan(data.X[:, 3]).all()  # missing stays NaN, never 0
+    assert 0.2 < np.isnan(data.X[:, 2]).mean() < 0.4
+    assert data.n_queries == 120 and data.group_sizes().tolist() == [25] * 120
+    codes = data.qid_codes()
+    assert np.all(np.diff(codes) >= 0) and codes[-1] == 119
+
+
+def test_ranking_data_rejects_inconsistent_input() -> None:
+    X = np.zeros((4, 2), dtype=np.float32)
+    with pytest.raises(TrainingDataError, match="contiguous"):
+        RankingData(np.array(["a", "b", "a", "b"]), X, np.zeros(4), ("f1", "f2"))
+    with pytest.raises(TrainingDataError, match="columns"):
+        RankingData(np.array(["a"] * 4), X, np.zeros(4), ("f1",))
+    with pytest.raises(TrainingDataError, match="finite"):
+        RankingData(np.array(["a"] * 4), X, np.array([0, 1, np.nan, 0]), ("f1", "f2"))
+    with pytest.raises(TrainingDataError, match="base_margin"):
+        RankingData(np.array(["a"] * 4), X, np.zeros(4), ("f1", "f2"), base_margin=np.zeros(3))
+
+
+def test_split_by_query_has_no_overlap_and_covers_everything(data: RankingData) -> None:
+    parts = split_by_query(data, (0.6, 0.2, 0.2), seed=7)
+    sets = [set(p.query_ids) for p in parts]
+    assert [len(s) for s in sets] == [72, 24, 24]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not sets[i] & sets[j]
+    assert set().union(*sets) == set(data.query_ids)
+    assert sum(len(p) for p in parts) == len(data)
+    # rows travel with their query: labels and margins unchanged
+    back = concat(parts)
+    order = {q: i for i, q in enumerate(data.query_ids)}
+    key = np.array([order[q] for q in back.qids]) * 1000 + np.tile(np.arange(25), 120)
+    idx = np.argsort(key, kind="stable")
+    assert np.array_equal(back.y[idx], data.y)
+    assert np.array_equal(back.X[idx], data.X, equal_nan=True)
+    # same seed -> same split; another seed -> another split
+    again = split_by_query(data, (0.6, 0.2, 0.2), seed=7)
+    assert [p.query_ids for p in again] == [p.query_ids for p in parts]
+    other = split_by_query(data, (0.6, 0.2, 0.2), seed=8)
+    assert set(other[1].query_ids) != sets[1]
+
+
+def test_split_refuses_bad_fractions_and_tiny_data(data: RankingData) -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_by_query(data, (0.5, 0.2))
+    with pytest.raises(TrainingDataError, match="cannot split"):
+        split_by_query(data.take_queries(["q1"]), (0.5, 0.5))
+
+
+def test_kfold_holds_each_query_out_once(data: RankingData) -> None:
+    folds = kfold_by_query(data, k=5, seed=1)
+    held = [q for _, h in folds for q in h.query_ids]
+    assert sorted(held) == sorted(data.query_ids)
+    for tr, h in folds:
+        assert not set(tr.query_ids) & set(h.query_ids)
+        assert tr.n_queries + h.n_queries == data.n_queries
+
+
+# --- training -------------------------------------------------------------------------
+
+
+def test_training_beats_the_base_margin_alone(
+    splits: tuple[RankingData, RankingData, RankingData],
+) -> None:
+    tr, va, te = splits
+    model = Trainer(FAST).fit(tr, va)
+    assert model.uses_base_margin
+    assert te.base_margin is not None
+    base = ndcg10(te, te.base_margin)
+    learned = ndcg10(te, model.predict_data(te))
+    assert learned > base + 0.05, (base, learned)
+    # and the reported validation score is XGBoost's NDCG@10 at the kept iteration
+    assert model.best_score == pytest.approx(
+        model.history["valid"]["ndcg@10"][model.best_iteration]
+    )
+    assert model.booster.num_boosted_rounds() == model.best_iteration + 1
+
+
+def test_early_stopping_stops_when_validation_stops_improving(
+    splits: tuple[RankingData, RankingData, RankingData],
+) -> None:
+    tr, va, _ = splits
+    # labels unrelated to the features: validation NDCG cannot keep improving
+    rng = np.random.default_rng(0)
+    noise_tr = RankingData(tr.qids, tr.X, rng.integers(0, 3, len(tr)), tr.feature_names)
+    noise_va = RankingData(va.qids, va.X, rng.integers(0, 3, len(va)), va.feature_names)
+    cfg = with_overrides(FAST, num_boost_round=400, early_stopping_rounds=10)
+    model = Trainer(cfg).fit(noise_tr, noise_va)
+    assert model.num_rounds_run < 400
+    assert model.num_rounds_run == model.best_iteration + 1 + 10
+    scores = model.history["valid"]["ndcg@10"]
+    assert scores[model.best_iteration] == max(scores)
+
+
+def test_without_validation_a_query_level_split_is_made(data: RankingData) -> None:
+    cfg = with_overrides(FAST, valid_fraction=0.25)
+    model = Trainer(cfg).fit(data)
+    assert model.data_sizes["valid"]["queries"] == 30
+    assert model.data_sizes["train"]["queries"] == 90
+
+
+def test_training_is_deterministic_for_a_seed(
+    splits: tuple[RankingData, RankingData, RankingData],
+) -> None:
+    tr, va, te = splits
+    a = Trainer(FAST).fit(tr, va)
+    b = Trainer(FAST).fit(tr, va)
+    assert a.model_bytes() == b.model_bytes()
+    assert np.array_equal(a.predict_data(te), b.predict_data(te))
+    c = Trainer(with_overrides(FAST, seed=FAST.seed + 1)).fit(tr, va)  # subsample differs
+    assert c.model_bytes() != a.model_bytes()
+
+
+def test_base_margin_is_used_and_can_be_switched_off(
+    splits: tuple[RankingData, RankingData, RankingData],
+) -> None:
+    tr, va, te = splits
+    off = Trainer(with_overrides(FAST, use_base_margin=False)).fit(tr, va)
+    assert not off.uses_base_margin
+    with pytest.raises(ValueError, match="base_margin"):
+        Trainer(FAST).fit(tr, va).predict(te.X)  # a margin model without its margin
+    # a model boosted from the margin scores differently from one that was not
+    on = Trainer(FAST).fit(tr, va)
+    assert not np.allclose(on.predict_data(te), off.predict_data(te))
+
+
+def test_missing_values_stay_missing(data: RankingData) -> None:
+    """NaN means 'missing' to the booster: it learns a direction for it, unlike 0."""
+    rng = np.random.default_rng(5)
+    n_q, n_d = 60, 20
+    qids = np.repeat([f"q{i}" for i in range(n_q)], n_d)
+    y = (rng.random(n_q * n_d) < 0.3).astype(float)
+    # relevant docs have the feature missing; the others a value around 0
+    x = np.where(y > 0, np.nan, rng.normal(scale=0.01, size=n_q * n_d)).astype(np.float32)
+    d = RankingData(qids, x[:, None], y, ("maybe_missing",))
+    model = Trainer(with_overrides(FAST, subsample=1.0, colsample_bytree=1.0)).fit(d)
+    s = model.predict(np.array([[np.nan], [0.0]], dtype=np.float32))
+    assert s[0] > s[1]
+
+
+def test_degenerate_data_is_refused(data: RankingData) -> None:
+    trainer = Trainer(FAST)
+    with pytest.raises(TrainingDataError, match="no rows"):
+        trainer.fit(RankingData.empty(FEATURES))
+    zeros = RankingData(data.qids, data.X, np.zeros(len(data)), data.feature_names)
+    with pytest.raises(TrainingDataError, match="no positive label"):
+        trainer.fit(zeros)
+    tr, va = split_by_query(data, (0.5, 0.5), seed=0)
+    with pytest.raises(TrainingDataError, match="both training and validation"):
+        trainer.fit(tr, concat([va, tr.take_queries(list(tr.query_ids[:1]))]))
+    fractional = RankingData(data.qids, data.X, data.y / 3.0, data.feature_names)
+    with pytest.raises(TrainingDataError, match="ndcg_exp_gain"):
+        trainer.fit(fractional)
+    # fractional click-model relevances train with linear gain
+    m = Trainer(with_overrides(FAST, ndcg_exp_gain=False)).fit(fractional)
+    assert m.best_iteration >= 0
+
+
+def test_verbose_training_prints_progress(
+    splits: tuple[RankingData, RankingData, RankingData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    tr, va, _ = splits
+    Trainer(with_overrides(FAST, num_boost_round=12)).fit(tr, va, verbose=5)
+    err = capsys.readouterr().err
+    assert "[round 0]" in err and "[round 10]" in err and "valid-ndcg@10=" in err
+    Trainer(with_overrides(FAST, num_boost_round=12)).fit(tr, va)
+    assert capsys.readouterr().err == ""  # quiet by default in library code
+
+
+# --- served log join -------------------------------------------------------------------
+
+
+def _served_log(tmp_path, n_requests: int = 6, names=("f_a", "f_b", "rrf")):  # type: ignore[no-untyped-def]
+    """A real SQLite event store with impressions whose vectors include NaN and float32
+    values that do not round-trip through float64 text (so only an exact join passes)."""
+    from search.events import Impression, SqliteEventStore
+
+    rng = np.random.default_rng(11)
+    store = SqliteEventStore(tmp_path / "events.db")
+    fid = "fs-test"
+    logged = {}
+    imps = []
+    for r in range(n_requests):
+        k = 5
+        feats = rng.normal(size=(k, len(names))).astype(np.float32) / np.float32(3.0)
+        feats[rng.random((k, len(names))) < 0.2] = np.nan
+        docs = tuple(f"d{(r * 3 + i) % 11}" for i in range(k))
+        # store positions out of order to check the join restores served order
+        imps.append(
+            Impression(
+                request_id=f"req{r}",
+                ts=1000.0 + r,
+                query=f"query {r % 3}",
+                query_id=None,
+                model_version="v0001",
+                featureset_id=fid,
+                feature_names=tuple(names),
+                offset=0,
+                doc_ids=docs,
+                positions=tuple(range(1, k + 1)),
+                scores=np.arange(k, 0, -1, dtype=np.float64),
+                features=feats,
+            )
+        )
+        for i, d in enumerate(docs):
+            logged[(f"req{r}", d)] = feats[i]
+    store.add_impressions(imps)
+    frame = store.served_features()
+    store.close()
+    return frame, logged, fid
+
+
+def test_from_served_log_keeps_the_exact_served_vectors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    frame, logged, fid = _served_log(tmp_path)
+    # click-model labels are per (query, doc)
+    pairs = zip(frame["query"], frame["doc_id"], strict=True)
+    labels = {(q, d): float(i % 3) for i, (q, d) in enumerate(pairs)}
+    data = from_served_log(frame, labels, featureset_id=fid)
+    assert data.feature_names == ("f_a", "f_b", "rrf")
+    assert data.X.dtype == np.float32 and len(data) == len(frame)
+    for i, (req, doc) in enumerate(zip(data.qids, data.doc_ids, strict=True)):  # type: ignore[arg-type]
+        assert np.array_equal(data.X[i], logged[(req, doc)], equal_nan=True)
+        assert data.X[i].tobytes() == logged[(req, doc)].tobytes()  # bit for bit
+    assert data.n_queries == 6 and set(data.query_ids) == {f"req{r}" for r in range(6)}
+    query_of = dict(zip(frame["request_id"], frame["query"], strict=False))
+    for req, doc, y in zip(data.qids, data.doc_ids, data.y, strict=True):  # type: ignore[arg-type]
+        assert y == labels[(query_of[req], doc)]
+    assert data.base_margin is None  # the log has no base_margin column
+    with_margin = from_served_log(frame, labels, margin_column="rrf", missing_label="zero")
+    assert with_margin.base_margin is None  # rrf has NaN rows: not usable as a margin
+
+
+def test_from_served_log_request_keys_missing_labels_and_refusals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    frame, logged, _ = _served_log(tmp_path)
+    labels = {k: 1.0 for k in list(logged)[:7]}  # (request_id, doc) keys, most rows unlabeled
+    dropped = from_served_log(frame, labels)
+    assert len(dropped) == 7 and np.all(dropped.y == 1.0)
+    zero = from_served_log(frame, labels, missing_label="zero")
+    assert len(zero) == len(frame) and zero.y.sum() == 7.0
+    with pytest.raises(TrainingDataError, match="no label"):
+        from_served_log(frame, labels, missing_label="error")
+    with pytest.raises(TrainingDataError, match="empty"):
+        from_served_log(frame.iloc[:0], labels)
+    mixed = pd.concat([frame, frame.assign(featureset_id="other", request_id="x")])
+    with pytest.raises(TrainingDataError, match="mixes featuresets"):
+        from_served_log(mixed, labels)
+    with pytest.raises(TrainingDataError, match="lacks feature"):
+        from_served_log(frame, labels, feature_names=["nope"])
+
+
+def test_served_log_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    frame, _, fid = _served_log(tmp_path, n_requests=30)
+    labels = {
+        (r, d): float(v > 0)
+        for r, d, v in zip(
+            frame["request_id"], frame["doc_id"], frame["f_a"].fillna(-1), strict=True
+        )
+    }
+    data = from_served_log(frame, labels, featureset_id=fid)
+    m = Trainer(with_overrides(FAST, ndcg_exp_gain=True)).fit(data)
+    assert m.feature_names == data.feature_names and not math.isnan(m.best_score)
