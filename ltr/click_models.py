@@ -401,69 +401,57 @@ class DBN(_Base):
         return self.attractiveness * self.satisfaction
 
     def _e_step(
-        self, enc: EncodedSessions, a: np.ndarray, s: np.ndarray, g: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Posteriors per cell: P(A=1), P(S=1 and clicked), P(E=1); and last-click index."""
-        n, L = enc.pair_ids.shape
-        m, clk = enc.mask, enc.clicks & enc.mask
-        a_m = np.where(m, np.clip(a[enc.pair_ids], EPS, 1 - EPS), 0.0)  # padding: never clicked
-        s_m = s[enc.pair_ids]
-
-        last = np.where(clk.any(axis=1), L - 1 - np.argmax(clk[:, ::-1], axis=1), -1)
-        # z[:, r] = P(no clicks at r..end | examined at r); padding leaves z = 1.
-        z = np.ones((n, L + 1))
+        self, st: _DBNStatic, a: np.ndarray, s: np.ndarray, g: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact posteriors, position-major (L, n): P(A=1) and P(E=1) per cell, and P(S=1)
+        of each session's last click (every earlier click was followed by more clicks, so
+        it did not satisfy)."""
+        L, n = st.ids.shape
+        a_m = np.where(st.mask, np.clip(a[st.ids], EPS, 1 - EPS), 0.0)  # padding: no click
+        # z[r] = P(no clicks at r..end | examined at r); padding leaves z = 1.
+        z = np.ones((L + 1, n))
         for r in range(L - 1, -1, -1):
-            z[:, r] = (1.0 - a_m[:, r]) * ((1.0 - g) + g * z[:, r + 1])
-        rows = np.arange(n)
-        has = last >= 0
-        li = np.maximum(last, 0)
-        s_l = np.where(has, s_m[rows, li], 0.0)
-        z_next = z[rows, li + 1]
+            z[r] = (1.0 - a_m[r]) * ((1.0 - g) + g * z[r + 1])
+        s_l = np.where(st.has, s[st.last_ids], 0.0)
+        z_next = z[st.li + 1, st.cols]
         stop_unsat = (1.0 - g) + g * z_next  # P(no click below | not satisfied at last click)
-        denom = s_l + (1.0 - s_l) * stop_unsat
-        p_sat = np.where(has, s_l / np.maximum(denom, EPS), 0.0)
-        e_after_last = (1.0 - s_l) * g * z_next / np.maximum(denom, EPS)
-        e = np.ones((n, L))
+        denom = np.maximum(s_l + (1.0 - s_l) * stop_unsat, EPS)
+        p_sat = np.where(st.has, s_l / denom, 0.0)
+        e_after_last = (1.0 - s_l) * g * z_next / denom
+        e = np.ones((L, n))
         for r in range(L - 1):
-            tail = e[:, r] * (1.0 - a_m[:, r]) * g * z[:, r + 1] / np.maximum(z[:, r], EPS)
-            e[:, r + 1] = np.where(r < last, 1.0, np.where(r == last, e_after_last, tail))
-        post_a = np.where(clk, 1.0, (1.0 - e) * a_m)
-        post_s = np.zeros((n, L))
-        post_s[rows[has], last[has]] = p_sat[has]
-
-        return post_a, post_s, e, last
+            tail = e[r] * (1.0 - a_m[r]) * g * z[r + 1] / np.maximum(z[r], EPS)
+            e[r + 1] = np.where(st.before[r], 1.0, np.where(st.at[r], e_after_last, tail))
+        post_a = np.where(st.clicks, 1.0, (1.0 - e) * a_m)
+        return post_a, e, p_sat
 
     def _m_step(
-        self,
-        enc: EncodedSessions,
-        post_a: np.ndarray,
-        post_s: np.ndarray,
-        e: np.ndarray,
-        impr: np.ndarray,
-        clicks: np.ndarray,
+        self, st: _DBNStatic, post_a: np.ndarray, e: np.ndarray, p_sat: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        m = enc.mask
-        ids = enc.pair_ids[m]
-        n_pairs = len(enc.pairs)
         (a0, b0), (s0, t0) = self.prior_a, self.prior_s
-        a = (np.bincount(ids, weights=post_a[m], minlength=n_pairs) + a0) / (impr + a0 + b0)
-        s = (np.bincount(ids, weights=post_s[m], minlength=n_pairs) + s0) / (clicks + s0 + t0)
+        n_pairs = len(st.impr)
+        a_sum = np.bincount(st.flat_ids, weights=post_a.ravel()[st.flat_mask], minlength=n_pairs)
+        s_sum = np.bincount(st.last_ids[st.has], weights=p_sat[st.has], minlength=n_pairs)
+        a = (a_sum + a0) / (st.impr + a0 + b0)
+        s = (s_sum + s0) / (st.n_clicks + s0 + t0)
         if self.fixed_gamma is not None:
             return a, s, self.fixed_gamma
-        nxt = m[:, 1:]  # a transition r -> r+1 exists only if position r+1 was shown
-        num = (e[:, 1:] * nxt).sum()
-        den = ((e[:, :-1] - post_s[:, :-1]) * nxt).sum()
+        # Continuations r -> r+1 (only where position r+1 was shown): expected successes
+        # P(E[r+1]) over expected chances P(E[r]) - P(S[r]); S is nonzero at the last click.
+        nxt = st.mask[1:]
+        num = (e[1:] * nxt).sum()
+        den = (e[:-1] * nxt).sum() - p_sat[st.last_has_next].sum()
         g = float(np.clip(num / den, EPS, 1.0)) if den > 0 else self.gamma
         return a, s, g
 
     def _fit(self, enc: EncodedSessions) -> None:
+        st = _DBNStatic.build(enc)
         n_pairs = len(enc.pairs)
-        impr, clicks = enc.impressions(), enc.click_counts()
         a, s = np.full(n_pairs, 0.5), np.full(n_pairs, 0.5)
         g = self.gamma if self.fixed_gamma is None else self.fixed_gamma
         for it in range(1, self.max_iter + 1):
-            post_a, post_s, e, _ = self._e_step(enc, a, s, g)
-            new_a, new_s, new_g = self._m_step(enc, post_a, post_s, e, impr, clicks)
+            post_a, e, p_sat = self._e_step(st, a, s, g)
+            new_a, new_s, new_g = self._m_step(st, post_a, e, p_sat)
             delta = max(np.abs(new_a - a).max(), np.abs(new_s - s).max(), abs(new_g - g))
             a, s, g = new_a, new_s, new_g
             self.n_iter = it
@@ -500,6 +488,55 @@ class DBN(_Base):
             after_skip = pe * (1.0 - ar) / np.maximum(1.0 - pe * ar, EPS)
             pe = g * np.where(c, 1.0 - s[:, r], after_skip)
         return p
+
+
+@dataclass(frozen=True)
+class _DBNStatic:
+    """What the DBN E-step reuses every iteration, position-major (L, n) for contiguity."""
+
+    ids: np.ndarray  # pair id per cell
+    mask: np.ndarray
+    clicks: np.ndarray  # clicks & mask
+    cols: np.ndarray  # arange(n)
+    has: np.ndarray  # session has a click
+    li: np.ndarray  # last-click position (0 when none)
+    last_ids: np.ndarray  # pair id at the last click
+    before: np.ndarray  # (L, n) position < last click
+    at: np.ndarray  # (L, n) position == last click
+    last_has_next: np.ndarray  # has a click and a position after the last click was shown
+    flat_mask: np.ndarray  # mask.ravel()
+    flat_ids: np.ndarray  # ids.ravel()[flat_mask]
+    impr: np.ndarray
+    n_clicks: np.ndarray
+
+    @staticmethod
+    def build(enc: EncodedSessions) -> _DBNStatic:
+        ids = np.ascontiguousarray(enc.pair_ids.T)
+        mask = np.ascontiguousarray(enc.mask.T)
+        clicks = np.ascontiguousarray((enc.clicks & enc.mask).T)
+        L, n = ids.shape
+        cols = np.arange(n)
+        has = np.asarray(clicks.any(axis=0))
+        last = np.where(has, L - 1 - np.argmax(clicks[::-1], axis=0), -1)
+        li = np.maximum(last, 0)
+        pos = np.arange(L)[:, None]
+        flat_mask = mask.ravel()
+        return _DBNStatic(
+            ids=ids,
+            mask=mask,
+            clicks=clicks,
+            cols=cols,
+            has=has,
+            li=li,
+            last_ids=ids[li, cols],
+            before=pos < last[None, :],
+            at=pos == last[None, :],
+            last_has_next=has & (li + 1 < enc.lengths),
+            flat_mask=flat_mask,
+            flat_ids=ids.ravel()[flat_mask],
+            impr=enc.impressions(),
+            n_clicks=enc.click_counts(),
+        )
 
 
 class SDBN(DBN):

@@ -8,8 +8,10 @@ arrays (query-document pair ids, clicks, a validity mask) that every EM step reu
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -94,17 +96,14 @@ def encode_sessions(sessions: Iterable[Session]) -> EncodedSessions:
     n = len(sess)
     lengths = np.fromiter((len(s.docs) for s in sess), dtype=np.int64, count=n)
     max_len = int(lengths.max())
-    index: dict[Pair, int] = {}
-    flat_ids = np.empty(int(lengths.sum()), dtype=np.int64)
-    flat_clicks = np.empty(int(lengths.sum()), dtype=bool)
-    k = 0
-    setdefault = index.setdefault
-    for s in sess:
-        q = s.query
-        for d, c in zip(s.docs, s.clicks, strict=True):
-            flat_ids[k] = setdefault((q, d), len(index))
-            flat_clicks[k] = c
-            k += 1
+    # A dict whose missing keys get the next id: one C-level lookup per cell.
+    index: defaultdict[Pair, int] = defaultdict()
+    index.default_factory = index.__len__
+    total = int(lengths.sum())
+    flat_ids = np.fromiter(
+        (index[(s.query, d)] for s in sess for d in s.docs), dtype=np.int64, count=total
+    )
+    flat_clicks = np.fromiter(chain.from_iterable(s.clicks for s in sess), dtype=bool, count=total)
     mask = np.arange(max_len)[None, :] < lengths[:, None]
     pair_ids = np.zeros((n, max_len), dtype=np.int64)
     clicks = np.zeros((n, max_len), dtype=bool)
