@@ -1,0 +1,143 @@
+"""Replay judged queries through ``featurize`` to build learning-to-rank data.
+
+Training and evaluation rows come from the SAME code path as serving (search.featurize ->
+search.candidates -> ltr.features), so there is no train/serve skew. Per query we keep the
+candidate set (behavior features are attached later, per evaluation fold), the feature
+matrix, the labels (the judged grade; unjudged candidates get 0) and the retrievers'
+scores. Candidate recall (how many relevant documents reach the reranker at all) bounds
+what any reranker can do, so it is computed here too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ltr.errors import TrainingDataError
+from ltr.types import RETRIEVERS, CandidateSet, Judgment, Query
+from search.featurize import Featurized, Generator, featurize
+
+# Offline replay is not latency bound: generous stage timeouts so a busy machine never
+# drops a retriever (which would silently change the training data).
+REPLAY_TIMEOUTS_MS: dict[str, float] = {
+    "embed": 120_000.0, "bm25": 120_000.0, "knn": 120_000.0, "lookup": 120_000.0,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class ReplayedQuery:
+    """One judged query after candidate generation and featurization."""
+
+    query: Query
+    cs: CandidateSet
+    X: np.ndarray  # float32 [n, F]
+    labels: np.ndarray  # float64 [n]: judged grade, 0 when unjudged
+    qrels: Mapping[str, float]  # every judgment of the query (retrieved or not)
+    degraded: tuple[str, ...] = ()
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.cs.ids
+
+    def retriever_ranking(self, retriever: str) -> list[str]:
+        """That retriever's own result list (candidates it returned, by its rank)."""
+        r = np.asarray(self.cs.ranks.get(retriever, np.full(len(self.ids), np.nan)))
+        idx = np.flatnonzero(np.isfinite(r))
+        idx = idx[np.argsort(r[idx], kind="stable")]
+        return [self.ids[i] for i in idx]
+
+
+@dataclass(frozen=True, eq=False)
+class Replay:
+    feature_names: tuple[str, ...]
+    queries: list[ReplayedQuery]
+    recall: dict[str, float] = field(default_factory=dict)
+
+    def by_id(self) -> dict[str, ReplayedQuery]:
+        return {rq.query.id: rq for rq in self.queries}
+
+
+def qrels_by_query(judgments: Sequence[Judgment]) -> dict[str, dict[str, float]]:
+    """query id -> {doc id: grade}."""
+    out: dict[str, dict[str, float]] = {}
+    for j in judgments:
+        out.setdefault(j.query_id, {})[j.doc_id] = float(j.grade)
+    return out
+
+
+def labels_for(ids: Sequence[str], qrels: Mapping[str, float]) -> np.ndarray:
+    """Grade per candidate; unjudged = 0 (the usual pooled-judgment assumption)."""
+    return np.array([float(qrels.get(d, 0.0)) for d in ids], dtype=np.float64)
+
+
+def candidate_recall(queries: Sequence[ReplayedQuery], ks: Sequence[int] = (100, 1000)) -> dict[
+    str, float
+]:
+    """Mean share of relevant documents reached: by the candidate union, and per retriever
+    within its top k (a retriever asked for fewer than k results is reported at its depth)."""
+    out: dict[str, list[float]] = {}
+
+    def add(key: str, v: float) -> None:
+        out.setdefault(key, []).append(v)
+
+    for rq in queries:
+        rel = {d for d, g in rq.qrels.items() if g > 0}
+        if not rel:
+            continue
+        ids = set(rq.ids)
+        add("candidates", len(rel & ids) / len(rel))
+        for k in ks:
+            union: set[str] = set()
+            for r in RETRIEVERS:
+                top = rq.retriever_ranking(r)[:k]
+                union.update(top)
+                add(f"{r}@{k}", len(rel & set(top)) / len(rel))
+            add(f"union@{k}", len(rel & union) / len(rel))
+    return {k: float(np.mean(v)) if v else math.nan for k, v in out.items()}
+
+
+async def replay(
+    generator: Generator,
+    queries: Sequence[Query],
+    judgments: Sequence[Judgment] | Mapping[str, Mapping[str, float]],
+    feature_names: Sequence[str],
+    *,
+    only_judged: bool = True,
+    encoder: Any = None,
+) -> Replay:
+    """Featurize every (judged) query; labels from the judgments.
+
+    ``encoder``: when given and the generator has a ``query_cache`` (search.candidates),
+    the query vectors are encoded in one batch first -- the same vectors, far faster than
+    one model call per query.
+    """
+    qrels = (
+        {q: dict(r) for q, r in judgments.items()}
+        if isinstance(judgments, Mapping)
+        else qrels_by_query(judgments)
+    )
+    todo = [q for q in queries if not only_judged or q.id in qrels]
+    if not todo:
+        raise TrainingDataError("no judged queries to replay")
+    cache = getattr(generator, "query_cache", None)
+    if encoder is not None and cache is not None:
+        texts = list(dict.fromkeys(q.text for q in todo))
+        vecs = encoder.encode(texts)
+        for t, v in zip(texts, vecs, strict=True):
+            cache.put(t, v)
+    out: list[ReplayedQuery] = []
+    names = tuple(feature_names)
+    for q in todo:
+        f: Featurized = await featurize(generator, q.text, names, query_id=q.id)
+        rels = qrels.get(q.id, {})
+        out.append(
+            ReplayedQuery(
+                query=q, cs=f.cs, X=f.X, labels=labels_for(f.cs.ids, rels), qrels=rels,
+                degraded=tuple(f.degraded),
+            )
+        )
+    return Replay(feature_names=names, queries=out, recall=candidate_recall(out))
