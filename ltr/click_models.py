@@ -314,25 +314,32 @@ class PBM(_Base):
         return self.prior_a / (self.prior_a + self.prior_b)
 
     def _fit(self, enc: EncodedSessions) -> None:
+        # The E-step posterior of a skip depends only on (pair, position), so the EM runs on
+        # the distinct (pair, position) cells with their impression and click counts:
+        # each iteration costs O(distinct cells), not O(sessions x positions).
         m = enc.mask
-        ids, clk = enc.pair_ids[m], enc.clicks[m]
-        pos = np.broadcast_to(np.arange(enc.max_len), m.shape)[m]
         n_pairs, n_pos = len(enc.pairs), enc.max_len
-        impr = np.bincount(ids, minlength=n_pairs)
-        shown = np.bincount(pos, minlength=n_pos)
+        key = (enc.pair_ids * n_pos + np.arange(n_pos)[None, :])[m]
+        cells, inverse = np.unique(key, return_inverse=True)
+        shown = np.bincount(inverse, minlength=len(cells)).astype(np.float64)
+        clicked = np.bincount(inverse, weights=enc.clicks[m], minlength=len(cells))
+        skipped = shown - clicked
+        ids, pos = cells // n_pos, cells % n_pos
+        impr = np.bincount(ids, weights=shown, minlength=n_pairs)
+        clicks_pair = np.bincount(ids, weights=clicked, minlength=n_pairs)
+        shown_pos = np.bincount(pos, weights=shown, minlength=n_pos)
+        clicks_pos = np.bincount(pos, weights=clicked, minlength=n_pos)
         alpha = np.full(n_pairs, 0.5)
-        ctr = np.bincount(pos, weights=clk, minlength=n_pos) / np.maximum(shown, 1)
+        ctr = clicks_pos / np.maximum(shown_pos, 1)
         gamma = np.clip(ctr / max(ctr[0], EPS), 0.05, 1.0)  # CTR decay is a decent start
         a0, b0 = self.prior_a, self.prior_b
         for it in range(1, self.max_iter + 1):
             a, g = alpha[ids], gamma[pos]
             denom = np.maximum(1.0 - a * g, EPS)
-            post_a = np.where(clk, 1.0, a * (1.0 - g) / denom)
-            post_e = np.where(clk, 1.0, g * (1.0 - a) / denom)
-            new_alpha = (np.bincount(ids, weights=post_a, minlength=n_pairs) + a0) / (
-                impr + a0 + b0
-            )
-            new_gamma = np.bincount(pos, weights=post_e, minlength=n_pos) / np.maximum(shown, 1)
+            post_a = skipped * a * (1.0 - g) / denom  # expected attracted-but-unexamined
+            post_e = skipped * g * (1.0 - a) / denom  # expected examined-but-unattracted
+            new_alpha = (clicks_pair + np.bincount(ids, post_a, n_pairs) + a0) / (impr + a0 + b0)
+            new_gamma = (clicks_pos + np.bincount(pos, post_e, n_pos)) / np.maximum(shown_pos, 1)
             scale = max(new_gamma[0], EPS)  # identifiability: examination[0] = 1
             new_gamma = np.clip(new_gamma / scale, EPS, 1.0)
             new_alpha = np.clip(new_alpha * scale, EPS, 1.0 - EPS)
