@@ -6,8 +6,9 @@
 Exit codes (cron-friendly): 0 no drift, 3 drift (feature/covariate or concept), 2 error
 (empty window, too few rows, missing model/reference/event log, bad settings) with a one-line
 message on stderr and never a traceback. With --every it loops until SIGINT/SIGTERM (or
---max-runs), sleeping between runs; a failing run is reported and the loop goes on; the
-exit code is that of the last run.
+--max-runs): window ends advance by --every from --now (default: the current time), ends in
+the past run back to back (backfill), later ones wait for their window to close; a failing
+run is reported and the loop goes on; the exit code is that of the last run.
 """
 
 from __future__ import annotations
@@ -187,15 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+    # Window ends advance by --every from --now (default: now). Ends already in the past run
+    # back to back (a backfill); then each run waits until its window has closed.
     code, runs = EXIT_OK, 0
+    end = time.time() if now is None else now
     while not stop.is_set():
-        # with --now, later runs advance by --every from it (replaying a log offline)
-        t = time.time() if now is None else now + runs * every
-        code = run_and_report(args, cfg, t)
+        code = run_and_report(args, cfg, end)
         runs += 1
         if args.max_runs and runs >= args.max_runs:
             break
-        stop.wait(every)
+        end += every
+        wait = end - time.time()
+        if wait > 0:
+            stop.wait(wait)
     return code
 
 

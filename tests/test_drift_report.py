@@ -1,0 +1,390 @@
+"""Acceptance tests of the scheduled drift report, end to end through the real parts.
+
+A real XGBoost LambdaMART model in a real ModelRegistry (its training rows are the drift
+reference), served lists scored by that model and logged in a real SqliteEventStore with
+click events, scripts/drift_report.py's main() reading both, real Evidently, and a real
+aiohttp webhook receiver on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ltr.config import TrainConfig
+from ltr.dataset import RankingData
+from ltr.features import featureset_id
+from ltr.registry import ModelRegistry
+from ltr.train import Trainer
+from monitoring.report import EXIT_DRIFT, EXIT_ERROR, EXIT_OK
+from scripts.drift_report import main
+from search.events import Event, Impression, SqliteEventStore
+
+NAMES = (
+    "bm25",
+    "dense_cosine",
+    "bm25_title",
+    "cov_title",
+    "query_len",
+    "rating",  # all NaN, as on Cranfield: never tested
+    "qd_ctr",
+    "d_log_impressions",
+)
+DEPTH = 10
+T0 = 1_700_000_000.0  # end of the "current" window in every scenario
+HOUR = 3600.0
+
+
+def draw(rng: np.random.Generator, n: int, shift: frozenset[str] = frozenset()) -> np.ndarray:
+    """Candidate feature rows [n, F]; ``shift`` moves the named features' distributions."""
+    cols = {
+        "bm25": rng.gamma(2.0, 3.0, n) + (4.0 if "bm25" in shift else 0.0),
+        "dense_cosine": rng.normal(0.6 if "dense_cosine" in shift else 0.4, 0.1, n),
+        "bm25_title": np.where(rng.random(n) < 0.6, 0.0, rng.gamma(2.0, 2.0, n)),
+        "cov_title": rng.integers(0, 4, n) / 3.0,
+        "query_len": rng.integers(2, 9, n).astype(float),
+        "rating": np.full(n, np.nan),
+        "qd_ctr": np.where(rng.random(n) < 0.7, np.nan, rng.beta(2, 8, n)),
+        "d_log_impressions": np.log1p(rng.poisson(20, n)).astype(float),
+    }
+    return np.column_stack([cols[c] for c in NAMES]).astype(np.float32)
+
+
+def true_relevance(X: np.ndarray) -> np.ndarray:
+    """What users want (the ground truth the model learns): more text match = better."""
+    z = 0.25 * X[:, 0] + 8.0 * (X[:, 1] - 0.4) + 0.8 * X[:, 3]
+    return 1.0 / (1.0 + np.exp(-(z - 2.0)))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A promoted real LambdaMART model whose training rows are the drift reference."""
+    rng = np.random.default_rng(0)
+    n_q = 150
+    X = draw(rng, n_q * DEPTH)
+    rel = true_relevance(X)
+    y = np.digitize(rel + rng.normal(0, 0.05, len(rel)), [0.3, 0.55, 0.8]).astype(float)
+    data = RankingData(
+        qids=np.repeat([f"q{i}" for i in range(n_q)], DEPTH), X=X, y=y, feature_names=NAMES
+    )
+    cfg = TrainConfig(num_boost_round=30, early_stopping_rounds=0, use_base_margin=False)
+    trained = Trainer(cfg).fit(data)
+    root = tmp_path_factory.mktemp("models")
+    reg = ModelRegistry(root)
+    version = reg.save(
+        trained,
+        featureset_id=featureset_id(NAMES),
+        metrics={"ndcg@10": 0.9},
+        reference_rows=pd.DataFrame(X, columns=list(NAMES)),
+    )
+    reg.promote(version)
+    return root
+
+
+def serve_window(
+    store: SqliteEventStore,
+    model_dir: Path,
+    start: float,
+    n_requests: int,
+    seed: int,
+    shift: frozenset[str] = frozenset(),
+    users_changed: bool = False,
+) -> None:
+    """Log n served pages in [start, start + 1h) scored by the promoted model, with clicks.
+
+    Clicks follow a position-based model: examination 1/sqrt(position) times the
+    attractiveness of the document. ``users_changed``: users now want the opposite of what
+    the model learned (same features, same scores, other clicks) -- concept drift.
+    """
+    reg = ModelRegistry(model_dir)
+    model = reg.load()
+    rng = np.random.default_rng(seed)
+    imps, events = [], []
+    for r in range(n_requests):
+        X = draw(rng, DEPTH, shift)
+        scores = model.predict(X)
+        order = np.argsort(-scores, kind="stable")
+        X, scores = X[order], scores[order]
+        rel = true_relevance(X)
+        attract = 1.0 - rel if users_changed else rel
+        ts = start + (r + 0.5) * HOUR / n_requests
+        rid = f"{seed}-{r}"
+        docs = tuple(f"d{rng.integers(0, 10**9)}" for _ in range(DEPTH))
+        imps.append(
+            Impression(
+                request_id=rid,
+                ts=ts,
+                query=f"query {r % 40}",
+                query_id=None,
+                model_version=model.version,
+                featureset_id=model.featureset_id,
+                feature_names=NAMES,
+                offset=0,
+                doc_ids=docs,
+                positions=tuple(range(1, DEPTH + 1)),
+                scores=scores.astype(np.float64),
+                features=X,
+            )
+        )
+        exam = 1.0 / np.sqrt(np.arange(1, DEPTH + 1))
+        for i in np.flatnonzero(rng.random(DEPTH) < exam * attract):
+            events.append(Event("click", rid, docs[i], ts + 5.0))
+    store.add_impressions(imps)
+    store.add_events(events)
+
+
+def make_log(
+    path: Path, model_dir: Path, current: dict[str, Any] | None = None, n: int = 150
+) -> Path:
+    """Previous window [T0-2h, T0-1h) as trained; current [T0-1h, T0) with ``current``."""
+    store = SqliteEventStore(path)
+    try:
+        serve_window(store, model_dir, T0 - 2 * HOUR, n, seed=1)
+        serve_window(store, model_dir, T0 - HOUR, n, seed=2, **(current or {}))
+    finally:
+        store.close()
+    return path
+
+
+def run(model_dir: Path, events: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model-dir", str(model_dir), "--events", str(events), "--window", "1h",
+        "--out", str(out), "--now", str(T0), *extra,
+    ]  # fmt: skip
+
+
+def summary_of(out: Path) -> dict[str, Any]:
+    (report,) = sorted(out.glob("drift-*"))
+    return json.loads((report / "summary.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Monitoring settings come from the test alone, not from the developer's shell."""
+    for k in list(os.environ):
+        if k.startswith("LTRSEARCH_MONITORING__"):
+            monkeypatch.delenv(k)
+
+
+def test_no_drift_control(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "events.db", model_dir)
+    out = tmp_path / "reports"
+    assert main(run(model_dir, events, out)) == EXIT_OK
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("drift-report: decision=no_drift ")
+    assert len(line.splitlines()) == 1
+    s = summary_of(out)
+    assert s["decision"] == "no_drift"
+    assert s["feature_drift"]["drifted_features"] == []
+    assert s["feature_drift"]["not_tested"] == ["rating"]
+    assert s["feature_drift"]["current_rows"] == 150 * DEPTH
+    assert s["concept_drift"]["quality_dropped"] is False
+    assert s["concept_drift"]["score_drift"]["score"]["drifted"] is False
+    assert s["window"] == {"since": "2023-11-14T21:13:20Z", "until": "2023-11-14T22:13:20Z"}
+    report = Path(s["report_dir"])
+    assert (report / "features.html").stat().st_size > 10_000
+    assert (report / "concept.html").is_file()
+
+
+def test_covariate_drift_flags_exactly_the_shifted_features(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shifted = frozenset({"bm25", "dense_cosine"})
+    events = make_log(tmp_path / "events.db", model_dir, {"shift": shifted})
+    out = tmp_path / "reports"
+    assert main(run(model_dir, events, out)) == EXIT_DRIFT
+    s = summary_of(out)
+    assert set(s["feature_drift"]["drifted_features"]) == shifted
+    assert s["feature_drift"]["drifted"] is True  # 2 of 7 tested > 25%
+    assert s["decision"] == "covariate_drift"
+    assert "decision=covariate_drift" in capsys.readouterr().out
+
+
+def test_concept_drift_is_not_reported_as_feature_drift(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "events.db", model_dir, {"users_changed": True})
+    out = tmp_path / "reports"
+    assert main(run(model_dir, events, out)) == EXIT_DRIFT
+    s = summary_of(out)
+    assert s["decision"] == "concept_drift"
+    assert s["feature_drift"]["drifted_features"] == []
+    c = s["concept_drift"]
+    assert c["quality_dropped"] is True
+    assert c["relative_drop"] >= 0.1 and c["p_value"] < 0.01
+    assert c["score_drift"]["score"]["drifted"] is False  # the model scores the same inputs
+    assert "decision=concept_drift" in capsys.readouterr().out
+
+
+def test_settings_file_and_manifest_reference(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "events.db", model_dir, {"shift": frozenset({"bm25"})})
+    settings = tmp_path / "s.toml"
+    settings.write_text(
+        '[monitoring]\ndrift_share = 0.1\nconcept_reference = "manifest"\nhtml = false\n'
+    )
+    out = tmp_path / "reports"
+    assert main(run(model_dir, events, out, "--settings", str(settings))) == EXIT_DRIFT
+    s = summary_of(out)
+    assert s["feature_drift"]["drifted_features"] == ["bm25"]
+    assert s["feature_drift"]["drift_share_threshold"] == 0.1
+    assert s["concept_drift"]["reference_source"] == "manifest"
+    assert s["concept_drift"]["reference_value"] == 0.9
+    assert not list(Path(s["report_dir"]).glob("*.html"))
+
+
+async def test_webhook_receives_the_summary_on_drift(
+    model_dir: Path, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    url = f"http://127.0.0.1:{server.port}/hook"
+    ok_log = await asyncio.to_thread(make_log, tmp_path / "ok.db", model_dir)
+    code = await asyncio.to_thread(main, run(model_dir, ok_log, tmp_path / "a", "--webhook", url))
+    assert code == EXIT_OK and received == []  # no drift, no call
+    bad_log = await asyncio.to_thread(
+        make_log, tmp_path / "bad.db", model_dir, {"shift": frozenset({"bm25", "dense_cosine"})}
+    )
+    code = await asyncio.to_thread(main, run(model_dir, bad_log, tmp_path / "b", "--webhook", url))
+    assert code == EXIT_DRIFT
+    (payload,) = received
+    assert payload == summary_of(tmp_path / "b")
+    assert payload["decision"] == "covariate_drift"
+
+
+def test_unreachable_webhook_warns_but_keeps_the_drift_exit_code(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "e.db", model_dir, {"shift": frozenset({"bm25", "dense_cosine"})})
+    args = run(model_dir, events, tmp_path / "r", "--webhook", "http://127.0.0.1:9/none")
+    assert main(args) == EXIT_DRIFT
+    err = capsys.readouterr().err
+    assert "warning: webhook http://127.0.0.1:9/none unreachable" in err
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("drift-report: error: ")
+    return lines[0]
+
+
+def test_empty_window_exits_2(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "events.db", model_dir, n=20)
+    args = run(model_dir, events, tmp_path / "r")
+    args[args.index("--now") + 1] = "2030-01-01T00:00:00Z"
+    assert main(args) == EXIT_ERROR
+    assert "no served rows for featureset" in _error_line(capsys)
+
+
+def test_too_few_rows_exits_2(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "events.db", model_dir, n=15)  # 150 rows < min_rows 200
+    assert main(run(model_dir, events, tmp_path / "r")) == EXIT_ERROR
+    assert "150 served rows; min_rows is 200" in _error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_inputs_exit_2(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "events.db", model_dir, n=20)
+    out = tmp_path / "r"
+    assert main(run(tmp_path / "nomodels", events, out)) == EXIT_ERROR
+    assert "no model registry at" in _error_line(capsys)
+    empty_reg = tmp_path / "emptyreg"
+    empty_reg.mkdir()
+    assert main(run(empty_reg, events, out)) == EXIT_ERROR
+    assert "no promoted model" in _error_line(capsys)
+    assert main(run(model_dir, tmp_path / "none.db", out)) == EXIT_ERROR
+    assert "no event store at" in _error_line(capsys)
+    assert not (tmp_path / "none.db").exists()
+    assert main(run(model_dir, events, out, "--model-version", "v0099")) == EXIT_ERROR
+    assert "no model version 'v0099'" in _error_line(capsys)
+    # a model saved without a reference sample
+    no_ref = tmp_path / "noref"
+    shutil.copytree(model_dir, no_ref)
+    for p in (no_ref / str(ModelRegistry(model_dir).promoted())).glob("reference*"):
+        p.unlink()
+    assert main(run(no_ref, events, out)) == EXIT_ERROR
+    assert "no reference sample" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--now", "yesterday"], "--now: 'yesterday' is neither"),
+        (["--window", "forever"], "window: 'forever' is not a duration"),
+        (["--webhook", "ftp://x"], "webhook_url: 'ftp://x' is not an http(s) URL"),
+    ],
+)
+def test_bad_arguments_exit_2(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    assert main([*run(model_dir, tmp_path / "e.db", tmp_path / "r"), *extra]) == EXIT_ERROR
+    assert message in _error_line(capsys)
+
+
+def test_bad_setting_from_environment_exits_2(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LTRSEARCH_MONITORING__TEXT_METHOD", "magic")
+    assert main(run(model_dir, tmp_path / "e.db", tmp_path / "r")) == EXIT_ERROR
+    assert "monitoring: text_method: unknown drift method 'magic'" in _error_line(capsys)
+
+
+@pytest.mark.slow  # three full reports
+def test_loop_backfills_windows_and_applies_retention(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    try:
+        for h in range(4):  # four hours of traffic: [T0-2h, T0+2h)
+            serve_window(store, model_dir, T0 + (h - 2) * HOUR, 40, seed=10 + h)
+    finally:
+        store.close()
+    out = tmp_path / "reports"
+    monkeypatch.setenv("LTRSEARCH_MONITORING__KEEP_REPORTS", "2")
+    args = run(model_dir, tmp_path / "events.db", out, "--every", "1h", "--max-runs", "3")
+    assert main(args) == EXIT_OK
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("decision=no_drift" in ln for ln in lines)
+    # windows ending T0, T0+1h, T0+2h; the oldest report was pruned (keep_reports=2)
+    assert [p.name for p in sorted(out.glob("drift-*"))] == [
+        "drift-20231114T231320Z",
+        "drift-20231115T001320Z",
+    ]
