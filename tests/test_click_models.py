@@ -171,9 +171,9 @@ def test_pbm_em_recovers_attractiveness_and_examination(world: dict, pbm_session
     pairs = [p for p in world["attr"] if impr.get(p, 0) >= 200]
     assert len(pairs) == len(world["attr"])  # ~1300 impressions each
     truth, est = _truth_vs_estimate(m.relevance, world["attr"], pairs)
-    assert np.abs(est - truth).mean() < 0.05  # measured 0.016
-    assert np.abs(est - truth).max() < 0.12  # measured 0.05-0.08
-    assert np.abs(m.examination - EXAM).max() < 0.05  # measured < 0.01
+    assert np.abs(est - truth).mean() < 0.05  # measured 0.015
+    assert np.abs(est - truth).max() < 0.12  # measured 0.078
+    assert np.abs(m.examination - EXAM).max() < 0.05  # measured 0.006
     assert m.examination[0] == 1.0  # the identifiability convention
     assert m.relevance("never", "seen") == pytest.approx(0.5)  # Beta(1, 1) prior mean
     # click_probs of PBM: examination x attractiveness, no dependence on earlier clicks.
@@ -184,17 +184,17 @@ def test_pbm_em_recovers_attractiveness_and_examination(world: dict, pbm_session
 
 def test_dbn_em_recovers_attractiveness_satisfaction_gamma(world: dict, dbn_sessions) -> None:
     m = DBN().fit(dbn_sessions)
-    assert m.gamma == pytest.approx(0.8, abs=0.02)  # measured 0.799-0.802
+    assert m.gamma == pytest.approx(0.8, abs=0.015)  # measured 0.804
     pairs = [p for p in world["attr"] if m.impressions()[p] >= 200]
     truth_a, est_a = _truth_vs_estimate(m.attractiveness_of, world["attr"], pairs)
-    assert np.abs(est_a - truth_a).mean() < 0.03  # measured 0.017
+    assert np.abs(est_a - truth_a).mean() < 0.03  # measured 0.018
     # Satisfaction is only observed through clicks: judge pairs with >= 200 clicks.
     enc = encode_sessions(dbn_sessions)
     clicks = dict(zip(enc.pairs, enc.click_counts().tolist(), strict=True))
     rich = [p for p in world["sat"] if clicks[p] >= 200]
     assert len(rich) > 60
     truth_s, est_s = _truth_vs_estimate(m.satisfaction_of, world["sat"], rich)
-    assert np.abs(est_s - truth_s).mean() < 0.05  # measured 0.028-0.030
+    assert np.abs(est_s - truth_s).mean() < 0.05  # measured 0.030 (132 pairs)
     rel = m.predict_relevance()
     assert rel[pairs[0]] == pytest.approx(
         m.attractiveness_of(*pairs[0]) * m.satisfaction_of(*pairs[0])
@@ -222,8 +222,8 @@ def test_sdbn_counts_are_exact_when_the_last_click_satisfies(world: dict) -> Non
     assert len(rich) > 80
     ta, ea = _truth_vs_estimate(m.attractiveness_of, world["attr"], rich)
     ts, es = _truth_vs_estimate(m.satisfaction_of, world["sat"], rich)
-    assert np.abs(ea - ta).mean() < 0.03  # measured 0.013
-    assert np.abs(es - ts).mean() < 0.04  # measured 0.020
+    assert np.abs(ea - ta).mean() < 0.03  # measured 0.015
+    assert np.abs(es - ts).mean() < 0.04  # measured 0.019
     assert abs((es - ts).mean()) < 0.02  # unbiased
 
 
@@ -234,19 +234,24 @@ def test_sdbn_overestimates_satisfaction_when_last_click_is_not_satisfied(world:
     sdbn, dbn = SDBN().fit(sessions), DBN(gamma=1.0).fit(sessions)
     ts, es_sdbn = _truth_vs_estimate(sdbn.satisfaction_of, world["sat"], pairs)
     _, es_dbn = _truth_vs_estimate(dbn.satisfaction_of, world["sat"], pairs)
-    assert (es_sdbn - ts).mean() > 0.08  # measured +0.15
+    assert (es_sdbn - ts).mean() > 0.08  # measured +0.156 (DBN EM: +0.015)
     assert abs((es_dbn - ts).mean()) < 0.03
 
 
 def test_coec_recovers_relative_order(world: dict) -> None:
-    # Sorted lists with 30% shuffled sessions: raw CTR mixes position into relevance.
-    sessions = simulate_pbm(world["rk_sorted"], world["attr"], EXAM, 20_000, 14, shuffle=0.3)
+    # Fixed lists whose order is unrelated to relevance: raw CTR is mostly position, COEC
+    # divides the position out. (On lists sorted by relevance COEC is weaker; see docs.)
+    sessions = simulate_pbm(world["rk"], world["attr"], EXAM, 10_000, 14, shuffle=0.0)
     m = COEC().fit(sessions)
     pairs = list(world["attr"])
     truth, est = _truth_vs_estimate(m.relevance, world["attr"], pairs)
-    assert _spearman(est, truth) > 0.9  # measured 0.96
+    enc = encode_sessions(sessions)
+    ctr = dict(zip(enc.pairs, (enc.click_counts() / enc.impressions()).tolist(), strict=True))
+    raw = _spearman(np.array([ctr[p] for p in pairs]), truth)
+    assert _spearman(est, truth) > 0.93  # measured 0.965-0.970 (3 seeds)
+    assert _spearman(est, truth) > raw + 0.15  # raw CTR: measured 0.70
     assert m.relevance("never", "seen") == 1.0
-    assert np.all(np.diff(m.position_ctr) < 0)
+    assert m.position_ctr.shape == (N_DOCS,) and m.position_ctr[0] > 2 * m.position_ctr[-1]
 
 
 def test_pbm_beats_coec_on_pbm_data_and_dbn_wins_on_dbn_data(world: dict, dbn_sessions) -> None:
@@ -254,11 +259,11 @@ def test_pbm_beats_coec_on_pbm_data_and_dbn_wins_on_dbn_data(world: dict, dbn_se
     best, table = select_best(["coec", "pbm"], pbm_data[:15_000], pbm_data[15_000:])
     scores = {r.name: r.perplexity for r in table}
     assert best.name == "pbm"
-    assert scores["pbm"] < scores["coec"] - 0.01  # measured 1.576 vs 1.604
+    assert scores["pbm"] < scores["coec"] - 0.01  # measured 1.578 vs 1.607
     best, table = select_best(None, dbn_sessions[:30_000], dbn_sessions[30_000:])
     scores = {r.name: r.perplexity for r in table}
     assert best.name == "dbn" and table[0].name == "dbn"
-    assert scores["dbn"] < scores["pbm"] - 0.02  # measured 1.316 vs 1.358
+    assert scores["dbn"] < scores["pbm"] - 0.02  # measured 1.325 vs 1.370
     assert set(scores) == set(CLICK_MODELS)
     for r in table:
         assert np.isfinite(r.log_likelihood) and r.log_likelihood < 0
@@ -327,7 +332,7 @@ def test_labels_recover_graded_judgments() -> None:
     out = labels(sessions, model="pbm", grades=4, method="threshold", thresholds=[0.15, 0.4, 0.75])
     truth = {(j.query_id, j.doc_id): j.grade for j in judg}
     agree = np.mean([truth[(j.query_id, j.doc_id)] == j.grade for j in out])
-    assert agree > 0.9  # measured 0.99
+    assert agree > 0.9  # measured 0.992
     fitted = PBM().fit(sessions)
     quant = labels(fitted, grades=4)
     counts = np.bincount([int(j.grade) for j in quant], minlength=4)
