@@ -60,7 +60,24 @@ class IndexConfig:
     ann_threshold: int = 50_000  # use an ANN index above this many documents
     ann_ef_search: int = 200
     keep_versions: int = 3
-    attrs: tuple[str, ...] = field(default_factory=tuple)
+    attrs: tuple[str, ...] = field(default_factory=tuple)  # () = every numeric attr seen
+
+    def validate(self) -> None:
+        """Called by scripts.settings at load; raises ValueError naming the key."""
+        if self.stopwords not in ("en", ""):
+            raise ValueError(f"stopwords must be 'en' or '' (none), got {self.stopwords!r}")
+        if self.stemmer not in ("english", ""):
+            raise ValueError(f"stemmer must be 'english' or '' (none), got {self.stemmer!r}")
+        if not self.k1 > 0:
+            raise ValueError(f"k1 must be > 0, got {self.k1}")
+        if not 0.0 <= self.b <= 1.0:
+            raise ValueError(f"b must be in [0, 1], got {self.b}")
+        if self.ann_threshold < 0:
+            raise ValueError(f"ann_threshold must be >= 0, got {self.ann_threshold}")
+        if self.ann_ef_search < 1:
+            raise ValueError(f"ann_ef_search must be >= 1, got {self.ann_ef_search}")
+        if self.keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {self.keep_versions}")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from indexing.analysis import Analyzer
 from indexing.backend import Filters, Hits, IndexInfo
 from indexing.config import IndexConfig
 from indexing.documents import Document
-from indexing.embedding import Encoder
+from indexing.embedding import EmbeddingCache, Encoder, embed_texts
 from indexing.errors import (
     BackendError,
     IndexingError,
@@ -86,6 +86,18 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (durable before it is published)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 def _swap_current(index_dir: Path, version: str) -> None:
@@ -157,19 +169,6 @@ def _new_version_name(root: Path) -> str:
 def embedding_text(doc: Document) -> str:
     """The one text embedded per document: title, body and extra fields, blank ones skipped."""
     return "\n".join(t for t in doc.text_fields().values() if t)
-
-
-def _embed(encoder: Encoder, texts: list[str], cache: Any, progress: bool) -> np.ndarray:
-    """indexing.embedding.embed_texts (with its cache) when available, else the encoder."""
-    try:
-        from indexing.embedding import embed_texts  # type: ignore[attr-defined]
-    except ImportError:
-        if cache is not None:
-            raise IndexingError(
-                "an embedding cache was given but embed_texts is unavailable"
-            ) from None
-        return encoder.encode(texts, progress=progress)
-    return np.asarray(embed_texts(encoder, texts, cache=cache, progress=progress))
 
 
 def _progress(it: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
@@ -324,7 +323,7 @@ def build_local_index(
     index_dir: str | Path,
     encoder: Encoder,
     cfg: IndexConfig | None = None,
-    cache: Any = None,
+    cache: EmbeddingCache | None = None,
     progress: bool = False,
 ) -> str:
     """Build, validate and atomically publish a new version; returns its name.
@@ -333,8 +332,10 @@ def build_local_index(
     previous CURRENT keeps serving.
     """
     cfg = cfg or IndexConfig()
-    if cfg.keep_versions < 1:
-        raise IndexingError(f"keep_versions must be >= 1, got {cfg.keep_versions}")
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise IndexingError(f"index settings: {e}") from None
     root = Path(index_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / VERSIONS).mkdir(exist_ok=True)
@@ -354,7 +355,8 @@ def build_local_index(
         tmp = Path(tempfile.mkdtemp(prefix=BUILDING_PREFIX, dir=root))
         try:
             version = _new_version_name(root)
-            vectors = _embed(encoder, [embedding_text(d) for d in docs], cache, progress)
+            texts = [embedding_text(d) for d in docs]
+            vectors = embed_texts(encoder, texts, cache=cache, progress=progress)
             vectors = _check_vectors(vectors, len(docs), encoder.dim)
             _write_version(tmp, docs, vectors, version, encoder.model_id, cfg, progress)
             snap = Snapshot(tmp)
@@ -362,7 +364,7 @@ def build_local_index(
                 validate_snapshot(snap, docs)
             finally:
                 snap.close()
-            _fsync_dir(tmp)
+            _fsync_tree(tmp)
             final = root / VERSIONS / version
             os.rename(tmp, final)
             _fsync_dir(root / VERSIONS)

@@ -10,6 +10,7 @@ frequencies) or from consistency between methods, so the same file checks any ba
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -271,6 +272,11 @@ FILTERS = [
     Filters(category="no-such-category"),
 ]
 N = len(CONTRACT_DOCS)
+
+
+def contract_cache_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedding-cache file per test session, so CONTRACT_DOCS is embedded only once."""
+    return tmp_path_factory.getbasetemp() / "contract-embeddings.sqlite"
 
 
 def lucene_idf(df: int, n: int) -> float:

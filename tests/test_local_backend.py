@@ -11,15 +11,22 @@ import pytest
 import pytest_asyncio
 
 from indexing.config import IndexConfig
+from indexing.embedding import EmbeddingCache
 from indexing.local import LocalBackend, build_local_index
-from tests.contract import CONTRACT_DOCS, BackendContract, N
+from tests.contract import (
+    CONTRACT_DOCS,
+    BackendContract,
+    N,
+    contract_cache_path,
+)
 
 
 @pytest.fixture(scope="session")
 def contract_index(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
     """CONTRACT_DOCS indexed once per session (exact kNN)."""
     root = tmp_path_factory.mktemp("contract-index")
-    build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig())
+    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
+        build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(), cache=cache)
     return root
 
 
@@ -27,7 +34,8 @@ def contract_index(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Pa
 def contract_index_ann(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
     """The same corpus with the hnswlib index forced on (threshold below the corpus size)."""
     root = tmp_path_factory.mktemp("contract-index-ann")
-    build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(ann_threshold=5))
+    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
+        build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(ann_threshold=5), cache=cache)
     return root
 
 

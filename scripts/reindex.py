@@ -1,0 +1,97 @@
+"""ltrsearch-reindex: load a catalog, embed it, build and publish a new index version.
+
+    ltrsearch-reindex --source catalog.jsonl --index-dir var/index [--settings ltrsearch.toml]
+
+The new version becomes current only after it validated; a failed or killed run leaves
+the previous version serving. Expected failures (bad input, settings, validation) print
+one line on stderr and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from indexing.errors import IndexingError
+from ltr.errors import LTRError
+from scripts.settings import Settings, SettingsError, load_settings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PROG = "ltrsearch-reindex"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", required=True, help=".jsonl / .csv catalog or a BEIR directory")
+    p.add_argument("--index-dir", help="index directory (default: settings index.dir)")
+    p.add_argument("--settings", help="TOML settings file (LTRSEARCH_* env overrides apply)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "elasticsearch"),
+        help="where to index (default: settings index.backend)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # Elasticsearch options (engineer H): add them here, e.g. --es-url, --alias.
+    return p.parse_args(argv)
+
+
+def _reindex_local(args: argparse.Namespace, settings: Settings) -> str:
+    """Load, embed (through the cache), build, validate and swap; returns the closing line."""
+    from indexing.embedding import EmbeddingCache, load_encoder
+    from indexing.loaders import load_documents
+    from indexing.local import build_local_index
+
+    s = settings
+    index_dir = Path(args.index_dir or s.index.dir)
+    progress = not args.quiet
+    result = load_documents(args.source, s.loader)
+    for err in result.skipped:
+        print(f"{PROG}: skipped {err}", file=sys.stderr)
+    encoder = load_encoder(s.embedding)
+    use_cache = s.embedding.cache and not args.no_cache
+    cache = EmbeddingCache(s.embedding.cache_path) if use_cache else None
+    try:
+        t0 = time.perf_counter()
+        version = build_local_index(
+            result.documents, index_dir, encoder, s.index, cache=cache, progress=progress
+        )
+        seconds = time.perf_counter() - t0
+    finally:
+        if cache is not None:
+            cache.close()
+    n = len(result.documents)
+    rate = n / seconds if seconds > 0 else float("inf")
+    return f"indexed {n} documents in {seconds:.1f} s ({rate:.0f} docs/s), version {version}"
+
+
+def _reindex_elasticsearch(args: argparse.Namespace, settings: Settings) -> str:
+    """Placeholder for the Elasticsearch reindex (new index + alias swap), engineer H."""
+    raise IndexingError("--backend elasticsearch is not implemented in this command yet")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.settings)
+        backend = args.backend or settings.index.backend
+        run = _reindex_elasticsearch if backend == "elasticsearch" else _reindex_local
+        line = run(args, settings)
+    except SettingsError as e:
+        print(f"{PROG}: settings: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (IndexingError, LTRError, OSError) as e:
+        print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the previous version is still current", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(line)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
