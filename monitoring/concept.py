@@ -258,7 +258,7 @@ def click_rate_by_decile(
 
 
 def _score_drift(
-    current: pd.DataFrame, reference: pd.DataFrame, cfg: MonitoringConfig
+    current: pd.DataFrame, reference: pd.DataFrame, cfg: MonitoringConfig, render: bool
 ) -> tuple[dict[str, dict[str, Any]], Any]:
     """Prediction drift and each retriever's score distribution, previous vs current window."""
     specs: dict[str, tuple[str, float]] = {}
@@ -277,7 +277,7 @@ def _score_drift(
             out[col] = {"tested": False, "reason": f"too few values ({n_r}, {n_c})"}
             continue
         specs[col] = (method, threshold)
-    results, snapshot = value_drift(reference, current, specs)
+    results, snapshot = value_drift(reference, current, specs, render=render)
     for col, (score, flag) in results.items():
         method, threshold = specs[col]
         out[col] = {
@@ -297,11 +297,12 @@ def concept_drift(
     reference: pd.DataFrame | Mapping[str, float],
     cfg: MonitoringConfig,
     features_drifted: bool,
+    render: bool = True,
 ) -> ConceptDriftResult:
     """Quality, score and click-profile comparison of the current window to its reference.
 
     ``reference`` is the previous window's served rows, or the model manifest's metrics
-    (a mapping holding ``cfg.manifest_metric``).
+    (a mapping holding ``cfg.manifest_metric``). ``render=False``: no Evidently Report/HTML.
     """
     metric = cfg.quality_metric
     k = int(metric.split("@")[1])
@@ -320,7 +321,7 @@ def concept_drift(
         ref_val = ref_q.ndcg_mean if metric.startswith("ndcg") else ref_q.mrr_mean
         deciles = click_rate_by_decile(current, reference, cfg.score_deciles)
         if len(reference):
-            score_drift, snapshot = _score_drift(current, reference, cfg)
+            score_drift, snapshot = _score_drift(current, reference, cfg, render)
         n_ref, n_cur = ref_q.labelled_requests, cur_q.labelled_requests
         if min(n_ref, n_cur) < cfg.min_queries:
             note = (

@@ -153,11 +153,13 @@ def build_report(
     featureset_id: str,
     feature_names: Sequence[str] | None = None,
     groups: Mapping[str, str] | None = None,
+    render: bool = True,
 ) -> DriftSummary:
     """Feature drift vs the training sample, then concept drift vs ``concept_reference``.
 
     ``current`` (and a DataFrame ``concept_reference``) are impression-log rows; rows of
     other featuresets are ignored. ``concept_reference=None`` skips concept drift.
+    ``render=False`` computes the same numbers without Evidently Reports (no HTML).
     """
     cur, other = select_featureset(current, featureset_id)
     if cur.empty:
@@ -166,13 +168,13 @@ def build_report(
             f"no served rows for featureset {featureset_id[:12]} in "
             f"{iso(window.since)}..{iso(window.until)}{extra}"
         )
-    fd = feature_drift(reference, cur, cfg, features=feature_names, groups=groups)
+    fd = feature_drift(reference, cur, cfg, features=feature_names, groups=groups, render=render)
     cd = None
     if concept_reference is not None:
         ref = concept_reference
         if isinstance(ref, pd.DataFrame):
             ref, _ = select_featureset(ref, featureset_id)
-        cd = concept_drift(cur, ref, cfg, features_drifted=fd.drifted)
+        cd = concept_drift(cur, ref, cfg, features_drifted=fd.drifted, render=render)
     return DriftSummary(
         window=window,
         model_version=model_version,

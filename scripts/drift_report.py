@@ -136,6 +136,7 @@ def run_once(args: argparse.Namespace, cfg: MonitoringConfig, now: float) -> Dri
         model_version=manifest.version,
         featureset_id=manifest.featureset_id,
         feature_names=list(manifest.feature_names),
+        render=cfg.html,
     )
     return write_report(summary, cfg.out_dir, html=cfg.html)
 

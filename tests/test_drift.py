@@ -367,3 +367,17 @@ def test_click_rate_by_decile_uses_reference_edges() -> None:
     rows = click_rate_by_decile(cur, ref, 10)
     assert rows[-1]["reference_click_rate"] == 1.0 and rows[0]["reference_click_rate"] == 0.0
     assert rows[-1]["current_rows"] == 10 and sum(r["current_rows"] for r in rows) == 10
+
+
+def test_json_only_path_gives_the_report_numbers() -> None:
+    """render=False runs Evidently's stat tests without a Report: same scores and flags."""
+    ref = make_features(2000, 1)
+    cur = make_features(2000, 3, frozenset({"bm25", "qd_ctr", "log_popularity"}))
+    cfg = MonitoringConfig(behavior_method="ks", behavior_threshold=0.05)
+    full = feature_drift(ref, cur, cfg)
+    fast = feature_drift(ref, cur, cfg, render=False)
+    assert full.snapshot is not None and fast.snapshot is None
+    assert fast.drifted_features == full.drifted_features
+    np.testing.assert_allclose(
+        [f.score for f in fast.features], [f.score for f in full.features], equal_nan=True
+    )
