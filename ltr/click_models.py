@@ -1,7 +1,23 @@
 """Click models: implicit relevance judgments from click logs, behind one interface.
 
-Sessions (``Session``), their encoding and the simulators live in ``click_models_data`` and
-``click_models_sim``; this module re-exports them so callers import from one place.
+Clicks are biased by position (lower results are looked at less) and by the cascade of
+earlier clicks, so raw CTR is a poor label. Each model here explains the clicks of a
+``Session`` with a few parameters per (query, doc) pair and turns them into a relevance
+estimate:
+
+- ``coec``: clicks over expected clicks (position CTR priors), one pass; a ratio, 1 = average.
+- ``pbm``:  position-based model, EM; relevance = attractiveness.
+- ``sdbn``: simplified DBN (gamma = 1), counting; relevance = attractiveness x satisfaction.
+- ``dbn``:  dynamic Bayesian network, exact EM with a learned (or fixed) continuation
+  probability gamma; relevance = attractiveness x satisfaction.
+
+All share the ``ClickModel`` Protocol (fit, relevance with a documented prior for unseen
+pairs, predict_relevance, impressions, click_probs, log_likelihood, perplexity), the
+registry ``CLICK_MODELS`` / ``make_click_model``, ``select_best`` (lowest held-out
+perplexity) and ``labels`` (graded ``Judgment`` objects). Sessions are encoded once into
+integer arrays; fitting is vectorized numpy (100K sessions: about a second of CPU, see
+docs/benchmarks.md). ``Session``, the encoding and the simulators live in
+``click_models_data`` and ``click_models_sim`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -81,7 +97,12 @@ class Perplexity:
 
 @runtime_checkable
 class ClickModel(Protocol):
-    """What every click model offers (see the module docstring for the estimators)."""
+    """What every click model offers (the estimators are listed in the module docstring).
+
+    ``relevance`` of an unseen pair is the model's ``prior``; ``click_probs`` gives, per
+    position, P(click | the session's clicks above), which only the cascade models (sdbn,
+    dbn) condition on; ``log_likelihood`` is the mean per session in nats.
+    """
 
     name: str
 
@@ -128,6 +149,7 @@ class _Base:
         self._index: dict[Pair, int] = {}
         self._pairs: tuple[Pair, ...] = ()
         self._impr = np.zeros(0, dtype=np.int64)
+        self._rel = np.zeros(0)  # relevance per pair, computed once at fit time
         self._fitted = False
 
     # -- to implement
@@ -149,10 +171,12 @@ class _Base:
     def fit(self, sessions: Iterable[Session]) -> Self:
         """Fit on click sessions; raises TrainingDataError when there are none."""
         enc = encode_sessions(sessions)
+        self._fitted = False  # a refit that fails must not leave old parameters half-replaced
         self._pairs = enc.pairs
         self._index = {p: i for i, p in enumerate(enc.pairs)}
         self._impr = enc.impressions()
         self._fit(enc)
+        self._rel = self._relevance_array()
         self._fitted = True
         return self
 
@@ -176,12 +200,12 @@ class _Base:
         """Relevance estimate of ``doc`` for ``query``; ``prior`` for an unseen pair."""
         self._require_fitted()
         i = self._index.get((query, doc))
-        return self.prior if i is None else float(self._relevance_array()[i])
+        return self.prior if i is None else float(self._rel[i])
 
     def predict_relevance(self) -> dict[Pair, float]:
         """Relevance of every (query, doc) pair seen in training."""
         self._require_fitted()
-        return dict(zip(self._pairs, self._relevance_array().tolist(), strict=True))
+        return dict(zip(self._pairs, self._rel.tolist(), strict=True))
 
     def impressions(self) -> dict[Pair, int]:
         """Training impressions per pair (how much data stands behind each estimate)."""
@@ -308,6 +332,7 @@ class PBM(_Base):
         self.attractiveness = np.zeros(0)
         self.examination = np.zeros(0)
         self.n_iter = 0
+        self.converged = False
 
     @property
     def prior(self) -> float:
@@ -348,6 +373,7 @@ class PBM(_Base):
             self.n_iter = it
             if delta < self.tol:
                 break
+        self.converged = bool(delta < self.tol)  # False: stopped at max_iter
         self.attractiveness, self.examination = alpha, gamma
 
     def _relevance_array(self) -> np.ndarray:
@@ -398,6 +424,7 @@ class DBN(_Base):
         self.satisfaction = np.zeros(0)
         self.gamma = 0.9 if gamma is None else float(gamma)
         self.n_iter = 0
+        self.converged = False
 
     @property
     def prior(self) -> float:
@@ -464,6 +491,7 @@ class DBN(_Base):
             self.n_iter = it
             if delta < self.tol:
                 break
+        self.converged = bool(delta < self.tol)  # False: stopped at max_iter
         self.attractiveness, self.satisfaction, self.gamma = a, s, g
 
     def attractiveness_of(self, query: str, doc: str) -> float:
@@ -582,6 +610,7 @@ class SDBN(DBN):
         self.satisfaction = (lasts + s0) / (clicks + s0 + t0)
         self.gamma = 1.0
         self.n_iter = 1
+        self.converged = True  # closed form
 
 
 # ----------------------------------------------------------------------------- registry

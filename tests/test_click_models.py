@@ -88,6 +88,8 @@ def test_simulate_pbm_matches_its_parameters_and_is_seeded() -> None:
     np.testing.assert_allclose(ctr, expected, atol=0.015)
     shuffled = simulate_pbm(rk, attr, exam, 2_000, 1, shuffle=1.0)
     assert len({s.docs for s in shuffled}) > 20
+    weighted = simulate_pbm(rk, attr, exam, 4_000, 2, query_weights={"q0": 3.0, "q1": 1.0})
+    assert np.mean([s.query == "q0" for s in weighted]) == pytest.approx(0.75, abs=0.03)
 
 
 def test_simulate_dbn_and_cascade_follow_the_cascade() -> None:
@@ -175,6 +177,7 @@ def test_pbm_em_recovers_attractiveness_and_examination(world: dict, pbm_session
     assert np.abs(est - truth).max() < 0.12  # measured 0.078
     assert np.abs(m.examination - EXAM).max() < 0.05  # measured 0.006
     assert m.examination[0] == 1.0  # the identifiability convention
+    assert m.converged and m.n_iter < m.max_iter
     assert m.relevance("never", "seen") == pytest.approx(0.5)  # Beta(1, 1) prior mean
     # click_probs of PBM: examination x attractiveness, no dependence on earlier clicks.
     s = pbm_sessions[0]
@@ -184,6 +187,7 @@ def test_pbm_em_recovers_attractiveness_and_examination(world: dict, pbm_session
 
 def test_dbn_em_recovers_attractiveness_satisfaction_gamma(world: dict, dbn_sessions) -> None:
     m = DBN().fit(dbn_sessions)
+    assert m.converged
     assert m.gamma == pytest.approx(0.8, abs=0.015)  # measured 0.804
     pairs = [p for p in world["attr"] if m.impressions()[p] >= 200]
     truth_a, est_a = _truth_vs_estimate(m.attractiveness_of, world["attr"], pairs)
