@@ -694,7 +694,9 @@ def labels(
     left out (no label rather than a noisy one).
     - ``quantile``: cut points at the 1/grades, 2/grades, ... quantiles of the relevance
       of the kept pairs over all queries (equal-sized grade bins; the grade scale is global,
-      so a query with only weak documents gets only low grades).
+      so a query with only weak documents gets only low grades). Ties share a grade: a
+      value equal to a cut point goes to the upper bin, so heavily tied estimates (few
+      impressions, counting models) can leave bins unequal.
     - ``threshold``: grade = number of ``thresholds`` (ascending, grades-1 of them) that the
       relevance reaches; the default splits [0, 1] evenly, which suits probability-valued
       relevance (pbm, sdbn, dbn), not COEC's ratio.
