@@ -30,7 +30,7 @@ import pandas as pd
 
 from monitoring.config import MonitoringConfig
 from monitoring.drift import _num, value_drift
-from monitoring.errors import MonitoringConfigError, ReferenceNotFoundError
+from monitoring.errors import ReferenceNotFoundError
 
 NO_DRIFT = "no_drift"
 CONCEPT_DRIFT = "concept_drift"
@@ -140,26 +140,20 @@ def click_labels(frame: pd.DataFrame, click_model: str = "") -> np.ndarray:
     behavior changes the labels (that is what concept drift is about).
     """
     clicked = frame["clicked"].to_numpy(dtype="float64")
-    if not click_model:
+    if not click_model or frame.empty:
         return clicked
-    from ltr import click_models
+    from ltr.click_models import Session, make_click_model
 
-    make = getattr(click_models, "make_click_model", None)
-    if make is None:
-        raise MonitoringConfigError(
-            f"click_model: {click_model!r} asked for, but ltr.click_models has no make_click_model"
-        )
-    session_cls = click_models.Session
     ordered = frame.sort_values(["request_id", "position"], kind="stable")
     sessions = [
-        session_cls(
+        Session(
             query=str(g["query"].iloc[0]),
             docs=tuple(map(str, g["doc_id"])),
             clicks=tuple(bool(c) for c in g["clicked"]),
         )
         for _, g in ordered.groupby("request_id", sort=False)
     ]
-    model = make(click_model).fit(sessions)
+    model = make_click_model(click_model).fit(sessions)
     rel = model.predict_relevance()
     keys = zip(frame["query"].astype(str), frame["doc_id"].astype(str), strict=True)
     return np.array([float(rel.get(k, math.nan)) for k in keys], dtype="float64")

@@ -146,6 +146,14 @@ class MonitoringConfig:
             raise MonitoringConfigError("webhook_timeout_s: must be > 0")
         if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
             raise MonitoringConfigError(f"webhook_url: {self.webhook_url!r} is not an http(s) URL")
+        if self.click_model:
+            from ltr.click_models import CLICK_MODELS
+
+            if self.click_model not in CLICK_MODELS:
+                raise MonitoringConfigError(
+                    f"click_model: unknown click model {self.click_model!r}; valid: "
+                    f'{", ".join(sorted(CLICK_MODELS))} (or "" for raw clicks)'
+                )
         parse_duration(self.window, "window")
         if self.every:
             parse_duration(self.every, "every")

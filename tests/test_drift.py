@@ -181,6 +181,7 @@ def test_sampling_is_deterministic() -> None:
         ({"window": "soon"}, "window: 'soon' is not a duration"),
         ({"min_rows": 0}, "min_rows: must be >= 1"),
         ({"webhook_url": "ftp://x"}, "webhook_url"),
+        ({"click_model": "ubm"}, "click_model: unknown click model 'ubm'; valid: coec, dbn, pbm"),
     ],
 )
 def test_config_validation_names_the_key(change: dict, message: str) -> None:
@@ -381,3 +382,61 @@ def test_json_only_path_gives_the_report_numbers() -> None:
     np.testing.assert_allclose(
         [f.score for f in fast.features], [f.score for f in full.features], equal_nan=True
     )
+
+
+def test_ranking_quality_matches_ltr_metrics_also_for_fractional_labels() -> None:
+    """Same NDCG definition as ltr.metrics (exp gain), incl. click-model relevances in [0, 1]."""
+    from ltr.metrics import mrr_at_k, ndcg_at_k
+
+    df, grades = served_log(200, 5, graded=True)
+    rng = np.random.default_rng(5)
+    for labels in (grades, np.where(grades > 0, rng.random(len(grades)), 0.0)):
+        q = ranking_quality(df, labels, k=10)
+        ids = _labelled_ids(df, labels)
+        by_req = df.assign(g=labels).groupby("request_id", sort=False)
+        expected_ndcg, expected_rr = [], []
+        for rid in ids:
+            g = by_req.get_group(rid).sort_values("position")
+            qrels = dict(zip(g["doc_id"], g["g"], strict=True))
+            expected_ndcg.append(ndcg_at_k(list(g["doc_id"]), qrels, 10))
+            if labels is grades:
+                expected_rr.append(mrr_at_k(list(g["doc_id"]), qrels, 10))
+        np.testing.assert_allclose(q.ndcg, expected_ndcg, atol=1e-9)
+        if expected_rr:
+            np.testing.assert_allclose(q.rr, expected_rr, atol=1e-9)
+
+
+def pool_window(n_requests: int, seed: int, reverse: bool, prefix: str) -> pd.DataFrame:
+    """Each request shows 10 of a query's 30 docs, ranked by a fixed model score; users click
+    by attractiveness rising with the score (or, ``reverse``, falling: concept drift)."""
+    rng = np.random.default_rng(seed)
+    pool_scores = np.linspace(2.0, -2.0, 30)
+    rows = []
+    for r in range(n_requests):
+        shown = np.sort(rng.choice(30, 10, replace=False))  # best score first
+        for p, d in enumerate(shown, start=1):
+            s = pool_scores[d]
+            attract = 1 / (1 + np.exp(3 * s if reverse else -3 * s))
+            clicked = rng.random() < attract / p**0.5
+            rows.append((f"{prefix}{r}", f"q{r % 5}", f"d{d}", p, s, int(clicked)))
+    return pd.DataFrame(
+        rows, columns=["request_id", "query", "doc_id", "position", "score", "clicked"]
+    )
+
+
+def test_concept_drift_with_click_model_labels() -> None:
+    cfg = MonitoringConfig(click_model="pbm", retriever_features=())
+    prev = pool_window(600, 1, False, "a")
+    same = concept_drift(pool_window(600, 2, False, "b"), prev, cfg, features_drifted=False)
+    assert same.decision == NO_DRIFT
+    changed = concept_drift(pool_window(600, 3, True, "c"), prev, cfg, features_drifted=False)
+    assert changed.decision == CONCEPT_DRIFT
+    assert changed.current_value < 0.8 * changed.reference_value
+
+
+def test_unknown_click_model_is_a_clear_error() -> None:
+    from ltr.errors import UnknownNameError
+
+    prev = pool_window(50, 1, False, "a")
+    with pytest.raises(UnknownNameError, match="unknown click model 'nope'; valid: coec, dbn"):
+        concept_drift(prev, prev, MonitoringConfig(click_model="nope"), features_drifted=False)
