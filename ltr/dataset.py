@@ -8,7 +8,7 @@ impression log) and only attaches labels, so training sees what serving saw.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -319,12 +319,9 @@ def kfold_by_query(
     return out
 
 
-LabelKey = tuple[Hashable, str]
-
-
 def from_served_log(
     rows: pd.DataFrame,
-    labels: Mapping[LabelKey, float],
+    labels: Mapping[Any, float],
     *,
     key: Literal["auto", "query", "request"] = "auto",
     feature_names: Sequence[str] | None = None,
