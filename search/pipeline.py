@@ -1,0 +1,578 @@
+"""The query pipeline: candidates -> features -> model -> page, with an impression to log.
+
+``Pipeline.featurize`` is search.featurize.featurize over this pipeline's generator and
+behavior aggregates (the ONE query -> features path, shared with offline replay), so what
+the model scores online is what it was trained on. ``Pipeline.search`` adds the model (or
+RRF when there is none), pagination, per-stage timeouts and timings, and returns the page
+together with the exact feature rows served (the impression the API logs).
+
+Hot swaps: the model and the index are replaced atomically (one attribute assignment each);
+a request reads both once at its start, so it never mixes two versions. A retired index
+backend is closed only when the last request using it has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from indexing.backend import Filters, Hits, IndexInfo, RetrievalBackend
+from indexing.documents import Document
+from indexing.embedding import Encoder
+from indexing.errors import BackendError
+from ltr.behavior import AGGREGATE_KEYS
+from ltr.features import BEHAVIOR_FEATURES, featureset_id, resolve
+from ltr.model import RankModel
+from ltr.types import RETRIEVERS, CandidateSet
+from search.aggregates import BehaviorAggregates
+from search.config import RetrievalConfig
+from search.errors import InvalidParameterError, InvalidQueryError, NotReadyError
+from search.events import Impression
+from search.featurize import Featurized, Generator, featurize
+
+log = logging.getLogger(__name__)
+
+# Per-request stage timings (seconds), shared by the tasks of one request: asyncio copies
+# the context into gather()'d tasks and to_thread() calls, and they all mutate this dict.
+_TIMINGS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "ltrsearch_timings", default=None
+)
+
+
+def _record(stage: str, seconds: float) -> None:
+    t = _TIMINGS.get()
+    if t is not None:
+        t[stage] = t.get(stage, 0.0) + seconds
+
+
+class TimedBackend:
+    """A RetrievalBackend that records how long bm25 and knn took in this request."""
+
+    def __init__(self, inner: RetrievalBackend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # extras such as LocalBackend.static_attrs
+        return getattr(self.inner, name)
+
+    async def info(self) -> IndexInfo:
+        return await self.inner.info()
+
+    async def bm25(
+        self, query: str, k: int, field: str | None = None, filters: Filters | None = None
+    ) -> Hits:
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.bm25(query, k, field, filters)
+        finally:
+            _record("bm25", time.perf_counter() - t0)
+
+    async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.knn(vector, k, filters)
+        finally:
+            _record("knn", time.perf_counter() - t0)
+
+    async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
+        return await self.inner.fetch(ids)
+
+    async def field_scores(self, query: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return await self.inner.field_scores(query, ids)
+
+    async def cosine(self, vector: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+        return await self.inner.cosine(vector, ids)
+
+    async def analyze(self, text: str) -> tuple[str, ...]:
+        return await self.inner.analyze(text)
+
+    async def doc_terms(self, ids: Sequence[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
+        return await self.inner.doc_terms(ids)
+
+    async def idf(self, terms: Sequence[str]) -> dict[str, float]:
+        return await self.inner.idf(terms)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class TimedEncoder:
+    """An Encoder that records query-embedding time (cache hits never reach it)."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.encode(texts, progress=progress)
+        finally:
+            _record("embed", time.perf_counter() - t0)
+
+
+GeneratorFactory = Callable[[RetrievalBackend, Encoder], Generator]
+
+
+def default_generator_factory(cfg: RetrievalConfig | None = None) -> GeneratorFactory:
+    """search.candidates.CandidateGenerator built from a RetrievalConfig (default: defaults)."""
+    rcfg = cfg or RetrievalConfig()
+
+    def make(backend: RetrievalBackend, encoder: Encoder) -> Generator:
+        from search.candidates import CandidateGenerator
+
+        return CandidateGenerator.from_config(backend, encoder, rcfg)
+
+    return make
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Serving knobs of the pipeline (the API builds it from search.config.ApiConfig)."""
+
+    candidates_timeout_ms: float = 2000.0  # candidate generation + features, whole stage
+    model_timeout_ms: float = 500.0  # then the page is ranked by fusion and "model" degraded
+    body_chars: int = 300  # body text returned per hit (0 = none)
+    max_k: int = 100
+    max_offset: int = 1000
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    q: str
+    k: int = 10
+    offset: int = 0
+    category: str | None = None
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    explain: bool = False
+    query_id: str | None = None
+
+    def filters(self) -> Filters | None:
+        f = Filters(category=self.category, ranges=dict(self.ranges))
+        return None if f.is_empty() else f
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    request_id: str
+    query: str
+    model_version: str | None
+    featureset_id: str
+    hits: list[dict[str, Any]]
+    degraded: list[str]
+    took_ms: float
+    timings_ms: dict[str, float]
+    candidates: int
+    impression: Impression | None  # None when the page is empty
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "query": self.query,
+            "model_version": self.model_version,
+            "hits": self.hits,
+            "degraded": self.degraded,
+            "took_ms": round(self.took_ms, 3),
+            "candidates": self.candidates,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: missing values travel as null."""
+    return None if not math.isfinite(x) else float(x)
+
+
+class _IndexState:
+    """One index version being served: backend, generator and an in-flight count."""
+
+    def __init__(self, backend: RetrievalBackend, generator: Generator, version: str) -> None:
+        self.backend = backend
+        self.generator = generator
+        self.version = version
+        self.inflight = 0
+        self.retired = False
+        self.closed = False
+
+    async def maybe_close(self) -> None:
+        if self.retired and self.inflight == 0 and not self.closed:
+            self.closed = True
+            try:
+                await self.backend.close()
+            except Exception:  # closing an old index must never fail a request
+                log.exception("closing retired index %s failed", self.version)
+
+
+class Pipeline:
+    """Hybrid retrieval + LTR reranking for one index and (optionally) one model."""
+
+    def __init__(
+        self,
+        backend: RetrievalBackend,
+        encoder: Encoder,
+        default_features: Sequence[str],
+        index_version: str,
+        model: RankModel | None = None,
+        aggregates: BehaviorAggregates | None = None,
+        config: PipelineConfig | None = None,
+        generator_factory: GeneratorFactory | None = None,
+        expected_featureset_id: str | None = None,
+    ) -> None:
+        resolve(default_features)  # unknown names fail at startup, listing the valid ones
+        self.default_features = tuple(default_features)
+        self.config = config or PipelineConfig()
+        self.aggregates = aggregates
+        self.expected_featureset_id = expected_featureset_id
+        self._encoder = TimedEncoder(encoder)
+        self._factory = generator_factory or default_generator_factory()
+        self._index = self._make_state(backend, index_version)
+        self._model: RankModel | None = None
+        if model is not None:
+            self.set_model(model)
+
+    # -- state ----------------------------------------------------------------------------
+    def _make_state(self, backend: RetrievalBackend, version: str) -> _IndexState:
+        return _IndexState(backend, self._factory(TimedBackend(backend), self._encoder), version)
+
+    @property
+    def model(self) -> RankModel | None:
+        return self._model
+
+    @property
+    def index_version(self) -> str:
+        return self._index.version
+
+    @property
+    def encoder_inner(self) -> Encoder:
+        """The encoder without the timing wrapper (to open a new index version with)."""
+        return self._encoder.inner
+
+    @property
+    def backend(self) -> RetrievalBackend:
+        return self._index.backend
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        m = self._model
+        return m.feature_names if m is not None else self.default_features
+
+    def check_model(self, model: RankModel) -> None:
+        """Refuse a model whose features this code cannot compute identically.
+
+        The model's featureset id must equal the id of its feature list under the current
+        feature definitions (a changed feature bumps its version), and, when the settings
+        pin a featureset, that one.
+        """
+        from ltr.errors import FeaturesetMismatchError
+
+        here = featureset_id(model.feature_names)  # unknown names raise UnknownNameError
+        if here != model.featureset_id:
+            raise FeaturesetMismatchError(
+                f"model {model.version} was trained on featureset {model.featureset_id} but "
+                f"the serving code computes {here} for the same feature names (a feature "
+                "definition changed); retrain the model"
+            )
+        if self.expected_featureset_id and model.featureset_id != self.expected_featureset_id:
+            raise FeaturesetMismatchError(
+                f"model {model.version} was trained on featureset {model.featureset_id} but "
+                f"the server is configured for {self.expected_featureset_id}"
+            )
+        if model.manifest.base_margin is not None:
+            from ltr.fusion import FUSIONS
+
+            name = model.manifest.base_margin_name
+            if name not in FUSIONS:
+                from ltr.errors import unknown_name
+
+                raise unknown_name("fusion", str(name), list(FUSIONS))
+
+    def set_model(self, model: RankModel | None) -> None:
+        """Serve ``model`` from the next request on (None = rank by RRF)."""
+        if model is not None:
+            self.check_model(model)
+        self._model = model
+
+    async def swap_backend(self, backend: RetrievalBackend, version: str) -> None:
+        """Serve a new index version; the old backend closes after its last request."""
+        old = self._index
+        self._index = self._make_state(backend, version)
+        old.retired = True
+        await old.maybe_close()
+
+    async def close(self) -> None:
+        self._index.retired = True
+        await self._index.maybe_close()
+
+    # -- the one query -> features path ---------------------------------------------------
+    def _behavior_source(
+        self, query: str, names: Sequence[str], now: float
+    ) -> Callable[[CandidateSet], Mapping[str, np.ndarray]] | None:
+        if not set(names) & set(BEHAVIOR_FEATURES):
+            return None
+        agg = self.aggregates
+        if agg is None:  # no event store: behavior features are missing, i.e. NaN
+            return lambda cs: {k: np.full(len(cs), np.nan) for k in AGGREGATE_KEYS}
+        return lambda cs: agg.arrays(query, cs.ids, now=now)
+
+    async def featurize(
+        self,
+        query: str,
+        filters: Filters | None = None,
+        query_id: str | None = None,
+        feature_names: Sequence[str] | None = None,
+        now: float | None = None,
+        generator: Generator | None = None,
+    ) -> Featurized:
+        """search.featurize.featurize with this pipeline's generator and behavior data.
+
+        ``now`` fixes the time behavior aggregates are decayed to (replaying a logged
+        request with its logged ts reproduces the served vectors exactly).
+        """
+        names = tuple(feature_names) if feature_names is not None else self.feature_names
+        now = time.time() if now is None else now
+        return await featurize(
+            generator or self._index.generator,
+            query,
+            names,
+            filters=filters,
+            query_id=query_id,
+            behavior=self._behavior_source(query, names, now),
+        )
+
+    # -- search ---------------------------------------------------------------------------
+    def validate(self, req: SearchRequest, max_query_chars: int) -> None:
+        if not isinstance(req.q, str) or not req.q.strip():
+            raise InvalidQueryError("q: the query is empty")
+        if len(req.q) > max_query_chars:
+            raise InvalidQueryError(f"q: the query is longer than {max_query_chars} characters")
+        if not 1 <= req.k <= self.config.max_k:
+            raise InvalidParameterError("k", f"must be between 1 and {self.config.max_k}")
+        if not 0 <= req.offset <= self.config.max_offset:
+            raise InvalidParameterError("offset", f"must be between 0 and {self.config.max_offset}")
+
+    async def search(self, req: SearchRequest, request_id: str | None = None) -> SearchResult:
+        """Rank the candidates of ``req.q`` and return one page (+ the impression to log)."""
+        t_start = time.perf_counter()
+        now = time.time()
+        rid = request_id or uuid.uuid4().hex
+        timings: dict[str, float] = {}
+        token = _TIMINGS.set(timings)
+        state = self._index
+        state.inflight += 1
+        try:
+            model = self._model
+            names = model.feature_names if model is not None else self.default_features
+            fsid = model.featureset_id if model is not None else featureset_id(names)
+            t0 = time.perf_counter()
+            try:
+                fz = await asyncio.wait_for(
+                    self._timed_featurize(req, names, now, state.generator, timings),
+                    self.config.candidates_timeout_ms / 1000.0,
+                )
+            except TimeoutError:
+                raise BackendError(
+                    f"candidate generation took longer than {self.config.candidates_timeout_ms:g}"
+                    " ms"
+                ) from None
+            timings["features"] = max(
+                0.0, time.perf_counter() - t0 - timings.get("candidates", 0.0)
+            )
+            degraded = list(fz.degraded)
+            cs, X = fz.cs, fz.X
+            n = len(cs)
+            scores, base_margin, used_model = await self._score(model, cs, X, degraded, timings)
+            # business rules: one hit per document id (the union is unique; stay defensive)
+            order = np.lexsort((np.arange(n), -scores))  # best first, stable by union order
+            seen: set[str] = set()
+            ranked = []
+            for i in order:
+                if cs.ids[i] not in seen:
+                    seen.add(cs.ids[i])
+                    ranked.append(int(i))
+            page = ranked[req.offset : req.offset + req.k]
+            hits = await self._hits(state, cs, page, scores, req.offset)
+            if req.explain and used_model is not None and page:
+                self._explain(used_model, X, base_margin, page, hits)
+            impression = None
+            if page:
+                impression = Impression(
+                    request_id=rid,
+                    ts=now,
+                    query=req.q,
+                    query_id=req.query_id,
+                    model_version=used_model.version if used_model is not None else None,
+                    featureset_id=fsid,
+                    feature_names=tuple(names),
+                    offset=req.offset,
+                    doc_ids=tuple(cs.ids[i] for i in page),
+                    positions=tuple(range(req.offset + 1, req.offset + 1 + len(page))),
+                    scores=scores[page].astype(np.float64),
+                    features=np.ascontiguousarray(X[page]),
+                )
+            timings["total"] = time.perf_counter() - t_start
+            return SearchResult(
+                request_id=rid,
+                query=req.q,
+                model_version=used_model.version if used_model is not None else None,
+                featureset_id=fsid,
+                hits=hits,
+                degraded=degraded,
+                took_ms=timings["total"] * 1000.0,
+                timings_ms={k: v * 1000.0 for k, v in timings.items()},
+                candidates=n,
+                impression=impression,
+            )
+        finally:
+            _TIMINGS.reset(token)
+            state.inflight -= 1
+            await state.maybe_close()
+
+    async def _timed_featurize(
+        self,
+        req: SearchRequest,
+        names: Sequence[str],
+        now: float,
+        generator: Generator,
+        timings: dict[str, float],
+    ) -> Featurized:
+        return await self.featurize(
+            req.q,
+            filters=req.filters(),
+            query_id=req.query_id,
+            feature_names=names,
+            now=now,
+            generator=_TimedGenerator(generator, timings),
+        )
+
+    async def _score(
+        self,
+        model: RankModel | None,
+        cs: CandidateSet,
+        X: np.ndarray,
+        degraded: list[str],
+        timings: dict[str, float],
+    ) -> tuple[np.ndarray, np.ndarray | None, RankModel | None]:
+        """Model scores (with the manifest's base margin) or RRF; a failing model degrades."""
+        from ltr.fusion import fusion_score
+
+        if len(cs) == 0:
+            return np.zeros(0), None, model
+        if model is None:
+            return np.asarray(fusion_score(cs, "rrf", {}), dtype=np.float64), None, None
+        t0 = time.perf_counter()
+        bm: np.ndarray | None = None
+        spec = model.manifest.base_margin
+        if spec is not None:
+            bm = np.asarray(
+                fusion_score(cs, str(spec["name"]), dict(spec.get("params") or {})), np.float64
+            )
+        try:
+            pred = await asyncio.wait_for(
+                asyncio.to_thread(model.predict, X, bm), self.config.model_timeout_ms / 1000.0
+            )
+            scores = np.asarray(pred, dtype=np.float64)
+            used: RankModel | None = model
+        except Exception as e:  # includes TimeoutError: serve the fusion ranking instead
+            log.error("model %s failed (%s); ranking by fusion", model.version, e)
+            degraded.append("model")
+            scores = bm if bm is not None else np.asarray(fusion_score(cs, "rrf", {}), np.float64)
+            used = None
+        timings["model"] = time.perf_counter() - t0
+        return scores, bm, used
+
+    async def _hits(
+        self,
+        state: _IndexState,
+        cs: CandidateSet,
+        page: list[int],
+        scores: np.ndarray,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        ids = [cs.ids[i] for i in page]
+        docs = await state.backend.fetch(ids) if ids else []
+        hits = []
+        for pos, (i, doc) in enumerate(zip(page, docs, strict=True), start=offset + 1):
+            retrievers = {}
+            for r in RETRIEVERS:
+                s = cs.scores.get(r)
+                rk = cs.ranks.get(r)
+                retrievers[r] = {
+                    "score": _num(float(s[i])) if s is not None else None,
+                    "rank": (
+                        int(rk[i]) if rk is not None and math.isfinite(float(rk[i])) else None
+                    ),
+                }
+            hits.append(
+                {
+                    "id": cs.ids[i],
+                    "score": _num(float(scores[i])),
+                    "position": pos,
+                    "fields": self._fields(doc),
+                    "retrievers": retrievers,
+                }
+            )
+        return hits
+
+    def _fields(self, doc: Document | None) -> dict[str, Any]:
+        if doc is None:  # the index changed under the request; the id is still right
+            return {}
+        body = doc.body
+        if self.config.body_chars >= 0 and len(body) > self.config.body_chars:
+            body = body[: self.config.body_chars].rstrip() + "…"
+        out: dict[str, Any] = {"title": doc.title, "body": body, "category": doc.category}
+        out.update({k: v for k, v in doc.extra.items() if k not in out})
+        out.update({k: _num(v) for k, v in doc.attrs.items() if k not in out})
+        return out
+
+    def _explain(
+        self,
+        model: RankModel,
+        X: np.ndarray,
+        base_margin: np.ndarray | None,
+        page: list[int],
+        hits: list[dict[str, Any]],
+    ) -> None:
+        contribs = model.contributions(X[page], None if base_margin is None else base_margin[page])
+        names = model.feature_names
+        for h, row in zip(hits, contribs, strict=True):
+            c = {names[j]: float(row[j]) for j in range(len(names))}
+            c["_bias"] = float(row[-1])  # includes the base margin (the fusion score)
+            h["contributions"] = c
+
+
+class _TimedGenerator:
+    """Records the candidate-generation time of one request."""
+
+    def __init__(self, inner: Generator, timings: dict[str, float]) -> None:
+        self.inner = inner
+        self.timings = timings
+
+    async def generate(
+        self, query: str, filters: Filters | None = None, query_id: str | None = None
+    ) -> tuple[CandidateSet, list[str]]:
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.generate(query, filters=filters, query_id=query_id)
+        finally:
+            self.timings["candidates"] = time.perf_counter() - t0
+
+
+def ensure_ready(pipeline: Pipeline | None) -> Pipeline:
+    if pipeline is None:
+        raise NotReadyError("the index is not loaded")
+    return pipeline

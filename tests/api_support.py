@@ -1,0 +1,153 @@
+"""Shared builders for the API tests (engineer F): a small real BEIR subset, a real local
+index over it, and a real LambdaMART model trained through the serving pipeline.
+
+Not a test module (no test functions); imported by tests/test_api*.py and test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexing.embedding import Encoder
+from indexing.loaders import load_beir
+from ltr.config import TrainConfig
+from ltr.dataset import RankingData
+from ltr.features import featureset_id
+from ltr.fusion import fusion_score
+from ltr.metrics import ndcg_at_k
+from ltr.registry import ModelRegistry
+from ltr.train import Trainer
+from search.config import ApiConfig
+
+ADMIN = "s3cret-admin-token"
+
+
+def write_small_beir(cranfield: Path, out: Path, n_queries: int = 20, extra_docs: int = 40) -> Path:
+    """A BEIR subset: the first judged queries, their judged docs and a few others.
+
+    Adds a ``category`` (two values) and a numeric ``year`` to every document so filters
+    and static attributes are exercised (Cranfield has neither).
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    lines = (cranfield / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    for line in lines:
+        qid, did, grade = line.split("\t")
+        qrels.setdefault(qid, {})[did] = int(grade)
+    queries = [json.loads(x) for x in (cranfield / "queries.jsonl").read_text().splitlines()]
+    chosen = [q for q in queries if sum(g > 0 for g in qrels.get(q["_id"], {}).values()) >= 4]
+    chosen = chosen[:n_queries]
+    keep = {d for q in chosen for d in qrels[q["_id"]]}
+    corpus = [json.loads(x) for x in (cranfield / "corpus.jsonl").read_text().splitlines()]
+    others = [c for c in corpus if c["_id"] not in keep]
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(others), size=extra_docs, replace=False):
+        keep.add(others[int(i)]["_id"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "qrels").mkdir(exist_ok=True)
+    with open(out / "corpus.jsonl", "w") as f:
+        for c in corpus:
+            if c["_id"] in keep:
+                n = int(c["_id"])
+                row: dict[str, Any] = dict(c)
+                row.update(category="even" if n % 2 == 0 else "odd", year=1950 + n % 20)
+                f.write(json.dumps(row) + "\n")
+    with open(out / "queries.jsonl", "w") as f:
+        for q in chosen:
+            f.write(json.dumps(q) + "\n")
+    with open(out / "qrels" / "test.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in chosen:
+            for d, g in qrels[q["_id"]].items():
+                f.write(f"{q['_id']}\t{d}\t{g}\n")
+    return out
+
+
+def build_index(beir_dir: Path, index_dir: Path, encoder: Encoder) -> str:
+    from indexing.local import build_local_index
+
+    ds = load_beir(beir_dir)
+    return build_local_index(ds.corpus, index_dir, encoder)
+
+
+def api_config(**kw: Any) -> ApiConfig:
+    base: dict[str, Any] = {
+        "admin_token": ADMIN,
+        "impression_flush_ms": 60_000.0,  # long: tests must not depend on the timer flush
+        "index_poll_s": 0.0,
+        "access_log": False,
+    }
+    base.update(kw)
+    return ApiConfig(**base)
+
+
+async def train_model_via_pipeline(
+    pipeline: Any,
+    beir_dir: Path,
+    model_dir: Path,
+    feature_names: Sequence[str],
+    promote: bool = True,
+    rounds: int = 30,
+) -> str:
+    """Replay the judged queries through Pipeline.featurize (the serving path), train a
+    small LambdaMART boosted from RRF, save it to a registry."""
+    ds = load_beir(beir_dir)
+    grades: dict[str, dict[str, float]] = {}
+    for j in ds.qrels:
+        grades.setdefault(j.query_id, {})[j.doc_id] = j.grade
+    groups = []
+    for q in ds.judged_queries():
+        fz = await pipeline.featurize(q.text, feature_names=feature_names, query_id=q.id)
+        y = np.array([grades[q.id].get(d, 0.0) for d in fz.cs.ids])
+        bm = fusion_score(fz.cs, "rrf", {})
+        groups.append((q.id, fz.X, y, fz.cs.ids, bm))
+    data = RankingData.from_groups(groups, feature_names)
+    cfg = TrainConfig(num_boost_round=rounds, early_stopping_rounds=0)
+    trained = Trainer(cfg).fit(data)
+    reg = ModelRegistry(model_dir)
+    version = reg.save(
+        trained,
+        featureset_id=featureset_id(feature_names),
+        base_margin={"name": "rrf", "params": {}},
+        reference_rows=data,
+    )
+    if promote:
+        reg.promote(version)
+    return version
+
+
+def ndcg10(run: dict[str, list[str]], qrels: dict[str, dict[str, float]]) -> float:
+    """Mean NDCG@10 with ltr.metrics (checked against ranx in tests/test_metrics.py)."""
+    vals = [ndcg_at_k(ids, qrels.get(qid, {}), 10) for qid, ids in run.items()]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def build_model_sync(
+    index_dir: Path,
+    beir_dir: Path,
+    model_dir: Path,
+    encoder: Encoder,
+    feature_names: Sequence[str],
+    promote: bool = True,
+) -> str:
+    """train_model_via_pipeline from synchronous (session-fixture) code."""
+    import asyncio
+
+    from indexing.local import LocalBackend
+    from search.pipeline import Pipeline
+
+    async def run() -> str:
+        backend = LocalBackend.open(index_dir, encoder)
+        p = Pipeline(backend, encoder, feature_names, index_version=backend.version)
+        try:
+            return await train_model_via_pipeline(p, beir_dir, model_dir, feature_names, promote)
+        finally:
+            await p.close()
+
+    return asyncio.run(run())
