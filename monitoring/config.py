@@ -66,7 +66,11 @@ class MonitoringConfig:
     and NaN; binned methods cope better).
     """
 
-    # feature drift (monitoring.drift)
+    # feature drift (monitoring.drift). The reference: the model's training sample (the
+    # contract), or the previous window of the served log. Training rows are ALL candidates
+    # of a query while the log holds the served top-k only, so on real traffic a training
+    # reference also measures that selection; previous_window compares like with like.
+    feature_reference: Literal["training", "previous_window"] = "training"
     text_method: str = "wasserstein"
     text_threshold: float = 0.1
     static_method: str = "psi"

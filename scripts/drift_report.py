@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.config import MonitoringConfig, parse_duration
-from monitoring.errors import MonitoringError, ReferenceNotFoundError
+from monitoring.errors import MonitoringError, NotEnoughDataError, ReferenceNotFoundError
 from monitoring.report import (
     EXIT_ERROR,
     EXIT_OK,
@@ -33,7 +33,9 @@ from monitoring.report import (
     Window,
     apply_retention,
     build_report,
+    iso,
     post_webhook,
+    select_featureset,
     write_report,
 )
 
@@ -114,19 +116,27 @@ def run_once(args: argparse.Namespace, cfg: MonitoringConfig, now: float) -> Dri
         raise ReferenceNotFoundError(f"no model registry at {model_dir}")
     registry = ModelRegistry(model_dir)
     manifest = registry.manifest(args.model_version)
-    reference = registry.reference_sample(manifest.version)
     window = Window(now - cfg.window_s, now)
+    prev = window.previous()
     store = SqliteEventStore(events)
     try:
         current = store.served_features(window.since, window.until)
-        concept_ref: Any
-        if cfg.concept_reference == "previous_window":
-            prev = window.previous()
-            concept_ref = store.served_features(prev.since, prev.until)
-        else:
-            concept_ref = dict(manifest.metrics)
+        previous = store.served_features(prev.since, prev.until)
     finally:
         store.close()
+    if cfg.feature_reference == "training":
+        reference = registry.reference_sample(manifest.version)
+    else:
+        reference, _ = select_featureset(previous, manifest.featureset_id)
+        missing = [n for n in manifest.feature_names if n not in reference.columns]
+        if reference.empty or missing:
+            raise NotEnoughDataError(
+                f"feature_reference is previous_window but {iso(prev.since)}..{iso(prev.until)} "
+                f"has no rows of featureset {manifest.featureset_id[:12]}"
+            )
+    concept_ref: Any = (
+        previous if cfg.concept_reference == "previous_window" else dict(manifest.metrics)
+    )
     summary = build_report(
         reference,
         current,

@@ -388,3 +388,24 @@ def test_loop_backfills_windows_and_applies_retention(
         "drift-20231114T231320Z",
         "drift-20231115T001320Z",
     ]
+
+
+def test_previous_window_as_feature_reference(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LTRSEARCH_MONITORING__FEATURE_REFERENCE", "previous_window")
+    shifted = frozenset({"bm25", "dense_cosine"})
+    events = make_log(tmp_path / "e.db", model_dir, {"shift": shifted})
+    out = tmp_path / "r"
+    assert main(run(model_dir, events, out, "--no-html")) == EXIT_DRIFT
+    s = summary_of(out)
+    assert set(s["feature_drift"]["drifted_features"]) == shifted
+    assert s["feature_drift"]["reference_rows"] == 150 * DEPTH  # the previous window's rows
+    # nothing before the first window: a clear error, not a comparison with nothing
+    args = run(model_dir, events, out)
+    args[args.index("--now") + 1] = str(T0 - HOUR)
+    assert main(args) == EXIT_ERROR
+    assert "feature_reference is previous_window but" in _error_line(capsys)
