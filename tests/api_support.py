@@ -18,12 +18,15 @@ from indexing.embedding import Encoder
 from indexing.loaders import load_beir
 from ltr.config import TrainConfig
 from ltr.dataset import RankingData
-from ltr.features import featureset_id
+from ltr.features import BEHAVIOR_FEATURES, STATIC_FEATURES, TEXT_FEATURES, featureset_id
 from ltr.fusion import fusion_score
 from ltr.metrics import ndcg_at_k
 from ltr.registry import ModelRegistry
 from ltr.train import Trainer
 from search.config import ApiConfig
+
+# what the API serves without a model: every feature (text, static, behavior)
+DEFAULT_FEATURES: tuple[str, ...] = (*TEXT_FEATURES, *STATIC_FEATURES, *BEHAVIOR_FEATURES)
 
 ADMIN = "s3cret-admin-token"
 

@@ -30,3 +30,36 @@ def encoder():  # type: ignore[no-untyped-def]
     from indexing.embedding import load_encoder
 
     return load_encoder(EmbeddingConfig())
+
+
+# --- search API fixtures (engineer F): a Cranfield subset with category/year, its local
+# index and a promoted model trained through the serving pipeline (builders in
+# tests/api_support.py). Session-scoped so test_api*.py and test_pipeline.py share them.
+
+
+@pytest.fixture(scope="session")
+def beir_small(cranfield_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.api_support import write_small_beir
+
+    return write_small_beir(cranfield_dir, tmp_path_factory.mktemp("beir"))
+
+
+@pytest.fixture(scope="session")
+def small_index(beir_small: Path, encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    from tests.api_support import build_index
+
+    d = tmp_path_factory.mktemp("index")
+    build_index(beir_small, d, encoder)
+    return d
+
+
+@pytest.fixture(scope="session")
+def model_dir(
+    small_index: Path, beir_small: Path, encoder, tmp_path_factory: pytest.TempPathFactory
+) -> Path:  # type: ignore[no-untyped-def]
+    """A registry with one promoted model over all features, boosted from RRF."""
+    from tests.api_support import DEFAULT_FEATURES, build_model_sync
+
+    d = tmp_path_factory.mktemp("models")
+    build_model_sync(small_index, beir_small, d, encoder, DEFAULT_FEATURES)
+    return d

@@ -20,35 +20,7 @@ from indexing.loaders import load_beir
 from ltr.features import TEXT_FEATURES, featureset_id
 from search.api import DEFAULT_FEATURES, STATE, make_app
 from search.events import SqliteEventStore
-from tests.api_support import (
-    ADMIN,
-    api_config,
-    build_index,
-    build_model_sync,
-    write_small_beir,
-)
-
-
-@pytest.fixture(scope="session")
-def beir_small(cranfield_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_small_beir(cranfield_dir, tmp_path_factory.mktemp("beir"))
-
-
-@pytest.fixture(scope="session")
-def small_index(beir_small: Path, encoder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("index")
-    build_index(beir_small, d, encoder)
-    return d
-
-
-@pytest.fixture(scope="session")
-def model_dir(
-    small_index: Path, beir_small: Path, encoder: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A registry with one promoted model over all features, boosted from RRF."""
-    d = tmp_path_factory.mktemp("models")
-    build_model_sync(small_index, beir_small, d, encoder, DEFAULT_FEATURES)
-    return d
+from tests.api_support import ADMIN, api_config, build_index, build_model_sync
 
 
 @contextlib.asynccontextmanager
