@@ -80,15 +80,65 @@ class IndexConfig:
             raise ValueError(f"keep_versions must be >= 1, got {self.keep_versions}")
 
 
+VectorIndexType = Literal["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat", "int8_flat"]
+
+
 @dataclass(frozen=True)
 class ElasticsearchConfig:
+    """The ``elasticsearch`` backend (indexing.elastic); k1, b, attrs come from IndexConfig."""
+
     url: str = "http://127.0.0.1:9200"
-    alias: str = "ltrsearch"
-    shards: int = 1
+    alias: str = "ltrsearch"  # queries go to the alias; each reindex builds alias-vN-<timestamp>
+    shards: int = 1  # > 1 makes BM25 statistics per shard (see docs/elasticsearch.md)
     replicas: int = 0
-    refresh_interval: str = "1s"
-    num_candidates: int = 200
+    refresh_interval: str = "1s"  # set after the bulk load (loading runs with refresh off)
+    num_candidates: int = 200  # kNN candidates per shard (raised to k when k is larger)
     request_timeout_s: float = 10.0
-    max_retries: int = 3
-    keep_indices: int = 3
+    max_retries: int = 3  # client retries on connection errors / 502-504 / timeouts
+    retry_on_timeout: bool = True
+    keep_indices: int = 3  # versioned indices kept after a swap (the alias target always kept)
     bulk_chunk: int = 500
+    bulk_max_retries: int = 5  # per-document retries of 429 rejections during bulk loading
+    bulk_initial_backoff_s: float = 1.0  # doubled on each retry ...
+    bulk_max_backoff_s: float = 60.0  # ... up to this
+    # dense_vector index_options.type: quantized int8_hnsw by default (4x smaller graph);
+    # "hnsw" keeps float vectors in the graph; bbq_hnsw needs dims >= 64 and ES >= 8.18.
+    vector_index_type: VectorIndexType = "int8_hnsw"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 100
+    # kNN rescore_vector.oversample for quantized types: the top k*oversample are rescored
+    # with the float vectors, so returned scores are exact cosines. 0 disables.
+    knn_oversample: float = 3.0
+    # "english": Elasticsearch's built-in English analyzer (Porter stemmer, Lucene stop list).
+    # "local": a custom analyzer reproducing indexing.analysis.Analyzer (same regex tokens,
+    # bm25s stopwords, Snowball English) so terms and text features match the local backend.
+    analyzer: Literal["english", "local"] = "english"
+    store_term_vectors: bool = False  # True: store positions (faster doc_terms, bigger index)
+
+    def validate(self) -> None:
+        if not self.url:
+            raise ValueError("url must not be empty")
+        if not self.alias or self.alias != self.alias.lower() or any(
+            c in self.alias for c in ' "*\\<|,>/?#:'
+        ):
+            raise ValueError(f"alias must be a lowercase index name, got {self.alias!r}")
+        if self.shards < 1:
+            raise ValueError(f"shards must be >= 1, got {self.shards}")
+        if self.replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {self.replicas}")
+        if not 1 <= self.num_candidates <= 10_000:
+            raise ValueError(f"num_candidates must be in [1, 10000], got {self.num_candidates}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_retries < 0 or self.bulk_max_retries < 0:
+            raise ValueError("max_retries and bulk_max_retries must be >= 0")
+        if self.keep_indices < 1:
+            raise ValueError(f"keep_indices must be >= 1, got {self.keep_indices}")
+        if self.bulk_chunk < 1:
+            raise ValueError(f"bulk_chunk must be >= 1, got {self.bulk_chunk}")
+        if not 0 < self.bulk_initial_backoff_s <= self.bulk_max_backoff_s:
+            raise ValueError("need 0 < bulk_initial_backoff_s <= bulk_max_backoff_s")
+        if self.hnsw_m < 2 or self.hnsw_ef_construction < self.hnsw_m:
+            raise ValueError("need hnsw_m >= 2 and hnsw_ef_construction >= hnsw_m")
+        if not (self.knn_oversample == 0 or 1.0 <= self.knn_oversample <= 10.0):
+            raise ValueError(f"knn_oversample must be 0 or in [1, 10], got {self.knn_oversample}")
