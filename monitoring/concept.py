@@ -12,10 +12,12 @@ through Evidently 0.7's ranking metrics or a per-query dict API: it needs no re-
 score (the log already holds the served order), it is ~10 ms for 50K rows, and
 tests/test_drift.py checks it against ranx.
 
-The decision: feature drift (from monitoring.drift) -> "covariate_drift" whether or not
-quality dropped (the inputs moved; the model is out of its training distribution); a quality
-drop without feature drift -> "concept_drift" (same inputs, users now want other results);
-neither -> "no_drift".
+The decision: feature drift (from monitoring.drift) -> "covariate_drift" (the inputs moved;
+the model is out of its training distribution); a quality drop without feature drift ->
+"concept_drift" (same inputs, users now want other results); neither -> "no_drift". One
+refinement: behavior features are computed from the users' own clicks, so changed click
+behavior moves them too; when quality dropped and only click-derived groups drifted
+(``click_feature_groups``), it is still "concept_drift".
 """
 
 from __future__ import annotations
@@ -88,11 +90,12 @@ class ConceptDriftResult:
     score_drift: dict[str, dict[str, Any]]  # "score" and each retriever feature
     click_rate_by_decile: list[dict[str, Any]]
     features_drifted: bool
+    inputs_drifted: bool | None = None  # features_drifted without click-derived groups
     snapshot: Any = field(default=None, repr=False, compare=False)
 
     @property
     def decision(self) -> str:
-        return decide(self.quality_dropped, self.features_drifted)
+        return decide(self.quality_dropped, self.features_drifted, self.inputs_drifted)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +108,8 @@ class ConceptDriftResult:
             "p_value": _num(self.p_value),
             "quality_dropped": self.quality_dropped,
             "quality_note": self.quality_note,
+            "features_drifted": self.features_drifted,
+            "inputs_drifted": self.inputs_drifted,
             "current": self.current.to_dict(),
             "reference": self.reference.to_dict() if self.reference is not None else None,
             "score_drift": {
@@ -116,9 +121,17 @@ class ConceptDriftResult:
         }
 
 
-def decide(quality_dropped: bool, features_drifted: bool) -> str:
-    """covariate_drift if the inputs moved, concept_drift if only quality fell, else no_drift."""
-    if features_drifted:
+def decide(
+    quality_dropped: bool, features_drifted: bool, inputs_drifted: bool | None = None
+) -> str:
+    """covariate_drift if the inputs moved, concept_drift if only quality fell, else no_drift.
+
+    ``inputs_drifted``: the feature decision leaving out click-derived (behavior) features.
+    When quality dropped and only those drifted, the clicks changed and dragged their own
+    aggregates along: concept drift. None = same as ``features_drifted``.
+    """
+    inputs = features_drifted if inputs_drifted is None else inputs_drifted
+    if features_drifted and (inputs or not quality_dropped):
         return COVARIATE_DRIFT
     if quality_dropped:
         return CONCEPT_DRIFT
@@ -292,6 +305,7 @@ def concept_drift(
     cfg: MonitoringConfig,
     features_drifted: bool,
     render: bool = True,
+    inputs_drifted: bool | None = None,
 ) -> ConceptDriftResult:
     """Quality, score and click-profile comparison of the current window to its reference.
 
@@ -367,5 +381,6 @@ def concept_drift(
         score_drift=score_drift,
         click_rate_by_decile=deciles,
         features_drifted=features_drifted,
+        inputs_drifted=inputs_drifted,
         snapshot=snapshot,
     )

@@ -91,6 +91,10 @@ class MonitoringConfig:
     sample_seed: int = 0
 
     # concept drift (monitoring.concept)
+    # Feature groups computed from the users' clicks: when quality dropped and only these
+    # drifted, the drift is the click change feeding back into the features (concept drift),
+    # not an input shift.
+    click_feature_groups: tuple[str, ...] = ("behavior",)
     concept_reference: Literal["previous_window", "manifest"] = "previous_window"
     manifest_metric: str = "ndcg@10"  # key in the model manifest's metrics (manifest reference)
     click_model: str = ""  # "" = raw clicks as labels; else a name of ltr.click_models

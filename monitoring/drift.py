@@ -94,6 +94,13 @@ class FeatureDriftResult:
         share = self.share
         return not math.isnan(share) and share > self.drift_share_threshold
 
+    def drifted_excluding(self, groups: Sequence[str]) -> bool:
+        """The overall decision over the tested features outside ``groups`` only."""
+        rest = [f for f in self.tested if f.group not in groups]
+        if not rest:
+            return False
+        return sum(f.drifted for f in rest) / len(rest) > self.drift_share_threshold
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "drifted": self.drifted,

@@ -174,7 +174,10 @@ def build_report(
         ref = concept_reference
         if isinstance(ref, pd.DataFrame):
             ref, _ = select_featureset(ref, featureset_id)
-        cd = concept_drift(cur, ref, cfg, features_drifted=fd.drifted, render=render)
+        cd = concept_drift(
+            cur, ref, cfg, features_drifted=fd.drifted, render=render,
+            inputs_drifted=fd.drifted_excluding(cfg.click_feature_groups),
+        )  # fmt: skip
     return DriftSummary(
         window=window,
         model_version=model_version,

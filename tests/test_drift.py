@@ -296,6 +296,25 @@ def test_decision_table() -> None:
     assert decide(True, False) == CONCEPT_DRIFT
     assert decide(True, True) == COVARIATE_DRIFT
     assert decide(False, True) == COVARIATE_DRIFT
+    # only click-derived (behavior) features drifted: with a quality drop that is the click
+    # change feeding back into its own aggregates; without one, still an input shift
+    assert decide(True, True, inputs_drifted=False) == CONCEPT_DRIFT
+    assert decide(False, True, inputs_drifted=False) == COVARIATE_DRIFT
+    assert decide(True, True, inputs_drifted=True) == COVARIATE_DRIFT
+
+
+def test_drifted_excluding_click_derived_groups() -> None:
+    shifted = frozenset({"qd_ctr", "bm25"})
+    res = feature_drift(make_features(2000, 1), make_features(2000, 3, shifted), CFG)
+    assert set(res.drifted_features) == shifted and not res.drifted  # 2/9 <= 25%
+    assert not res.drifted_excluding(("behavior",))  # bm25 alone: 1/7
+    only_behavior = feature_drift(
+        make_features(2000, 1), make_features(2000, 3, frozenset({"qd_ctr"})),
+        MonitoringConfig(drift_share=0.1),
+    )  # fmt: skip
+    assert only_behavior.drifted  # 1/9 > 10%
+    assert not only_behavior.drifted_excluding(("behavior",))
+    assert only_behavior.drifted_excluding(())
 
 
 def clicks_window(n_requests: int, seed: int, follow_score: bool, prefix: str) -> pd.DataFrame:

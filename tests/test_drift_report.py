@@ -52,7 +52,9 @@ def draw(rng: np.random.Generator, n: int, shift: frozenset[str] = frozenset()) 
         "cov_title": rng.integers(0, 4, n) / 3.0,
         "query_len": rng.integers(2, 9, n).astype(float),
         "rating": np.full(n, np.nan),
-        "qd_ctr": np.where(rng.random(n) < 0.7, np.nan, rng.beta(2, 8, n)),
+        "qd_ctr": np.where(
+            rng.random(n) < (0.2 if "qd_ctr" in shift else 0.7), np.nan, rng.beta(2, 8, n)
+        ),
         "d_log_impressions": np.log1p(rng.poisson(20, n)).astype(float),
     }
     return np.column_stack([cols[c] for c in NAMES]).astype(np.float32)
@@ -224,6 +226,22 @@ def test_concept_drift_is_not_reported_as_feature_drift(
     assert c["relative_drop"] >= 0.1 and c["p_value"] < 0.01
     assert c["score_drift"]["score"]["drifted"] is False  # the model scores the same inputs
     assert "decision=concept_drift" in capsys.readouterr().out
+
+
+def test_click_change_dragging_behavior_features_is_still_concept_drift(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users changed, and their clicks moved the click-derived qd_ctr too: concept drift."""
+    monkeypatch.setenv("LTRSEARCH_MONITORING__DRIFT_SHARE", "0.1")
+    current = {"users_changed": True, "shift": frozenset({"qd_ctr"})}
+    events = make_log(tmp_path / "events.db", model_dir, current)
+    out = tmp_path / "reports"
+    assert main(run(model_dir, events, out, "--no-html")) == EXIT_DRIFT
+    s = summary_of(out)
+    assert s["feature_drift"]["drifted_features"] == ["qd_ctr"]
+    assert s["feature_drift"]["drifted"] is True  # 1/7 > 10%
+    assert s["concept_drift"]["inputs_drifted"] is False
+    assert s["decision"] == "concept_drift"
 
 
 def test_settings_file_and_manifest_reference(
@@ -409,3 +427,38 @@ def test_previous_window_as_feature_reference(
     args[args.index("--now") + 1] = str(T0 - HOUR)
     assert main(args) == EXIT_ERROR
     assert "feature_reference is previous_window but" in _error_line(capsys)
+
+
+@pytest.mark.slow  # builds a real index (MiniLM), trains a model, serves ~450 searches
+async def test_demo_drift_catches_shifted_live_traffic(
+    cranfield_dir: Path, encoder: Any, tmp_path: Path
+) -> None:
+    """The demo step end to end: a real API on 127.0.0.1 over a Cranfield subset."""
+    from aiohttp.test_utils import TestServer
+
+    from scripts.demo_drift import demo_drift
+    from search.api import DEFAULT_FEATURES, make_app
+    from tests.api_support import api_config, build_index, build_model_sync, write_small_beir
+
+    beir = write_small_beir(cranfield_dir, tmp_path / "beir", n_queries=20)
+    index_dir, models, events = tmp_path / "index", tmp_path / "models", tmp_path / "events.db"
+    await asyncio.to_thread(build_index, beir, index_dir, encoder)
+    await asyncio.to_thread(build_model_sync, index_dir, beir, models, encoder, DEFAULT_FEATURES)
+    app = make_app(
+        api_config(impression_flush_ms=100.0), encoder,
+        index_dir=index_dir, model_dir=models, events_path=events,
+    )  # fmt: skip
+    lines: list[str] = []
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        out = await demo_drift(
+            url, events, models, beir, sessions=120, out_dir=tmp_path / "reports",
+            echo=lines.append,
+        )  # fmt: skip
+    print("\n".join(lines))
+    mix, clicks = out["query_mix"], out["clicks_changed"]
+    assert mix.decision == "covariate_drift"
+    assert "query_len" in mix.features.drifted_features
+    assert clicks.concept is not None and clicks.concept.quality_dropped
+    assert clicks.decision in ("concept_drift", "covariate_drift")
+    assert (tmp_path / "reports" / "query_mix").is_dir()
