@@ -238,9 +238,13 @@ def bm25_request(
     index: str, text: str, k: int, path: str, filters: Filters | None = None
 ) -> dict[str, Any]:
     """BM25 top-k on one field: the match scores, filters in a non-scoring filter clause."""
+    query: dict[str, Any] = {"must": [match(path, text)]}
+    clauses = filter_clauses(filters)
+    if clauses:
+        query["filter"] = clauses
     return {
         "index": index,
-        "query": {"bool": {"must": [match(path, text)], "filter": filter_clauses(filters)}},
+        "query": {"bool": query},
         "size": k,
         "source": False,
         "track_total_hits": False,

@@ -12,7 +12,7 @@ kNN is exact, and only the query DSL the backend emits is understood (anything e
 
 ``faults`` injects failures: ``bulk_429`` {id: times to reject}, ``bulk_400`` {ids},
 ``drop_ids`` {ids acknowledged but not stored}, ``knn_reverse`` (kNN returns the worst
-first), ``aliases_500``, ``delay_s`` (every answer waits); ``requests`` records
+first), ``aliases_500``, ``match_empty``, ``delay_s`` (every answer waits); ``requests`` records
 (method, path, query, body) of every call.
 """
 
@@ -431,6 +431,8 @@ class Standin:
             if self.faults.get("knn_reverse"):
                 ranked = list(reversed(sorted(scored, key=lambda d: (-scored[d], order[d]))))
                 ranked = ranked[: knn["k"]]
+        elif self.faults.get("match_empty"):  # a broken index: text queries find nothing
+            scored, ranked = {}, []
         else:
             scored = idx.run(p.get("query", {"match_all": {}}), named)
             ranked = sorted(scored, key=lambda d: (-scored[d], order[d]))
