@@ -381,13 +381,15 @@ def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+# WITHOUT ROWID: one B-tree search per key. 16 KiB pages keep the ~1.5 KiB rows of a
+# 384-d vector inline (several per page) instead of spilling into overflow pages.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY, model_id TEXT NOT NULL UNIQUE, dim INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vectors (
     mid INTEGER NOT NULL, key BLOB NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (mid, key)
-);
+) WITHOUT ROWID;
 """
 
 
@@ -405,6 +407,7 @@ class EmbeddingCache:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA page_size=16384")  # only takes effect on a new file
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
@@ -447,26 +450,56 @@ class EmbeddingCache:
         self._mids[model_id] = (int(row[0]), int(row[1]))
         return self._model(model_id, dim)
 
-    def get_keys(self, model_id: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
-        """key -> vector for the keys present (others are misses)."""
-        out: dict[bytes, np.ndarray] = {}
+    def lookup(self, model_id: str, keys: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(pos, vectors): ``vectors[pos[i]]`` is key i's vector; ``pos[i] == -1`` is a miss.
+
+        One float32 matrix instead of a Python object per row keeps bulk reads fast. When
+        the request covers a good part of the model's rows (a re-index), one sequential scan
+        beats a B-tree search per key.
+        """
+        pos = np.full(len(keys), -1, dtype=np.int64)
         with self._lock:
             m = self._model(model_id, None)
-            if m is None:
-                return out
+            if m is None or not keys:
+                return pos, np.zeros((0, m[1] if m else 0), dtype=np.float32)
             mid, dim = m
             nbytes = dim * 4
-            for start in range(0, len(keys), self.BATCH):
-                chunk = list(keys[start : start + self.BATCH])
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, vec FROM vectors WHERE mid = ? AND key IN ({marks})",
-                    (mid, *chunk),
-                ).fetchall()
-                for key, blob in rows:
-                    if len(blob) == nbytes:  # anything else is damage: treat as a miss
-                        out[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
-        return out
+            want: dict[bytes, list[int]] = {}
+            for i, k in enumerate(keys):
+                want.setdefault(bytes(k), []).append(i)
+            stored = self._db.execute(
+                "SELECT COUNT(*) FROM vectors WHERE mid = ?", (mid,)
+            ).fetchone()[0]
+            if len(want) * 4 >= stored:
+                cur = self._db.execute("SELECT key, vec FROM vectors WHERE mid = ?", (mid,))
+                cur.arraysize = 4096
+                rows: Iterator[Any] = iter(cur.fetchmany, [])
+                batches: Iterator[Any] = (r for batch in rows for r in batch)
+            else:
+                unique = list(want)
+                batches = (
+                    r
+                    for start in range(0, len(unique), self.BATCH)
+                    for r in self._db.execute(
+                        "SELECT key, vec FROM vectors WHERE mid = ? AND key IN "
+                        f"({','.join('?' * len(unique[start : start + self.BATCH]))})",
+                        (mid, *unique[start : start + self.BATCH]),
+                    ).fetchall()
+                )
+            blobs: list[bytes] = []
+            for key, blob in batches:
+                idx = want.get(key)
+                if idx is None or len(blob) != nbytes:  # a wrong length is damage: a miss
+                    continue
+                pos[idx] = len(blobs)
+                blobs.append(blob)
+        vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+        return pos, vecs
+
+    def get_keys(self, model_id: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """key -> vector for the keys present (others are misses)."""
+        pos, vecs = self.lookup(model_id, keys)
+        return {bytes(k): vecs[p] for k, p in zip(keys, pos, strict=True) if p >= 0}
 
     def put_keys(self, model_id: str, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         """Store (replace) vectors; one transaction per call."""
@@ -558,10 +591,18 @@ def embed_texts(
     first: dict[bytes, int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
-    found = cache.get_keys(encoder.model_id, list(first)) if cache is not None and first else {}
-    miss = [i for k, i in first.items() if k not in found]
-    miss.sort(key=lambda i: -len(texts[i]))
-    vectors: dict[bytes, np.ndarray] = dict(found)
+    unique = list(first)
+    # Row of each unique text in `table` (hits first, then misses as they are embedded).
+    if cache is not None and unique:
+        pos, hit_vecs = cache.lookup(encoder.model_id, unique)
+    else:
+        pos, hit_vecs = np.full(len(unique), -1, dtype=np.int64), np.zeros((0, dim), np.float32)
+    if hit_vecs.shape[1:] not in ((dim,), (0,)):
+        raise EmbeddingError(f"cache holds {hit_vecs.shape[1]}-d vectors for {encoder.model_id}")
+    miss = [int(u) for u in np.flatnonzero(pos < 0)]  # indices into `unique`
+    miss.sort(key=lambda u: -len(texts[first[unique[u]]]))
+    parts = [hit_vecs.reshape(-1, dim)]
+    next_row = parts[0].shape[0]
     bar = None
     if progress and miss:
         from tqdm.auto import tqdm
@@ -569,24 +610,26 @@ def embed_texts(
         bar = tqdm(total=len(miss), desc=f"embedding ({encoder.model_id})", unit="text")
     try:
         for chunk in _chunks(miss, chunk_size):
-            vecs = encoder.encode([texts[i] for i in chunk])
+            vecs = encoder.encode([texts[first[unique[u]]] for u in chunk])
             if vecs.shape != (len(chunk), dim):
                 raise EmbeddingError(
                     f"{encoder.model_id} returned shape {vecs.shape} for {len(chunk)} texts"
                 )
-            chunk_keys = [keys[i] for i in chunk]
+            vecs = np.ascontiguousarray(vecs, dtype=np.float32)
             if cache is not None:
-                cache.put_keys(encoder.model_id, chunk_keys, vecs)
-            vectors.update(zip(chunk_keys, vecs, strict=True))
+                cache.put_keys(encoder.model_id, [unique[u] for u in chunk], vecs)
+            pos[chunk] = np.arange(next_row, next_row + len(chunk))
+            next_row += len(chunk)
+            parts.append(vecs)
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-    out = np.empty((n, dim), dtype=np.float32)
-    for i, k in enumerate(keys):
-        out[i] = vectors[k]
+    table = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    slot = {k: j for j, k in enumerate(unique)}
+    out = np.ascontiguousarray(table[pos[[slot[k] for k in keys]]], dtype=np.float32)
     if stats is not None:
-        stats.texts, stats.unique = n, len(first)
-        stats.hits, stats.embedded = len(found), len(miss)
+        stats.texts, stats.unique = n, len(unique)
+        stats.hits, stats.embedded = len(unique) - len(miss), len(miss)
     return out

@@ -122,6 +122,24 @@ def test_progress_bar(encoder: Encoder, capsys: pytest.CaptureFixture[str]) -> N
     assert "embedding (" in capsys.readouterr().err
 
 
+def test_cache_lookup_by_key_and_by_scan_agree(tmp_path: Path) -> None:
+    """Few keys go through the primary key; most of a model's rows through one scan."""
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((40, 8)).astype(np.float32)
+    texts = [f"text {i}" for i in range(40)]
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many("m:torch", texts, vecs)
+        cache.put_many("other:torch", texts[:5], vecs[:5] + 1)  # must never leak across
+        few = cache.get_many("m:torch", ["text 7", "nope", "text 3"])  # by key
+        assert few[1] is None
+        np.testing.assert_array_equal(few[0], vecs[7])
+        np.testing.assert_array_equal(few[2], vecs[3])
+        everything = cache.get_many("m:torch", [*reversed(texts), "nope"])  # by scan
+        assert everything[-1] is None
+        np.testing.assert_array_equal(np.stack(everything[:-1]), vecs[::-1])  # type: ignore[arg-type]
+        assert cache.count("m:torch") == 40 and cache.count() == 45
+
+
 def test_cache_rejects_inconsistent_vectors(tmp_path: Path) -> None:
     with EmbeddingCache(tmp_path / "c.sqlite") as cache:
         cache.put_many("m:torch", ["a"], np.ones((1, 4), dtype=np.float32))
