@@ -287,15 +287,21 @@ class Snapshot:
             order = np.lexsort((cand, -s))
             return self._hits(cand[order], s[order].astype(np.float64))
         if m is None:
-            s = self.vectors @ v
-            best = top_k(s, k)
-            return self._hits(best, s[best].astype(np.float64))
+            return self.knn_exact(v, k)
         rows = np.flatnonzero(m)
         if len(rows) == 0:
             return Hits((), np.zeros(0, dtype=np.float64))
         s = self.vectors[rows] @ v
         pos = top_k(s, k)
         return self._hits(rows[pos], s[pos].astype(np.float64))
+
+    def knn_exact(self, vector: np.ndarray, k: int) -> Hits:
+        """Exact top-k by brute-force matmul, ANN or not (the reference for ANN recall)."""
+        self._check_k(k)
+        v = self._vector(vector)
+        s = self.vectors @ v
+        best = top_k(s, k)
+        return self._hits(best, s[best].astype(np.float64))
 
     # --- per-candidate lookups -----------------------------------------------------
     def fetch(self, ids: Sequence[str]) -> list[Document | None]:

@@ -1,0 +1,504 @@
+"""Retrieval and reindex speed of the local backend on a synthetic product catalog.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m scripts.benchmark [--docs 100000] [--embed-docs 1000]
+
+Measures, on a deterministic catalog of product-like ~60-token documents:
+- reindex throughput: a cold build that embeds (real MiniLM, ``--embed-docs`` documents,
+  because embedding 100K texts on a shared 2-core CPU takes hours), the same build again
+  from the embedding cache, and a cached build of the whole ``--docs`` catalog (with and
+  without the hnswlib index);
+- BM25 top-100 latency p50/p99: ours (bm25s Lucene scores, Snapshot.bm25) and the same
+  through LocalBackend (asyncio.to_thread), against rank-bm25's BM25Okapi on a subsample
+  of queries (it scores every document in Python and is slow);
+- kNN top-100 latency p50/p99, exact (numpy matmul + argpartition) vs hnswlib, and the
+  ANN's recall@100 against exact, for a few ef_search values.
+
+The vectors of the full catalog are *composed*, not embedded: every vocabulary word is
+embedded with the real model once, a document's vector is the normalized weighted sum of
+its words' vectors plus noise, and those vectors are put in the embedding cache under the
+model's id. This keeps the clustered structure of real embeddings (what ANN recall depends
+on) without hours of encoding; it is said so wherever the numbers are reported.
+Prints a JSON report (also written to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from indexing.config import EmbeddingConfig, IndexConfig
+from indexing.documents import Document
+from indexing.embedding import EmbeddingCache, Encoder, load_encoder
+from indexing.local import LocalBackend, build_local_index, embedding_text
+from indexing.local_store import Snapshot, top_k
+
+# --- a deterministic product catalog ------------------------------------------------------
+CATEGORIES: dict[str, list[str]] = {
+    "electronics": [
+        "laptop",
+        "tablet",
+        "monitor",
+        "keyboard",
+        "mouse",
+        "speaker",
+        "headphones",
+        "charger",
+        "router",
+        "webcam",
+        "smartwatch",
+        "earbuds",
+    ],
+    "kitchen": [
+        "kettle",
+        "blender",
+        "toaster",
+        "pan",
+        "knife",
+        "mug",
+        "grinder",
+        "skillet",
+        "mixer",
+        "juicer",
+        "teapot",
+        "colander",
+    ],
+    "outdoor": [
+        "tent",
+        "backpack",
+        "lantern",
+        "hammock",
+        "stove",
+        "compass",
+        "jacket",
+        "boots",
+        "poles",
+        "cooler",
+        "tarp",
+        "headlamp",
+    ],
+    "home": [
+        "lamp",
+        "rug",
+        "curtain",
+        "pillow",
+        "blanket",
+        "shelf",
+        "clock",
+        "vase",
+        "mirror",
+        "basket",
+        "candle",
+        "frame",
+    ],
+    "sports": [
+        "racket",
+        "ball",
+        "mat",
+        "dumbbell",
+        "bicycle",
+        "helmet",
+        "gloves",
+        "skates",
+        "rope",
+        "bottle",
+        "bag",
+        "shoes",
+    ],
+    "office": [
+        "chair",
+        "desk",
+        "notebook",
+        "pen",
+        "stapler",
+        "organizer",
+        "binder",
+        "calculator",
+        "whiteboard",
+        "printer",
+        "scanner",
+        "shredder",
+    ],
+}
+BRANDS = [
+    "acme",
+    "northwind",
+    "contoso",
+    "fabrikam",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "vandelay",
+    "wonka",
+    "stark",
+    "wayne",
+    "tyrell",
+    "cyberdyne",
+    "soylent",
+    "oscorp",
+]
+ADJECTIVES = [
+    "lightweight",
+    "durable",
+    "waterproof",
+    "ergonomic",
+    "compact",
+    "premium",
+    "wireless",
+    "stainless",
+    "breathable",
+    "adjustable",
+    "rechargeable",
+    "foldable",
+    "insulated",
+    "portable",
+    "quiet",
+    "heavy",
+    "sturdy",
+    "classic",
+    "modern",
+    "smart",
+]
+MATERIALS = [
+    "aluminium",
+    "steel",
+    "bamboo",
+    "leather",
+    "cotton",
+    "wool",
+    "plastic",
+    "glass",
+    "ceramic",
+    "carbon",
+    "nylon",
+    "oak",
+    "silicone",
+    "copper",
+    "linen",
+    "rubber",
+]
+COLORS = ["black", "white", "red", "blue", "green", "grey", "silver", "gold", "orange", "navy"]
+FEATURES = [
+    "battery",
+    "warranty",
+    "grip",
+    "handle",
+    "display",
+    "bluetooth",
+    "usb",
+    "cable",
+    "lid",
+    "strap",
+    "pocket",
+    "zipper",
+    "filter",
+    "sensor",
+    "timer",
+    "light",
+    "frame",
+    "cushion",
+    "wheel",
+    "blade",
+    "coating",
+    "button",
+    "motor",
+    "speed",
+    "capacity",
+    "storage",
+    "design",
+    "finish",
+    "fabric",
+    "base",
+]
+USES = [
+    "travel",
+    "camping",
+    "cooking",
+    "office",
+    "gaming",
+    "studying",
+    "running",
+    "hiking",
+    "gifts",
+    "kids",
+    "beginners",
+    "professionals",
+    "winter",
+    "summer",
+    "home",
+    "outdoors",
+]
+FILLER = ["with", "and", "for", "the", "a", "of", "in", "to", "is", "that", "your", "this"]
+VOCAB: list[str] = sorted(
+    {w for ws in CATEGORIES.values() for w in ws}
+    | set(BRANDS)
+    | set(ADJECTIVES)
+    | set(MATERIALS)
+    | set(COLORS)
+    | set(FEATURES)
+    | set(USES)
+)
+ALL_TYPES = [(c, t) for c, ts in CATEGORIES.items() for t in ts]
+
+
+def synthetic_catalog(n: int, seed: int = 0) -> list[Document]:
+    """n product-like documents, ~60 tokens each, identical for a given (n, seed)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        cat, typ = ALL_TYPES[int(rng.integers(len(ALL_TYPES)))]
+        brand = BRANDS[int(rng.integers(len(BRANDS)))]
+        adj = rng.choice(ADJECTIVES, 2, replace=False)
+        mat, col = (
+            MATERIALS[int(rng.integers(len(MATERIALS)))],
+            COLORS[int(rng.integers(len(COLORS)))],
+        )
+        title = f"{brand} {adj[0]} {col} {typ} {mat} {rng.integers(100, 999)}"
+        body_words: list[str] = []
+        while len(body_words) < 52:
+            pick = rng.random()
+            if pick < 0.35:
+                body_words.append(str(rng.choice(FILLER)))
+            elif pick < 0.55:
+                body_words.append(str(rng.choice(FEATURES)))
+            elif pick < 0.65:
+                body_words.append(str(rng.choice(USES)))
+            elif pick < 0.75:
+                body_words.append(typ)
+            elif pick < 0.85:
+                body_words.append(str(rng.choice(ADJECTIVES)))
+            else:
+                body_words.append(str(rng.choice(MATERIALS + COLORS)))
+        body = f"The {adj[1]} {typ} by {brand}: " + " ".join(body_words) + "."
+        attrs = {"price": round(float(rng.lognormal(3.5, 1.0)), 2)}
+        if rng.random() < 0.8:
+            attrs["rating"] = round(float(rng.uniform(1, 5)), 1)
+        docs.append(Document(id=f"p{i:06d}", title=title, body=body, category=cat, attrs=attrs))
+    return docs
+
+
+def synthetic_queries(n: int, seed: int = 1) -> list[str]:
+    """Short shopper queries: a product type plus 1-2 qualifiers."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        _, typ = ALL_TYPES[int(rng.integers(len(ALL_TYPES)))]
+        extra = rng.choice(ADJECTIVES + MATERIALS + COLORS + USES + BRANDS, int(rng.integers(1, 3)))
+        out.append(" ".join([*map(str, extra), typ]))
+    return out
+
+
+class Composer:
+    """Vectors composed from real word embeddings (see the module docstring)."""
+
+    def __init__(self, encoder: Encoder, seed: int = 2) -> None:
+        self.words = {w: i for i, w in enumerate(VOCAB)}
+        self.table = encoder.encode(VOCAB)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, texts: Sequence[str], noise: float = 0.02) -> np.ndarray:
+        out = np.zeros((len(texts), self.table.shape[1]), dtype=np.float32)
+        for i, text in enumerate(texts):
+            head, _, tail = text.partition("\n")
+            for w in head.lower().split():
+                j = self.words.get(w)
+                if j is not None:
+                    out[i] += 2.0 * self.table[j]
+            for w in tail.lower().replace(":", " ").replace(".", " ").split():
+                j = self.words.get(w)
+                if j is not None:
+                    out[i] += 0.3 * self.table[j]
+        out += noise * self.rng.standard_normal(out.shape).astype(np.float32)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+
+# --- timing helpers -------------------------------------------------------------------------
+def latencies(fn: Callable[[Any], Any], inputs: Sequence[Any]) -> dict[str, Any]:
+    """Per-call wall ms p50/p99/mean over inputs (after one warm-up call), plus CPU ms/call."""
+    fn(inputs[0])
+    times = []
+    cpu0 = time.process_time()
+    for x in inputs:
+        t = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t) * 1000)
+    cpu = (time.process_time() - cpu0) * 1000 / len(inputs)
+    times.sort()
+    return {
+        "p50_ms": round(statistics.median(times), 3),
+        "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 3),
+        "mean_ms": round(statistics.fmean(times), 3),
+        "cpu_ms_per_call": round(cpu, 3),
+        "n": len(times),
+    }
+
+
+def timed_build(
+    docs: list[Document],
+    root: Path,
+    encoder: Encoder,
+    cfg: IndexConfig,
+    cache: EmbeddingCache | None,
+) -> dict[str, float]:
+    t, c = time.perf_counter(), time.process_time()
+    build_local_index(docs, root, encoder, cfg, cache=cache)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return {
+        "docs": len(docs),
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "docs_per_s": round(len(docs) / wall, 1),
+    }
+
+
+def load_average() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return float("nan")
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(2)
+    report: dict[str, Any] = {
+        "docs": args.docs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_start": load_average(),
+        },
+    }
+    encoder = load_encoder(EmbeddingConfig(backend=args.embedding_backend))
+    report["model_id"] = encoder.model_id
+    docs = synthetic_catalog(args.docs)
+    tokens = [len((d.title + " " + d.body).split()) for d in docs[:1000]]
+    report["mean_tokens_per_doc"] = round(statistics.fmean(tokens), 1)
+    queries = synthetic_queries(args.queries)
+    work = Path(tempfile.mkdtemp(prefix="ltrsearch-bench-"))
+    print(f"workdir {work}", flush=True)
+
+    # 1. reindex with real embedding, then again from the cache
+    sub = docs[: args.embed_docs]
+    with EmbeddingCache(work / "real.sqlite") as cache:
+        cold = timed_build(sub, work / "embed-idx", encoder, IndexConfig(), cache)
+        warm = timed_build(sub, work / "embed-idx", encoder, IndexConfig(), cache)
+    report["reindex_embedding"] = {"cold_embed": cold, "warm_cache": warm}
+    print("reindex (embedding):", json.dumps(report["reindex_embedding"]), flush=True)
+
+    # 2. the whole catalog from a cache filled with composed vectors
+    composer = Composer(encoder)
+    texts = [embedding_text(d) for d in docs]
+    cache = EmbeddingCache(work / "composed.sqlite")
+    for i in range(0, len(texts), 10_000):
+        cache.put_many(encoder.model_id, texts[i : i + 10_000], composer(texts[i : i + 10_000]))
+    ann_cfg = IndexConfig(ann_threshold=min(50_000, args.docs - 1), ann_ef_search=200)
+    cached_exact = timed_build(
+        docs, work / "exact-idx", encoder, IndexConfig(ann_threshold=args.docs + 1), cache
+    )
+    print("cached build, exact:", json.dumps(cached_exact), flush=True)
+    cached_ann = timed_build(docs, work / "ann-idx", encoder, ann_cfg, cache)
+    print("cached build, with hnswlib:", json.dumps(cached_ann), flush=True)
+    cache.close()
+    report["reindex_cached"] = {"exact_only": cached_exact, "with_hnsw": cached_ann}
+
+    backend = LocalBackend.open(work / "ann-idx")
+    snap: Snapshot = backend._state()
+
+    # 3. BM25 top-100
+    bm25: dict[str, dict[str, Any]] = {
+        "ours_snapshot": latencies(lambda q: snap.bm25(q, 100), queries)
+    }
+
+    async def through_backend() -> dict[str, float]:
+        times = []
+        await backend.bm25(queries[0], 100)
+        for q in queries:
+            t = time.perf_counter()
+            await backend.bm25(q, 100)
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        return {
+            "p50_ms": round(statistics.median(times), 3),
+            "p99_ms": round(times[int(0.99 * len(times))], 3),
+            "n": len(times),
+        }
+
+    bm25["ours_local_backend_async"] = asyncio.run(through_backend())
+    print("bm25 ours:", json.dumps(bm25), flush=True)
+    from rank_bm25 import BM25Okapi
+
+    analyzer = snap.analyzer
+    corpus_terms = [list(analyzer.terms(t)) for t in texts]
+    t = time.perf_counter()
+    ref = BM25Okapi(corpus_terms, k1=1.2, b=0.75)
+    ref_build = time.perf_counter() - t
+    sample = queries[: args.rank_bm25_queries]
+    bm25["rank_bm25_okapi"] = latencies(
+        lambda q: top_k(np.asarray(ref.get_scores(list(analyzer.terms(q)))), 100), sample
+    )
+    bm25["rank_bm25_okapi"]["index_build_s"] = round(ref_build, 1)
+    bm25["rank_bm25_okapi"]["note"] = f"first {len(sample)} queries only (pure-Python scoring)"
+    report["bm25_top100"] = bm25
+    print("bm25 rank-bm25:", json.dumps(bm25["rank_bm25_okapi"]), flush=True)
+
+    # 4. kNN top-100: exact vs hnswlib, recall@100
+    qv = composer([q + "\n" for q in queries[: args.knn_queries]], noise=0.0)
+    knn: dict[str, Any] = {"exact": latencies(lambda v: snap.knn_exact(v, 100), list(qv))}
+    exact_ids = [set(snap.knn_exact(v, 100).ids) for v in qv]
+    for ef in args.ef:
+        snap.ann.set_ef(ef)
+        stats = latencies(lambda v: snap.knn(v, 100), list(qv))
+        rec = [len(set(snap.knn(v, 100).ids) & e) / 100 for v, e in zip(qv, exact_ids, strict=True)]
+        stats["recall_at_100"] = round(float(np.mean(rec)), 4)
+        stats["recall_at_100_min"] = round(float(np.min(rec)), 4)
+        knn[f"hnsw_ef{ef}"] = stats
+        print(f"knn hnsw ef={ef}:", json.dumps(stats), flush=True)
+    report["knn_top100"] = knn
+    report["hnsw"] = dict(snap.manifest["ann"])
+    report["machine"]["load_avg_end"] = load_average()
+    asyncio.run(backend.close())
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=100_000, help="catalog size")
+    p.add_argument("--embed-docs", type=int, default=1000, help="documents embedded for real")
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--rank-bm25-queries", type=int, default=20)
+    p.add_argument("--knn-queries", type=int, default=500)
+    p.add_argument("--ef", type=int, nargs="+", default=[100, 200, 400])
+    p.add_argument("--embedding-backend", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    p.add_argument("--out", type=Path, default=Path("var/benchmark_retrieval.json"))
+    args = p.parse_args(argv)
+    if args.docs < 100 or args.embed_docs < 10:
+        p.error("--docs must be >= 100 and --embed-docs >= 10")
+    args.embed_docs = min(args.embed_docs, args.docs)
+    report = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
