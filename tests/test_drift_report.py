@@ -459,6 +459,9 @@ async def test_demo_drift_catches_shifted_live_traffic(
     mix, clicks = out["query_mix"], out["clicks_changed"]
     assert mix.decision == "covariate_drift"
     assert "query_len" in mix.features.drifted_features
+    # same queries, users click the opposite: quality falls, only click-derived features move
     assert clicks.concept is not None and clicks.concept.quality_dropped
-    assert clicks.decision in ("concept_drift", "covariate_drift")
+    assert clicks.decision == "concept_drift"
+    groups = {f.name: f.group for f in clicks.features.features}
+    assert {groups[n] for n in clicks.features.drifted_features} == {"behavior"}
     assert (tmp_path / "reports" / "query_mix").is_dir()
