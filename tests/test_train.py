@@ -6,7 +6,9 @@ measured with ir-measures (an outside library), not with our own metric code.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import ir_measures
 import numpy as np
@@ -379,3 +381,190 @@ def test_served_log_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = from_served_log(frame, labels, featureset_id=fid)
     m = Trainer(with_overrides(FAST, ndcg_exp_gain=True)).fit(data)
     assert m.feature_names == data.feature_names and not math.isnan(m.best_score)
+
+
+# --- the train command ------------------------------------------------------------------
+
+CLI_FEATURES = ("rrf", "dense_cosine", "bm25")
+
+
+def _click_log(db: Path, n_queries: int = 12, n_docs: int = 8, sessions: int = 600) -> dict:  # type: ignore[type-arg]
+    """A real event store filled like the API would: each simulated PBM session is one
+    served page (exact float32 feature rows) plus its click events."""
+    from ltr.click_models_sim import simulate_pbm
+    from ltr.features import featureset_id
+    from search.events import Event, Impression, SqliteEventStore
+
+    rng = np.random.default_rng(3)
+    rankings, attract, feats = {}, {}, {}
+    for q in range(n_queries):
+        docs = [f"q{q}-d{i}" for i in range(n_docs)]
+        rankings[f"query {q}"] = docs
+        rel = rng.random(n_docs)
+        for i, d in enumerate(docs):
+            attract[(f"query {q}", d)] = float(0.05 + 0.9 * rel[i] ** 2)
+            feats[d] = np.array(
+                [1 / (60 + i + 1) + 1 / (60 + n_docs - i), rel[i] + rng.normal(scale=0.1), np.nan],
+                dtype=np.float32,
+            )
+            if rng.random() < 0.5:
+                feats[d][2] = np.float32(rng.random())
+    exam = 1.0 / np.arange(1, n_docs + 1)
+    sess = simulate_pbm(rankings, attract, exam, sessions, rng=5, shuffle=0.5)
+    fid = featureset_id(list(CLI_FEATURES))
+    store = SqliteEventStore(db)
+    imps, events = [], []
+    for i, s in enumerate(sess):
+        rid = f"r{i}"
+        imps.append(
+            Impression(
+                request_id=rid,
+                ts=1000.0 + i,
+                query=s.query,
+                query_id=None,
+                model_version=None,
+                featureset_id=fid,
+                feature_names=CLI_FEATURES,
+                offset=0,
+                doc_ids=s.docs,
+                positions=tuple(range(1, len(s.docs) + 1)),
+                scores=np.zeros(len(s.docs)),
+                features=np.stack([feats[d] for d in s.docs]),
+            )
+        )
+        events += [
+            Event("click", rid, d, 1000.5 + i) for d, c in zip(s.docs, s.clicks, strict=True) if c
+        ]
+    store.add_impressions(imps)
+    store.add_events(events)
+    store.close()
+    return {"fid": fid, "feats": feats}
+
+
+def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ltr.registry import ModelRegistry
+    from scripts.train import main
+
+    log = _click_log(tmp_path / "events.db")
+    out = tmp_path / "result.json"
+    rc = main(
+        [
+            "--events",
+            str(tmp_path / "events.db"),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--promote",
+            "--json",
+            str(out),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "held-out perplexity" in captured.err  # auto chose by perplexity
+    assert "valid NDCG@10" in captured.out and "promoted" in captured.out
+    result = json.loads(out.read_text())
+    reg = ModelRegistry(tmp_path / "models")
+    model = reg.load(expected_featureset_id=log["fid"])  # the promoted one, same featureset
+    assert model.version == result["version"] and model.feature_names == CLI_FEATURES
+    assert model.manifest.label_source.startswith("clicks:")
+    assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {}}
+    m = result["metrics"]
+    assert all(math.isfinite(m[k]) for k in ("test_ndcg@10", "test_rrf_ndcg@10"))
+    # the clicks carry the relevance that dense_cosine encodes: the model must beat RRF
+    # (here a position prior that knows nothing about relevance)
+    assert m["test_ndcg@10"] > m["test_rrf_ndcg@10"]
+    ref = reg.reference_sample()
+    assert list(ref.columns) == list(CLI_FEATURES)
+    served = {v.tobytes() for v in log["feats"].values()}
+    assert all(r.astype(np.float32).tobytes() in served for r in ref.to_numpy(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--dataset", "/nonexistent", "--index-dir", "x", "--model-dir", "m"], "not a BEIR"),
+        (["--dataset", "/nonexistent", "--model-dir", "m"], "--index-dir is required"),
+        (["--events", "/nonexistent.db", "--model-dir", "m"], "no such event store"),
+        (["--events", "/nonexistent.db", "--settings", "/nope.toml"], "settings file not found"),
+    ],
+)
+def test_train_command_bad_input_is_one_line_and_exit_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scripts.train import main
+
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err
+
+
+def test_feature_spec_resolution() -> None:
+    from ltr import features as F
+    from ltr.errors import UnknownNameError
+    from scripts.train import CliError, resolve_features
+
+    assert resolve_features("text") == F.TEXT_FEATURES
+    assert resolve_features("text,static") == F.TEXT_FEATURES + F.STATIC_FEATURES
+    everything = resolve_features("all")
+    assert set(everything) == set(F.FEATURES) and len(everything) == len(F.FEATURES)
+    assert resolve_features("rrf,bm25,rrf") == ("rrf", "bm25")
+    with pytest.raises(UnknownNameError, match="valid:"):
+        resolve_features("text,nope")
+    with pytest.raises(CliError):
+        resolve_features(" , ")
+
+
+@pytest.mark.slow
+def test_train_command_on_a_cranfield_subset(
+    cranfield_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real replay through the serving code (index build, bm25s, MiniLM) on 30 queries."""
+    from ltr.features import featureset_id
+    from ltr.registry import ModelRegistry
+    from scripts.train import main
+
+    sub = tmp_path / "cran"
+    (sub / "qrels").mkdir(parents=True)
+    qrels = (cranfield_dir / "qrels" / "test.tsv").read_text().splitlines()
+    header, rows = qrels[0], [r.split("\t") for r in qrels[1:]]
+    keep_q = {str(i) for i in range(1, 31)}
+    kept = [r for r in rows if r[0] in keep_q]
+    (sub / "qrels" / "test.tsv").write_text("\n".join([header, *("\t".join(r) for r in kept)]))
+    judged = {r[1] for r in kept}
+    corpus = [json.loads(x) for x in (cranfield_dir / "corpus.jsonl").read_text().splitlines()]
+    docs = [d for i, d in enumerate(corpus) if d["_id"] in judged or i % 10 == 0]
+    (sub / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
+    queries = (cranfield_dir / "queries.jsonl").read_text().splitlines()
+    (sub / "queries.jsonl").write_text("\n".join(queries[:30]))
+
+    out = tmp_path / "r.json"
+    argv = [
+        "--dataset",
+        str(sub),
+        "--index-dir",
+        str(tmp_path / "index"),
+        "--model-dir",
+        str(tmp_path / "models"),
+        "--features",
+        "text",
+        "--json",
+        str(out),
+    ]
+    rc = main(argv)
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert (
+        result["data_sizes"]["train"]["queries"]
+        + result["data_sizes"]["valid"]["queries"]
+        + (result["data_sizes"]["test"]["queries"])
+        == 30
+    )
+    assert all(math.isfinite(v) for v in result["metrics"].values())
+    reg = ModelRegistry(tmp_path / "models")
+    with pytest.raises(Exception, match="no promoted model"):
+        reg.load()  # not promoted without --promote
+    from ltr import features as F
+
+    model = reg.load(result["version"], expected_featureset_id=featureset_id(F.TEXT_FEATURES))
+    assert model.feature_names == F.TEXT_FEATURES
+    assert len(reg.reference_sample(result["version"])) == result["data_sizes"]["train"]["rows"]
