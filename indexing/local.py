@@ -112,20 +112,26 @@ def _swap_current(index_dir: Path, version: str) -> None:
 
 
 def rollback(index_dir: str | Path, version: str | None = None) -> str:
-    """Serve the version before the current one (or the named one); returns its name."""
+    """Serve the version before the current one (or the named one); returns its name.
+
+    Takes the build lock, so a concurrent build cannot prune the version being restored.
+    """
     root = Path(index_dir)
-    versions = list_versions(root)
-    cur = current_version(root)
-    if version is None:
-        older = [v for v in versions if cur is None or v < cur]
-        if not older:
-            raise IndexNotFoundError(f"{root}: no version older than {cur!r} to roll back to")
-        version = older[-1]
-    elif version not in versions:
-        raise IndexNotFoundError(
-            f"{root}: unknown version {version!r}; available: {', '.join(versions) or 'none'}"
-        )
-    _swap_current(root, version)
+    if not (root / VERSIONS).is_dir():
+        raise IndexNotFoundError(f"{root}: no index versions")
+    with _build_lock(root):
+        versions = list_versions(root)
+        cur = current_version(root)
+        if version is None:
+            older = [v for v in versions if cur is None or v < cur]
+            if not older:
+                raise IndexNotFoundError(f"{root}: no version older than {cur!r} to roll back to")
+            version = older[-1]
+        elif version not in versions:
+            raise IndexNotFoundError(
+                f"{root}: unknown version {version!r}; available: {', '.join(versions) or 'none'}"
+            )
+        _swap_current(root, version)
     return version
 
 

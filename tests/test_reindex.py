@@ -145,6 +145,8 @@ def test_rollback(tmp_path: Path, encoder: Any) -> None:
         rollback(tmp_path, "no-such-version")
     assert current_version(tmp_path) == v3
     assert LocalBackend.open(tmp_path).version == v3
+    with pytest.raises(IndexNotFoundError):
+        rollback(tmp_path / "never-built")
 
 
 def test_keep_versions_prunes_oldest_never_current(tmp_path: Path, encoder: Any) -> None:
@@ -170,6 +172,8 @@ def test_concurrent_build_refused(tmp_path: Path, encoder: Any) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(IndexingError, match="another build is running"):
             build(tmp_path, encoder, 2)
+        with pytest.raises(IndexingError, match="another build is running"):
+            rollback(tmp_path, v1)  # would race with the build's pruning
     finally:
         os.close(fd)
     assert current_version(tmp_path) == v1
