@@ -465,3 +465,36 @@ async def test_demo_drift_catches_shifted_live_traffic(
     groups = {f.name: f.group for f in clicks.features.features}
     assert {groups[n] for n in clicks.features.drifted_features} == {"behavior"}
     assert (tmp_path / "reports" / "query_mix").is_dir()
+
+
+@pytest.mark.slow  # a subprocess importing Evidently
+def test_loop_stops_on_sigterm_while_waiting(model_dir: Path, tmp_path: Path) -> None:
+    """--every without --now: one run now, then a wait that SIGTERM ends promptly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = SqliteEventStore(tmp_path / "events.db")
+    try:
+        serve_window(store, model_dir, time.time() - HOUR, 60, seed=5)
+    finally:
+        store.close()
+    cmd = [
+        sys.executable, "-m", "scripts.drift_report", "--model-dir", str(model_dir),
+        "--events", str(tmp_path / "events.db"), "--window", "1h", "--every", "1h",
+        "--out", str(tmp_path / "r"), "--no-html",
+    ]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTRSEARCH_")}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the first run's summary: now it waits for an hour
+        assert line.startswith("drift-report: decision=no_drift")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == EXIT_OK
+    finally:
+        if proc.poll() is None:
+            proc.kill()
