@@ -35,7 +35,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    # Elasticsearch options (engineer H): add them here, e.g. --es-url, --alias.
+    es = p.add_argument_group("elasticsearch (--backend elasticsearch)")
+    es.add_argument("--es-url", help="server URL (default: settings elasticsearch.url)")
+    es.add_argument(
+        "--alias", help="alias to publish behind (default: settings elasticsearch.alias)"
+    )
     return p.parse_args(argv)
 
 
@@ -69,8 +73,44 @@ def _reindex_local(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _reindex_elasticsearch(args: argparse.Namespace, settings: Settings) -> str:
-    """Placeholder for the Elasticsearch reindex (new index + alias swap), engineer H."""
-    raise IndexingError("--backend elasticsearch is not implemented in this command yet")
+    """Load, embed (same cache), bulk-load a new versioned index, validate, swap the alias."""
+    import asyncio
+    import dataclasses
+
+    from indexing.elastic import build_elastic_index
+    from indexing.embedding import EmbeddingCache, load_encoder
+    from indexing.loaders import load_documents
+
+    s = settings
+    overrides = {k: v for k, v in (("url", args.es_url), ("alias", args.alias)) if v}
+    es_cfg = dataclasses.replace(s.elasticsearch, **overrides)
+    try:
+        es_cfg.validate()
+    except ValueError as e:
+        raise SettingsError(f"elasticsearch: {e}") from None
+    result = load_documents(args.source, s.loader)
+    for err in result.skipped:
+        print(f"{PROG}: skipped {err}", file=sys.stderr)
+    encoder = load_encoder(s.embedding)
+    use_cache = s.embedding.cache and not args.no_cache
+    cache = EmbeddingCache(s.embedding.cache_path) if use_cache else None
+    try:
+        t0 = time.perf_counter()
+        name = asyncio.run(
+            build_elastic_index(
+                result.documents, encoder, es_cfg, s.index, cache=cache, progress=not args.quiet
+            )
+        )
+        seconds = time.perf_counter() - t0
+    finally:
+        if cache is not None:
+            cache.close()
+    n = len(result.documents)
+    rate = n / seconds if seconds > 0 else float("inf")
+    return (
+        f"indexed {n} documents in {seconds:.1f} s ({rate:.0f} docs/s), "
+        f"index {name} behind alias {es_cfg.alias} at {es_cfg.url}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

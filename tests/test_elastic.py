@@ -593,3 +593,33 @@ class TestElasticBackendContract(BackendContract):
         b = await ElasticBackend.open(live_cfg, encoder)
         yield b
         await b.close()
+
+
+@aio
+async def test_reindex_cli_elasticsearch(fresh: Standin, tmp_path: Any) -> None:
+    """ltrsearch-reindex --backend elasticsearch --es-url URL --alias A (real client)."""
+    import asyncio
+    import json
+
+    from scripts.reindex import main
+
+    src = tmp_path / "catalog.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"id": d.id, "title": d.title, "body": d.body, "category": d.category})
+            + "\n"
+            for d in CONTRACT_DOCS
+        ),
+        encoding="utf-8",
+    )
+    argv = ["--source", str(src), "--backend", "elasticsearch", "--es-url", fresh.url]
+    argv += ["--alias", "cli", "--quiet", "--no-cache"]
+    # main() runs its own event loop: give it a thread so the stand-in keeps serving here
+    assert await asyncio.to_thread(main, argv) == 0
+    (name,) = fresh.aliases["cli"]
+    assert rq.parse_index_name("cli", name) == 1 and len(fresh.indices[name].docs) == 30
+    bad = ["--source", str(src), "--backend", "elasticsearch", "--alias", "Bad*Alias"]
+    assert await asyncio.to_thread(main, bad) == 2  # settings error: exit code 2
+    fresh.faults["aliases_500"] = True
+    assert await asyncio.to_thread(main, argv) == 1  # failed build: exit 1, alias unchanged
+    assert fresh.aliases["cli"] == {name}
