@@ -228,29 +228,28 @@ def apply_retention(
 ) -> list[Path]:
     """Delete old report directories: beyond the newest ``keep`` and/or older than ``days``.
 
-    Only directories named drift-<stamp> are touched. Returns the removed paths.
+    Only directories named drift-<UTC stamp> (as write_report names them) are counted and
+    touched. Returns the removed paths, newest first.
     """
     root = Path(out_dir)
     if not root.is_dir():
         return []
-    reports = sorted(
-        (p for p in root.iterdir() if p.is_dir() and p.name.startswith(REPORT_PREFIX)),
-        key=lambda p: p.name,
-        reverse=True,
-    )
+    stamped: list[tuple[float, Path]] = []
+    for p in root.iterdir():
+        if not (p.is_dir() and p.name.startswith(REPORT_PREFIX)):
+            continue
+        try:
+            stamp = datetime.strptime(p.name[len(REPORT_PREFIX) :], "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            continue  # not one of ours
+        stamped.append((stamp.replace(tzinfo=UTC).timestamp(), p))
+    stamped.sort(key=lambda t: t[0], reverse=True)
     now = time.time() if now is None else now
-    doomed: list[Path] = []
-    for i, p in enumerate(reports):
-        too_many = keep > 0 and i >= keep
-        too_old = False
-        if days > 0:
-            try:
-                stamp = datetime.strptime(p.name[len(REPORT_PREFIX) :], "%Y%m%dT%H%M%SZ")
-                too_old = stamp.replace(tzinfo=UTC).timestamp() < now - days * 86400
-            except ValueError:
-                continue  # not one of ours
-        if too_many or too_old:
-            doomed.append(p)
+    doomed = [
+        p
+        for i, (ts, p) in enumerate(stamped)
+        if (keep > 0 and i >= keep) or (days > 0 and ts < now - days * 86400)
+    ]
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed

@@ -498,3 +498,21 @@ def test_loop_stops_on_sigterm_while_waiting(model_dir: Path, tmp_path: Path) ->
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_retention_keeps_newest_and_drops_old(tmp_path: Path) -> None:
+    from monitoring.report import apply_retention
+
+    stamps = ["20231110T000000Z", "20231112T000000Z", "20231113T000000Z", "20231114T000000Z"]
+    for st in stamps:
+        (tmp_path / f"drift-{st}").mkdir()
+    (tmp_path / "notes").mkdir()  # not a report: never touched
+    (tmp_path / "drift-latest").mkdir()  # not a stamp: never deleted by age
+    now = 1_699_920_000.0  # 2023-11-14T00:00:00Z
+    removed = apply_retention(tmp_path, keep=0, days=3, now=now)
+    assert [p.name for p in removed] == ["drift-20231110T000000Z"]
+    removed = apply_retention(tmp_path, keep=2, days=0, now=now)
+    assert [p.name for p in removed] == ["drift-20231112T000000Z"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["drift-20231113T000000Z", "drift-20231114T000000Z", "drift-latest", "notes"]
+    assert apply_retention(tmp_path / "missing", keep=1) == []
