@@ -181,10 +181,7 @@ class Trainer:
         metric = params["eval_metric"]
         if valid is not None and cfg.early_stopping_rounds:
             best = int(booster.best_iteration)
-        elif valid is not None:
-            scores = history["valid"][metric]
-            best = int(np.argmax(scores))
-        else:
+        else:  # early stopping off: every round is kept
             best = rounds_run - 1
         booster = booster[: best + 1]  # keep exactly the trees that were best on validation
         best_score = float(history["valid"][metric][best]) if valid is not None else math.nan
