@@ -270,6 +270,7 @@ FILTERS = [
     Filters(ranges={"rating": (4.4, None)}),
     Filters(ranges={"price": (None, 60.0), "rating": (4.0, 4.5)}),
     Filters(category="no-such-category"),
+    Filters(ranges={"weight": (0.0, None)}),  # an attribute no document has: nothing matches
 ]
 N = len(CONTRACT_DOCS)
 

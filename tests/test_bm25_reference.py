@@ -86,6 +86,34 @@ def test_equal_to_rank_bm25_okapi_with_idf_transform(query: str, k1: float, b: f
     np.testing.assert_allclose(index.scores(terms), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("stopwords", "stemmer"), [("en", "english"), ("", ""), ("en", "")])
+def test_analyzer_matches_bm25s_tokenize(stopwords: str, stemmer: str) -> None:
+    """Our terms are exactly what bm25s.tokenize produces with the same settings."""
+    import bm25s
+    import Stemmer
+
+    texts = [" ".join(d.text_fields().values()) for d in CONTRACT_DOCS]
+    texts += ["Ünïcode café naïve 3D-printer x 42 A", "", "THE OF AND"]
+    analyzer = Analyzer(stopwords, stemmer)
+    want = bm25s.tokenize(
+        texts,
+        stopwords=stopwords or None,
+        stemmer=Stemmer.Stemmer("english") if stemmer else None,
+        return_ids=False,
+        show_progress=False,
+    )
+    assert [list(analyzer.terms(t)) for t in texts] == want
+
+
+def test_analyzer_refuses_unknown_settings() -> None:
+    from ltr.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="valid"):
+        Analyzer("fr", "english")
+    with pytest.raises(UnknownNameError, match="valid"):
+        Analyzer("en", "porter2")
+
+
 def test_unknown_and_empty_queries_score_zero() -> None:
     index = ours(CORPUS, 1.2, 0.75)
     np.testing.assert_array_equal(index.scores(()), 0.0)

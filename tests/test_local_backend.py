@@ -86,3 +86,20 @@ def test_manifest_records_settings(contract_index: Path, encoder: Any) -> None:
     assert m["bm25"] == {"method": "lucene", "k1": 1.2, "b": 0.75}
     assert m["model_id"] == encoder.model_id and m["dim"] == encoder.dim
     assert m["ann"]["enabled"] is False
+
+
+class _OtherDim:
+    """An encoder of another dimension (e.g. a different model) than the index was built with."""
+
+    model_id = "other-model"
+    dim = 768
+
+    def encode(self, texts: Any, *, progress: bool = False) -> np.ndarray:
+        raise AssertionError("not called")
+
+
+def test_open_refuses_encoder_of_other_dim(contract_index: Path) -> None:
+    from indexing.errors import IndexingError
+
+    with pytest.raises(IndexingError, match="dim 768"):
+        LocalBackend.open(contract_index, _OtherDim())  # type: ignore[arg-type]
