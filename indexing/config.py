@@ -114,12 +114,21 @@ class ElasticsearchConfig:
     # bm25s stopwords, Snowball English) so terms and text features match the local backend.
     analyzer: Literal["english", "local"] = "english"
     store_term_vectors: bool = False  # True: store positions (faster doc_terms, bigger index)
+    # Authentication / TLS. Secrets never go in the settings file: name the environment
+    # variables that hold them ("" = none).
+    api_key_env: str = ""  # env var with an encoded API key (Authorization: ApiKey ...)
+    username: str = ""  # basic auth user, with the password in password_env
+    password_env: str = ""
+    ca_certs: str = ""  # PEM bundle for an https url with a private CA
+    verify_certs: bool = True
 
     def validate(self) -> None:
         if not self.url:
             raise ValueError("url must not be empty")
-        if not self.alias or self.alias != self.alias.lower() or any(
-            c in self.alias for c in ' "*\\<|,>/?#:'
+        if (
+            not self.alias
+            or self.alias != self.alias.lower()
+            or any(c in self.alias for c in ' "*\\<|,>/?#:')
         ):
             raise ValueError(f"alias must be a lowercase index name, got {self.alias!r}")
         if self.shards < 1:
@@ -140,5 +149,7 @@ class ElasticsearchConfig:
             raise ValueError("need 0 < bulk_initial_backoff_s <= bulk_max_backoff_s")
         if self.hnsw_m < 2 or self.hnsw_ef_construction < self.hnsw_m:
             raise ValueError("need hnsw_m >= 2 and hnsw_ef_construction >= hnsw_m")
+        if self.username and not self.password_env:
+            raise ValueError("username needs password_env (the variable holding the password)")
         if not (self.knn_oversample == 0 or 1.0 <= self.knn_oversample <= 10.0):
             raise ValueError(f"knn_oversample must be 0 or in [1, 10], got {self.knn_oversample}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Awaitable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -54,16 +55,37 @@ ID_CHUNK = 1000  # ids per lookup request (well under max_result_window / max_te
 
 # --- client and errors -----------------------------------------------------------------
 def make_client(cfg: ElasticsearchConfig) -> Any:
-    """An AsyncElasticsearch with bounded retries and timeouts from settings."""
+    """An AsyncElasticsearch with bounded retries and timeouts from settings.
+
+    Credentials are read from the environment variables the settings name (never from the
+    settings file); a named but unset variable is an error, not a silent anonymous client.
+    """
     from elasticsearch import AsyncElasticsearch
 
+    kwargs: dict[str, Any] = {}
+    if cfg.api_key_env:
+        kwargs["api_key"] = _secret(cfg.api_key_env)
+    if cfg.username:
+        kwargs["basic_auth"] = (cfg.username, _secret(cfg.password_env))
+    if cfg.url.startswith("https"):
+        kwargs["verify_certs"] = cfg.verify_certs
+        if cfg.ca_certs:
+            kwargs["ca_certs"] = cfg.ca_certs
     return AsyncElasticsearch(
         cfg.url,
         request_timeout=cfg.request_timeout_s,
         max_retries=cfg.max_retries,
         retry_on_timeout=cfg.retry_on_timeout,
         retry_on_status=(502, 503, 504),
+        **kwargs,
     )
+
+
+def _secret(env_name: str) -> str:
+    value = os.environ.get(env_name, "")
+    if not value:
+        raise IndexingError(f"elasticsearch credentials: environment variable {env_name} is unset")
+    return value
 
 
 def map_error(e: Exception, what: str) -> Exception:
@@ -293,7 +315,12 @@ async def bulk_load(
 
 
 async def validate_elastic_index(
-    client: Any, index: str, docs: Sequence[Document], vectors: np.ndarray, seed: int = 0
+    client: Any,
+    index: str,
+    docs: Sequence[Document],
+    vectors: np.ndarray,
+    cfg: ElasticsearchConfig | None = None,
+    seed: int = 0,
 ) -> None:
     """Refuse an index that cannot serve: wrong count, or a BM25 / kNN smoke query fails."""
     count = int(body(await call("count", client.count(index=index)))["count"])
@@ -328,7 +355,7 @@ async def validate_elastic_index(
                 )
         break
     row = sample[0]  # kNN: a document's own vector must retrieve it first (duplicates tie)
-    req = rq.knn_request(index, vectors[row], 10, ElasticsearchConfig(knn_oversample=0))
+    req = rq.knn_request(index, vectors[row], 10, cfg or ElasticsearchConfig())
     hits = body(await call("smoke knn", client.search(**req)))["hits"]["hits"]
     if not hits or (
         hits[0]["_id"] != docs[row].id and abs(2 * float(hits[0]["_score"]) - 2.0) > 1e-4
@@ -401,7 +428,7 @@ async def build_elastic_index(
                 client.indices.put_settings(index=name, settings=rq.serving_settings(cfg)),
             )
             await call("refresh", client.indices.refresh(index=name))
-            await validate_elastic_index(client, name, docs, vectors)
+            await validate_elastic_index(client, name, docs, vectors, cfg)
             previous = await swap_alias(client, cfg.alias, name)
         except BaseException:
             try:

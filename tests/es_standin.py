@@ -189,6 +189,7 @@ class Standin:
         self.aliases: dict[str, set[str]] = {}
         self.faults: dict[str, Any] = {}
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+        self.auth: list[str | None] = []  # the Authorization header of every request
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -213,6 +214,7 @@ class Standin:
         self.aliases.clear()
         self.faults.clear()
         self.requests.clear()
+        self.auth.clear()
 
     # --- helpers -----------------------------------------------------------------------
     def resolve(self, expr: str, *, must_exist: bool = True) -> list[str]:
@@ -249,6 +251,7 @@ class Standin:
                 payload = json.loads(raw)
         query = dict(request.query)
         self.requests.append((request.method, request.path, query, payload))
+        self.auth.append(request.headers.get("Authorization"))
         if self.faults.get("delay_s"):  # a server that does not answer in time
             await asyncio.sleep(float(self.faults["delay_s"]))
         parts = [p for p in request.path.split("/") if p]

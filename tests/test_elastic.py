@@ -623,3 +623,26 @@ async def test_reindex_cli_elasticsearch(fresh: Standin, tmp_path: Any) -> None:
     fresh.faults["aliases_500"] = True
     assert await asyncio.to_thread(main, argv) == 1  # failed build: exit 1, alias unchanged
     assert fresh.aliases["cli"] == {name}
+
+
+@aio
+async def test_credentials_from_environment(
+    fresh: Standin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """API key / basic auth come from the named environment variables, never settings."""
+    import base64
+
+    monkeypatch.setenv("LTR_TEST_ES_KEY", "a2V5aWQ6c2VjcmV0")
+    client = make_client(cfg_for(fresh, api_key_env="LTR_TEST_ES_KEY"))
+    await current_elastic_index(client, "shop")
+    await client.close()
+    monkeypatch.setenv("LTR_TEST_ES_PW", "pw")
+    client = make_client(cfg_for(fresh, username="ltr", password_env="LTR_TEST_ES_PW"))
+    await current_elastic_index(client, "shop")
+    await client.close()
+    basic = "Basic " + base64.b64encode(b"ltr:pw").decode()
+    assert fresh.auth == ["ApiKey a2V5aWQ6c2VjcmV0", basic]
+    with pytest.raises(IndexingError, match="LTR_TEST_UNSET"):
+        make_client(cfg_for(fresh, api_key_env="LTR_TEST_UNSET"))
+    with pytest.raises(ValueError, match="password_env"):
+        ElasticsearchConfig(username="ltr").validate()
