@@ -18,6 +18,7 @@ Groups:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -286,6 +287,72 @@ def _title_jaccard(cs: CandidateSet) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1.0), np.nan)
 
 
+def _query_bigrams(cs: CandidateSet) -> tuple[str, ...]:
+    """Distinct adjacent pairs of analyzed query terms, as ' a b ' search strings."""
+    t = cs.query_terms
+    return tuple(dict.fromkeys(f" {a} {b} " for a, b in itertools.pairwise(t) if a != b))
+
+
+def _bigram_share(field: str) -> FeatureFn:
+    """Share of the query's term bigrams found adjacent in the field (a proximity signal
+    that bag-of-words BM25 and a single document vector both miss); NaN for 1-term queries."""
+
+    def fn(cs: CandidateSet) -> np.ndarray:
+        d = _derived(cs)
+        bigrams = _query_bigrams(cs)
+        m = d.match(field)
+        if not bigrams or m is None:
+            return _nan(d.n)
+        out = np.zeros(d.n, dtype=np.float64)
+        terms = cs.doc_terms[field]
+        # only documents holding >= 2 distinct query terms can contain a bigram
+        for i in np.flatnonzero(m.sum(axis=1) >= 2):
+            text = " " + " ".join(terms[i]) + " "
+            out[i] = sum(b in text for b in bigrams)
+        return out / len(bigrams)
+
+    return fn
+
+
+PRF_DOCS = 5  # pseudo-relevance feedback: the top RRF candidates taken as "relevant"
+
+
+def _prf_terms(cs: CandidateSet, field: str, min_docs: int) -> frozenset[str]:
+    """Terms of ``field`` shared by >= ``min_docs`` of the top PRF_DOCS RRF candidates,
+    query terms excluded: the vocabulary the fused top results agree on."""
+    terms = cs.doc_terms.get(field)
+    if terms is None or len(cs.ids) == 0:
+        return frozenset()
+    top = np.argsort(-rrf_scores(cs), kind="stable")[:PRF_DOCS]
+    counts: dict[str, int] = {}
+    for i in top:
+        for t in set(terms[i]):
+            counts[t] = counts.get(t, 0) + 1
+    q = set(cs.query_terms)
+    return frozenset(t for t, c in counts.items() if c >= min_docs and t not in q)
+
+
+def _prf_overlap(src: str, min_docs: int) -> FeatureFn:
+    """Share of the feedback vocabulary (see _prf_terms) present in the candidate's body:
+    the cluster hypothesis -- documents like the consensus top results tend to be relevant.
+    Uses only the retrievers' fused ranking, so it is available at serving time."""
+
+    def fn(cs: CandidateSet) -> np.ndarray:
+        n = len(cs.ids)
+        fb = _prf_terms(cs, src, min_docs)
+        body = cs.doc_terms.get("body")
+        if not fb or body is None:
+            return _nan(n)
+        inter = fb.intersection
+        title = cs.doc_terms.get("title", ((),) * n)
+        return np.fromiter(
+            (len(inter(b) | inter(t)) / len(fb) for b, t in zip(body, title, strict=True)),
+            np.float64, n,
+        )
+
+    return fn
+
+
 def _query_len(cs: CandidateSet) -> np.ndarray:
     return np.full(len(cs.ids), float(len(cs.query_terms)))
 
@@ -435,6 +502,12 @@ _reg("matched_idf_max", _T, _matched_idf("max"), "max IDF of matched query terms
 _reg("matched_idf_min", _T, _matched_idf("min"), "min IDF of matched query terms")
 _reg("title_phrase", _T, _title_phrase, "analyzed query occurs contiguously in the title")
 _reg("title_jaccard", _T, _title_jaccard, "Jaccard of query and title terms (near-duplicates)")
+_reg("bigram_title", _T, _bigram_share("title"), "share of query bigrams adjacent in title")
+_reg("bigram_body", _T, _bigram_share("body"), "share of query bigrams adjacent in body")
+_reg("prf_title", _T, _prf_overlap("title", 2),
+     "share of title terms shared by >= 2 of the top-5 RRF docs found in the candidate")
+_reg("prf_body", _T, _prf_overlap("body", 3),
+     "share of body terms shared by >= 3 of the top-5 RRF docs found in the candidate")
 _reg("query_len", _T, _query_len, "number of analyzed query terms")
 _reg("len_title", _T, _field_len("title"), "analyzed title length")
 _reg("len_body", _T, _field_len("body"), "analyzed body length")

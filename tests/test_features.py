@@ -179,3 +179,15 @@ def test_compute_speed_benchmark_runs() -> None:
 
     res = benchmark_compute(n=50, repeats=2)
     assert res["n"] == 50 and res["ms_per_call"] > 0
+
+
+def test_bigram_and_prf_features() -> None:
+    cs = make_cs()
+    np.testing.assert_array_equal(col(cs, "bigram_title"), [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(col(cs, "bigram_body"), [0.5, 0.0, 0.0])
+    assert np.isnan(col(make_cs(query_terms=("heat",)), "bigram_title")).all()
+    # feedback vocabulary = non-query title terms shared by >= 2 of the top RRF docs
+    assert np.isnan(col(cs, "prf_title")).all()  # nothing shared beyond the query terms
+    titles = (("heat", "transfer", "slab", "wing"), ("flow",), ("heat", "slab", "wing"))
+    cs2 = make_cs(doc_terms={"title": titles, "body": cs.doc_terms["body"]})
+    np.testing.assert_array_equal(col(cs2, "prf_title"), [1.0, 0.0, 1.0])
