@@ -457,6 +457,7 @@ async def test_demo_drift_catches_shifted_live_traffic(
         )  # fmt: skip
     print("\n".join(lines))
     mix, clicks = out["query_mix"], out["clicks_changed"]
+    assert out["baseline_vs_training"].concept is None  # features only, informational
     assert mix.decision == "covariate_drift"
     assert "query_len" in mix.features.drifted_features
     # same queries, users click the opposite: quality falls, only click-derived features move
