@@ -471,6 +471,10 @@ class ElasticBackend:
         cls, cfg: ElasticsearchConfig, encoder: Encoder | None = None, *, client: Any = None
     ) -> ElasticBackend:
         """Connect and read the alias target's description; refuses an encoder of another dim."""
+        try:
+            cfg.validate()
+        except ValueError as e:
+            raise IndexingError(f"elasticsearch settings: {e}") from None
         backend = cls(client or make_client(cfg), cfg, owns_client=client is None)
         try:
             await backend.reload()

@@ -487,6 +487,8 @@ async def test_bad_documents_refused_before_any_request(
 async def test_errors_map_to_backend_errors(fresh: Standin, encoder: Any, cache_path: Any) -> None:
     with pytest.raises(IndexNotFoundError, match="does not exist"):
         await ElasticBackend.open(cfg_for(fresh))
+    with pytest.raises(IndexingError, match="num_candidates"):
+        await ElasticBackend.open(cfg_for(fresh, num_candidates=0))
     await build(fresh, encoder, cache_path)
     b = await ElasticBackend.open(cfg_for(fresh, request_timeout_s=0.3), encoder)
     try:
