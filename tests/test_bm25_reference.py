@@ -114,6 +114,16 @@ def test_analyzer_refuses_unknown_settings() -> None:
         Analyzer("en", "porter2")
 
 
+@pytest.mark.parametrize("query", QUERIES)
+def test_scores_for_rows_equal_full_scores(query: str) -> None:
+    """The per-candidate path (binary search in postings) equals the full-corpus pass."""
+    index = ours(CORPUS, 1.2, 0.75)
+    terms = ANALYZER.terms(query)
+    rows = np.array([5, 0, 29, 5, 13, 2, 1, 28, 7])  # unsorted, with a repeat
+    np.testing.assert_array_equal(index.scores_for(terms, rows), index.scores(terms)[rows])
+    assert index.scores_for(terms, np.array([], dtype=np.int64)).shape == (0,)
+
+
 def test_unknown_and_empty_queries_score_zero() -> None:
     index = ours(CORPUS, 1.2, 0.75)
     np.testing.assert_array_equal(index.scores(()), 0.0)
