@@ -390,13 +390,19 @@ async def build_elastic_index(
     docs = list(docs)
     attr_names = tuple(index_cfg.attrs) or tuple(sorted({a for d in docs for a in d.attrs}))
     text_fields = _check_docs(docs, attr_names)
-    texts = [embedding_text(d) for d in docs]
-    vectors = await asyncio.to_thread(embed_texts, encoder, texts, cache, progress)
-    vectors = _check_vectors(vectors, len(docs), encoder.dim)
-
     own_client = client is None
     client = client or make_client(cfg)
     try:
+        # reach the server (and refuse an alias name taken by an index) before the slow part
+        if await current_elastic_index(client, cfg.alias) is None:
+            taken = await call("check alias name", client.indices.exists(index=cfg.alias))
+            if body(taken):
+                raise IndexingError(
+                    f"{cfg.alias!r} is a concrete index, not an alias; rename or delete it first"
+                )
+        texts = [embedding_text(d) for d in docs]
+        vectors = await asyncio.to_thread(embed_texts, encoder, texts, cache, progress)
+        vectors = _check_vectors(vectors, len(docs), encoder.dim)
         versions = await list_elastic_versions(client, cfg.alias)
         last = max((rq.parse_index_name(cfg.alias, v) or 0 for v in versions), default=0)
         name = rq.index_name(cfg.alias, last + 1)

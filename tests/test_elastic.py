@@ -648,3 +648,18 @@ async def test_credentials_from_environment(
         make_client(cfg_for(fresh, api_key_env="LTR_TEST_UNSET"))
     with pytest.raises(ValueError, match="password_env"):
         ElasticsearchConfig(username="ltr").validate()
+
+
+@aio
+async def test_unreachable_server_fails_before_embedding(encoder: Any) -> None:
+    class Counting:
+        model_id, dim, calls = encoder.model_id, encoder.dim, 0
+
+        def encode(self, texts: Any, *, progress: bool = False) -> np.ndarray:
+            Counting.calls += 1
+            return np.asarray(encoder.encode(texts))
+
+    refused = ElasticsearchConfig(url="http://127.0.0.1:9", max_retries=0)
+    with pytest.raises(BackendError, match="cannot connect"):
+        await build_elastic_index(CONTRACT_DOCS[:3], Counting(), refused)  # type: ignore[arg-type]
+    assert Counting.calls == 0
