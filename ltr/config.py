@@ -42,6 +42,9 @@ class TrainConfig:
     use_base_margin: bool = True  # boost from the fusion score (architecture principle 12)
     base_margin: str = "rrf"  # fusion name in ltr.fusion.FUSIONS used as base margin
     reference_rows: int = 5000  # training feature rows kept as the drift-monitoring reference
+    # click model that labels logged sessions (train --events): "auto" = the lowest
+    # held-out perplexity among ltr.click_models.CLICK_MODELS
+    click_model: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value (called by the settings loader)."""
@@ -108,6 +111,14 @@ class TrainConfig:
             )
         if not isinstance(self.base_margin, str) or not self.base_margin:
             raise ValueError("base_margin must name a fusion (e.g. 'rrf')")
+        if self.click_model != "auto":
+            from ltr.click_models import CLICK_MODELS
+
+            if self.click_model not in CLICK_MODELS:
+                raise ValueError(
+                    f"click_model must be 'auto' or one of {', '.join(sorted(CLICK_MODELS))}, "
+                    f"got {self.click_model!r}"
+                )
         if not isinstance(self.reference_rows, int) or self.reference_rows < 1:
             raise ValueError(f"reference_rows must be >= 1, got {self.reference_rows!r}")
 

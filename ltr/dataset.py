@@ -263,26 +263,48 @@ def concat(parts: Sequence[RankingData]) -> RankingData:
     )
 
 
-def _shuffled_queries(data: RankingData, seed: int) -> list[str]:
-    # Sort first so the split depends only on the set of query ids and the seed.
-    qs = sorted(data.query_ids)
-    order = np.random.default_rng(seed).permutation(len(qs))
-    return [qs[i] for i in order]
+def _shuffled_units(
+    data: RankingData, seed: int, units: Mapping[str, str] | None
+) -> list[list[str]]:
+    """Split units (lists of group ids) in a seeded order.
+
+    A unit is a query by default; ``units`` maps group id -> unit id when several groups
+    belong to one query (served-log groups are requests: every request of a query text
+    must land in the same part, or the test split sees training queries).
+    """
+    groups = data.query_ids
+    if units is None:
+        by_unit = {g: [g] for g in groups}
+    else:
+        missing = [g for g in groups if g not in units]
+        if missing:
+            raise TrainingDataError(f"no split unit for group(s) {missing[:5]}")
+        by_unit = {}
+        for g in groups:
+            by_unit.setdefault(str(units[g]), []).append(g)
+    # sort first so the split depends only on the set of unit ids and the seed
+    keys = sorted(by_unit)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    return [by_unit[keys[i]] for i in order]
 
 
 def split_by_query(
-    data: RankingData, fractions: Sequence[float] = (0.8, 0.2), seed: int = 0
+    data: RankingData,
+    fractions: Sequence[float] = (0.8, 0.2),
+    seed: int = 0,
+    units: Mapping[str, str] | None = None,
 ) -> tuple[RankingData, ...]:
     """Split into parts by query (no query in two parts), sizes proportional to ``fractions``.
 
     Every part gets at least one query; the split depends only on the query ids and seed.
+    ``units`` (group id -> query) keeps groups of one query together (see _shuffled_units).
     """
     fr = [float(f) for f in fractions]
     if len(fr) < 2 or any(not np.isfinite(f) or f <= 0 for f in fr):
         raise ValueError(f"fractions must be >= 2 positive numbers, got {list(fractions)}")
     if abs(sum(fr) - 1.0) > 1e-6:
         raise ValueError(f"fractions must sum to 1, got {sum(fr)}")
-    qs = _shuffled_queries(data, seed)
+    qs = _shuffled_units(data, seed, units)
     if len(qs) < len(fr):
         raise TrainingDataError(
             f"cannot split {len(qs)} queries into {len(fr)} parts; need more judged queries"
@@ -296,21 +318,24 @@ def split_by_query(
         bounds[i] = min(max(bounds[i], lo), hi)
     parts, start = [], 0
     for b in bounds:
-        parts.append(data.take_queries(qs[start:b]))
+        parts.append(data.take_queries([g for u in qs[start:b] for g in u]))
         start = int(b)
     return tuple(parts)
 
 
 def kfold_by_query(
-    data: RankingData, k: int = 5, seed: int = 0
+    data: RankingData,
+    k: int = 5,
+    seed: int = 0,
+    units: Mapping[str, str] | None = None,
 ) -> list[tuple[RankingData, RankingData]]:
     """k (train, held-out) pairs; each query is held out exactly once."""
     if not isinstance(k, int) or k < 2:
         raise ValueError(f"k must be an integer >= 2, got {k!r}")
-    qs = _shuffled_queries(data, seed)
+    qs = _shuffled_units(data, seed, units)
     if len(qs) < k:
         raise TrainingDataError(f"cannot make {k} folds from {len(qs)} queries")
-    folds = [qs[i::k] for i in range(k)]
+    folds = [[g for u in qs[i::k] for g in u] for i in range(k)]
     out = []
     for i in range(k):
         held = folds[i]

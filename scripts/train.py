@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         default="text,static",
         help="comma list of groups (text, static, behavior), 'all', or feature names",
     )
-    p.add_argument("--click-model", default="auto", help="auto or a click model name (--events)")
+    p.add_argument(
+        "--click-model", help="auto or a click model name (--events; default: ltr.click_model)"
+    )
     p.add_argument("--qrels", default="test", help="qrels/<NAME>.tsv to train on (--dataset)")
     p.add_argument("--promote", action="store_true", help="serve the new version")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -274,7 +276,15 @@ def events_dataset(
             data.base_margin if data.base_margin is not None else np.zeros(len(data))
         )
     )
-    info = {"click_model": name, "sessions": len(sessions), "featureset_id": fid, "_rrf": rrf}
+    # groups are requests; split units are query texts (all requests of a query together)
+    units = dict(zip(frame["request_id"].astype(str), frame["query"].astype(str), strict=True))
+    info = {
+        "click_model": name,
+        "sessions": len(sessions),
+        "featureset_id": fid,
+        "_rrf": rrf,
+        "_units": units,
+    }
     return data, qrels, info
 
 
@@ -314,15 +324,18 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
         label_source = "qrels"
         base_spec = {"name": cfg.base_margin, "params": {}}
     else:
-        data, qrels, info = events_dataset(Path(args.events), args.click_model, cfg, log)
+        click_model = args.click_model or cfg.click_model
+        data, qrels, info = events_dataset(Path(args.events), click_model, cfg, log)
         names = data.feature_names
         label_source = f"clicks:{info['click_model']}"
         base_spec = {"name": cfg.base_margin, "params": {}}
     rrf_all = info.pop("_rrf")
-    if data.n_queries < 3:
-        raise CliError(f"need at least 3 queries to split train/valid/test, got {data.n_queries}")
+    units = info.pop("_units", None)
+    n_units = data.n_queries if units is None else len(set(units.values()))
+    if n_units < 3:
+        raise CliError(f"need at least 3 queries to split train/valid/test, got {n_units}")
     fr = (1 - cfg.valid_fraction - cfg.test_fraction, cfg.valid_fraction, cfg.test_fraction)
-    train, valid, test = split_by_query(data, fr, seed=cfg.seed)
+    train, valid, test = split_by_query(data, fr, seed=cfg.seed, units=units)
     log(
         f"{len(names)} features; queries train/valid/test = "
         f"{train.n_queries}/{valid.n_queries}/{test.n_queries}, rows {len(data)}"

@@ -88,6 +88,7 @@ def splits(data: RankingData) -> tuple[RankingData, RankingData, RankingData]:
         ("valid_fraction", 1.0, "valid_fraction"),
         ("reg_lambda", float("nan"), "reg_lambda"),
         ("objective", "reg:squarederror", "objective"),
+        ("click_model", "ubm", "click_model"),
     ],
 )
 def test_train_config_rejects_bad_values(field: str, value: object, needle: str) -> None:
@@ -160,6 +161,20 @@ def test_split_by_query_has_no_overlap_and_covers_everything(data: RankingData) 
     assert [p.query_ids for p in again] == [p.query_ids for p in parts]
     other = split_by_query(data, (0.6, 0.2, 0.2), seed=8)
     assert set(other[1].query_ids) != sets[1]
+
+
+def test_split_units_keep_every_request_of_a_query_together(data: RankingData) -> None:
+    # 120 groups = requests of 20 query texts (6 each): a query never straddles parts
+    units = {g: f"text{int(g[1:]) % 20}" for g in data.query_ids}
+    parts = split_by_query(data, (0.6, 0.2, 0.2), seed=2, units=units)
+    texts = [{units[g] for g in p.query_ids} for p in parts]
+    assert [len(t) for t in texts] == [12, 4, 4]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert sum(p.n_queries for p in parts) == 120
+    held = [units[g] for _, h in kfold_by_query(data, 4, seed=0, units=units) for g in h.query_ids]
+    assert sorted(set(held)) == sorted(set(units.values())) and len(held) == 120
+    with pytest.raises(TrainingDataError, match="no split unit"):
+        split_by_query(data, (0.5, 0.5), units={})
 
 
 def test_split_refuses_bad_fractions_and_tiny_data(data: RankingData) -> None:
