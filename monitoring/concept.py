@@ -283,7 +283,7 @@ def _score_drift(
         if min(n_c, n_r) < cfg.min_values:
             out[col] = {"tested": False, "reason": f"too few values ({n_r}, {n_c})"}
             continue
-        specs[col] = (method, threshold)
+        specs[col] = cfg.sized(method, threshold, min(n_c, n_r))
     results, snapshot = value_drift(reference, current, specs, render=render)
     for col, (score, flag) in results.items():
         method, threshold = specs[col]

@@ -286,6 +286,8 @@ def feature_drift(
                 reason=f"missing share moved {r_nan:.2f} -> {info['cur_nan']:.2f}",
             )
         if n_r >= cfg.min_values and n_c >= cfg.min_values:
+            method, threshold = cfg.sized(method, threshold, min(n_r, n_c))
+            info.update(method=method, threshold=threshold)
             specs[n] = (method, threshold)
         elif not info["tested"]:
             info["reason"] = (

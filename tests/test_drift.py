@@ -88,7 +88,9 @@ def test_no_drift_control_flags_nothing() -> None:
     by = {f.name: f for f in res.features}
     assert by["bm25"].group == "text" and by["bm25"].method == CFG.text_method
     assert by["log_popularity"].method == CFG.static_method
-    assert by["qd_ctr"].method == CFG.behavior_method
+    assert by["d_log_impressions"].method == CFG.behavior_method
+    # ~600 values per side (80% NaN): a p-value test instead of a noise-prone distance
+    assert (by["qd_ctr"].method, by["qd_ctr"].threshold) == ("ks", CFG.small_sample_threshold)
     assert all(math.isfinite(f.score) for f in res.tested)
 
 
@@ -459,3 +461,36 @@ def test_unknown_click_model_is_a_clear_error() -> None:
     prev = pool_window(50, 1, False, "a")
     with pytest.raises(UnknownNameError, match="unknown click model 'nope'; valid: coec, dbn"):
         concept_drift(prev, prev, MonitoringConfig(click_model="nope"), features_drifted=False)
+
+
+def test_rows_of_other_featuresets_are_ignored_and_counted() -> None:
+    from monitoring.report import Window, build_report
+
+    ref = make_features(1000, 1)
+    cur = make_features(1000, 2).assign(featureset_id="mine", request_id="r", position=1)
+    other = make_features(300, 3, frozenset({"bm25"})).assign(featureset_id="old")
+    mixed = pd.concat([cur, other.assign(request_id="o", position=1)], ignore_index=True)
+    s = build_report(
+        ref, mixed, None, CFG, window=Window(0, 3600), model_version="v1",
+        featureset_id="mine", feature_names=FEATURES,
+    )  # fmt: skip
+    assert s.other_featureset_rows == 300 and s.features.current_rows == 1000
+    assert s.features.drifted_features == [] and s.decision == NO_DRIFT
+    assert s.to_dict()["concept_drift"] is None
+    with pytest.raises(EmptyWindowError, match="300 rows of other featuresets ignored"):
+        build_report(
+            ref, other, None, CFG, window=Window(0, 3600), model_version="v1",
+            featureset_id="mine", feature_names=FEATURES,
+        )  # fmt: skip
+
+
+def test_small_samples_use_a_p_value_test() -> None:
+    """~200 values per side of the SAME distribution: a distance reads noise as drift."""
+    ref, cur = make_features(1000, 1), make_features(1000, 2)  # qd_ctr: 80% NaN
+    plain = feature_drift(ref, cur, MonitoringConfig(small_sample_values=1))
+    qd = next(f for f in plain.features if f.name == "qd_ctr")
+    assert qd.method == "jensenshannon" and qd.score > 0.1 and qd.drifted  # false alarm
+    sized = feature_drift(ref, cur, CFG)
+    qd = next(f for f in sized.features if f.name == "qd_ctr")
+    assert qd.method == "ks" and not qd.drifted
+    assert sized.drifted_features == []
