@@ -663,3 +663,38 @@ async def test_unreachable_server_fails_before_embedding(encoder: Any) -> None:
     with pytest.raises(BackendError, match="cannot connect"):
         await build_elastic_index(CONTRACT_DOCS[:3], Counting(), refused)  # type: ignore[arg-type]
     assert Counting.calls == 0
+
+
+@aio
+async def test_wire_bodies_are_typed(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+    """What the real client actually sent (recorded by the stand-in) passes the same checks."""
+    from elasticsearch.dsl.query import Knn
+
+    await build(fresh, encoder, cache_path)
+    b = await ElasticBackend.open(cfg_for(fresh), encoder)
+    try:
+        v = encoder.encode(["waterproof boots"])[0]
+        f = Filters(category="outdoor", ranges={"price": (10.0, None)})
+        await b.bm25("waterproof boots", 5, None, f)
+        await b.bm25("acme", 5, "brand")
+        await b.knn(v, 5, f)
+        await b.field_scores("waterproof boots", ["d24", "d22"])
+        await b.cosine(v, ["d24"])
+    finally:
+        await b.close()
+    searches = [r[3] for r in fresh.requests if r[1].endswith("/_search")]
+    assert len(searches) >= 5
+    for sent in searches:
+        assert set(sent) <= {"query", "knn", "size", "_source", "track_total_hits"}
+        if "query" in sent:
+            check_query(sent["query"])
+        if "knn" in sent:
+            assert set(sent["knn"]) <= _params(Knn.__init__)
+            for clause in sent["knn"].get("filter", []):
+                check_query(clause)
+    named = [r[2] for r in fresh.requests if r[2].get("include_named_queries_score")]
+    assert named == [{"include_named_queries_score": "true"}]  # a URL parameter, as specified
+    creates = [r for r in fresh.requests if r[0] == "PUT" and r[1].count("/") == 1]
+    (create,) = [r[3] for r in creates if r[1].startswith("/shop-v")]
+    for name, prop in create["mappings"]["properties"].items():
+        _check_property(name, prop)
