@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,13 @@ class Manifest:
     schema: int = MANIFEST_SCHEMA
 
     def to_json(self) -> dict[str, Any]:
+        """Strict-JSON dict: NaN metrics (e.g. no validation set) become null."""
         out = dataclasses.asdict(self)
         out["feature_names"] = list(self.feature_names)
+        out["metrics"] = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in out["metrics"].items()
+        }
         return out
 
     @classmethod
@@ -66,6 +72,9 @@ class Manifest:
         if missing:
             raise LTRError(f"manifest lacks required key(s): {', '.join(missing)}")
         known["feature_names"] = tuple(known["feature_names"])
+        known["metrics"] = {
+            k: (math.nan if v is None else float(v)) for k, v in dict(known["metrics"]).items()
+        }
         if unknown:
             known["extra"] = {**dict(known.get("extra") or {}), **unknown}
         return cls(**known)

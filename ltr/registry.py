@@ -223,7 +223,7 @@ class ModelRegistry:
                     label_source=label_source,
                     extra=dict(extra or {}),
                 )
-                text = json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=True)
+                text = json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=False)
                 with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
                     f.write(text)
                     f.flush()

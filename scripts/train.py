@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--features",
         default="text,static",
-        help="comma list of groups (text, static, behavior), 'all', or feature names",
+        help="comma list of groups (text, static, behavior), 'all', or feature names "
+        "(--dataset; --events trains on the featureset the log served)",
     )
     p.add_argument(
         "--click-model", help="auto or a click model name (--events; default: ltr.click_model)"

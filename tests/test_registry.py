@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -98,9 +99,13 @@ def test_reference_sample_for_monitoring(
     frame = tr.to_frame()
     v2 = _save(reg, trained, reference_rows=frame)
     assert list(reg.reference_sample(v2).columns) == list(trained.feature_names)
-    v3 = _save(reg, trained)
+    v3 = _save(reg, trained, metrics={"test_ndcg@10": float("nan")})
     with pytest.raises(ModelNotFoundError, match="no reference sample"):
         reg.reference_sample(v3)
+    # strict JSON on disk (null), NaN again in Python
+    text = (tmp_path / v3 / "manifest.json").read_text()
+    assert "NaN" not in text and '"test_ndcg@10": null' in text
+    assert math.isnan(reg.manifest(v3).metrics["test_ndcg@10"])
 
 
 def test_promote_and_rollback(tmp_path: Path, trained: TrainedModel) -> None:
