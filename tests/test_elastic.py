@@ -576,7 +576,12 @@ async def live_cfg(encoder: Any, tmp_path_factory: pytest.TempPathFactory) -> As
     """CONTRACT_DOCS indexed once into a throwaway alias on the live server; deleted after."""
     if not LIVE_URL:
         pytest.skip("ELASTICSEARCH_URL is not set")
-    cfg = ElasticsearchConfig(url=LIVE_URL, alias=f"ltrsearch-test-{uuid.uuid4().hex[:8]}")
+    cfg = ElasticsearchConfig(
+        url=LIVE_URL,
+        alias=f"ltrsearch-test-{uuid.uuid4().hex[:8]}",
+        api_key_env="ELASTICSEARCH_API_KEY" if os.environ.get("ELASTICSEARCH_API_KEY") else "",
+        vector_index_type=os.environ.get("ELASTICSEARCH_VECTOR_TYPE", "int8_hnsw"),  # type: ignore[arg-type]
+    )
     with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
         await build_elastic_index(CONTRACT_DOCS, encoder, cfg, cache=cache)
     yield cfg
