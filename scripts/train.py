@@ -86,7 +86,13 @@ def resolve_features(spec: str) -> tuple[str, ...]:
 # --- evaluation on held-out queries ----------------------------------------------------
 
 
-def _ndcg(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, float]]) -> float:
+def _ndcg(
+    rankings: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, float]],
+    exclude_zero: bool = False,
+) -> float:
+    """Mean NDCG@10 over queries with a relevant judgment. ``exclude_zero`` drops documents
+    judged 0 from the rankings (Cranfield: each query's own source paper, see its README)."""
     from ltr.metrics import evaluate, summarize
 
     judged = {
@@ -94,7 +100,12 @@ def _ndcg(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str
     }
     if not judged:
         return math.nan
-    return summarize(evaluate(rankings, judged, ["ndcg@10"]))["ndcg@10"]
+    exclude = (
+        {q: {d for d, g in r.items() if g <= 0} for q, r in judged.items()}
+        if exclude_zero
+        else None
+    )
+    return summarize(evaluate(rankings, judged, ["ndcg@10"], exclude=exclude))["ndcg@10"]
 
 
 def _rank(ids: np.ndarray, scores: np.ndarray) -> list[str]:
@@ -121,10 +132,11 @@ def compare(
         if baseline is not None:
             base[q] = _rank(data.doc_ids[sl], baseline[sl])
         start += int(n)
-    return {
-        "ndcg@10": _ndcg(ours, qrels),
-        "rrf_ndcg@10": _ndcg(base, qrels) if baseline is not None else math.nan,
-    }
+    out = {}
+    for suffix, ex in (("", False), ("_nozero", True)):
+        out[f"ndcg@10{suffix}"] = _ndcg(ours, qrels, ex)
+        out[f"rrf_ndcg@10{suffix}"] = _ndcg(base, qrels, ex) if baseline is not None else math.nan
+    return out
 
 
 # --- data sources ------------------------------------------------------------------------
@@ -351,8 +363,8 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     for split_name, part in (("valid", valid), ("test", test)):
         base = None if rrf_all is None else rrf_all[_rows_of(data, part)]
         res = compare(trained, part, base, qrels)
-        metrics[f"{split_name}_ndcg@10"] = res["ndcg@10"]
-        metrics[f"{split_name}_rrf_ndcg@10"] = res["rrf_ndcg@10"]
+        for key, value in res.items():
+            metrics[f"{split_name}_{key}"] = value
     metrics["xgb_valid_ndcg@10"] = trained.best_score
     registry = ModelRegistry(
         model_dir,
@@ -422,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  valid NDCG@10 {m['valid_ndcg@10']:.4f} (RRF {m['valid_rrf_ndcg@10']:.4f})\n"
         f"  test  NDCG@10 {m['test_ndcg@10']:.4f} (RRF {m['test_rrf_ndcg@10']:.4f})"
     )
+    if result["label_source"] == "qrels":  # explicit 0 judgments (Cranfield: source papers)
+        print(
+            f"  without 0-judged documents: valid {m['valid_ndcg@10_nozero']:.4f} "
+            f"(RRF {m['valid_rrf_ndcg@10_nozero']:.4f}), test {m['test_ndcg@10_nozero']:.4f} "
+            f"(RRF {m['test_rrf_ndcg@10_nozero']:.4f})"
+        )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2, allow_nan=True))
     return 0
