@@ -179,7 +179,9 @@ class BehaviorAggregates:
         """All aggregates as ltr.behavior.aggregate_sessions returns them (for tests, replay)."""
         now = time.time() if now is None else now
         out: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in AGGREGATE_KEYS}
-        for (level, q, doc), row in list(self._rows.items()):
+        with self._lock:
+            items = list(self._rows.items())
+        for (level, q, doc), row in items:
             key: tuple[str, ...] = (q, doc) if level == "qd" else (doc,)
             f = self._decay(now - row[5])
             for j, stat in enumerate(("impressions", "clicks", "examinations")):

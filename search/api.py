@@ -597,6 +597,7 @@ def make_app(
                 body_chars=config.body_chars,
                 max_k=config.max_k,
                 max_offset=config.max_offset,
+                rerank_depth=config.rerank_depth,
             ),
             generator_factory=generator_factory or default_generator_factory(),
             expected_featureset_id=config.featureset_id or None,

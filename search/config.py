@@ -59,6 +59,7 @@ class ApiConfig:
     candidates_timeout_ms: float = 2000.0  # candidates + features for one request
     model_timeout_ms: float = 500.0  # then the page is ranked by fusion, "model" degraded
     body_chars: int = 300  # body characters returned per hit
+    rerank_depth: int = 0  # the model reorders the RRF top-R only (0 = every candidate)
     impression_batch_size: int = 256  # pages per impression-log write
     impression_flush_ms: float = 500.0  # ... or this often
     impression_max_pending: int = 100_000  # backlog bound before dropping (counted)
@@ -82,8 +83,8 @@ class ApiConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_offset < 0 or self.body_chars < 0 or self.index_poll_s < 0:
-            raise ValueError("max_offset, body_chars and index_poll_s must be >= 0")
+        if min(self.max_offset, self.body_chars, self.index_poll_s, self.rerank_depth) < 0:
+            raise ValueError("max_offset, body_chars, index_poll_s and rerank_depth must be >= 0")
         for name in ("candidates_timeout_ms", "model_timeout_ms", "impression_flush_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -150,6 +150,7 @@ class PipelineConfig:
     body_chars: int = 300  # body text returned per hit (0 = none)
     max_k: int = 100
     max_offset: int = 1000
+    rerank_depth: int = 0  # the model reorders the fusion top-R only (0 = every candidate)
 
 
 @dataclass(frozen=True)
@@ -397,7 +398,7 @@ class Pipeline:
             n = len(cs)
             scores, base_margin, used_model = await self._score(model, cs, X, degraded, timings)
             # business rules: one hit per document id (the union is unique; stay defensive)
-            order = np.lexsort((np.arange(n), -scores))  # best first, stable by union order
+            order = self._order(cs, scores, used_model)
             seen: set[str] = set()
             ranked = []
             for i in order:
@@ -458,6 +459,25 @@ class Pipeline:
             now=now,
             generator=_TimedGenerator(generator, timings),
         )
+
+    def _order(
+        self, cs: CandidateSet, scores: np.ndarray, model: RankModel | None
+    ) -> np.ndarray:
+        """Best first (ties: union order). With ``rerank_depth`` R > 0 the model reorders
+        only the fusion top-R; the rest follow in fusion order (a model trained on logged
+        pages never saw candidates deeper than the pages it was shown)."""
+        n = len(cs)
+        by_score = np.lexsort((np.arange(n), -scores))
+        depth = self.config.rerank_depth
+        if model is None or depth <= 0 or n <= depth:
+            return by_score
+        from ltr.fusion import fusion_score
+
+        fused = np.asarray(fusion_score(cs, "rrf", {}), dtype=np.float64)
+        by_fusion = np.lexsort((np.arange(n), -fused))
+        top = by_fusion[:depth]
+        top = top[np.lexsort((top, -scores[top]))]
+        return np.concatenate([top, by_fusion[depth:]])
 
     async def _score(
         self,

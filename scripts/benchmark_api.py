@@ -1,0 +1,317 @@
+"""Load-test the search API on loopback: latency per stage, throughput, and a soak run.
+
+    python scripts/benchmark_api.py [--docs 100000] [--queries 500] [--requests 3000]
+        [--concurrency 32] [--soak-seconds 0] [--work-dir var/bench_api] [--out F.json]
+
+Builds (once, cached in the work dir) the demo product catalog of ``--docs`` documents, its
+local index (embeddings cached) and a LambdaMART model over all features (scripts/train.py
+on the catalog's judgments), starts ``scripts/serve.py`` as a separate process on 127.0.0.1
+with an event store, and drives it with ``--concurrency`` keep-alive connections: searches
+drawn Zipf-like from the catalog's queries (so the query-vector LRU sees a realistic mix of
+repeats), explain off, k=10. Reports end-to-end client latency p50/p99, the server's
+per-stage timings (embed, bm25, knn, candidates, features, model, total) p50/p99 from the
+responses, requests/s, errors. ``--soak-seconds S`` then keeps the load on for S seconds and
+samples errors, requests/s and the server's RSS every ``--sample-seconds``.
+
+Bounded: ``--requests`` and ``--max-seconds`` cap the measured run. The client shares the
+2 cores with the server, so the numbers are pessimistic for a server on its own cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("embed", "bm25", "knn", "candidates", "features", "model", "total")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark_api", description=__doc__.split("\n")[0])
+    p.add_argument("--docs", type=int, default=100_000)
+    p.add_argument("--queries", type=int, default=500, help="distinct catalog queries")
+    p.add_argument("--requests", type=int, default=3000, help="measured searches")
+    p.add_argument("--warmup", type=int, default=300, help="searches before measuring")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--max-seconds", type=float, default=300.0, help="cap of the measured run")
+    p.add_argument("--soak-seconds", type=float, default=0.0)
+    p.add_argument("--sample-seconds", type=float, default=30.0)
+    p.add_argument("--work-dir", default="var/bench_api")
+    p.add_argument("--port", type=int, default=0, help="0 = a free port")
+    p.add_argument("--no-model", action="store_true", help="serve RRF only (no reranker)")
+    p.add_argument("--out", help="write the results as JSON")
+    return p
+
+
+def prepare(work: Path, n_docs: int, n_queries: int, with_model: bool) -> dict[str, Any]:
+    """Catalog -> index -> model, each step skipped when its output already exists."""
+    from indexing.config import EmbeddingConfig
+    from indexing.demo_catalog import build_demo_catalog, write_beir
+    from indexing.embedding import EmbeddingCache, load_encoder
+    from indexing.loaders import load_beir
+    from indexing.local import build_local_index, current_version
+
+    data = work / f"catalog-{n_docs}"
+    index = work / f"index-{n_docs}"
+    models = work / f"models-{n_docs}"
+    info: dict[str, Any] = {}
+    if not (data / "corpus.jsonl").is_file():
+        t0 = time.perf_counter()
+        write_beir(build_demo_catalog(n_products=n_docs, n_queries=n_queries), data)
+        info["catalog_s"] = round(time.perf_counter() - t0, 1)
+    if current_version(index) is None:
+        ds = load_beir(data)
+        enc = load_encoder(EmbeddingConfig())
+        t0 = time.perf_counter()
+        build_local_index(ds.corpus, index, enc, cache=EmbeddingCache(work / "emb-cache.db"))
+        info["index_s"] = round(time.perf_counter() - t0, 1)
+    if with_model and not (models / "PROMOTED").is_file():
+        from scripts import train
+
+        t0 = time.perf_counter()
+        argv = ["--dataset", str(data), "--index-dir", str(index), "--model-dir", str(models)]
+        code = train.main([*argv, "--features", "all", "--promote", "--quiet"])
+        if code != 0:
+            raise SystemExit(f"benchmark_api: training the model failed (exit {code})")
+        info["train_s"] = round(time.perf_counter() - t0, 1)
+    info.update(data=str(data), index=str(index), models=str(models) if with_model else None)
+    return info
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def start_server(
+    info: dict[str, Any], events: Path, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        LTRSEARCH_API__REQUIRE_MODEL="false",
+        LTRSEARCH_API__ACCESS_LOG="false",  # one log line per request would dominate
+    )
+    cmd = [sys.executable, "-m", "scripts.serve", "--index-dir", info["index"]]
+    cmd += ["--events", str(events), "--host", "127.0.0.1", "--port", str(port)]
+    if info.get("models"):
+        cmd += ["--model-dir", info["models"]]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + 600
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
+            try:
+                async with s.get(f"{url}/health") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise SystemExit("server did not start in 600 s")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.client_ms: list[float] = []
+        self.stages: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.errors = 0
+        self.degraded = 0
+        self.done = 0
+
+
+async def drive(
+    url: str,
+    queries: Sequence[str],
+    n: int,
+    concurrency: int,
+    max_seconds: float,
+    rec: Recorder,
+    seed: int,
+) -> float:
+    """Send up to n searches over `concurrency` connections; returns elapsed seconds."""
+    import aiohttp
+
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, len(queries) + 1, dtype=np.float64)
+    p = 1.0 / ranks**1.1
+    picks = rng.choice(len(queries), size=n, p=p / p.sum())
+    counter = iter(range(n))
+    deadline = time.monotonic() + max_seconds
+    conn = aiohttp.TCPConnector(limit=concurrency)
+
+    async def worker(s: aiohttp.ClientSession) -> None:
+        for i in counter:
+            if time.monotonic() > deadline:
+                return
+            t0 = time.perf_counter()
+            try:
+                async with s.get(
+                    f"{url}/search", params={"q": queries[int(picks[i])], "k": "10"}
+                ) as r:
+                    body = await r.json()
+                    ok = r.status == 200
+            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
+                ok, body = False, {}
+            dt = (time.perf_counter() - t0) * 1000.0
+            if not ok:
+                rec.errors += 1
+                continue
+            rec.done += 1
+            rec.client_ms.append(dt)
+            if body.get("degraded"):
+                rec.degraded += 1
+            for stage, ms in body.get("timings_ms", {}).items():
+                if stage in rec.stages:
+                    rec.stages[stage].append(ms)
+
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession(connector=conn) as s:
+        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
+    return time.perf_counter() - t0
+
+
+def _pct(xs: Sequence[float]) -> dict[str, float | int]:
+    if not xs:
+        return {"n": 0}
+    a = np.asarray(xs)
+    return {
+        "n": len(xs),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "mean": round(float(a.mean()), 3),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from indexing.loaders import load_beir
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    info = await asyncio.to_thread(prepare, work, args.docs, args.queries, not args.no_model)
+    queries = [q.text for q in load_beir(Path(info["data"])).queries]
+    events = work / f"events-{os.getpid()}.db"
+    port = args.port or _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = work / "serve.log"
+    proc = start_server(info, events, port, log)
+    out: dict[str, Any] = {"docs": args.docs, "queries": len(queries), "prepare": info}
+    try:
+        await wait_ready(url, proc, log)
+        out["rss_mb_start"] = round(rss_mb(proc.pid), 1)
+        await drive(url, queries, args.warmup, args.concurrency, args.max_seconds, Recorder(), 1)
+        rec = Recorder()
+        secs = await drive(url, queries, args.requests, args.concurrency, args.max_seconds, rec, 2)
+        out["run"] = {
+            "concurrency": args.concurrency,
+            "requests": rec.done,
+            "errors": rec.errors,
+            "degraded": rec.degraded,
+            "seconds": round(secs, 2),
+            "req_per_s": round(rec.done / secs, 1) if secs > 0 else None,
+            "client_ms": _pct(rec.client_ms),
+            "server_stage_ms": {s: _pct(v) for s, v in rec.stages.items()},
+            "rss_mb": round(rss_mb(proc.pid), 1),
+        }
+        if args.soak_seconds > 0:
+            samples = []
+            t_end = time.monotonic() + args.soak_seconds
+            k = 0
+            while time.monotonic() < t_end:
+                left = max(1.0, min(args.sample_seconds, t_end - time.monotonic()))
+                srec = Recorder()
+                secs = await drive(url, queries, 10**7, args.concurrency, left, srec, 100 + k)
+                k += 1
+                samples.append(
+                    {
+                        "t_s": round(args.soak_seconds - (t_end - time.monotonic()), 1),
+                        "requests": srec.done,
+                        "errors": srec.errors,
+                        "req_per_s": round(srec.done / secs, 1),
+                        "p99_ms": _pct(srec.client_ms).get("p99"),
+                        "rss_mb": round(rss_mb(proc.pid), 1),
+                    }
+                )
+                print(json.dumps(samples[-1]), file=sys.stderr)
+            out["soak"] = samples
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out["server_exit"] = proc.returncode
+    return out
+
+
+def _markdown(out: dict[str, Any]) -> str:
+    r = out["run"]
+    lines = [
+        f"docs={out['docs']} concurrency={r['concurrency']} requests={r['requests']} "
+        f"errors={r['errors']} degraded={r['degraded']} -> {r['req_per_s']} req/s",
+        "",
+        "| stage | p50 ms | p99 ms |",
+        "|---|---|---|",
+        f"| client end-to-end | {r['client_ms'].get('p50')} | {r['client_ms'].get('p99')} |",
+    ]
+    for s in STAGES:
+        st = r["server_stage_ms"][s]
+        lines.append(f"| server {s} (n={st.get('n')}) | {st.get('p50')} | {st.get('p99')} |")
+    lines.append(f"\nserver RSS: start {out.get('rss_mb_start')} MB, after run {r['rss_mb']} MB")
+    if out.get("soak"):
+        s0, s1 = out["soak"][0], out["soak"][-1]
+        errs = sum(x["errors"] for x in out["soak"])
+        lines.append(
+            f"soak: {len(out['soak'])} samples, errors {errs}, req/s {s0['req_per_s']} -> "
+            f"{s1['req_per_s']}, RSS {s0['rss_mb']} -> {s1['rss_mb']} MB"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.docs < 100 or args.concurrency < 1 or args.requests < 1:
+        print("benchmark_api: --docs >= 100, --concurrency >= 1, --requests >= 1", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    out = asyncio.run(run(args))
+    print(_markdown(out))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
