@@ -427,6 +427,7 @@ async def build_elastic_index(
                 mappings=rq.mappings(cfg, text_fields, attr_names, encoder.dim, meta),
             ),
         )
+        previous: str | None = None
         try:
             await bulk_load(client, name, docs, vectors, cfg, progress)
             await call(
@@ -436,18 +437,39 @@ async def build_elastic_index(
             await call("refresh", client.indices.refresh(index=name))
             await validate_elastic_index(client, name, docs, vectors, cfg)
             previous = await swap_alias(client, cfg.alias, name)
-        except BaseException:
-            try:
-                await call("delete failed index", client.indices.delete(index=name))
-            except Exception as e:  # report the original failure, not the cleanup
-                log.warning("could not delete failed index %s: %s", name, e)
-            raise
+        except BaseException as exc:
+            if not await _cleanup_failed_build(client, cfg.alias, name) or not isinstance(
+                exc, Exception
+            ):
+                raise
+            # the swap took effect although its answer was an error (e.g. lost to a
+            # timeout): the new index is serving, so the build is done
+            log.warning("alias %s points at %s despite %r: published", cfg.alias, name, exc)
         log.info("alias %s: %s -> %s", cfg.alias, previous, name)
         await prune_elastic(client, cfg.alias, cfg.keep_indices)
         return name
     finally:
         if own_client:
             await client.close()
+
+
+async def _cleanup_failed_build(client: Any, alias: str, name: str) -> bool:
+    """After a failed build: True if the alias already points at ``name`` (the swap took
+    effect), else delete ``name`` and return False. Never deletes what may be serving:
+    if the alias cannot be read, the index is left in place (a later build prunes it).
+    """
+    try:
+        target = await current_elastic_index(client, alias)
+    except Exception as e:
+        log.warning("cannot read alias %s (%s); leaving index %s in place", alias, e, name)
+        return False
+    if target == name:
+        return True
+    try:
+        await call("delete failed index", client.indices.delete(index=name))
+    except Exception as e:  # report the original failure, not the cleanup
+        log.warning("could not delete failed index %s: %s", name, e)
+    return False
 
 
 # --- backend ---------------------------------------------------------------------------

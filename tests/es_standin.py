@@ -12,8 +12,9 @@ kNN is exact, and only the query DSL the backend emits is understood (anything e
 
 ``faults`` injects failures: ``bulk_429`` {id: times to reject}, ``bulk_400`` {ids},
 ``drop_ids`` {ids acknowledged but not stored}, ``knn_reverse`` (kNN returns the worst
-first), ``aliases_500``, ``match_empty``, ``delay_s`` (every answer waits); ``requests`` records
-(method, path, query, body) of every call.
+first), ``aliases_500``, ``aliases_applied_then_500`` (the swap happens, the answer is
+a 500), ``match_empty``, ``delay_s`` (every answer waits); ``requests`` records (method,
+path, query, body) of every call and ``auth`` each Authorization header.
 """
 
 from __future__ import annotations
@@ -344,6 +345,8 @@ class Standin:
             else:
                 raise StandinError(400, "parsing_exception", f"unknown alias action {kind}")
         self.aliases = {a: t for a, t in new.items() if t}
+        if self.faults.get("aliases_applied_then_500"):  # the answer is lost, not the change
+            raise StandinError(500, "illegal_state_exception", "injected after applying")
         return _reply({"acknowledged": True, "errors": False})
 
     def put_settings(self, target: str, q: dict[str, str], p: Any) -> web.Response:

@@ -703,3 +703,13 @@ async def test_wire_bodies_are_typed(fresh: Standin, encoder: Any, cache_path: A
     (create,) = [r[3] for r in creates if r[1].startswith("/shop-v")]
     for name, prop in create["mappings"]["properties"].items():
         _check_property(name, prop)
+
+
+@aio
+async def test_swap_applied_but_answer_lost(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+    """An _aliases error after the server applied the swap must not delete the serving index."""
+    v1 = await build(fresh, encoder, cache_path)
+    fresh.faults["aliases_applied_then_500"] = True
+    v2 = await build(fresh, encoder, cache_path)
+    assert fresh.aliases == {"shop": {v2}}
+    assert set(fresh.indices) == {v1, v2}
