@@ -456,7 +456,7 @@ async def build_elastic_index(
 async def _cleanup_failed_build(client: Any, alias: str, name: str) -> bool:
     """After a failed build: True if the alias already points at ``name`` (the swap took
     effect), else delete ``name`` and return False. Never deletes what may be serving:
-    if the alias cannot be read, the index is left in place (a later build prunes it).
+    if the alias cannot be read, the index is left in place (logged, for an operator).
     """
     try:
         target = await current_elastic_index(client, alias)
