@@ -294,3 +294,23 @@ def test_missing_model_files_give_model_not_found(tmp_path: Path) -> None:
         reg.load("v0001")
     with pytest.raises(ModelNotFoundError, match="no model"):
         RankModel.load(tmp_path)
+
+
+def test_concurrent_saves_get_distinct_complete_versions(
+    tmp_path: Path, trained: TrainedModel
+) -> None:
+    reg = ModelRegistry(tmp_path, keep_versions=20)
+    got: list[str] = []
+
+    def work() -> None:
+        for _ in range(3):
+            got.append(_save(ModelRegistry(tmp_path, keep_versions=20), trained))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [f"v{i:04d}" for i in range(1, 13)]
+    assert reg.list_versions() == sorted(got)
+    assert all(reg.load(v).version == v for v in got)
