@@ -253,7 +253,8 @@ def test_settings_file_and_manifest_reference(
         '[monitoring]\ndrift_share = 0.1\nconcept_reference = "manifest"\nhtml = false\n'
     )
     out = tmp_path / "reports"
-    assert main(run(model_dir, events, out, "--settings", str(settings))) == EXIT_DRIFT
+    args = run(model_dir, events, out, "--settings", str(settings), "--model-version", "v0001")
+    assert main(args) == EXIT_DRIFT
     s = summary_of(out)
     assert s["feature_drift"]["drifted_features"] == ["bm25"]
     assert s["feature_drift"]["drift_share_threshold"] == 0.1
@@ -517,3 +518,20 @@ def test_retention_keeps_newest_and_drops_old(tmp_path: Path) -> None:
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["drift-20231113T000000Z", "drift-20231114T000000Z", "drift-latest", "notes"]
     assert apply_retention(tmp_path / "missing", keep=1) == []
+
+
+def test_loop_reports_a_failed_run_and_goes_on(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    try:
+        serve_window(store, model_dir, T0 - HOUR, 40, seed=3)  # traffic only in the 2nd window
+    finally:
+        store.close()
+    args = run(model_dir, tmp_path / "events.db", tmp_path / "r", "--every", "1h",
+               "--max-runs", "2", "--no-html")  # fmt: skip
+    args[args.index("--now") + 1] = str(T0 - HOUR)
+    assert main(args) == EXIT_OK  # the last run's code
+    captured = capsys.readouterr()
+    assert "no served rows for featureset" in captured.err  # run 1: empty window
+    assert captured.out.count("decision=no_drift") == 1  # run 2
