@@ -124,7 +124,7 @@ class EvalConfig:
     click_noise: float = 0.1  # click probability of an examined irrelevant document
     exam_eta: float = bh.DEFAULT_EXAM_ETA
     history_days: float = 30.0  # simulated sessions spread uniformly over this window
-    cold_share: float = 0.3  # training queries whose click history is withheld
+    cold_share: float = 1.0  # share of training queries added again without click history
     permutations: int = 10_000  # randomization test draws
     inner_folds: int = 3  # validation: k >= 2 = inner query-level k-fold, 1 = one split
     smooth_rounds: int = 25  # moving-average window over the validation NDCG curve
@@ -134,8 +134,8 @@ class EvalConfig:
             raise EvaluationError(f"folds must be an integer >= 2, got {self.folds!r}")
         if self.clicks < 0:
             raise EvaluationError(f"clicks must be >= 0, got {self.clicks}")
-        if not 0 <= self.cold_share < 1:
-            raise EvaluationError(f"cold_share must be in [0, 1), got {self.cold_share}")
+        if not 0 <= self.cold_share <= 1:
+            raise EvaluationError(f"cold_share must be in [0, 1], got {self.cold_share}")
         if self.shown < 1:
             raise EvaluationError(f"shown must be >= 1, got {self.shown}")
         for m in self.metrics:
@@ -215,16 +215,11 @@ def _fit(
     noisy (on 180 Cranfield training queries it picked anything from 3 to 120 rounds) and
     wastes a fifth of the queries; the smoothed curve does neither.
     """
-    from ltr.dataset import kfold_by_query, split_by_query
     from ltr.train import Trainer
 
     tcfg = dataclasses.replace(cfg.train, seed=seed, use_base_margin=bool(cfg.margin))
     data = _ranking_data(train_rows, names)
-    if cfg.inner_folds >= 2:
-        splits = kfold_by_query(data, cfg.inner_folds, seed=seed)
-    else:
-        tr, va = split_by_query(data, (1 - tcfg.valid_fraction, tcfg.valid_fraction), seed)
-        splits = [(tr, va)]
+    splits = _inner_splits(data, cfg.inner_folds, tcfg.valid_fraction, seed)
     full = dataclasses.replace(tcfg, early_stopping_rounds=0)
     metric = f"ndcg@{tcfg.eval_at}"
     curves = [np.asarray(Trainer(full).fit(tr, va).history["valid"][metric]) for tr, va in splits]
@@ -235,6 +230,37 @@ def _fit(
     rounds = int(np.argmax(smooth)) + 1
     final = dataclasses.replace(tcfg, num_boost_round=rounds, early_stopping_rounds=0)
     return Trainer(final).fit(data)
+
+
+COLD_COPY = "#cold"  # query-id suffix of a training copy with its click history withheld
+
+
+def _base_qid(qid: str) -> str:
+    return qid.split(COLD_COPY, 1)[0]
+
+
+def _inner_splits(
+    data: RankingData, k: int, valid_fraction: float, seed: int
+) -> list[tuple[RankingData, RankingData]]:
+    """Query-level (train, validation) splits; a query and its cold copy stay together, so
+    validation never sees a query whose twin was trained on."""
+    qids = data.query_ids
+    base = sorted({_base_qid(q) for q in qids})
+    if k >= 2:
+        groups = folds_of(base, k, seed)
+    else:
+        order = np.random.default_rng(seed).permutation(len(base))
+        n_va = min(max(1, round(valid_fraction * len(base))), len(base) - 1)
+        groups = [[base[i] for i in order[:n_va]]]
+    out = []
+    for g in groups:
+        held = set(g)
+        tr = [q for q in qids if _base_qid(q) not in held]
+        va = [q for q in qids if _base_qid(q) in held]
+        if not tr or not va:
+            raise EvaluationError("too few training queries for a validation split")
+        out.append((data.take_queries(tr), data.take_queries(va)))
+    return out
 
 
 # ------------------------------------------------------------------------------------
@@ -378,17 +404,23 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
             runs["ltr"][q] = rank_ids(qd.cs.ids, s)
 
         if history is not None:
+            # every training query once with its click history; a share of them again as
+            # a "cold" copy with the history withheld (qd unseen, its sessions removed from
+            # the document totals), so the trees also learn the no-history branch from the
+            # text features instead of leaving it to a remnant of the data
             rng = np.random.default_rng([cfg.seed, i, 17])
-            cold_train = set(
-                rng.choice(sorted(train_ids), size=round(cfg.cold_share * len(train_ids)),
-                           replace=False).tolist()
-            )
-            brows = [
-                (q, np.hstack([data.columns(names, by_id[q]),
-                               _behavior_X(by_id[q], history, q in cold_train)]),
-                 by_id[q].labels, by_id[q].cs.ids, _margin(cfg, by_id[q].cs))
-                for q in train_ids
-            ]
+            n_cold = round(cfg.cold_share * len(train_ids))
+            cold_train = set(rng.choice(sorted(train_ids), size=n_cold, replace=False).tolist())
+            brows = []
+            for q in train_ids:
+                qd = by_id[q]
+                base_x, margin = data.columns(names, qd), _margin(cfg, qd.cs)
+                brows.append((q, np.hstack([base_x, _behavior_X(qd, history, False)]),
+                              qd.labels, qd.cs.ids, margin))
+                if q in cold_train:
+                    brows.append((q + COLD_COPY,
+                                  np.hstack([base_x, _behavior_X(qd, history, True)]),
+                                  qd.labels, qd.cs.ids, margin))
             bmodel = _fit(cfg, brows, beh_names, cfg.train.seed + 100 + i)
             info["ltr_behavior_rounds"] = bmodel.best_iteration + 1
             for q in test_ids:
