@@ -60,22 +60,16 @@ class Analyzer:
         if self._stemmer is None or not tokens:
             return tuple(tokens)
         cache = self._stem_cache
-        stems: dict[str, str] = {}
-        missing: list[str] = []
-        for tok in set(tokens):
-            stem = cache.get(tok)
-            if stem is None:
-                missing.append(tok)
-            else:
-                stems[tok] = stem
-        if missing:
-            with self._lock:  # a PyStemmer object is not thread-safe
-                stemmed = self._stemmer.stemWords(missing)
-            for tok, stem in zip(missing, stemmed, strict=True):
-                stems[tok] = stem
-                if len(cache) < _STEM_CACHE_MAX:
-                    cache[tok] = stem
-        return tuple(stems[t] for t in tokens)
+        out = [cache.get(t) for t in tokens]  # the common case: every token seen before
+        if None not in out:
+            return tuple(out)  # type: ignore[arg-type]
+        missing = sorted({t for t, stem in zip(tokens, out, strict=True) if stem is None})
+        with self._lock:  # a PyStemmer object is not thread-safe
+            stemmed = self._stemmer.stemWords(missing)
+        new = dict(zip(missing, stemmed, strict=True))
+        if len(cache) < _STEM_CACHE_MAX:
+            cache.update(new)
+        return tuple(new[t] if s is None else s for t, s in zip(tokens, out, strict=True))
 
     def terms_many(self, texts: Sequence[str]) -> list[tuple[str, ...]]:
         """terms() over many texts (the stem cache makes a corpus pass cheap)."""

@@ -60,9 +60,8 @@ class FieldIndex:
         import bm25s
 
         retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
-        retriever.index(
-            [list(t) for t in token_lists], create_empty_token=False, show_progress=False
-        )
+        # tuples are fine for bm25s' "list of tokens" input (no copy into lists)
+        retriever.index(list(token_lists), create_empty_token=False, show_progress=False)
         sc = retriever.scores
         data = np.asarray(sc["data"], dtype=np.float32)
         indices = np.asarray(sc["indices"], dtype=np.int32)
