@@ -42,6 +42,10 @@ class TrainConfig:
     use_base_margin: bool = True  # boost from the fusion score (architecture principle 12)
     base_margin: str = "rrf"  # fusion name in ltr.fusion.FUSIONS used as base margin
     reference_rows: int = 5000  # training feature rows kept as the drift-monitoring reference
+    # the reference keeps, per training query, only the rows the model itself ranks in its
+    # top-k: the API logs served pages, not whole candidate lists, so comparing served rows
+    # with every candidate would flag drift on normal traffic (0 = keep every row)
+    reference_top_k: int = 10
     # click model that labels logged sessions (train --events): "auto" = the lowest
     # held-out perplexity among ltr.click_models.CLICK_MODELS
     click_model: str = "auto"
@@ -119,6 +123,8 @@ class TrainConfig:
                     f"click_model must be 'auto' or one of {', '.join(sorted(CLICK_MODELS))}, "
                     f"got {self.click_model!r}"
                 )
+        if not isinstance(self.reference_top_k, int) or self.reference_top_k < 0:
+            raise ValueError(f"reference_top_k must be >= 0, got {self.reference_top_k!r}")
         if not isinstance(self.reference_rows, int) or self.reference_rows < 1:
             raise ValueError(f"reference_rows must be >= 1, got {self.reference_rows!r}")
 

@@ -205,6 +205,26 @@ class RankingData:
             doc_ids=None if self.doc_ids is None else self.doc_ids[idx],
         )
 
+    def top_k_rows(self, scores: np.ndarray, k: int) -> RankingData:
+        """Per query, the ``k`` rows with the highest ``scores`` (query order kept).
+
+        Why: the drift reference must look like what the API logs (served pages, i.e. the
+        model's top-k), not like whole candidate lists.
+        """
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (len(self),):
+            raise TrainingDataError(f"scores have shape {scores.shape}, expected ({len(self)},)")
+        if k <= 0 or not len(self):
+            return self
+        keep: list[np.ndarray] = []
+        start = 0
+        for size in self.group_sizes():
+            block = np.arange(start, start + size)
+            order = np.argsort(-scores[block], kind="stable")[:k]
+            keep.append(np.sort(block[order]))
+            start += size
+        return self._take_rows(np.concatenate(keep))
+
     def select_features(self, names: Sequence[str]) -> RankingData:
         """Same rows, only these feature columns in this order (ablations, --features)."""
         pos = {n: i for i, n in enumerate(self.feature_names)}

@@ -389,7 +389,13 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
             "train_seconds": round(fit_s, 2),
             **{k: v for k, v in info.items() if isinstance(v, str | int | float | dict)},
         },
-        reference_rows=train,
+        # replayed judgments hold whole candidate lists: keep what the model would serve;
+        # logged impressions (--events) are served rows already.
+        reference_rows=(
+            train.top_k_rows(trained.predict_data(train), cfg.reference_top_k)
+            if args.dataset
+            else train
+        ),
         reference_max_rows=cfg.reference_rows,
         seed=cfg.seed,
     )

@@ -583,3 +583,19 @@ def test_train_command_on_a_cranfield_subset(
     model = reg.load(result["version"], expected_featureset_id=featureset_id(F.TEXT_FEATURES))
     assert model.feature_names == F.TEXT_FEATURES
     assert len(reg.reference_sample(result["version"])) == result["data_sizes"]["train"]["rows"]
+
+
+def test_top_k_rows_keeps_each_querys_best_rows_in_order() -> None:
+    """The drift reference keeps per query what the model would serve (its top-k)."""
+    from ltr.dataset import RankingData
+
+    data = RankingData(
+        qids=np.array(["a", "a", "a", "b", "b"]),
+        X=np.arange(10, dtype=np.float32).reshape(5, 2),
+        y=np.array([0, 1, 2, 0, 1], dtype=np.float64),
+        feature_names=("f1", "f2"),
+    )
+    top = data.top_k_rows(np.array([0.1, 0.9, 0.5, 0.3, 0.2]), k=2)
+    assert list(top.qids) == ["a", "a", "b", "b"]
+    assert top.X[:, 0].tolist() == [2.0, 4.0, 6.0, 8.0]  # rows 1 and 2 of "a", both of "b"
+    assert data.top_k_rows(np.zeros(5), k=0) is data
