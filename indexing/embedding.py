@@ -391,7 +391,8 @@ def text_key(text: str) -> bytes:
 # 384-d vector inline (several per page) instead of spilling into overflow pages.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
-    id INTEGER PRIMARY KEY, model_id TEXT NOT NULL UNIQUE, dim INTEGER NOT NULL
+    id INTEGER PRIMARY KEY, model_id TEXT NOT NULL UNIQUE, dim INTEGER NOT NULL,
+    n INTEGER NOT NULL DEFAULT 0  -- rows in vectors: COUNT(*) would read every blob
 );
 CREATE TABLE IF NOT EXISTS vectors (
     mid INTEGER NOT NULL, key BLOB NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (mid, key)
@@ -449,10 +450,13 @@ class EmbeddingCache:
         if row is None:
             if dim is None:
                 return None
-            cur = self._db.execute(
-                "INSERT INTO models (model_id, dim) VALUES (?, ?)", (model_id, dim)
+            # OR IGNORE: another process may register the same model at the same moment.
+            self._db.execute(
+                "INSERT OR IGNORE INTO models (model_id, dim) VALUES (?, ?)", (model_id, dim)
             )
-            row = (int(cur.lastrowid or 0), dim)
+            row = self._db.execute(
+                "SELECT id, dim FROM models WHERE model_id = ?", (model_id,)
+            ).fetchone()
         self._mids[model_id] = (int(row[0]), int(row[1]))
         return self._model(model_id, dim)
 
@@ -473,9 +477,7 @@ class EmbeddingCache:
             want: dict[bytes, list[int]] = {}
             for i, k in enumerate(keys):
                 want.setdefault(bytes(k), []).append(i)
-            stored = self._db.execute(
-                "SELECT COUNT(*) FROM vectors WHERE mid = ?", (mid,)
-            ).fetchone()[0]
+            stored = self._db.execute("SELECT n FROM models WHERE id = ?", (mid,)).fetchone()[0]
             if len(want) * 4 >= stored:
                 cur = self._db.execute("SELECT key, vec FROM vectors WHERE mid = ?", (mid,))
                 cur.arraysize = 4096
@@ -521,11 +523,24 @@ class EmbeddingCache:
             if m is None:  # pragma: no cover - _model registers when dim is given
                 raise EmbeddingError(f"cannot register {model_id} in the embedding cache")
             mid = m[0]
+            last = {bytes(k): i for i, k in enumerate(keys)}  # a repeated key: last one wins
+            unique = list(last)
             try:
-                self._db.execute("BEGIN")
+                self._db.execute("BEGIN IMMEDIATE")  # the row count stays exact across processes
+                existing = 0
+                for start in range(0, len(unique), self.BATCH):
+                    chunk = unique[start : start + self.BATCH]
+                    existing += self._db.execute(
+                        "SELECT COUNT(*) FROM vectors WHERE mid = ? AND key IN "
+                        f"({','.join('?' * len(chunk))})",
+                        (mid, *chunk),
+                    ).fetchone()[0]
                 self._db.executemany(
                     "INSERT OR REPLACE INTO vectors (mid, key, vec) VALUES (?, ?, ?)",
-                    ((mid, k, vecs[i].tobytes()) for i, k in enumerate(keys)),
+                    ((mid, k, vecs[i].tobytes()) for k, i in last.items()),
+                )
+                self._db.execute(
+                    "UPDATE models SET n = n + ? WHERE id = ?", (len(unique) - existing, mid)
                 )
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
@@ -548,15 +563,11 @@ class EmbeddingCache:
         """Vectors stored (for one model, or all)."""
         with self._lock:
             if model_id is None:
-                return int(self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+                return int(self._db.execute("SELECT COALESCE(SUM(n), 0) FROM models").fetchone()[0])
             m = self._model(model_id, None)
             if m is None:
                 return 0
-            return int(
-                self._db.execute("SELECT COUNT(*) FROM vectors WHERE mid = ?", (m[0],)).fetchone()[
-                    0
-                ]
-            )
+            return int(self._db.execute("SELECT n FROM models WHERE id = ?", (m[0],)).fetchone()[0])
 
 
 @dataclass

@@ -138,6 +138,10 @@ def test_cache_lookup_by_key_and_by_scan_agree(tmp_path: Path) -> None:
         assert everything[-1] is None
         np.testing.assert_array_equal(np.stack(everything[:-1]), vecs[::-1])  # type: ignore[arg-type]
         assert cache.count("m:torch") == 40 and cache.count() == 45
+        # Replacing rows and repeating a key within one call keep the row count exact.
+        cache.put_many("m:torch", [*texts[:10], "new", "new"], np.ones((12, 8), np.float32))
+        assert cache.count("m:torch") == 41 and cache.count() == 46
+        np.testing.assert_array_equal(cache.get_many("m:torch", ["text 0"])[0], np.ones(8))
 
 
 def test_cache_rejects_inconsistent_vectors(tmp_path: Path) -> None:
