@@ -420,6 +420,14 @@ class EmbeddingCache:
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA mmap_size=268435456")
             self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(models)")}
+            if "n" not in cols:  # a cache written before the row count existed
+                self._db.executescript(
+                    "BEGIN IMMEDIATE;"
+                    "ALTER TABLE models ADD COLUMN n INTEGER NOT NULL DEFAULT 0;"
+                    "UPDATE models SET n = (SELECT COUNT(*) FROM vectors WHERE mid = models.id);"
+                    "COMMIT;"
+                )
         except sqlite3.Error as e:
             raise EmbeddingError(f"cannot open embedding cache {self.path}: {e}") from e
         self._lock = threading.Lock()

@@ -26,6 +26,7 @@ from indexing.embedding import (
     ensure_onnx_export,
     load_encoder,
     resolve_threads,
+    text_key,
 )
 from indexing.errors import EmbeddingError, IndexingError
 
@@ -142,6 +143,28 @@ def test_cache_lookup_by_key_and_by_scan_agree(tmp_path: Path) -> None:
         cache.put_many("m:torch", [*texts[:10], "new", "new"], np.ones((12, 8), np.float32))
         assert cache.count("m:torch") == 41 and cache.count() == 46
         np.testing.assert_array_equal(cache.get_many("m:torch", ["text 0"])[0], np.ones(8))
+
+
+def test_cache_opens_a_file_without_row_counts(tmp_path: Path) -> None:
+    """A cache written by the first schema (no models.n) is upgraded, counts recomputed."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE models (id INTEGER PRIMARY KEY, model_id TEXT NOT NULL UNIQUE,"
+        " dim INTEGER NOT NULL);"
+        "CREATE TABLE vectors (mid INTEGER NOT NULL, key BLOB NOT NULL, vec BLOB NOT NULL,"
+        " PRIMARY KEY (mid, key));"
+    )
+    db.execute("INSERT INTO models VALUES (1, 'm:torch', 2)")
+    vec = np.array([0.6, 0.8], np.float32)
+    db.execute("INSERT INTO vectors VALUES (1, ?, ?)", (text_key("a"), vec.tobytes()))
+    db.commit()
+    db.close()
+    with EmbeddingCache(path) as cache:
+        assert cache.count("m:torch") == 1
+        np.testing.assert_array_equal(cache.get_many("m:torch", ["a"])[0], vec)
 
 
 def test_cache_rejects_inconsistent_vectors(tmp_path: Path) -> None:
