@@ -13,7 +13,8 @@ left out of ``attrs`` (it reads as NaN downstream, never 0); a value that is not
 is an error. A field named in the config that the file never has is an error, except the
 default ``title`` / ``body`` / ``category`` columns, which a catalog may simply lack.
 
-BEIR corpus rows: ``_id``, ``title``, ``text`` (-> body), optional ``category``; other
+BEIR corpus rows (a directory with corpus.jsonl, or a file named corpus.jsonl): ``_id``,
+``title``, ``text`` (-> body), optional ``category``; other
 string keys become ``extra`` text fields and numeric keys (int/float, not bool) become
 ``attrs``; other values (null, bool, lists, objects such as BEIR's ``metadata``) are ignored.
 """
@@ -296,6 +297,8 @@ def _rows(path: Path, cfg: LoaderConfig) -> Iterator[tuple[int, Document | _Skip
         return _iter_jsonl(corpus, _beir_row, ["_id"])
     _check_file(path)
     suffix = path.suffix.lower()
+    if path.name == "corpus.jsonl":  # a BEIR corpus given as a file: BEIR rows, not the mapping
+        return _iter_jsonl(path, _beir_row, ["_id"])
     if suffix in (".jsonl", ".ndjson"):
         return _iter_jsonl(path, lambda row: _mapped_row(row, cfg), _required_fields(cfg))
     if suffix in (".csv", ".tsv"):

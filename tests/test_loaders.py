@@ -352,5 +352,6 @@ def test_cranfield(cranfield_dir: Path) -> None:
     assert d1.id == "1" and d1.title.startswith("experimental investigation")
     assert d1.body.startswith(d1.title.rstrip(" ."))
     assert ds.queries[0].id == "1" and ds.queries[0].text.startswith("what similarity laws")
-    # load_documents on the directory gives the same corpus.
+    # load_documents on the directory, or on its corpus.jsonl, gives the same corpus.
     assert load_documents(cranfield_dir, LoaderConfig()).documents == ds.corpus
+    assert load_documents(cranfield_dir / "corpus.jsonl", LoaderConfig()).documents == ds.corpus
