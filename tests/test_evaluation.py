@@ -216,3 +216,23 @@ def test_cranfield_acceptance(cranfield_dir: Path, request: pytest.FixtureReques
     filt = rep["filtered"]["methods"]
     assert filt["ltr"]["ndcg@10"] >= filt["rrf"]["ndcg@10"] - 0.01
     assert not math.isnan(rep["significance"]["ltr"]["rand_p"])
+
+
+def test_replay_labels_and_candidate_recall() -> None:
+    from ltr.types import Judgment, Query
+    from search.replay import ReplayedQuery, candidate_recall, labels_for, qrels_by_query
+
+    cs = synthetic_candidate_set(10, seed=0, behavior=False)
+    rb = np.array([1, 2, 3, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan])
+    rd = np.array([np.nan, np.nan, 2, 1, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan])
+    cs = dataclasses.replace(cs, ranks={BM25: rb, DENSE: rd})
+    qrels = qrels_by_query([Judgment("q", "d0", 2), Judgment("q", "d3", 1),
+                            Judgment("q", "gone", 3), Judgment("q", "d5", 0)])["q"]
+    labels = labels_for(cs.ids, qrels)
+    assert labels[0] == 2 and labels[3] == 1 and labels[5] == 0 and labels[9] == 0
+    rq = ReplayedQuery(Query("q", "x"), cs, np.zeros((10, 0), np.float32), labels, qrels)
+    assert rq.retriever_ranking(DENSE) == ["d3", "d2"]
+    rec = candidate_recall([rq], ks=(1, 100))
+    assert rec["candidates"] == pytest.approx(2 / 3)  # "gone" was never retrieved
+    assert rec["bm25@1"] == pytest.approx(1 / 3) and rec["dense@1"] == pytest.approx(1 / 3)
+    assert rec["union@1"] == pytest.approx(2 / 3) and rec["bm25@100"] == pytest.approx(1 / 3)
