@@ -387,7 +387,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_avg_start": load_average(),
         },
     }
-    encoder = load_encoder(EmbeddingConfig(backend=args.embedding_backend))
+    encoder = load_encoder(EmbeddingConfig(backend=args.embedding_backend, threads=args.threads))
     report["model_id"] = encoder.model_id
     docs = synthetic_catalog(args.docs)
     tokens = [len((d.title + " " + d.body).split()) for d in docs[:1000]]
@@ -403,6 +403,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm = timed_build(sub, work / "embed-idx", encoder, IndexConfig(), cache)
     report["reindex_embedding"] = {"cold_embed": cold, "warm_cache": warm}
     print("reindex (embedding):", json.dumps(report["reindex_embedding"]), flush=True)
+    if args.embed_only:
+        report["machine"]["load_avg_end"] = load_average()
+        return report
 
     # 2. the whole catalog from a cache filled with composed vectors
     composer = Composer(encoder)
@@ -487,7 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rank-bm25-queries", type=int, default=20)
     p.add_argument("--knn-queries", type=int, default=500)
     p.add_argument("--ef", type=int, nargs="+", default=[100, 200, 400])
-    p.add_argument("--embedding-backend", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    p.add_argument(
+        "--embedding-backend",
+        default=EmbeddingConfig().backend,
+        choices=["torch", "onnx", "onnx-int8"],
+        help="default: the settings default",
+    )
+    p.add_argument("--threads", type=int, default=0, help="encoder threads (0 = settings default)")
+    p.add_argument("--embed-only", action="store_true", help="only the embedding reindex (step 1)")
     p.add_argument("--out", type=Path, default=Path("var/benchmark_retrieval.json"))
     args = p.parse_args(argv)
     if args.docs < 100 or args.embed_docs < 10:
