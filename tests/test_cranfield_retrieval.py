@@ -19,11 +19,12 @@ from indexing.local import LocalBackend, build_local_index
 pytestmark = pytest.mark.slow
 
 # Measured on this machine's copy (bm25s Lucene k1=1.2 b=0.75, English stopwords + stemmer;
-# all-MiniLM-L6-v2 over title + body).
+# all-MiniLM-L6-v2 over title + body). Dense: 0.3817 with the torch backend, 0.3847 with
+# onnx-int8 (the default); the lower one sets the floor so either backend passes.
 MEASURED = {"bm25": 0.3695, "dense": 0.3817}
 FLOOR = {name: round(v - 0.02, 3) for name, v in MEASURED.items()}
 # The same runs with each query's grade-0 documents removed (the README's near-copy quirk).
-MEASURED_FILTERED = {"bm25": 0.4197, "dense": 0.4216}
+MEASURED_FILTERED = {"bm25": 0.4197, "dense": 0.4216}  # dense onnx-int8: 0.4233
 FLOOR_FILTERED = {name: round(v - 0.02, 3) for name, v in MEASURED_FILTERED.items()}
 K = 100
 
