@@ -153,7 +153,7 @@ def _margin(cfg: EvalConfig, cs: CandidateSet, params: Mapping[str, Any] | None 
 ):
     if not cfg.margin:
         return None
-    return cfg.margin_scale * fusion_score(cs, cfg.margin, params)
+    return fusion_score(cs, cfg.margin, {**dict(params or {}), "scale": cfg.margin_scale})
 
 
 def folds_of(qids: Sequence[str], k: int, seed: int) -> list[list[str]]:
@@ -493,6 +493,8 @@ def _report(
             "features": list(cfg.features),
             "margin": cfg.margin,
             "margin_scale": cfg.margin_scale,
+            # what a served model's manifest needs to reproduce this base margin
+            "base_margin_spec": {"name": cfg.margin, "params": {"scale": cfg.margin_scale}},
             "train": dataclasses.asdict(cfg.train),
         },
     }

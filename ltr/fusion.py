@@ -25,11 +25,22 @@ from ltr.types import DENSE, RETRIEVERS, CandidateSet
 FusionFn = Callable[..., np.ndarray]
 
 
-def rrf(cs: CandidateSet, k: float = RRF_K) -> np.ndarray:
-    """Reciprocal rank fusion over every retriever's 1-based ranks."""
+def _check_scale(scale: float) -> float:
+    if not np.isfinite(scale) or scale <= 0:
+        raise LTRError(f"fusion scale must be a finite number > 0, got {scale!r}")
+    return float(scale)
+
+
+def rrf(cs: CandidateSet, k: float = RRF_K, scale: float = 1.0) -> np.ndarray:
+    """Reciprocal rank fusion over every retriever's 1-based ranks, times ``scale``.
+
+    ``scale`` only matters as a base margin: raw RRF differences (~0.001 between ranks) are
+    tiny next to boosted trees' outputs; ltr.evaluation starts the booster from 20 x RRF
+    (a model's manifest carries it as base_margin params {"scale": 20}).
+    """
     if not np.isfinite(k) or k < 0:
         raise LTRError(f"rrf k must be a finite number >= 0, got {k!r}")
-    return rrf_scores(cs, k)
+    return _check_scale(scale) * rrf_scores(cs, k)
 
 
 def minmax(a: np.ndarray) -> np.ndarray:
@@ -54,15 +65,18 @@ def retriever_scores(cs: CandidateSet, retriever: str) -> np.ndarray:
     return np.full(len(cs.ids), np.nan) if s is None else np.asarray(s, dtype=np.float64)
 
 
-def linear(cs: CandidateSet, weights: Mapping[str, float] | None = None) -> np.ndarray:
-    """sum_r w_r * minmax(score_r); equal weights when none are given."""
+def linear(
+    cs: CandidateSet, weights: Mapping[str, float] | None = None, scale: float = 1.0
+) -> np.ndarray:
+    """scale * sum_r w_r * minmax(score_r); equal weights when none are given."""
+    scale = _check_scale(scale)
     w = dict(weights) if weights else {r: 1.0 / len(RETRIEVERS) for r in RETRIEVERS}
     out = np.zeros(len(cs.ids), dtype=np.float64)
     for r, wr in w.items():
         if not np.isfinite(wr):
             raise LTRError(f"linear fusion weight for {r!r} must be finite, got {wr!r}")
         out += float(wr) * minmax(retriever_scores(cs, r))
-    return out
+    return scale * out
 
 
 FUSIONS: dict[str, FusionFn] = {"rrf": rrf, "linear": linear}

@@ -118,3 +118,25 @@ def test_bad_specs() -> None:
         M.ndcg_at_k(["a"], {"a": 1.0}, 0)
     with pytest.raises(M.MetricError, match="shape"):
         M.rank_ids(["a"], [1.0, 2.0])
+
+
+def test_fusions_and_scale() -> None:
+    from ltr.errors import LTRError
+    from ltr.fusion import FUSIONS, fit_linear, fusion_score, minmax
+    from tests.test_features import make_cs
+
+    cs = make_cs()
+    r = fusion_score(cs, "rrf")
+    np.testing.assert_allclose(r, [1 / 61 + 1 / 62, 1 / 62, 1 / 61])
+    np.testing.assert_allclose(fusion_score(cs, "rrf", {"scale": 20}), 20 * r)
+    np.testing.assert_allclose(minmax(np.array([1.0, np.nan, 3.0])), [0.0, 0.0, 1.0])
+    lin = fusion_score(cs, "linear", {"weights": {"bm25": 1.0, "dense": 0.0}})
+    np.testing.assert_allclose(lin, [1.0, 0.0, 0.0])  # BM25 missing -> 0 after min-max
+    with pytest.raises(UnknownNameError, match="unknown fusion 'x'"):
+        fusion_score(cs, "x")
+    with pytest.raises(LTRError, match="scale"):
+        fusion_score(cs, "rrf", {"scale": 0})
+    assert set(FUSIONS) == {"rrf", "linear"}
+    # d2 (BM25 only) relevant: the grid must put all weight on BM25
+    params = fit_linear([(cs, {"d2": 3.0})], steps=4)
+    assert params["weights"]["bm25"] == 1.0
