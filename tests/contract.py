@@ -5,6 +5,8 @@ an async ``backend`` fixture that indexes ``CONTRACT_DOCS`` (embedding each docu
 ``indexing.local.embedding_text`` with the session ``encoder``). The expected values come
 from the corpus itself (brute force over ``Filters.matches``, Lucene IDF from document
 frequencies) or from consistency between methods, so the same file checks any backend.
+The tests run on the session event loop (``loop_scope="session"``): declare the fixture with
+``@pytest_asyncio.fixture(loop_scope="session")`` so a loop-bound client (aiohttp) works.
 """
 
 from __future__ import annotations
