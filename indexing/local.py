@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,12 +162,13 @@ def _build_lock(root: Path) -> Iterator[None]:
 
 
 def _new_version_name(root: Path) -> str:
-    existing = set(list_versions(root))
-    while True:
-        name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-        if name not in existing and (not existing or name > max(existing)):
-            return name
-        time.sleep(0.001)
+    """A UTC timestamp name that sorts after every existing version (even if the clock
+    went backwards: then the newest name plus a suffix)."""
+    existing = list_versions(root)
+    name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    if existing and name <= existing[-1]:
+        name = existing[-1] + ".1"
+    return name
 
 
 # --- build -----------------------------------------------------------------------------

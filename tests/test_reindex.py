@@ -301,3 +301,14 @@ def test_docs_roundtrip_through_store(tmp_path: Path, encoder: Any) -> None:
 
     got = asyncio.run(b.fetch([d.id for d in docs]))
     assert got == docs
+
+
+def test_version_names_sort_after_existing_even_if_clock_is_behind(
+    tmp_path: Path, encoder: Any
+) -> None:
+    v1 = build(tmp_path, encoder, 1)
+    future = tmp_path / "versions" / "29991231-235959-999999"
+    os.rename(tmp_path / "versions" / v1, future)  # a version from "the future"
+    v2 = build(tmp_path, encoder, 2)
+    assert v2 == "29991231-235959-999999.1"
+    assert list_versions(tmp_path)[-1] == v2 == current_version(tmp_path)
