@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 from indexing.config import ElasticsearchConfig, EmbeddingConfig, IndexConfig, LoaderConfig
 from ltr.config import RegistryConfig, TrainConfig
 from monitoring.config import MonitoringConfig
-from search.config import ApiConfig, EventsConfig
+from search.config import ApiConfig, EventsConfig, RetrievalConfig
 
 ENV_PREFIX = "LTRSEARCH_"
 
@@ -38,6 +38,7 @@ class Settings:
     ltr: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
 

@@ -37,7 +37,7 @@ def test_settings_are_frozen() -> None:
         ("[index]\nk9 = 1\n", "index: unknown key(s) k9; valid:"),
         ("[nosuch]\nx = 1\n", "unknown key(s) nosuch"),
         ('[index]\nk1 = "high"\n', "index.k1: expected a number"),
-        ('[index]\nbackend = "solr"\n', "index.backend: 'solr' is not one of 'local', 'elasticsearch'"),
+        ('[index]\nbackend = "solr"\n', "index.backend: 'solr' is not one of 'local'"),
         ("[embedding]\ncache = 3\n", "embedding.cache: expected true/false"),
         ("[index]\nkeep_versions = 2.5\n", "index.keep_versions: expected an integer"),
         ("[index\n", "invalid TOML"),
@@ -59,3 +59,8 @@ def test_bad_env_override_names_the_key() -> None:
 def test_missing_file() -> None:
     with pytest.raises(SettingsError, match="settings file not found"):
         load_settings("/nonexistent/settings.toml", env={})
+
+
+def test_retrieval_section_is_part_of_settings() -> None:
+    s = load_settings(env={"LTRSEARCH_RETRIEVAL__BM25_K": "50"})
+    assert s.retrieval.bm25_k == 50
