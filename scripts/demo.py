@@ -17,9 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,11 +71,42 @@ async def show_candidates(index_dir: Path, queries: Sequence[str], top: int = 5)
         await backend.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    index_dir: Path, model_dir: Path, events: Path, port: int, token: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """scripts/serve.py in a child process; returns once /ready answers 200."""
+    env = dict(os.environ, LTRSEARCH_API__ADMIN_TOKEN=token)
+    cmd = [sys.executable, "-m", "scripts.serve", "--index-dir", str(index_dir),
+           "--model-dir", str(model_dir), "--events", str(events),
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"the server was not ready within 300 s; see {log}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ltrsearch-demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--work-dir", default="var/demo-run")
     ap.add_argument("--products", type=int, default=20_000)
     ap.add_argument("--queries", type=int, default=400)
+    ap.add_argument("--sessions", type=int, default=1500, help="simulated searches")
     ap.add_argument("--no-serve", action="store_true", help="stop after the drift step")
     args = ap.parse_args(argv)
     work = Path(args.work_dir)
@@ -86,8 +124,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _banner("3. hybrid candidates")
     asyncio.run(show_candidates(index_dir, SAMPLE_QUERIES))
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
-    return 0
+
+    from scripts import demo_drift, simulate_traffic, train
+
+    model_dir, events = work / "models", work / "events.db"
+    _banner("4. train the reranker from the judgments")
+    if train.main(["--dataset", str(data), "--index-dir", str(index_dir),
+                   "--model-dir", str(model_dir), "--promote"]) != 0:  # fmt: skip
+        return 1
+
+    _banner("5. serve, simulate users, retrain from their clicks, hot-reload")
+    port, token = _free_port(), secrets.token_hex(16)
+    url = f"http://127.0.0.1:{port}"
+    log = work / "server.log"
+    server = start_server(index_dir, model_dir, events, port, token, log)
+    try:
+        rc = simulate_traffic.main([
+            "--url", url, "--dataset", str(data), "--sessions", str(args.sessions),
+            "--max-seconds", "600", "--train", "--events", str(events),
+            "--model-dir", str(model_dir), "--admin-token", token,
+            "--out", str(work / "loop.json"),
+        ])  # fmt: skip
+        if rc != 0:
+            return 1
+        _banner("6. shift the traffic: the drift report catches it")
+        demo_drift.main(["--url", url, "--events", str(events), "--model-dir", str(model_dir),
+                         "--dataset", str(data), "--out", str(work / "drift")])  # fmt: skip
+        print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
+        if args.no_serve:
+            return 0
+        _banner("7. the API is running (Ctrl-C stops it)")
+        print(f"  curl '{url}/search?q=running+shoes&k=5'")
+        print(f"  curl '{url}/search?q=couch&k=5&explain=true'")
+        print(f"  curl {url}/metrics")
+        print(f"  curl -X POST {url}/admin/reload -H 'Authorization: Bearer {token}'")
+        print(f"  server log: {log}")
+        with contextlib.suppress(KeyboardInterrupt):
+            server.wait()
+        return 0
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 if __name__ == "__main__":
