@@ -48,7 +48,14 @@ def setup_logging(level: str = "INFO") -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ltrsearch-serve", description=__doc__.splitlines()[0])
-    p.add_argument("--index-dir", required=True, help="local index directory (CURRENT + versions)")
+    p.add_argument("--index-dir", help="local index directory (CURRENT + versions)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "elasticsearch"),
+        help="retrieval backend (default: settings index.backend)",
+    )
+    p.add_argument("--es-url", help="Elasticsearch URL (default: settings elasticsearch.url)")
+    p.add_argument("--alias", help="Elasticsearch alias (default: settings elasticsearch.alias)")
     p.add_argument("--model-dir", help="model registry directory (promoted model serves)")
     p.add_argument("--events", help="SQLite event store (impressions, events, aggregates)")
     p.add_argument("--host", help="bind address (default: settings api.host, 127.0.0.1)")
@@ -56,6 +63,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--settings", help="TOML settings file (env LTRSEARCH_* overrides)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
+
+
+async def build_app(args: argparse.Namespace, settings: Any, api: Any, encoder: Any) -> Any:
+    """The app over the backend the settings/arguments name, built in the serving loop.
+
+    The Elasticsearch client binds to the running event loop, so the backend is opened
+    here, inside the loop that serves, not before it.
+    """
+    from search.api import make_app
+    from search.pipeline import default_generator_factory
+
+    backend_name = args.backend or settings.index.backend
+    backend = None
+    if backend_name == "elasticsearch":
+        from indexing.elastic import ElasticBackend
+
+        es = settings.elasticsearch
+        changes = {k: v for k, v in (("url", args.es_url), ("alias", args.alias)) if v}
+        backend = await ElasticBackend.open(dataclasses.replace(es, **changes), encoder)
+    elif not args.index_dir:
+        raise ValueError("--index-dir is required with the local backend")
+    try:
+        return make_app(
+            api,
+            encoder,
+            index_dir=None if backend is not None else args.index_dir,
+            backend=backend,
+            model_dir=args.model_dir,
+            events_path=args.events,
+            events_config=settings.events,
+            generator_factory=default_generator_factory(settings.retrieval),
+        )
+    except BaseException:
+        if backend is not None:
+            await backend.close()
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,26 +124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ltrsearch-serve: {e}", file=sys.stderr)
         return 2
 
+    import asyncio
+
     from aiohttp import web
 
     from indexing.embedding import load_encoder
     from indexing.errors import IndexingError
-    from search.api import make_app
-    from search.pipeline import default_generator_factory
 
     t0 = time.perf_counter()
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
         encoder = load_encoder(settings.embedding)
-        factory = default_generator_factory(getattr(settings, "retrieval", None))
-        app = make_app(
-            api,
-            encoder,
-            index_dir=args.index_dir,
-            model_dir=args.model_dir,
-            events_path=args.events,
-            events_config=settings.events,
-            generator_factory=factory,
-        )
+        app = loop.run_until_complete(build_app(args, settings, api, encoder))
     except (IndexingError, ValueError, OSError) as e:
         print(f"ltrsearch-serve: {e}", file=sys.stderr)
         return 2
@@ -110,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": api.host,
             "port": api.port,
             "index_dir": args.index_dir,
+            "backend": args.backend or settings.index.backend,
             "model_dir": args.model_dir,
             "events": args.events,
             "startup_s": round(time.perf_counter() - t0, 3),
@@ -124,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print=None,
             handle_signals=True,
             shutdown_timeout=10.0,
+            loop=loop,
         )
     except IndexingError as e:  # raised by the cleanup context at startup (no index...)
         print(f"ltrsearch-serve: {e}", file=sys.stderr)

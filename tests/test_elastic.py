@@ -713,3 +713,33 @@ async def test_swap_applied_but_answer_lost(fresh: Standin, encoder: Any, cache_
     v2 = await build(fresh, encoder, cache_path)
     assert fresh.aliases == {"shop": {v2}}
     assert set(fresh.indices) == {v1, v2}
+
+
+@aio
+async def test_serve_over_elasticsearch(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+    """ltrsearch-serve --backend elasticsearch: the API answers /search from the ES backend."""
+    import argparse
+    import dataclasses
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from scripts.serve import build_app
+    from scripts.settings import load_settings
+
+    await build(fresh, encoder, cache_path)
+    settings = load_settings(env={})
+    api = dataclasses.replace(settings.api, require_model=False)
+    args = argparse.Namespace(
+        backend="elasticsearch", es_url=fresh.url, alias="shop", index_dir=None,
+        model_dir=None, events=None,
+    )  # fmt: skip
+    app = await build_app(args, settings, api, encoder)
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get("/search", params={"q": CONTRACT_DOCS[0].title, "k": "5"})
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        assert body["hits"] and body["degraded"] == []
+        assert CONTRACT_DOCS[0].id in [h["id"] for h in body["hits"]]
+    local = argparse.Namespace(backend="local", index_dir=None, es_url=None, alias=None)
+    with pytest.raises(ValueError, match="--index-dir is required"):
+        await build_app(local, settings, api, encoder)
