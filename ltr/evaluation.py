@@ -12,8 +12,8 @@ labels built through the serving code path). Methods compared on the SAME candid
   ``ltr_behavior_cold`` (the same model on test queries that have no click history).
 
 Query-level k-fold cross-validation: no query is in two folds; inside each training fold
-the Trainer holds out a query-level validation split for early stopping. Every number is a
-mean over held-out queries only.
+ltr.train.fit_recipe (the recipe scripts/train.py ships) picks the number of rounds on
+inner query-level folds. Every number is a mean over held-out queries only.
 """
 
 from __future__ import annotations
@@ -38,32 +38,18 @@ from ltr.features import (
 )
 from ltr.fusion import fit_linear, fusion_score
 from ltr.metrics import evaluate, parse_metric, rank_ids, summarize
+from ltr.train import COLD_COPY, query_folds
 from ltr.types import BM25, DENSE, CandidateSet
 
 DEFAULT_METRICS: tuple[str, ...] = ("ndcg@10", "ndcg@5", "mrr@10", "map@100", "recall@100")
 BASELINES: tuple[str, ...] = ("bm25", "dense", "rrf", "linear")
 
-# Reranker defaults for any collection of a few hundred judged queries: a booster that
-# starts from the fusion ranking only has to learn corrections, so it is kept shallow,
-# slow and heavily regularized (architecture principle 12). Nothing here is tuned to one
-# collection.
-DEFAULT_TRAIN = TrainConfig(
-    eta=0.03,
-    max_depth=3,
-    min_child_weight=5.0,
-    subsample=0.7,
-    colsample_bytree=0.7,
-    reg_lambda=5.0,
-    gamma=0.0,
-    num_boost_round=300,
-    early_stopping_rounds=0,  # rounds come from the smoothed validation curve (see _fit)
-    eval_at=10,
-    valid_fraction=0.2,
-    lambdarank_num_pair_per_sample=8,
-    # one thread: on a shared, oversubscribed CPU OpenMP's spinning made 2 threads ~9x
-    # slower than 1 (300 rounds on Cranfield: 60 s vs 7 s); results do not depend on it
-    nthread=1,
-)
+# The reranker recipe is defined once, in ltr.config.TrainConfig's defaults and
+# ltr.train.fit_recipe; scripts/train.py ships the same (a booster that starts from the
+# fusion ranking only has to learn corrections: shallow, slow, heavily regularized;
+# architecture principle 12). Nothing here is tuned to one collection. nthread 1: on a
+# shared, oversubscribed CPU OpenMP's spinning made 2 threads ~9x slower than 1.
+DEFAULT_TRAIN = TrainConfig()
 
 
 class EvaluationError(LTRError):
@@ -116,7 +102,7 @@ class EvalConfig:
     margin: str = "rrf"  # fusion the booster starts from ("" = none)
     # rrf * 20: the top-ranked candidate starts ~0.66 above one the retrievers missed, on the
     # scale of what a few dozen shallow trees with eta 0.03 can move (they learn corrections)
-    margin_scale: float = 20.0
+    margin_scale: float = DEFAULT_TRAIN.base_margin_scale
     train: TrainConfig = DEFAULT_TRAIN
     # simulated clicks (0 = off): sessions per query, PBM on the fusion ranking
     clicks: int = 0
@@ -124,10 +110,12 @@ class EvalConfig:
     click_noise: float = 0.1  # click probability of an examined irrelevant document
     exam_eta: float = bh.DEFAULT_EXAM_ETA
     history_days: float = 30.0  # simulated sessions spread uniformly over this window
-    cold_share: float = 1.0  # share of training queries added again without click history
+    # share of training queries added again without click history
+    cold_share: float = DEFAULT_TRAIN.cold_share
     permutations: int = 10_000  # randomization test draws
-    inner_folds: int = 3  # validation: k >= 2 = inner query-level k-fold, 1 = one split
-    smooth_rounds: int = 25  # moving-average window over the validation NDCG curve
+    # validation: k >= 2 = inner query-level k-fold, 1 = one split (ltr.train.fit_recipe)
+    inner_folds: int = DEFAULT_TRAIN.inner_folds
+    smooth_rounds: int = DEFAULT_TRAIN.smooth_rounds  # moving average over the NDCG curve
 
     def validate(self) -> None:
         if not isinstance(self.folds, int) or self.folds < 2:
@@ -158,12 +146,9 @@ def _margin(cfg: EvalConfig, cs: CandidateSet, params: Mapping[str, Any] | None 
 
 def folds_of(qids: Sequence[str], k: int, seed: int) -> list[list[str]]:
     """k disjoint query folds, sizes within 1; depends only on the id set and the seed."""
-    qs = sorted(qids)
-    if len(qs) < k:
-        raise EvaluationError(f"cannot make {k} folds from {len(qs)} judged queries")
-    order = np.random.default_rng(seed).permutation(len(qs))
-    shuffled = [qs[i] for i in order]
-    return [shuffled[i::k] for i in range(k)]
+    if len(set(qids)) < k:
+        raise EvaluationError(f"cannot make {k} folds from {len(set(qids))} judged queries")
+    return query_folds(qids, k, seed)
 
 
 def paired_tests(
@@ -205,62 +190,18 @@ def _ranking_data(
 def _fit(
     cfg: EvalConfig, train_rows: Sequence[Any], names: Sequence[str], seed: int
 ) -> Any:
-    """One booster for the training queries, its number of rounds chosen on validation.
+    """One booster for the training queries: ltr.train.fit_recipe (rounds chosen from
+    smoothed inner-fold validation curves, then trained on all training queries)."""
+    from ltr.train import fit_recipe
 
-    Query-level validation split(s) inside the training queries (``inner_folds`` >= 2:
-    inner k-fold; 1: one ``valid_fraction`` split) are trained for the full number of
-    rounds; their validation NDCG curves are averaged and smoothed (moving average of
-    ``smooth_rounds``) and the best round is kept. The final booster is then trained on ALL
-    training queries for that many rounds. A single small validation split's raw argmax is
-    noisy (on 180 Cranfield training queries it picked anything from 3 to 120 rounds) and
-    wastes a fifth of the queries; the smoothed curve does neither.
-    """
-    from ltr.train import Trainer
-
-    tcfg = dataclasses.replace(cfg.train, seed=seed, use_base_margin=bool(cfg.margin))
-    data = _ranking_data(train_rows, names)
-    splits = _inner_splits(data, cfg.inner_folds, tcfg.valid_fraction, seed)
-    full = dataclasses.replace(tcfg, early_stopping_rounds=0)
-    metric = f"ndcg@{tcfg.eval_at}"
-    curves = [np.asarray(Trainer(full).fit(tr, va).history["valid"][metric]) for tr, va in splits]
-    curve = np.mean(np.stack(curves), axis=0)
-    w = max(1, min(cfg.smooth_rounds, curve.size))
-    smooth = np.convolve(np.pad(curve, (w // 2, w - 1 - w // 2), mode="edge"),
-                         np.ones(w) / w, mode="valid")
-    rounds = int(np.argmax(smooth)) + 1
-    final = dataclasses.replace(tcfg, num_boost_round=rounds, early_stopping_rounds=0)
-    return Trainer(final).fit(data)
-
-
-COLD_COPY = "#cold"  # query-id suffix of a training copy with its click history withheld
-
-
-def _base_qid(qid: str) -> str:
-    return qid.split(COLD_COPY, 1)[0]
-
-
-def _inner_splits(
-    data: RankingData, k: int, valid_fraction: float, seed: int
-) -> list[tuple[RankingData, RankingData]]:
-    """Query-level (train, validation) splits; a query and its cold copy stay together, so
-    validation never sees a query whose twin was trained on."""
-    qids = data.query_ids
-    base = sorted({_base_qid(q) for q in qids})
-    if k >= 2:
-        groups = folds_of(base, k, seed)
-    else:
-        order = np.random.default_rng(seed).permutation(len(base))
-        n_va = min(max(1, round(valid_fraction * len(base))), len(base) - 1)
-        groups = [[base[i] for i in order[:n_va]]]
-    out = []
-    for g in groups:
-        held = set(g)
-        tr = [q for q in qids if _base_qid(q) not in held]
-        va = [q for q in qids if _base_qid(q) in held]
-        if not tr or not va:
-            raise EvaluationError("too few training queries for a validation split")
-        out.append((data.take_queries(tr), data.take_queries(va)))
-    return out
+    tcfg = dataclasses.replace(
+        cfg.train,
+        seed=seed,
+        use_base_margin=bool(cfg.margin),
+        inner_folds=cfg.inner_folds,
+        smooth_rounds=cfg.smooth_rounds,
+    )
+    return fit_recipe(_ranking_data(train_rows, names), tcfg)
 
 
 # ------------------------------------------------------------------------------------

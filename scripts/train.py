@@ -11,15 +11,22 @@ when ``--index-dir`` holds none. ``--events``: trains on the impression log inst
 the click model (``auto`` = lowest held-out perplexity), grades the logged (query, doc)
 pairs with it and joins the grades to the EXACT served feature vectors.
 
-Splits are by query (train / validation for early stopping / test). Prints validation and
-test NDCG@10 of the model against the RRF baseline on the same split, saves the version
-(promotes it with ``--promote``). Exit codes: 0 ok, 2 bad input or failure (one line).
+Training is ltr.train.fit_recipe with the settings' ltr section (TrainConfig defaults = the
+recipe ltr.evaluation measured): ``test_fraction`` of the queries is held out (by query) for
+the report; the number of rounds comes from ``inner_folds`` query-level folds of the rest
+(validation curves averaged and smoothed), then one booster is trained on all of it, boosted
+from ``base_margin`` x ``base_margin_scale`` (the manifest records that spec; serving applies
+exactly it). With behavior features, training queries are added again with their query-level
+click history withheld (cold copies). Prints the inner-CV and test NDCG@10 of the model
+against RRF on the same queries, saves the version (promotes it with ``--promote``).
+Exit codes: 0 ok, 2 bad input or failure (one line).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -170,9 +177,16 @@ def _ensure_index(index_dir: Path, dataset: Any, settings: Any, encoder: Any, lo
 
 
 def replay_dataset(
-    dataset_dir: Path, index_dir: Path, names: Sequence[str], settings: Any, split: str, log: Log
+    dataset_dir: Path,
+    index_dir: Path,
+    names: Sequence[str],
+    settings: Any,
+    split: str,
+    log: Log,
+    encoder: Any = None,
 ) -> tuple[Any, dict[str, dict[str, float]], dict[str, Any]]:
-    """Judged queries -> RankingData (base margin = configured fusion) + qrels + info."""
+    """Judged queries -> RankingData (base margin = the settings' base_margin_spec) + qrels +
+    info. ``encoder``: an already loaded one (else loaded from the settings)."""
     from indexing.loaders import load_beir
     from indexing.local import LocalBackend
     from ltr.dataset import RankingData
@@ -181,7 +195,8 @@ def replay_dataset(
     from search.replay import REPLAY_TIMEOUTS_MS, replay
 
     ds = load_beir(dataset_dir, split=split)
-    encoder = _encoder(settings, log)
+    if encoder is None:
+        encoder = _encoder(settings, log)
     _ensure_index(index_dir, ds, settings, encoder, log)
     retrieval = getattr(settings, "retrieval", None)
     bm25_k = getattr(retrieval, "bm25_k", 100)
@@ -205,7 +220,9 @@ def replay_dataset(
     for rq in rep.queries:
         if not rq.ids:
             continue
-        margin = fusion_score(rq.cs, cfg.base_margin) if cfg.use_base_margin else None
+        spec = cfg.base_margin_spec()
+        # exactly what search.pipeline computes from the manifest's spec at serve time
+        margin = None if spec is None else fusion_score(rq.cs, spec["name"], spec["params"])
         groups.append((rq.query.id, rq.X, rq.labels, rq.ids, margin))
         rrf.append(fusion_score(rq.cs, "rrf"))
         qrels[rq.query.id] = dict(rq.qrels)
@@ -278,6 +295,9 @@ def events_dataset(
     )
     if margin_col is not None and data.base_margin is None:
         log(f"logged {margin_col!r} has missing values: training without a base margin")
+    elif margin_col == "rrf" and data.base_margin is not None:
+        # the logged feature is raw RRF; the served margin is rrf * scale (base_margin_spec)
+        data = dataclasses.replace(data, base_margin=data.base_margin * cfg.base_margin_scale)
     # qrels per group (request): the grades of its served rows
     qrels: dict[str, dict[str, float]] = {}
     for q, d, y in zip(data.qids, data.doc_ids, data.y, strict=True):  # type: ignore[arg-type]
@@ -314,11 +334,13 @@ def _rows_of(data: Any, part: Any) -> np.ndarray:
     )
 
 
-def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
+def run(args: argparse.Namespace, log: Log, encoder: Any = None) -> dict[str, Any]:
+    """Train, evaluate on the held-out queries, save (and promote). ``encoder``: reuse a
+    loaded one for --dataset (tests; else loaded from the settings)."""
     from ltr.dataset import split_by_query
-    from ltr.features import featureset_id
+    from ltr.features import BEHAVIOR_FEATURES, featureset_id
     from ltr.registry import ModelRegistry
-    from ltr.train import Trainer
+    from ltr.train import add_cold_copies, fit_recipe
     from scripts.settings import load_settings
 
     settings = load_settings(args.settings)
@@ -332,40 +354,41 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
             raise CliError(f"{dataset} is not a BEIR directory (no corpus.jsonl)")
         names = resolve_features(args.features)
         data, qrels, info = replay_dataset(
-            dataset, Path(args.index_dir), names, settings, args.qrels, log
+            dataset, Path(args.index_dir), names, settings, args.qrels, log, encoder
         )
         label_source = "qrels"
-        base_spec = {"name": cfg.base_margin, "params": {}}
     else:
         click_model = args.click_model or cfg.click_model
         data, qrels, info = events_dataset(Path(args.events), click_model, cfg, log)
         names = data.feature_names
         label_source = f"clicks:{info['click_model']}"
-        base_spec = {"name": cfg.base_margin, "params": {}}
     rrf_all = info.pop("_rrf")
     units = info.pop("_units", None)
     n_units = data.n_queries if units is None else len(set(units.values()))
     if n_units < 3:
-        raise CliError(f"need at least 3 queries to split train/valid/test, got {n_units}")
-    fr = (1 - cfg.valid_fraction - cfg.test_fraction, cfg.valid_fraction, cfg.test_fraction)
-    train, valid, test = split_by_query(data, fr, seed=cfg.seed, units=units)
+        raise CliError(f"need at least 3 queries to split train/test, got {n_units}")
+    train, test = split_by_query(
+        data, (1 - cfg.test_fraction, cfg.test_fraction), seed=cfg.seed, units=units
+    )
+    fit_data = add_cold_copies(train, BEHAVIOR_FEATURES, cfg.cold_share, cfg.seed)
     log(
-        f"{len(names)} features; queries train/valid/test = "
-        f"{train.n_queries}/{valid.n_queries}/{test.n_queries}, rows {len(data)}"
+        f"{len(names)} features; queries train/test = {train.n_queries}/{test.n_queries} "
+        f"(+{fit_data.n_queries - train.n_queries} cold copies), rows {len(data)}"
     )
     t0 = time.perf_counter()
-    trained = Trainer(cfg).fit(train, valid, verbose=False if args.quiet else 25)
+    trained = fit_recipe(fit_data, cfg, units=units, verbose=False if args.quiet else 25)
     fit_s = time.perf_counter() - t0
     log(
-        f"trained {trained.best_iteration + 1} trees ({trained.num_rounds_run} run) in {fit_s:.1f}s"
+        f"trained {trained.best_iteration + 1} trees (rounds chosen on {cfg.inner_folds} "
+        f"inner folds, smoothed CV NDCG@{cfg.eval_at} {trained.best_score:.4f}) in {fit_s:.1f}s"
     )
     metrics: dict[str, float] = {}
-    for split_name, part in (("valid", valid), ("test", test)):
-        base = None if rrf_all is None else rrf_all[_rows_of(data, part)]
-        res = compare(trained, part, base, qrels)
-        for key, value in res.items():
-            metrics[f"{split_name}_{key}"] = value
-    metrics["xgb_valid_ndcg@10"] = trained.best_score
+    base = None if rrf_all is None else rrf_all[_rows_of(data, test)]
+    for key, value in compare(trained, test, base, qrels).items():
+        metrics[f"test_{key}"] = value
+    # XGBoost's own ndcg@10 (exp gain; a query without a positive label counts 1): the
+    # round-choice criterion, not comparable with the test numbers (ltr.metrics)
+    metrics["cv_xgb_ndcg@10"] = trained.best_score
     registry = ModelRegistry(
         model_dir,
         keep_versions=settings.registry.keep_versions,
@@ -374,19 +397,23 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     fid = featureset_id(list(names)) if args.dataset else str(info["featureset_id"])
     sizes = {
         "train": {"queries": train.n_queries, "rows": len(train)},
-        "valid": {"queries": valid.n_queries, "rows": len(valid)},
+        "cold_copies": {
+            "queries": fit_data.n_queries - train.n_queries,
+            "rows": len(fit_data) - len(train),
+        },
         "test": {"queries": test.n_queries, "rows": len(test)},
     }
     version = registry.save(
         trained,
         featureset_id=fid,
-        base_margin=base_spec if trained.uses_base_margin else None,
+        base_margin=cfg.base_margin_spec() if trained.uses_base_margin else None,
         metrics=metrics,
         data_sizes=sizes,
         label_source=label_source,
         extra={
             "source": str(args.dataset or args.events),
             "train_seconds": round(fit_s, 2),
+            "rounds": trained.best_iteration + 1,
             **{k: v for k, v in info.items() if isinstance(v, str | int | float | dict)},
         },
         # replayed judgments hold whole candidate lists: keep what the model would serve;
@@ -437,13 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {result['version']} ({result['label_source']}) saved to {result['model_dir']}"
         f"{' and promoted' if result['promoted'] else ''}\n"
-        f"  valid NDCG@10 {m['valid_ndcg@10']:.4f} (RRF {m['valid_rrf_ndcg@10']:.4f})\n"
+        f"  inner-CV NDCG@10 {m['cv_xgb_ndcg@10']:.4f} (XGBoost's metric: exp gain, "
+        "judgment-less queries count 1; smoothed, at the chosen round)\n"
         f"  test  NDCG@10 {m['test_ndcg@10']:.4f} (RRF {m['test_rrf_ndcg@10']:.4f})"
     )
     if result["label_source"] == "qrels":  # explicit 0 judgments (Cranfield: source papers)
         print(
-            f"  without 0-judged documents: valid {m['valid_ndcg@10_nozero']:.4f} "
-            f"(RRF {m['valid_rrf_ndcg@10_nozero']:.4f}), test {m['test_ndcg@10_nozero']:.4f} "
+            f"  without 0-judged documents: test {m['test_ndcg@10_nozero']:.4f} "
             f"(RRF {m['test_rrf_ndcg@10_nozero']:.4f})"
         )
     if args.json_out:

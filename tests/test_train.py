@@ -116,6 +116,25 @@ def test_settings_compose_ltr_and_registry_sections() -> None:
         load_settings(env={"LTRSEARCH_LTR__SUBSAMPLE": "2"})
 
 
+def test_defaults_are_the_evaluated_recipe() -> None:
+    """One definition: the CLI's TrainConfig defaults are what ltr.evaluation measured."""
+    from ltr import evaluation as ev
+
+    cfg = TrainConfig()
+    assert cfg == ev.DEFAULT_TRAIN and ev.EvalConfig().train == cfg
+    assert (cfg.max_depth, cfg.eta, cfg.min_child_weight, cfg.reg_lambda, cfg.subsample) == (
+        3, 0.03, 5.0, 5.0, 0.7
+    )
+    assert (cfg.inner_folds, cfg.smooth_rounds, cfg.nthread) == (3, 25, 1)
+    assert ev.EvalConfig().margin_scale == cfg.base_margin_scale == 20.0
+    assert cfg.base_margin_spec() == {"name": "rrf", "params": {"scale": 20.0}}
+    assert with_overrides(cfg, use_base_margin=False).base_margin_spec() is None
+    for field, value in (("inner_folds", 0), ("smooth_rounds", 0), ("cold_share", 1.5),
+                         ("base_margin_scale", 0.0)):
+        with pytest.raises(ValueError, match=field):
+            with_overrides(cfg, **{field: value})
+
+
 # --- dataset --------------------------------------------------------------------------
 
 
@@ -476,14 +495,17 @@ def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "held-out perplexity" in captured.err  # auto chose by perplexity
-    assert "valid NDCG@10" in captured.out and "promoted" in captured.out
+    assert "inner-CV NDCG@10" in captured.out and "promoted" in captured.out
     result = json.loads(out.read_text())
     reg = ModelRegistry(tmp_path / "models")
     model = reg.load(expected_featureset_id=log["fid"])  # the promoted one, same featureset
     assert model.version == result["version"] and model.feature_names == CLI_FEATURES
     assert model.manifest.label_source.startswith("clicks:")
-    assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {}}
+    # the margin trained from: the logged raw RRF x 20, which serving recomputes from the spec
+    assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {"scale": 20.0}}
+    assert model.manifest.params["max_depth"] == 3 and model.manifest.params["eta"] == 0.03
     m = result["metrics"]
+    assert math.isfinite(m["cv_xgb_ndcg@10"]) and not any(k.startswith("valid_") for k in m)
     assert all(math.isfinite(m[k]) for k in ("test_ndcg@10", "test_rrf_ndcg@10"))
     # the clicks carry the relevance that dense_cosine encodes: the model must beat RRF
     # (here a position prior that knows nothing about relevance)
@@ -568,12 +590,9 @@ def test_train_command_on_a_cranfield_subset(
     rc = main(argv)
     assert rc == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
-    assert (
-        result["data_sizes"]["train"]["queries"]
-        + result["data_sizes"]["valid"]["queries"]
-        + (result["data_sizes"]["test"]["queries"])
-        == 30
-    )
+    sizes = result["data_sizes"]
+    assert sizes["train"]["queries"] + sizes["test"]["queries"] == 30
+    assert sizes["cold_copies"]["queries"] == 0  # no behavior features: no cold copies
     assert all(math.isfinite(v) for v in result["metrics"].values())
     reg = ModelRegistry(tmp_path / "models")
     with pytest.raises(Exception, match="no promoted model"):
@@ -599,3 +618,122 @@ def test_top_k_rows_keeps_each_querys_best_rows_in_order() -> None:
     assert list(top.qids) == ["a", "a", "b", "b"]
     assert top.X[:, 0].tolist() == [2.0, 4.0, 6.0, 8.0]  # rows 1 and 2 of "a", both of "b"
     assert data.top_k_rows(np.zeros(5), k=0) is data
+
+
+# --- the recipe (ltr.train.fit_recipe) ---------------------------------------------------
+
+RECIPE = TrainConfig(num_boost_round=60, smooth_rounds=10)
+
+
+def test_recipe_picks_rounds_from_the_smoothed_inner_fold_curves(data: RankingData) -> None:
+    from ltr.train import fit_recipe, inner_splits, smoothed_best_round
+
+    tr, _ = split_by_query(data, (0.75, 0.25), seed=1)
+    model = fit_recipe(tr, RECIPE)
+    # independently: 3 query-level folds, each trained the full 60 rounds
+    splits = inner_splits(tr, 3, RECIPE.valid_fraction, RECIPE.seed)
+    assert len(splits) == 3
+    for a, b in splits:
+        assert not set(a.query_ids) & set(b.query_ids)
+        assert set(a.query_ids) | set(b.query_ids) == set(tr.query_ids)
+    curves = [
+        Trainer(RECIPE).fit(a, b).history["valid"]["ndcg@10"] for a, b in splits
+    ]
+    mean = np.mean(np.stack(curves), axis=0)
+    assert model.history["cv"]["ndcg@10"] == pytest.approx(mean.tolist())
+    rounds, score = smoothed_best_round(curves, 10)
+    w = np.convolve(np.pad(mean, (5, 4), mode="edge"), np.ones(10) / 10, mode="valid")
+    assert rounds == int(np.argmax(w)) + 1 and score == pytest.approx(w.max())
+    # the final booster: every training query, exactly that many trees
+    assert model.best_iteration + 1 == rounds == model.booster.num_boosted_rounds()
+    assert model.data_sizes["train"]["queries"] == tr.n_queries and model.best_score == score
+    assert model.uses_base_margin
+    # deterministic
+    assert fit_recipe(tr, RECIPE).model_bytes() == model.model_bytes()
+
+
+def test_recipe_inner_splits_keep_units_and_cold_copies_together(data: RankingData) -> None:
+    from ltr.train import COLD_COPY, add_cold_copies, base_qid, inner_splits
+
+    sub = data.take_queries(list(data.query_ids[:12]))
+    units = {q: f"text{int(q[1:]) // 2}" for q in sub.query_ids}  # two groups per unit
+    for a, b in inner_splits(sub, 3, 0.2, 0, units):
+        assert not {units[q] for q in a.query_ids} & {units[q] for q in b.query_ids}
+    # cold copies: the query-level history withheld, everything else identical
+    names = ("qd_ctr", "d_ctr", "signal")
+    X = np.c_[np.arange(len(sub)), np.arange(len(sub)) + 0.5, sub.X[:, 0]].astype(np.float32)
+    beh = RankingData(sub.qids, X, sub.y, names, sub.base_margin, sub.doc_ids)
+    both = add_cold_copies(beh, ("qd_ctr", "d_ctr"), 1.0, 0)
+    assert both.n_queries == 24
+    cold = both.take_queries([q + COLD_COPY for q in sub.query_ids])
+    assert np.isnan(cold.X[:, 0]).all()
+    np.testing.assert_array_equal(cold.X[:, 1:], beh.X[:, 1:])
+    np.testing.assert_array_equal(cold.y, beh.y)
+    for a, b in inner_splits(both, 3, 0.2, 0):
+        assert not {base_qid(q) for q in a.query_ids} & {base_qid(q) for q in b.query_ids}
+    assert add_cold_copies(beh, ("qd_ctr",), 0.5, 0).n_queries == 18
+    # nothing to withhold (no history anywhere, or no behavior column): unchanged
+    no_hist = RankingData(sub.qids, np.full_like(X, np.nan), sub.y, names)
+    assert add_cold_copies(no_hist, ("qd_ctr",), 1.0, 0) is no_hist
+    assert add_cold_copies(sub, ("qd_ctr",), 1.0, 0) is sub
+
+
+@pytest.mark.slow
+def test_a_model_trained_by_the_command_serves_its_training_scores(
+    beir_small: Path, small_index: Path, encoder: object, tmp_path: Path
+) -> None:
+    """Parity: scripts/train.py --dataset -> ltr.registry -> search.pipeline. The served
+    score of every hit equals the trained model's score of that candidate's training row
+    (features + base margin as training computed them), bit for bit: the manifest's
+    base_margin spec is exactly what the pipeline applies."""
+    import asyncio
+
+    from indexing.local import LocalBackend
+    from ltr import features as F
+    from ltr.registry import ModelRegistry
+    from scripts.settings import load_settings
+    from scripts.train import _parser, replay_dataset, run
+    from search.pipeline import Pipeline, SearchRequest
+
+    def quiet(_: str) -> None:
+        return None
+
+    argv = ["--dataset", str(beir_small), "--index-dir", str(small_index),
+            "--model-dir", str(tmp_path / "models"), "--features", "text", "--quiet"]
+    result = run(_parser().parse_args(argv), quiet, encoder)
+    model = ModelRegistry(tmp_path / "models").load(result["version"])
+    assert dict(model.manifest.base_margin or {}) == TrainConfig().base_margin_spec()
+    data, _, _ = replay_dataset(
+        beir_small, small_index, F.TEXT_FEATURES, load_settings(None), "test", quiet, encoder
+    )
+    assert data.base_margin is not None
+    trained = model.predict(data.X, data.base_margin)
+    unscaled = model.predict(data.X, data.base_margin / 20.0)  # the old, unscaled spec
+    from indexing.loaders import load_beir
+
+    texts = {q.id: q.text for q in load_beir(beir_small).queries}
+
+    async def serve() -> dict[str, list[dict[str, object]]]:
+        backend = LocalBackend.open(small_index, encoder)  # type: ignore[arg-type]
+        p = Pipeline(backend, encoder, F.TEXT_FEATURES, backend.version, model=model)  # type: ignore[arg-type]
+        try:
+            out = {}
+            for qid in list(data.query_ids)[:4]:
+                res = await p.search(SearchRequest(q=texts[qid], k=10, query_id=qid))
+                assert res.degraded == [] and res.model_version == model.version
+                out[qid] = res.hits
+            return out
+        finally:
+            await p.close()
+
+    served = asyncio.run(serve())
+    checked = 0
+    for qid, hits in served.items():
+        rows = {str(d): i for i, (q, d) in enumerate(zip(data.qids, data.doc_ids, strict=True))
+                if q == qid}  # type: ignore[arg-type]
+        for h in hits:
+            i = rows[str(h["id"])]
+            assert float(h["score"]) == float(trained[i])  # type: ignore[arg-type]
+            assert float(h["score"]) != float(unscaled[i])  # type: ignore[arg-type]
+            checked += 1
+    assert checked >= 20
