@@ -601,7 +601,8 @@ def test_train_command_on_a_cranfield_subset(
 
     model = reg.load(result["version"], expected_featureset_id=featureset_id(F.TEXT_FEATURES))
     assert model.feature_names == F.TEXT_FEATURES
-    assert len(reg.reference_sample(result["version"])) == result["data_sizes"]["train"]["rows"]
+    # the drift reference: each training query's top reference_top_k (10) rows
+    assert len(reg.reference_sample(result["version"])) == 10 * sizes["train"]["queries"]
 
 
 def test_top_k_rows_keeps_each_querys_best_rows_in_order() -> None:
