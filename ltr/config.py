@@ -30,6 +30,11 @@ class TrainConfig:
     reg_alpha: float = 0.0
     gamma: float = 0.0
     num_boost_round: int = 300  # recipe: the curve length the number of rounds is chosen from
+    # train --events: continue boosting from the promoted model (same featureset) instead of
+    # starting over, adding at most continue_rounds correction trees. Logged clicks cover only
+    # the shown pages; a model trained on them alone misranks every candidate nobody saw.
+    continue_from_promoted: bool = True
+    continue_rounds: int = 100
     # Trainer.fit only (0 disables); the recipe picks rounds from the smoothed CV curve instead
     early_stopping_rounds: int = 0
     eval_at: int = 10  # NDCG@k of the validation curves (round choice, early stopping)
@@ -97,6 +102,8 @@ class TrainConfig:
         non_negative("reg_lambda", self.reg_lambda)
         non_negative("reg_alpha", self.reg_alpha)
         non_negative("gamma", self.gamma)
+        if not isinstance(self.continue_rounds, int) or self.continue_rounds < 1:
+            raise ValueError(f"continue_rounds must be >= 1, got {self.continue_rounds!r}")
         if not isinstance(self.num_boost_round, int) or self.num_boost_round < 1:
             raise ValueError(f"num_boost_round must be >= 1, got {self.num_boost_round!r}")
         if not isinstance(self.early_stopping_rounds, int) or self.early_stopping_rounds < 0:

@@ -116,8 +116,14 @@ class Trainer:
         verbose: bool | int = False,
         stream: TextIO | None = None,
         callbacks: list[xgb.callback.TrainingCallback] | None = None,
+        init_model: xgb.Booster | None = None,
     ) -> TrainedModel:
         """Train; early-stop on validation NDCG@k. ``verbose``: print every N rounds.
+
+        ``init_model``: continue boosting from this booster (its trees stay, new trees fit
+        what it gets wrong on ``train``); the result holds both. Used to learn from logged
+        clicks, which cover only the pages that were shown: the old trees keep ranking the
+        candidates nobody saw, the new ones correct the shown ones.
 
         Without ``valid`` (and with early stopping on), ``valid_fraction`` of the training
         queries is held out by query. Raises TrainingDataError for degenerate data.
@@ -181,7 +187,9 @@ class Trainer:
             ),
             verbose_eval=False,
             callbacks=cbs or None,
+            xgb_model=init_model,
         )
+        n_init = 0 if init_model is None else init_model.num_boosted_rounds()
         rounds_run = booster.num_boosted_rounds()
         metric = params["eval_metric"]
         if valid is not None and cfg.early_stopping_rounds:
@@ -189,7 +197,9 @@ class Trainer:
         else:  # early stopping off: every round is kept
             best = rounds_run - 1
         booster = booster[: best + 1]  # keep exactly the trees that were best on validation
-        best_score = float(history["valid"][metric][best]) if valid is not None else math.nan
+        best_score = (
+            float(history["valid"][metric][best - n_init]) if valid is not None else math.nan
+        )
         sizes = {"train": {"queries": train.n_queries, "rows": len(train)}}
         if valid is not None:
             sizes["valid"] = {"queries": valid.n_queries, "rows": len(valid)}
@@ -293,8 +303,12 @@ def fit_recipe(
     units: Mapping[str, str] | None = None,
     verbose: bool | int = False,
     stream: TextIO | None = None,
+    init_model: xgb.Booster | None = None,
 ) -> TrainedModel:
     """The evaluated training recipe: one booster for all of ``data``'s queries.
+
+    ``init_model``: continue from that booster (see Trainer.fit); the round count is then
+    the number of correction rounds added to it.
 
     ``cfg.inner_folds`` query-level inner splits are trained for ``num_boost_round`` rounds;
     their validation NDCG curves are averaged and smoothed (``smooth_rounds``) and the best
@@ -310,10 +324,13 @@ def fit_recipe(
     splits = inner_splits(data, cfg.inner_folds, cfg.valid_fraction, cfg.seed, units)
     full = Trainer(dataclasses.replace(cfg, early_stopping_rounds=0))
     metric = f"ndcg@{cfg.eval_at}"
-    curves = [np.asarray(full.fit(tr, va).history["valid"][metric]) for tr, va in splits]
+    curves = [
+        np.asarray(full.fit(tr, va, init_model=init_model).history["valid"][metric])
+        for tr, va in splits
+    ]
     rounds, cv_score = smoothed_best_round(curves, cfg.smooth_rounds)
     final = dataclasses.replace(cfg, num_boost_round=rounds, early_stopping_rounds=0)
-    model = Trainer(final).fit(data, verbose=verbose, stream=stream)
+    model = Trainer(final).fit(data, verbose=verbose, stream=stream, init_model=init_model)
     mean_curve = [float(v) for v in np.mean(np.stack(curves), axis=0)]
     return dataclasses.replace(
         model,

@@ -129,8 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model_dir, events = work / "models", work / "events.db"
     _banner("4. train the reranker from the judgments")
+    # all features, behavior included: they are NaN until users click, but then the served
+    # log carries them and step 5's retraining can learn from the click history
     if train.main(["--dataset", str(data), "--index-dir", str(index_dir),
-                   "--model-dir", str(model_dir), "--promote"]) != 0:  # fmt: skip
+                   "--model-dir", str(model_dir), "--features", "all",
+                   "--promote"]) != 0:  # fmt: skip
         return 1
 
     _banner("5. serve, simulate users, retrain from their clicks, hot-reload")

@@ -324,6 +324,30 @@ def events_dataset(
 # --- main ----------------------------------------------------------------------------------
 
 
+def _promoted_booster(model_dir: Path, fid: str, log: Log) -> tuple[Any, str | None, bool]:
+    """(booster, version, uses base margin) of the promoted model when it serves ``fid``."""
+    import xgboost as xgb
+
+    from ltr.errors import LTRError
+    from ltr.registry import ModelRegistry
+
+    if not model_dir.is_dir():
+        return None, None, False
+    registry = ModelRegistry(model_dir)
+    version = registry.promoted()
+    if version is None:
+        return None, None, False
+    try:
+        model = registry.load(version, expected_featureset_id=fid)
+    except LTRError as e:
+        log(f"not continuing from {version}: {e}")
+        return None, None, False
+    booster = xgb.Booster()
+    booster.load_model(bytearray(model.booster_bytes("ubj")))
+    log(f"continuing from the promoted model {version} ({booster.num_boosted_rounds()} trees)")
+    return booster, version, model.needs_base_margin
+
+
 def _rows_of(data: Any, part: Any) -> np.ndarray:
     """Row indices in ``data`` of the rows of ``part`` (parts are built by take_queries)."""
     sizes = data.group_sizes()
@@ -370,13 +394,28 @@ def run(args: argparse.Namespace, log: Log, encoder: Any = None) -> dict[str, An
     train, test = split_by_query(
         data, (1 - cfg.test_fraction, cfg.test_fraction), seed=cfg.seed, units=units
     )
+    init_model, parent = None, None
+    if args.events and cfg.continue_from_promoted:
+        init_model, parent, data_bm = _promoted_booster(model_dir, info["featureset_id"], log)
+        if init_model is not None:
+            cfg = dataclasses.replace(cfg, num_boost_round=cfg.continue_rounds)
+            if not data_bm:  # the parent was trained without a base margin: so is the child
+                train = dataclasses.replace(train, base_margin=None)
+                test = dataclasses.replace(test, base_margin=None)
+            elif train.base_margin is None:
+                raise CliError(
+                    f"model {parent} boosts from a base margin the log does not hold; "
+                    "set ltr.continue_from_promoted = false to train from scratch"
+                )
     fit_data = add_cold_copies(train, BEHAVIOR_FEATURES, cfg.cold_share, cfg.seed)
     log(
         f"{len(names)} features; queries train/test = {train.n_queries}/{test.n_queries} "
         f"(+{fit_data.n_queries - train.n_queries} cold copies), rows {len(data)}"
     )
     t0 = time.perf_counter()
-    trained = fit_recipe(fit_data, cfg, units=units, verbose=False if args.quiet else 25)
+    trained = fit_recipe(
+        fit_data, cfg, units=units, verbose=False if args.quiet else 25, init_model=init_model
+    )
     fit_s = time.perf_counter() - t0
     log(
         f"trained {trained.best_iteration + 1} trees (rounds chosen on {cfg.inner_folds} "
@@ -386,6 +425,13 @@ def run(args: argparse.Namespace, log: Log, encoder: Any = None) -> dict[str, An
     base = None if rrf_all is None else rrf_all[_rows_of(data, test)]
     for key, value in compare(trained, test, base, qrels).items():
         metrics[f"test_{key}"] = value
+    if init_model is not None:  # the parent on the same held-out rows: did the child improve?
+        bm = test.base_margin if trained.uses_base_margin else None
+        parent_scores = init_model.inplace_predict(
+            test.X, predict_type="margin", missing=np.nan, base_margin=bm
+        )
+        par = compare(trained, test, np.asarray(parent_scores, dtype=np.float64), qrels)
+        metrics["test_parent_ndcg@10"] = par["rrf_ndcg@10"]
     # XGBoost's own ndcg@10 (exp gain; a query without a positive label counts 1): the
     # round-choice criterion, not comparable with the test numbers (ltr.metrics)
     metrics["cv_xgb_ndcg@10"] = trained.best_score
@@ -414,6 +460,7 @@ def run(args: argparse.Namespace, log: Log, encoder: Any = None) -> dict[str, An
             "source": str(args.dataset or args.events),
             "train_seconds": round(fit_s, 2),
             "rounds": trained.best_iteration + 1,
+            "continued_from": parent,
             **{k: v for k, v in info.items() if isinstance(v, str | int | float | dict)},
         },
         # replayed judgments hold whole candidate lists: keep what the model would serve;
@@ -468,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         "judgment-less queries count 1; smoothed, at the chosen round)\n"
         f"  test  NDCG@10 {m['test_ndcg@10']:.4f} (RRF {m['test_rrf_ndcg@10']:.4f})"
     )
+    if "test_parent_ndcg@10" in m:
+        print(f"  previous model on the same test rows: NDCG@10 {m['test_parent_ndcg@10']:.4f}")
     if result["label_source"] == "qrels":  # explicit 0 judgments (Cranfield: source papers)
         print(
             f"  without 0-judged documents: test {m['test_ndcg@10_nozero']:.4f} "

@@ -6,6 +6,7 @@ measured with ir-measures (an outside library), not with our own metric code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -514,6 +515,56 @@ def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture
     assert list(ref.columns) == list(CLI_FEATURES)
     served = {v.tobytes() for v in log["feats"].values()}
     assert all(r.astype(np.float32).tobytes() in served for r in ref.to_numpy(np.float32))
+
+
+def test_second_events_training_continues_from_the_promoted_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Logged clicks cover only shown pages: a retrain adds correction trees to the promoted
+    model (its trees kept as they are) instead of starting over."""
+    import xgboost as xgb
+
+    from ltr.registry import ModelRegistry
+    from scripts.train import main
+
+    log = _click_log(tmp_path / "events.db")
+    argv = ["--events", str(tmp_path / "events.db"), "--model-dir", str(tmp_path / "models")]
+    assert main([*argv, "--promote", "--quiet"]) == 0
+    reg = ModelRegistry(tmp_path / "models")
+    parent = reg.load(expected_featureset_id=log["fid"])
+    assert main([*argv, "--promote", "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr()
+    assert "previous model on the same test rows" in out.out
+    child = reg.load(expected_featureset_id=log["fid"])
+    assert child.version != parent.version
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["test_parent_ndcg@10"] >= 0
+    p, c = xgb.Booster(), xgb.Booster()
+    p.load_model(bytearray(parent.booster_bytes()))
+    c.load_model(bytearray(child.booster_bytes()))
+    n = p.num_boosted_rounds()
+    assert c.num_boosted_rounds() > n
+    X = np.stack(list(log["feats"].values()))[:50]
+    # the child's first n trees ARE the parent: same margins on any rows
+    assert np.array_equal(
+        c[:n].inplace_predict(X, predict_type="margin", missing=np.nan),
+        p.inplace_predict(X, predict_type="margin", missing=np.nan),
+    )
+
+
+def test_trainer_init_model_keeps_the_parent_trees() -> None:
+    data = synthetic(n_queries=40)
+    parent = Trainer(dataclasses.replace(FAST, early_stopping_rounds=0, num_boost_round=10)).fit(
+        data
+    )
+    child = Trainer(dataclasses.replace(FAST, early_stopping_rounds=0, num_boost_round=5)).fit(
+        data, init_model=parent.booster
+    )
+    assert child.booster.num_boosted_rounds() == 15
+    bm = data.base_margin
+    assert np.array_equal(
+        child.booster[:10].inplace_predict(data.X, predict_type="margin", base_margin=bm),
+        parent.booster.inplace_predict(data.X, predict_type="margin", base_margin=bm),
+    )
 
 
 @pytest.mark.parametrize(
