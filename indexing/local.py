@@ -500,6 +500,20 @@ class LocalBackend:
         """Numeric attributes per id (NaN = missing); cheaper than fetch (not in the Protocol)."""
         return await self._run(self._state().static_attrs, list(ids))
 
+    async def lookups(
+        self, query: str, ids: Sequence[str], vector: np.ndarray | None
+    ) -> tuple[
+        tuple[str, ...],
+        dict[str, np.ndarray],
+        np.ndarray,
+        dict[str, tuple[tuple[str, ...], ...]],
+        dict[str, float],
+        dict[str, np.ndarray],
+    ]:
+        """All per-candidate lookups in one thread hop (see Snapshot.lookups; not in the
+        Protocol: search.candidates uses it when present, else the separate methods)."""
+        return await self._run(self._state().lookups, query, list(ids), vector)
+
     async def close(self) -> None:
         if self._snap is not None:
             self._snap.close()

@@ -22,6 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,10 @@ from indexing.errors import IndexingError, IndexNotFoundError, InvalidRequestErr
 from ltr.errors import unknown_name
 
 COMBINED = "_all"  # name of the combined-field BM25 index on disk
+# Decoded analyzed-terms rows kept per snapshot (LRU). A hit skips the JSON decode and
+# hands out the same tuple objects again, which lets ltr.features reuse its per-document
+# term sets across requests. Terms are interned, so cached rows share their strings.
+TERMS_CACHE_ROWS = 10_000
 FORMAT_VERSION = 1
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
@@ -224,6 +231,9 @@ class Snapshot:
             self.ann.set_num_threads(1)
         self.docs = _LineStore(path / "docs.jsonl")
         self.terms = _LineStore(path / "terms.jsonl")
+        self._terms_cache: OrderedDict[int, tuple[tuple[str, ...], ...]] = OrderedDict()
+        self._terms_lock = threading.Lock()
+        self.terms_cache_rows = TERMS_CACHE_ROWS
 
     def close(self) -> None:
         self.docs.close()
@@ -349,11 +359,26 @@ class Snapshot:
         out[known] = self.vectors[rows[known]] @ v
         return out
 
+    def term_row(self, row: int) -> tuple[tuple[str, ...], ...]:
+        """Analyzed terms of every text field of one row (decoded once, then LRU-cached)."""
+        with self._terms_lock:
+            got = self._terms_cache.get(row)
+            if got is not None:
+                self._terms_cache.move_to_end(row)
+                return got
+        intern = sys.intern
+        got = tuple(tuple(intern(t) for t in field) for field in self.terms.get(row))
+        if self.terms_cache_rows > 0:
+            with self._terms_lock:
+                self._terms_cache[row] = got
+                while len(self._terms_cache) > self.terms_cache_rows:
+                    self._terms_cache.popitem(last=False)
+        return got
+
     def doc_terms(self, ids: Sequence[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
-        per_doc = [
-            [()] * len(self.text_fields) if r < 0 else self.terms.get(r) for r in self.rows(ids)
-        ]
-        return {f: tuple(tuple(d[j]) for d in per_doc) for j, f in enumerate(self.text_fields)}
+        empty: tuple[tuple[str, ...], ...] = ((),) * len(self.text_fields)
+        per_doc = [empty if r < 0 else self.term_row(r) for r in self.rows(ids).tolist()]
+        return {f: tuple(d[j] for d in per_doc) for j, f in enumerate(self.text_fields)}
 
     def idf(self, terms: Sequence[str]) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -373,3 +398,48 @@ class Snapshot:
             col[known] = self.attrs[rows[known], j]
             out[name] = col
         return out
+
+    def lookups(
+        self, query: str, ids: Sequence[str], vector: np.ndarray | None
+    ) -> tuple[
+        tuple[str, ...],
+        dict[str, np.ndarray],
+        np.ndarray,
+        dict[str, tuple[tuple[str, ...], ...]],
+        dict[str, float],
+        dict[str, np.ndarray],
+    ]:
+        """Every per-candidate lookup features need, in one synchronous call.
+
+        Returns (query terms, field_scores, cosine, doc_terms, idf of the distinct query
+        terms, static_attrs): the same values as the separate methods (cosine is NaN for
+        every candidate when ``vector`` is None), with the query analyzed and the rows
+        resolved once.
+        """
+        ids = list(ids)
+        terms = self.analyzer.terms(query)
+        rows = self.rows(ids)
+        known = rows >= 0
+        krows = rows[known]
+        n = len(rows)
+        field_bm25: dict[str, np.ndarray] = {}
+        for name, fi in self.fields.items():
+            col = np.full(n, np.nan, dtype=np.float64)
+            col[known] = fi.scores_for(terms, krows)
+            field_bm25[name] = col
+        cos = np.full(n, np.nan, dtype=np.float64)
+        if vector is not None:
+            cos[known] = self.vectors[krows] @ self._vector(vector)
+        static: dict[str, np.ndarray] = {}
+        for j, name in enumerate(self.attr_names):
+            col = np.full(n, np.nan, dtype=np.float64)
+            col[known] = self.attrs[krows, j]
+            static[name] = col
+        return (
+            terms,
+            field_bm25,
+            cos,
+            self.doc_terms(ids),
+            self.idf(list(dict.fromkeys(terms))),
+            static,
+        )

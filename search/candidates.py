@@ -199,6 +199,17 @@ class CandidateGenerator:
         self, text: str, ids: tuple[str, ...], vector: np.ndarray | None
     ) -> tuple[Any, Any, np.ndarray, Any, Any, dict[str, np.ndarray]]:
         backend = self.backend
+        batch = getattr(backend, "lookups", None)
+        if batch is not None:  # one thread hop for everything (LocalBackend)
+            query_terms, field_bm25, cos, doc_terms, idf, static = await batch(text, ids, vector)
+            return (
+                query_terms,
+                {k: np.asarray(v, dtype=np.float64) for k, v in field_bm25.items()},
+                np.asarray(cos, dtype=np.float64),
+                doc_terms,
+                idf,
+                {k: np.asarray(v, dtype=np.float64) for k, v in static.items()},
+            )
         query_terms = await backend.analyze(text)
         n = len(ids)
 
