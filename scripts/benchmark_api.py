@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="var/bench_api")
     p.add_argument("--port", type=int, default=0, help="0 = a free port")
     p.add_argument("--no-model", action="store_true", help="serve RRF only (no reranker)")
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=0,
+        help="OPENBLAS_NUM_THREADS for the server (0 = inherit). 1 is the serving setting: "
+        "per-query matrix-vector products gain nothing from BLAS threads, which only "
+        "contend for the cores",
+    )
     p.add_argument("--out", help="write the results as JSON")
     return p
 
@@ -107,9 +115,11 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(
-    info: dict[str, Any], events: Path, port: int, log: Path
+    info: dict[str, Any], events: Path, port: int, log: Path, blas_threads: int = 0
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
+    if blas_threads > 0:
+        env["OPENBLAS_NUM_THREADS"] = str(blas_threads)
     env.update(
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
@@ -225,15 +235,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = args.port or _free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
-    proc = start_server(info, events, port, log)
-    out: dict[str, Any] = {"docs": args.docs, "queries": len(queries), "prepare": info}
+    proc = start_server(info, events, port, log, args.blas_threads)
+    out: dict[str, Any] = {
+        "docs": args.docs,
+        "queries": len(queries),
+        "prepare": info,
+        "blas_threads": args.blas_threads,
+    }
     try:
         await wait_ready(url, proc, log)
         out["rss_mb_start"] = round(rss_mb(proc.pid), 1)
         await drive(url, queries, args.warmup, args.concurrency, args.max_seconds, Recorder(), 1)
         rec = Recorder()
+        load_before = os.getloadavg()[0]
         secs = await drive(url, queries, args.requests, args.concurrency, args.max_seconds, rec, 2)
         out["run"] = {
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "concurrency": args.concurrency,
             "requests": rec.done,
             "errors": rec.errors,
@@ -279,7 +296,8 @@ def _markdown(out: dict[str, Any]) -> str:
     r = out["run"]
     lines = [
         f"docs={out['docs']} concurrency={r['concurrency']} requests={r['requests']} "
-        f"errors={r['errors']} degraded={r['degraded']} -> {r['req_per_s']} req/s",
+        f"errors={r['errors']} degraded={r['degraded']} -> {r['req_per_s']} req/s "
+        f"(blas_threads={out.get('blas_threads')}, load avg {r.get('load_avg_1m')})",
         "",
         "| stage | p50 ms | p99 ms |",
         "|---|---|---|",
