@@ -16,6 +16,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+# One BLAS thread: the server's matmuls (exact kNN) are small, and two OpenBLAS threads
+# fight each other and the event loop for 2 cores (kNN 8-10 ms instead of 0.16 ms at 2K
+# docs; docs/benchmarks.md "Search API latency work"). Must be set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
