@@ -60,6 +60,23 @@ class IndexInfo:
     dim: int
 
 
+def check_query_vector(vector: np.ndarray, dim: int) -> np.ndarray:
+    """A [dim] float32 view of a query vector ([1, dim] accepted); refuses bad shapes/NaN.
+
+    Shared by every backend so a bad vector fails the same way whichever one serves.
+    """
+    from indexing.errors import InvalidRequestError
+
+    v = np.asarray(vector, dtype=np.float32)
+    if v.ndim == 2 and v.shape[0] == 1:
+        v = v[0]
+    if v.shape != (dim,):
+        raise InvalidRequestError(f"query vector has shape {v.shape}, expected ({dim},)")
+    if not np.all(np.isfinite(v)):
+        raise InvalidRequestError("query vector has NaN or infinite values")
+    return v
+
+
 @runtime_checkable
 class RetrievalBackend(Protocol):
     """What the search pipeline needs from an index."""

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from indexing import elastic_requests as rq
-from indexing.backend import Filters, Hits, IndexInfo
+from indexing.backend import Filters, Hits, IndexInfo, check_query_vector
 from indexing.config import ElasticsearchConfig, IndexConfig
 from indexing.documents import Document
 from indexing.embedding import EmbeddingCache, Encoder, embed_texts
@@ -563,14 +563,7 @@ class ElasticBackend:
         return rq.field_path(field)
 
     def _vector(self, vector: np.ndarray) -> np.ndarray:
-        v = np.asarray(vector, dtype=np.float32)
-        if v.ndim == 2 and v.shape[0] == 1:
-            v = v[0]
-        if v.shape != (self.dim,):
-            raise InvalidRequestError(f"query vector has shape {v.shape}, expected ({self.dim},)")
-        if not np.all(np.isfinite(v)):
-            raise InvalidRequestError("query vector has NaN or infinite values")
-        return v
+        return check_query_vector(vector, self.dim)
 
     @staticmethod
     def _check_k(k: int) -> int:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from indexing.analysis import Analyzer
-from indexing.backend import Filters, Hits
+from indexing.backend import Filters, Hits, check_query_vector
 from indexing.documents import Document
 from indexing.errors import IndexingError, IndexNotFoundError, InvalidRequestError
 from ltr.errors import unknown_name
@@ -275,14 +275,7 @@ class Snapshot:
         return fi
 
     def _vector(self, vector: np.ndarray) -> np.ndarray:
-        v = np.asarray(vector, dtype=np.float32)
-        if v.ndim == 2 and v.shape[0] == 1:
-            v = v[0]
-        if v.shape != (self.dim,):
-            raise InvalidRequestError(f"query vector has shape {v.shape}, expected ({self.dim},)")
-        if not np.all(np.isfinite(v)):
-            raise InvalidRequestError("query vector has NaN or infinite values")
-        return v
+        return check_query_vector(vector, self.dim)
 
     @staticmethod
     def _check_k(k: int) -> None:

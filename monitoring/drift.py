@@ -24,20 +24,10 @@ import pandas as pd
 
 from monitoring.config import PVALUE_METHODS, MonitoringConfig
 from monitoring.errors import EmptyWindowError, NotEnoughDataError, ReferenceNotFoundError
+from search.events import FIXED_COLUMNS
 
-# Columns of the impression log that are never features.
-META_COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "ts",
-    "query",
-    "query_id",
-    "doc_id",
-    "position",
-    "model_version",
-    "featureset_id",
-    "score",
-    "clicked",
-)
+# Columns of the impression log that are never features (the event store defines them).
+META_COLUMNS: tuple[str, ...] = FIXED_COLUMNS
 
 
 @dataclass(frozen=True)
