@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -44,3 +44,19 @@ class Document:
             category=None if obj.get("category") is None else str(obj["category"]),
             attrs={str(k): float(v) for k, v in dict(obj.get("attrs") or {}).items()},  # type: ignore[call-overload]
         )
+
+
+def check_unique_ids(docs: Sequence[Document]) -> None:
+    """Refuse an empty catalog or a repeated id before any backend starts building.
+
+    Both backends call it, so the same bad input fails the same way on either.
+    """
+    from indexing.errors import ValidationError
+
+    if not docs:
+        raise ValidationError("no documents to index")
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise ValidationError(f"duplicate document id {d.id!r}")
+        seen.add(d.id)

@@ -31,7 +31,7 @@ import numpy as np
 from indexing import elastic_requests as rq
 from indexing.backend import Filters, Hits, IndexInfo, check_query_vector
 from indexing.config import ElasticsearchConfig, IndexConfig
-from indexing.documents import Document
+from indexing.documents import Document, check_unique_ids
 from indexing.embedding import EmbeddingCache, Encoder, embed_texts
 from indexing.errors import (
     BackendError,
@@ -214,13 +214,8 @@ async def prune_elastic(client: Any, alias: str, keep: int) -> list[str]:
 
 # --- build -----------------------------------------------------------------------------
 def _check_docs(docs: list[Document], attr_names: Sequence[str]) -> tuple[str, ...]:
-    if not docs:
-        raise ValidationError("no documents to index")
-    seen: set[str] = set()
+    check_unique_ids(docs)
     for d in docs:
-        if d.id in seen:
-            raise ValidationError(f"duplicate document id {d.id!r}")
-        seen.add(d.id)
         for name in [*d.extra, *d.attrs]:
             if not rq.safe_name(name):
                 raise ValidationError(

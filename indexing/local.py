@@ -33,7 +33,7 @@ import numpy as np
 from indexing.analysis import Analyzer
 from indexing.backend import Filters, Hits, IndexInfo
 from indexing.config import IndexConfig
-from indexing.documents import Document
+from indexing.documents import Document, check_unique_ids
 from indexing.embedding import EmbeddingCache, Encoder, embed_texts
 from indexing.errors import (
     BackendError,
@@ -346,13 +346,7 @@ def build_local_index(
     root.mkdir(parents=True, exist_ok=True)
     (root / VERSIONS).mkdir(exist_ok=True)
     docs = list(docs)
-    if not docs:
-        raise ValidationError("no documents to index")
-    seen: set[str] = set()
-    for d in docs:
-        if d.id in seen:
-            raise ValidationError(f"duplicate document id {d.id!r}")
-        seen.add(d.id)
+    check_unique_ids(docs)
 
     with _build_lock(root):
         for stale in root.glob(BUILDING_PREFIX + "*"):  # left by a killed build

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from indexing.errors import IndexingError
 from ltr.errors import LTRError
@@ -43,31 +44,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _reindex_local(args: argparse.Namespace, settings: Settings) -> str:
-    """Load, embed (through the cache), build, validate and swap; returns the closing line."""
+def _load_inputs(args: argparse.Namespace, s: Settings) -> tuple[list[Any], Any, Any]:
+    """Documents (skipped lines reported on stderr), the encoder and the embedding cache:
+    the same for both backends, so both embed through the same cache."""
     from indexing.embedding import EmbeddingCache, load_encoder
     from indexing.loaders import load_documents
-    from indexing.local import build_local_index
 
-    s = settings
-    index_dir = Path(args.index_dir or s.index.dir)
-    progress = not args.quiet
     result = load_documents(args.source, s.loader)
     for err in result.skipped:
         print(f"{PROG}: skipped {err}", file=sys.stderr)
     encoder = load_encoder(s.embedding)
     use_cache = s.embedding.cache and not args.no_cache
     cache = EmbeddingCache(s.embedding.cache_path) if use_cache else None
+    return list(result.documents), encoder, cache
+
+
+def _reindex_local(args: argparse.Namespace, settings: Settings) -> str:
+    """Load, embed (through the cache), build, validate and swap; returns the closing line."""
+    from indexing.local import build_local_index
+
+    s = settings
+    index_dir = Path(args.index_dir or s.index.dir)
+    progress = not args.quiet
+    documents, encoder, cache = _load_inputs(args, s)
     try:
         t0 = time.perf_counter()
         version = build_local_index(
-            result.documents, index_dir, encoder, s.index, cache=cache, progress=progress
+            documents, index_dir, encoder, s.index, cache=cache, progress=progress
         )
         seconds = time.perf_counter() - t0
     finally:
         if cache is not None:
             cache.close()
-    n = len(result.documents)
+    n = len(documents)
     rate = n / seconds if seconds > 0 else float("inf")
     return f"indexed {n} documents in {seconds:.1f} s ({rate:.0f} docs/s), version {version}"
 
@@ -78,8 +87,6 @@ def _reindex_elasticsearch(args: argparse.Namespace, settings: Settings) -> str:
     import dataclasses
 
     from indexing.elastic import build_elastic_index
-    from indexing.embedding import EmbeddingCache, load_encoder
-    from indexing.loaders import load_documents
 
     s = settings
     overrides = {k: v for k, v in (("url", args.es_url), ("alias", args.alias)) if v}
@@ -88,24 +95,19 @@ def _reindex_elasticsearch(args: argparse.Namespace, settings: Settings) -> str:
         es_cfg.validate()
     except ValueError as e:
         raise SettingsError(f"elasticsearch: {e}") from None
-    result = load_documents(args.source, s.loader)
-    for err in result.skipped:
-        print(f"{PROG}: skipped {err}", file=sys.stderr)
-    encoder = load_encoder(s.embedding)
-    use_cache = s.embedding.cache and not args.no_cache
-    cache = EmbeddingCache(s.embedding.cache_path) if use_cache else None
+    documents, encoder, cache = _load_inputs(args, s)
     try:
         t0 = time.perf_counter()
         name = asyncio.run(
             build_elastic_index(
-                result.documents, encoder, es_cfg, s.index, cache=cache, progress=not args.quiet
+                documents, encoder, es_cfg, s.index, cache=cache, progress=not args.quiet
             )
         )
         seconds = time.perf_counter() - t0
     finally:
         if cache is not None:
             cache.close()
-    n = len(result.documents)
+    n = len(documents)
     rate = n / seconds if seconds > 0 else float("inf")
     return (
         f"indexed {n} documents in {seconds:.1f} s ({rate:.0f} docs/s), "
