@@ -284,3 +284,25 @@ def test_killed_export_leaves_no_broken_cache(tmp_path: Path) -> None:
     mtime = (path / file_name).stat().st_mtime_ns
     again, _ = ensure_onnx_export(default_model_path(), root)  # reused, not re-exported
     assert again == path and (path / file_name).stat().st_mtime_ns == mtime
+
+
+def test_int8_parallel_runner_equals_sentence_transformers(
+    backend_encoder: Callable[[str], Encoder],
+) -> None:
+    """The per-text onnxruntime path gives sentence-transformers' own vectors.
+
+    Tokenization (strip, truncation at max_seq_length, special tokens), mean pooling and
+    normalization are done outside sentence-transformers for speed; this pins them to it,
+    on one thread and on the parallel path alike.
+    """
+    enc = backend_encoder("onnx-int8")
+    assert isinstance(enc, SentenceTransformerEncoder) and enc.threads == resolve_threads(0)
+    texts = [*SENTENCES, "  padded  text  ", "x", "long " * 400, "Ünïcödé ✓ 東京", "UPPER lower"]
+    texts += [f"{s} variant {i}" for i, s in enumerate(SENTENCES * 4)]
+    reference = enc._model.encode(  # type: ignore[attr-defined]
+        texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True
+    )
+    ours = enc.encode(texts)
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+    one_by_one = np.stack([enc.encode([t])[0] for t in texts])
+    np.testing.assert_array_equal(ours, one_by_one)  # parallel runs change nothing
