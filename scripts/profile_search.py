@@ -1,0 +1,179 @@
+"""CPU per search, in process: a loop of Pipeline.search over catalog queries.
+
+    python scripts/profile_search.py [--index-dir var/demo-run/index]
+        [--model-dir var/demo-run/models] [--events var/demo-run/events.db]
+        [--queries var/demo-run/catalog/queries.jsonl] [--n 300] [--rounds 2]
+        [--cache-miss] [--profile out.prof] [--top 30] [--gc-freeze] [--json]
+
+Why: on the shared 2-core machine wall-clock latency is mostly other people's load;
+``time.process_time`` per search (this process's CPU, all threads) and per-stage timers
+are what a code change moves. Builds the same Pipeline the API serves (LocalBackend,
+the promoted model, behavior aggregates from a COPY of the event store), warms every query
+once (query-vector LRU filled), then measures ``--rounds`` passes over ``--n`` queries.
+``--cache-miss`` clears the query-vector cache before every search (the embedding cost).
+``--profile`` writes cProfile stats of the measured passes and prints the top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the serving setting (scripts/serve.py)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="profile_search", description=__doc__.split("\n")[0])
+    p.add_argument("--index-dir", default="var/demo-run/index")
+    p.add_argument("--model-dir", default="var/demo-run/models", help="'' = RRF, no model")
+    p.add_argument("--events", default="var/demo-run/events.db", help="'' = no aggregates")
+    p.add_argument("--queries", default="var/demo-run/catalog/queries.jsonl")
+    p.add_argument("--n", type=int, default=300, help="distinct queries")
+    p.add_argument("--rounds", type=int, default=2, help="measured passes over the queries")
+    p.add_argument("--cache-miss", action="store_true", help="clear the query-vector LRU")
+    p.add_argument("--profile", help="write cProfile stats here and print the top")
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--sort", default="tottime", help="pstats sort key for --profile")
+    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after startup")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def _queries(path: str, n: int) -> list[str]:
+    out: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                out.append(json.loads(line)["text"])
+            if len(out) >= n:
+                break
+    return out
+
+
+async def _build(args: argparse.Namespace, tmp: Path) -> Any:
+    from indexing.local import LocalBackend
+    from ltr.features import FEATURES
+    from scripts.settings import load_settings
+    from search.aggregates import BehaviorAggregates
+    from search.events import SqliteEventStore
+    from search.pipeline import Pipeline, PipelineConfig, default_generator_factory
+
+    settings = load_settings(None)
+    from indexing.embedding import load_encoder
+
+    encoder = load_encoder(settings.embedding)
+    backend = await asyncio.to_thread(LocalBackend.open, Path(args.index_dir), encoder)
+    aggregates = None
+    if args.events:
+        copy = tmp / "events.db"
+        shutil.copy(args.events, copy)
+        store = SqliteEventStore(copy)
+        aggregates = BehaviorAggregates.attach(store, half_life_s=settings.events.half_life_s)
+    pipe = Pipeline(
+        backend,
+        encoder,
+        default_features=tuple(FEATURES),
+        index_version=backend.version,
+        aggregates=aggregates,
+        config=PipelineConfig(candidates_timeout_ms=60_000, model_timeout_ms=60_000),
+        generator_factory=default_generator_factory(settings.retrieval),
+    )
+    if args.model_dir:
+        from ltr.registry import ModelRegistry
+
+        pipe.set_model(ModelRegistry(args.model_dir).load(None, None, 1))
+    return pipe
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from search.pipeline import SearchRequest
+
+    queries = _queries(args.queries, args.n)
+    with tempfile.TemporaryDirectory() as td:
+        pipe = await _build(args, Path(td))
+        gen = pipe._index.generator
+        for q in queries:  # warm: every query vector cached, every term row decoded
+            await pipe.search(SearchRequest(q=q))
+        gc.collect()
+        if args.gc_freeze:
+            gc.freeze()
+        cpu: list[float] = []
+        wall: list[float] = []
+        stages: dict[str, list[float]] = {}
+        prof = cProfile.Profile() if args.profile else None
+        gc0 = sum(s["collections"] for s in gc.get_stats())
+        c_all, w_all = time.process_time(), time.perf_counter()
+        for _ in range(args.rounds):
+            for q in queries:
+                if args.cache_miss:
+                    gen.query_cache._data.clear()
+                c0, w0 = time.process_time(), time.perf_counter()
+                if prof is not None:
+                    prof.enable()
+                res = await pipe.search(SearchRequest(q=q))
+                if prof is not None:
+                    prof.disable()
+                cpu.append(time.process_time() - c0)
+                wall.append(time.perf_counter() - w0)
+                for k, v in res.timings_ms.items():
+                    stages.setdefault(k, []).append(v)
+        c_all, w_all = time.process_time() - c_all, time.perf_counter() - w_all
+        gcs = sum(s["collections"] for s in gc.get_stats()) - gc0
+        await pipe.close()
+    n = len(cpu)
+    out: dict[str, Any] = {
+        "searches": n,
+        "cpu_ms_per_search": round(1000 * c_all / n, 3),
+        "cpu_ms_p50": round(1000 * _pct(cpu, 50), 3),
+        "cpu_ms_p99": round(1000 * _pct(cpu, 99), 3),
+        "wall_ms_p50": round(1000 * _pct(wall, 50), 3),
+        "wall_ms_p99": round(1000 * _pct(wall, 99), 3),
+        "gc_collections": gcs,
+        "stages_ms_p50": {k: round(_pct(v, 50), 3) for k, v in stages.items()},
+        "stages_ms_mean": {k: round(float(np.mean(v)), 3) for k, v in stages.items()},
+        "load_avg": os.getloadavg()[0],
+    }
+    if prof is not None:
+        prof.dump_stats(args.profile)
+        st = pstats.Stats(args.profile)
+        st.sort_stats(args.sort).print_stats(args.top)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = asyncio.run(_run(args))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
