@@ -9,9 +9,13 @@ bm25s itself would produce.
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ltr.errors import unknown_name
 
@@ -19,17 +23,67 @@ TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 STOPWORD_LISTS = ("en", "")
 STEMMERS = ("english", "")
 _split = re.compile(TOKEN_PATTERN).findall
-_STEM_CACHE_MAX = 1_000_000  # bounds memory on huge vocabularies
+# ASCII text: \w is [A-Za-z0-9_], so lowercasing + splitting on everything else is one
+# str.translate and a str.split (twice as fast as the regex); one-character tokens, which
+# the pattern never yields, are dropped by the term map.
+_ASCII_WORDS = str.maketrans(
+    {i: chr(i).lower() if chr(i).isalnum() or chr(i) == "_" else " " for i in range(128)}
+)
+_STEM_CACHE_MAX = 1_000_000  # distinct tokens remembered: bounds memory on huge vocabularies
 
 
 def _stopwords(name: str) -> frozenset[str]:
     if name == "":
         return frozenset()
     if name in ("en", "english"):
-        from bm25s.stopwords import STOPWORDS_EN
-
-        return frozenset(STOPWORDS_EN)
+        return frozenset(_bm25s_stopwords_en())
     raise unknown_name("stopword list", name, STOPWORD_LISTS)
+
+
+def _bm25s_stopwords_en() -> tuple[str, ...]:
+    """bm25s' English list, read from its stopwords module without importing the package
+    (``import bm25s`` pulls in scipy and numba: ~1 CPU-s per reindex process)."""
+    loaded = sys.modules.get("bm25s.stopwords")
+    if loaded is None:
+        spec = importlib.util.find_spec("bm25s")  # locates the package, does not import it
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("bm25s is not installed")
+        path = Path(next(iter(spec.submodule_search_locations))) / "stopwords.py"
+        mod_spec = importlib.util.spec_from_file_location("_ltrsearch_bm25s_stopwords", path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        loaded = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(loaded)
+    return tuple(loaded.STOPWORDS_EN)
+
+
+class _TermMap(dict[str, str | None]):
+    """Lowercased token -> its term (None for a stopword); a miss analyzes and stores it.
+
+    ``map(term_map.__getitem__, tokens)`` then runs in C for every token seen before,
+    which is nearly all of them in a corpus pass.
+    """
+
+    def __init__(self, stop: frozenset[str], stemmer: Any) -> None:
+        super().__init__()
+        self.stop = stop
+        self.stemmer = stemmer
+        self.lock = threading.Lock()  # a PyStemmer object is not thread-safe
+        self.empty_stem = False  # a stem "" would be dropped by the filter(None) fast path
+
+    def __missing__(self, token: str) -> str | None:
+        if len(token) < 2 or token in self.stop:
+            term = None
+        elif self.stemmer is None:
+            term = token
+        else:
+            with self.lock:
+                term = self.stemmer.stemWord(token)
+            if term == "":
+                self.empty_stem = True
+        if len(self) < _STEM_CACHE_MAX:
+            self[token] = term
+        return term
 
 
 class Analyzer:
@@ -47,8 +101,8 @@ class Analyzer:
             self._stemmer = Stemmer.Stemmer("english")
         else:
             raise unknown_name("stemmer", stemmer, STEMMERS)
-        self._stem_cache: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._map = _TermMap(self._stop, self._stemmer)
+        self._lookup = self._map.__getitem__
 
     def settings(self) -> dict[str, str]:
         """What the manifest records to rebuild the same analyzer at query time."""
@@ -56,23 +110,14 @@ class Analyzer:
 
     def terms(self, text: str) -> tuple[str, ...]:
         """Analyzed terms of ``text`` in order (duplicates kept: they carry term frequency)."""
-        tokens = [t for t in _split(text.lower()) if t not in self._stop]
-        if self._stemmer is None or not tokens:
-            return tuple(tokens)
-        cache = self._stem_cache
-        out = [cache.get(t) for t in tokens]  # the common case: every token seen before
-        if None not in out:
-            return tuple(out)  # type: ignore[arg-type]
-        missing = sorted({t for t, stem in zip(tokens, out, strict=True) if stem is None})
-        with self._lock:  # a PyStemmer object is not thread-safe
-            stemmed = self._stemmer.stemWords(missing)
-        new = dict(zip(missing, stemmed, strict=True))
-        if len(cache) < _STEM_CACHE_MAX:
-            cache.update(new)
-        return tuple(new[t] if s is None else s for t, s in zip(tokens, out, strict=True))
+        tokens = text.translate(_ASCII_WORDS).split() if text.isascii() else _split(text.lower())
+        out = tuple(filter(None, map(self._lookup, tokens)))
+        if self._map.empty_stem:  # some token stems to "": keep it, drop only stopwords
+            return tuple(t for t in map(self._lookup, tokens) if t is not None)
+        return out  # type: ignore[arg-type]
 
     def terms_many(self, texts: Sequence[str]) -> list[tuple[str, ...]]:
-        """terms() over many texts (the stem cache makes a corpus pass cheap)."""
+        """terms() over many texts (the token cache makes a corpus pass cheap)."""
         return [self.terms(t) for t in texts]
 
     def __repr__(self) -> str:

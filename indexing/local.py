@@ -42,12 +42,17 @@ from indexing.errors import (
     ValidationError,
 )
 from indexing.local_store import (
+    ANN_ROWS,
     COMBINED,
     FORMAT_VERSION,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
-    FieldIndex,
+    READABLE_FORMATS,
     Snapshot,
+    build_field_indexes,
+    load_ann_rows,
+    terms_lines,
+    write_encoded_lines,
     write_lines,
 )
 
@@ -185,6 +190,35 @@ def _progress(it: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable
     return tqdm(it, total=total, desc=desc, unit="doc")  # type: ignore[no-any-return]
 
 
+def _analyze(
+    docs: Sequence[Document], text_fields: Sequence[str], analyzer: Analyzer, progress: bool
+) -> list[list[tuple[str, ...]]]:
+    """Analyzed terms per field (outer) and row (inner), one field at a time.
+
+    The analyzer's token cache makes every token after its first occurrence a C-level
+    dict hit; the combined field is merged from these lists later, not re-analyzed.
+    """
+    terms = analyzer.terms
+    out: list[list[tuple[str, ...]]] = []
+    for name in _progress(text_fields, len(text_fields), "analyze fields", progress):
+        if name == "title":
+            out.append([terms(d.title) for d in docs])
+        elif name == "body":
+            out.append([terms(d.body) for d in docs])
+        else:
+            out.append([terms(d.extra.get(name, "")) for d in docs])
+    return out
+
+
+def _attr_matrix(docs: Sequence[Document], attr_names: Sequence[str]) -> np.ndarray:
+    """float64 [N, A]; NaN where a document has no value."""
+    attrs = np.full((len(docs), len(attr_names)), np.nan, dtype=np.float64)
+    for j, a in enumerate(attr_names):
+        col = [d.attrs.get(a) for d in docs]
+        attrs[:, j] = [np.nan if v is None else float(v) for v in col]
+    return attrs
+
+
 def _write_version(
     path: Path,
     docs: list[Document],
@@ -193,6 +227,7 @@ def _write_version(
     model_id: str,
     cfg: IndexConfig,
     progress: bool,
+    previous: Path | None = None,
 ) -> None:
     analyzer = Analyzer(cfg.stopwords, cfg.stemmer)
     extra_fields = sorted({f for d in docs for f in d.extra})
@@ -202,46 +237,21 @@ def _write_version(
     )
     n = len(docs)
 
-    per_field: list[list[tuple[str, ...]]] = [[] for _ in text_fields]
-    combined: list[tuple[str, ...]] = []
-    terms_rows: list[list[tuple[str, ...]]] = []
-    for doc in _progress(docs, n, "analyze", progress):
-        texts = doc.text_fields()
-        row = [analyzer.terms(texts.get(f, "")) for f in text_fields]
-        for j, t in enumerate(row):
-            per_field[j].append(t)
-        combined.append(tuple(t for field_terms in row for t in field_terms))
-        terms_rows.append(row)
-
+    per_field = _analyze(docs, text_fields, analyzer, progress)
+    fields, combined = build_field_indexes(per_field, cfg.k1, cfg.b)
     (path / "bm25").mkdir()
-    for name, token_lists in _progress(
-        [*zip(text_fields, per_field, strict=True), (COMBINED, combined)],
-        len(text_fields) + 1,
-        "bm25 fields",
-        progress,
-    ):
-        FieldIndex.build(token_lists, cfg.k1, cfg.b).save(path / "bm25" / name)
+    for name, fi in zip(text_fields, fields, strict=True):
+        fi.save(path / "bm25" / name)
+    combined.save(path / "bm25" / COMBINED)
 
     np.save(path / "vectors.npy", vectors)
     ann = n > cfg.ann_threshold
+    ann_build: dict[str, Any] = {}
     if ann:
-        import hnswlib
+        ids = [d.id for d in docs]
+        ann_build = build_ann(path, ids, vectors, previous, model_id)
 
-        index = hnswlib.Index(space="ip", dim=vectors.shape[1])
-        index.init_index(
-            max_elements=n, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=42
-        )
-        index.set_num_threads(min(2, os.cpu_count() or 1))
-        index.add_items(vectors, np.arange(n))
-        index.save_index(str(path / "ann.bin"))
-
-    attrs = np.full((n, len(attr_names)), np.nan, dtype=np.float64)
-    for i, doc in enumerate(docs):
-        for j, a in enumerate(attr_names):
-            v = doc.attrs.get(a)
-            if v is not None:
-                attrs[i, j] = float(v)
-    np.save(path / "attrs.npy", attrs)
+    np.save(path / "attrs.npy", _attr_matrix(docs, attr_names))
     categories = sorted({d.category for d in docs if d.category is not None})
     code = {c: i for i, c in enumerate(categories)}
     cat = np.array([code.get(d.category, -1) if d.category is not None else -1 for d in docs])
@@ -249,7 +259,9 @@ def _write_version(
     (path / "categories.json").write_text(json.dumps(categories), encoding="utf-8")
     (path / "ids.json").write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
     write_lines(path / "docs.jsonl", (d.to_json() for d in docs))
-    write_lines(path / "terms.jsonl", terms_rows)
+    write_encoded_lines(
+        path / "terms.jsonl", terms_lines(zip(*per_field, strict=True), combined.vocab)
+    )
 
     manifest = {
         "format": FORMAT_VERSION,
@@ -270,11 +282,132 @@ def _write_version(
             "ef_construction": HNSW_EF_CONSTRUCTION,
             "ef_search": cfg.ann_ef_search,
             "threshold": cfg.ann_threshold,
+            **ann_build,
         },
     }
     tmp = path / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, path / "manifest.json")
+
+
+# --- ANN -----------------------------------------------------------------------------------
+# Rebuild the graph from scratch when more than this share of its nodes would be deleted
+# (deleted nodes still cost memory and search time; their labels are never reused).
+ANN_MAX_DELETED = 0.2
+
+
+def _reusable_graph(
+    previous: Path | None, model_id: str, dim: int
+) -> tuple[dict[str, Any], list[str], np.ndarray, np.ndarray] | None:
+    """(manifest, ids, vectors (memory-mapped), label -> row) of a previous version whose
+    hnswlib graph a new build can extend, or None (no version, other model/dim/format, no
+    graph, other graph parameters)."""
+    if previous is None:
+        return None
+    try:
+        m = json.loads((previous / "manifest.json").read_text(encoding="utf-8"))
+        a = m.get("ann", {})
+        if (
+            m.get("format") not in READABLE_FORMATS
+            or m.get("model_id") != model_id
+            or int(m.get("dim", -1)) != dim
+            or not a.get("enabled")
+            or (a.get("M"), a.get("ef_construction")) != (HNSW_M, HNSW_EF_CONSTRUCTION)
+            or not (previous / "ann.bin").is_file()
+        ):
+            return None
+        ids = json.loads((previous / "ids.json").read_text(encoding="utf-8"))
+        vectors = np.load(previous / "vectors.npy", mmap_mode="r")
+        rows = load_ann_rows(previous, m)
+        if rows is None:
+            rows = np.arange(len(ids), dtype=np.int64)
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("previous version %s unusable for graph reuse: %s", previous, e)
+        return None
+    if vectors.shape != (len(ids), dim):
+        return None
+    return m, ids, vectors, rows
+
+
+def build_ann(
+    path: Path,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    previous: Path | None,
+    model_id: str,
+) -> dict[str, Any]:
+    """Write ``ann.bin`` (+ ``ann_rows.npy``: hnswlib label -> row, -1 = deleted node).
+
+    Reuses the previous version's graph when it can: documents whose id and vector bytes
+    are unchanged keep their node, removed or changed ones are marked deleted, new or
+    changed ones are added under fresh labels. The previous version is only read (its
+    graph is loaded into memory and saved into ``path``). Returns the manifest's record
+    of what was done.
+    """
+    import hnswlib
+
+    n, dim = vectors.shape
+    threads = min(2, os.cpu_count() or 1)
+    prev = _reusable_graph(previous, model_id, dim)
+    if prev is not None and previous is not None:
+        _, prev_ids, prev_vectors, prev_rows = prev
+        label_of_prev_row = np.full(len(prev_ids), -1, dtype=np.int64)
+        live = np.flatnonzero(prev_rows >= 0)
+        label_of_prev_row[prev_rows[live]] = live
+        prev_row_of = {d: i for i, d in enumerate(prev_ids)}
+        prev_row = np.fromiter((prev_row_of.get(d, -1) for d in ids), dtype=np.int64, count=n)
+        common = np.flatnonzero(prev_row >= 0)
+        same = np.zeros(n, dtype=bool)
+        if len(common):
+            a = vectors[common].view(np.uint32)
+            b = np.asarray(prev_vectors[prev_row[common]], dtype=np.float32).view(np.uint32)
+            same[common] = np.all(a == b, axis=1)
+        kept_prev = np.zeros(len(prev_ids), dtype=bool)
+        kept_prev[prev_row[same]] = True
+        n_labels_prev = len(prev_rows)
+        added = np.flatnonzero(~same)
+        n_labels = n_labels_prev + len(added)
+        dead = n_labels - n
+        if dead / max(n_labels, 1) <= ANN_MAX_DELETED and int(same.sum()) > 0:
+            index = hnswlib.Index(space="ip", dim=dim)
+            index.load_index(str(previous / "ann.bin"), max_elements=n_labels)  # type: ignore[operator]
+            index.set_num_threads(threads)
+            newly_dead = label_of_prev_row[~kept_prev]
+            for label in newly_dead.tolist():
+                index.mark_deleted(label)
+            rows = np.full(n_labels, -1, dtype=np.int64)
+            rows[label_of_prev_row[prev_row[same]]] = np.flatnonzero(same)
+            new_labels = np.arange(n_labels_prev, n_labels, dtype=np.int64)
+            rows[new_labels] = added
+            if len(added):
+                index.add_items(vectors[added], new_labels, num_threads=threads)
+            index.save_index(str(path / "ann.bin"))
+            np.save(path / ANN_ROWS, rows)
+            return {
+                "build": "incremental",
+                "reused_from": str(prev[0].get("version", previous.name)),
+                "kept": int(same.sum()),
+                "added": len(added),
+                "deleted": len(newly_dead),
+                "labels": n_labels,
+            }
+        log.info(
+            "hnswlib: %d of %d graph nodes would be deleted; building from scratch", dead, n_labels
+        )
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.init_index(max_elements=n, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=42)
+    index.set_num_threads(threads)
+    index.add_items(vectors, np.arange(n), num_threads=threads)
+    index.save_index(str(path / "ann.bin"))
+    np.save(path / ANN_ROWS, np.arange(n, dtype=np.int64))
+    return {
+        "build": "scratch",
+        "reused_from": None,
+        "kept": 0,
+        "added": n,
+        "deleted": 0,
+        "labels": n,
+    }
 
 
 def _check_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
@@ -358,7 +491,9 @@ def build_local_index(
             texts = [embedding_text(d) for d in docs]
             vectors = embed_texts(encoder, texts, cache=cache, progress=progress)
             vectors = _check_vectors(vectors, len(docs), encoder.dim)
-            _write_version(tmp, docs, vectors, version, encoder.model_id, cfg, progress)
+            cur = current_version(root)
+            previous = root / VERSIONS / cur if cur else None
+            _write_version(tmp, docs, vectors, version, encoder.model_id, cfg, progress, previous)
             snap = Snapshot(tmp)
             try:
                 validate_snapshot(snap, docs)

@@ -1,0 +1,165 @@
+"""A reindex extends the previous version's hnswlib graph instead of rebuilding it.
+
+Vectors come from an EmbeddingCache filled with clustered synthetic vectors under the
+real encoder's model id (as scripts/benchmark.py does), so no text is embedded; the
+threshold is lowered so a 600-document corpus gets a graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from indexing.config import IndexConfig
+from indexing.documents import Document
+from indexing.embedding import EmbeddingCache
+from indexing.local import LocalBackend, build_local_index, embedding_text
+from indexing.local_store import Snapshot
+
+CFG = IndexConfig(ann_threshold=50, keep_versions=10)
+N = 600
+
+
+def make_docs(n: int, start: int = 0, tag: str = "") -> list[Document]:
+    words = ["red", "blue", "tent", "lamp", "knife", "boots", "chair", "mug", "rope", "desk"]
+    return [
+        Document(
+            id=f"d{i:05d}",
+            title=f"{words[i % 10]} {words[(i // 10) % 10]} item {i}",
+            body=f"body of {i} {tag} with {words[(i * 7) % 10]}",
+            attrs={"price": float(i % 97)},
+            category="a" if i % 2 else "b",
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((24, dim)).astype(np.float32)
+    v = centers[rng.integers(0, 24, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def fill(cache: EmbeddingCache, encoder: Any, docs: list[Document], seed: int) -> None:
+    cache.put_many(
+        encoder.model_id, [embedding_text(d) for d in docs], clustered(len(docs), encoder.dim, seed)
+    )
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def recall_vs_exact(snap: Snapshot, queries: np.ndarray, k: int) -> float:
+    rec = []
+    for q in queries:
+        exact = set(snap.knn_exact(q, k).ids)
+        rec.append(len(set(snap.knn(q, k).ids) & exact) / k)
+    return float(np.mean(rec))
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, encoder: Any) -> tuple[Path, EmbeddingCache, list[Document]]:
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    docs = make_docs(N)
+    fill(cache, encoder, docs, seed=1)
+    return tmp_path / "index", cache, docs
+
+
+def test_same_docs_twice_reuses_graph_and_answers_the_same(setup: Any, encoder: Any) -> None:
+    root, cache, docs = setup
+    v1 = build_local_index(docs, root, encoder, CFG, cache=cache)
+    v2 = build_local_index(docs, root, encoder, CFG, cache=cache)
+    s1, s2 = Snapshot(root / "versions" / v1), Snapshot(root / "versions" / v2)
+    assert s1.manifest["ann"]["build"] == "scratch"
+    a2 = s2.manifest["ann"]
+    assert (a2["build"], a2["reused_from"], a2["kept"], a2["added"], a2["deleted"]) == (
+        "incremental",
+        v1,
+        N,
+        0,
+        0,
+    )
+    queries = clustered(40, encoder.dim, seed=9)
+    for q in queries:
+        h1, h2 = s1.knn(q, 20), s2.knn(q, 20)
+        assert h1.ids == h2.ids
+        np.testing.assert_array_equal(h1.scores, h2.scores)
+    cache.close()
+
+
+def test_changed_removed_added_docs(setup: Any, encoder: Any) -> None:
+    root, cache, docs = setup
+    v1 = build_local_index(docs, root, encoder, CFG, cache=cache)
+    before = tree_digest(root / "versions" / v1)
+    removed = {d.id for d in docs[:30]}
+    changed = [
+        Document(
+            id=d.id, title=d.title, body=d.body + " revised", attrs=d.attrs, category=d.category
+        )
+        for d in docs[30:60]
+    ]
+    added = make_docs(30, start=N, tag="new")
+    fill(cache, encoder, changed, seed=2)
+    fill(cache, encoder, added, seed=3)
+    new_docs = changed + docs[60:] + added  # rows move too: labels must not be rows
+    v2 = build_local_index(new_docs, root, encoder, CFG, cache=cache)
+    assert tree_digest(root / "versions" / v1) == before  # the previous version is untouched
+
+    snap = Snapshot(root / "versions" / v2)
+    a = snap.manifest["ann"]
+    assert (a["build"], a["kept"], a["added"], a["deleted"], a["labels"]) == (
+        "incremental",
+        N - 60,
+        60,
+        60,
+        N + 60,
+    )
+    queries = np.concatenate([clustered(60, encoder.dim, seed=11), snap.vectors[:40]])
+    assert recall_vs_exact(snap, queries, 100) >= 0.98
+    old_snap = Snapshot(root / "versions" / v1)
+    for q in [*queries, *old_snap.vectors[:60]]:  # also the removed/changed docs' old vectors
+        hits = snap.knn(q, 100)
+        assert not removed & set(hits.ids)
+        np.testing.assert_allclose(hits.scores, snap.cosine(q, hits.ids), rtol=1e-6)
+    for row in range(30):  # a changed document is found by its new vector, first
+        assert snap.knn(snap.vectors[row], 1).ids == (new_docs[row].id,)
+
+
+def test_large_change_rebuilds_from_scratch(setup: Any, encoder: Any) -> None:
+    root, cache, docs = setup
+    build_local_index(docs, root, encoder, CFG, cache=cache)
+    v2 = build_local_index(docs[200:], root, encoder, CFG, cache=cache)  # a third removed
+    snap = Snapshot(root / "versions" / v2)
+    assert snap.manifest["ann"]["build"] == "scratch"
+    assert snap.manifest["ann"]["labels"] == N - 200
+    assert recall_vs_exact(snap, clustered(30, encoder.dim, seed=5), 50) >= 0.98
+
+
+def test_other_model_rebuilds_and_filters_stay_exact(setup: Any, encoder: Any) -> None:
+    root, cache, docs = setup
+    build_local_index(docs, root, encoder, IndexConfig(ann_threshold=N + 1), cache=cache)
+    v2 = build_local_index(docs, root, encoder, CFG, cache=cache)  # previous has no graph
+    assert Snapshot(root / "versions" / v2).manifest["ann"]["build"] == "scratch"
+    v3 = build_local_index(docs[:-10], root, encoder, CFG, cache=cache)
+    backend = LocalBackend.open(root, encoder)
+    assert backend.version == v3 and backend.manifest["ann"]["build"] == "incremental"
+    snap = Snapshot(root / "versions" / v3)
+    from indexing.backend import Filters
+
+    f = Filters(category="a")
+    for q in clustered(10, encoder.dim, seed=4):
+        hits = snap.knn(q, 10, f)
+        rows = np.flatnonzero(snap.mask(f))
+        s = snap.vectors[rows] @ q
+        best = rows[np.argsort(-s)[:10]]
+        assert hits.ids == tuple(snap.ids[r] for r in best)
