@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any
 
 import numpy as np
 
@@ -60,58 +57,35 @@ class Feature:
 # Computed once per CandidateSet; a small identity-keyed LRU holds strong references so an
 # id() cannot be reused while its entry is cached.
 #
-# Term membership works on integer term ids: each analyzed term tuple of a document field
-# is encoded once into an int32 array (ids from one process-wide term table; the entry is
-# cached by the tuple's identity, since the backend hands out the same tuple objects for a
-# document while its decoded row is cached). A request then tests the terms of every field
-# of every candidate against the few words features ask about (query terms, feedback
-# vocabulary) with one vectorized table lookup: no per-candidate Python set per request
-# (those sets cost ~half of the features stage in cyclic GC). The values are those of the
-# set-based implementation, kept as the reference in tests/features_reference.py.
-
-_Entry = tuple[tuple[str, ...], np.ndarray, int]  # (terms, term ids, number of distinct terms)
-_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+# Term membership works on integer term ids: a request maps the terms of every field of
+# every candidate to ids of one process-wide term table in one C-level pass (no Python
+# object per candidate), then tests them against the few words features ask about (query
+# terms, feedback vocabulary) with one vectorized table lookup. The per-candidate Python
+# sets of the previous implementation made the cyclic GC ~half of the features stage. The
+# values are those of the set-based implementation, kept in tests/features_reference.py.
 
 
 class _TermTable:
-    """Term -> int id, and term tuple (by identity) -> its _Entry."""
+    """Term -> int id (ids are only ever compared within one table)."""
 
-    MAX_ROWS = 200_000  # cached term tuples (> Snapshot's 10,000 decoded rows x 10 fields)
-    MAX_TERMS = 2_000_000  # then a new table (ids are only compared within one table)
+    MAX_TERMS = 2_000_000  # then a new table: the vocabulary of old index versions goes
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
-        self.rows: dict[int, _Entry] = {}
         self.lock = threading.Lock()
         self.local = threading.local()  # per-thread word lookup table (see words_lut)
 
-    def encode(self, terms: tuple[str, ...]) -> _Entry:
-        """The cached entry of a term tuple, encoded on first sight."""
-        e = self.rows.get(id(terms))
-        if e is not None and e[0] is terms:
-            return e
-        with self.lock:  # new ids must be unique: assign them under the lock
-            ids = self.ids
-            arr = np.fromiter(
-                (ids.setdefault(t, len(ids)) for t in terms), dtype=np.int32, count=len(terms)
-            )
-            e = (terms, arr, len(set(terms)))
-            rows = self.rows
-            if len(rows) >= self.MAX_ROWS:  # drop the oldest half (insertion order)
-                for k in list(itertools.islice(rows, len(rows) // 2)):
-                    del rows[k]
-            rows[id(terms)] = e
-        return e
-
-    def encode_many(self, seqs: Sequence[tuple[str, ...]]) -> list[_Entry]:
-        """Entries of many tuples; when all are cached, without a Python-level loop."""
-        entries: list[Any] = list(map(self.rows.get, map(id, seqs)))
-        try:  # _first(None) raises TypeError: some tuple is not cached yet
-            if all(map(operator.is_, map(_first, entries), seqs)):
-                return entries
-        except TypeError:
-            pass
-        return [self.encode(t) for t in seqs]
+    def encode(self, terms: Iterable[str]) -> np.ndarray:
+        """int32 ids of a flat iterable of terms; unseen terms get new ids."""
+        terms = terms if isinstance(terms, (list, tuple)) else list(terms)
+        ids = self.ids
+        try:  # every term known: a C-level loop
+            return np.fromiter(map(ids.__getitem__, terms), dtype=np.int32, count=len(terms))
+        except KeyError:
+            with self.lock:  # new ids must be unique: assign them under the lock
+                return np.fromiter(
+                    (ids.setdefault(t, len(ids)) for t in terms), np.int32, count=len(terms)
+                )
 
     def lookup(self, terms: Iterable[str]) -> np.ndarray:
         """Ids of these terms (-1 for a term no encoded document holds: it matches none)."""
@@ -150,7 +124,6 @@ class _Derived:
         self.qterms: tuple[str, ...] = tuple(dict.fromkeys(cs.query_terms))
         self.qidf = np.array([cs.idf.get(t, np.nan) for t in self.qterms], dtype=np.float64)
         self._table = _term_table()
-        self._entries: dict[str, list[_Entry]] = {}
         self._presence: dict[str, np.ndarray] | None = None
         self._words: dict[str, int] = {}
         self._wids = np.zeros(0, dtype=np.int64)
@@ -164,13 +137,6 @@ class _Derived:
     def fields(self) -> tuple[str, ...]:
         return tuple(self.cs.doc_terms)
 
-    def entries(self, field: str) -> list[_Entry]:
-        e = self._entries.get(field)
-        if e is None:
-            e = self._table.encode_many(self.cs.doc_terms[field])
-            self._entries[field] = e
-        return e
-
     def _all_presence(self) -> dict[str, np.ndarray]:
         """Field -> [n, W] bool: word j of self._words occurs in candidate i's field.
 
@@ -181,7 +147,11 @@ class _Derived:
             return self._presence
         table = self._table
         fields = self.fields()
-        per_field = [self.entries(f) for f in fields]  # encode first: all terms get ids
+        per_field = [self.cs.doc_terms[f] for f in fields]
+        rows = list(itertools.chain.from_iterable(per_field))
+        # encode first: then every term of these documents has an id
+        flat = table.encode(list(itertools.chain.from_iterable(rows)))
+        ends = np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)))
         words = dict.fromkeys(self.qterms)
         for f in PRF_MIN_DOCS:
             if f in self.cs.doc_terms:
@@ -192,9 +162,6 @@ class _Derived:
         self._wids = wids
         sizes = [len(e) for e in per_field]
         total = sum(sizes)
-        arrays = list(map(_second, itertools.chain.from_iterable(per_field)))
-        flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
-        ends = np.cumsum(np.fromiter(map(len, arrays), np.int64, total))
         self._flat, self._ends = flat, ends
         hit = np.zeros((total, len(words)), dtype=bool)
         if known.size and flat.size:
@@ -258,11 +225,20 @@ class _Derived:
         return v
 
     def distinct(self, field: str) -> np.ndarray | None:
-        """Number of distinct terms of each candidate's field."""
+        """Number of distinct terms of each candidate's field (distinct ids: one table)."""
         if field not in self.cs.doc_terms:
             return None
-        e = self.entries(field)
-        return np.fromiter(map(_third, e), np.float64, len(e))
+        self._all_presence()
+        start, size = self._rows[field]
+        ends = self._ends[start : start + size]
+        t0 = int(self._ends[start - 1]) if start else 0
+        seg = self._flat[t0 : int(ends[-1]) if size else t0]
+        row = np.repeat(np.arange(size), np.diff(ends, prepend=t0))
+        order = np.lexsort((seg, row))
+        s, r = seg[order], row[order]
+        first = np.ones(s.size, dtype=bool)
+        first[1:] = (s[1:] != s[:-1]) | (r[1:] != r[:-1])
+        return np.bincount(r[first], minlength=size).astype(np.float64)
 
     def match_any(self) -> np.ndarray:
         """[n, Q] bool: query term j occurs in any text field."""

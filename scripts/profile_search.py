@@ -126,6 +126,15 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         stages: dict[str, list[float]] = {}
         prof = cProfile.Profile() if args.profile else None
         gc0 = sum(s["collections"] for s in gc.get_stats())
+        gc_s = [0.0, 0.0]  # total pause, start of the current collection
+
+        def gc_timer(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                gc_s[1] = time.perf_counter()
+            else:
+                gc_s[0] += time.perf_counter() - gc_s[1]
+
+        gc.callbacks.append(gc_timer)
         c_all, w_all = time.process_time(), time.perf_counter()
         for _ in range(args.rounds):
             for q in queries:
@@ -142,6 +151,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 for k, v in res.timings_ms.items():
                     stages.setdefault(k, []).append(v)
         c_all, w_all = time.process_time() - c_all, time.perf_counter() - w_all
+        gc.callbacks.remove(gc_timer)
         gcs = sum(s["collections"] for s in gc.get_stats()) - gc0
         await pipe.close()
     n = len(cpu)
@@ -153,6 +163,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_ms_p50": round(1000 * _pct(wall, 50), 3),
         "wall_ms_p99": round(1000 * _pct(wall, 99), 3),
         "gc_collections": gcs,
+        "gc_ms_per_search": round(1000 * gc_s[0] / n, 3),
         "stages_ms_p50": {k: round(_pct(v, 50), 3) for k, v in stages.items()},
         "stages_ms_mean": {k: round(float(np.mean(v)), 3) for k, v in stages.items()},
         "load_avg": os.getloadavg()[0],

@@ -177,7 +177,7 @@ class BehaviorAggregates:
                 continue
             rows = list(compress(got, have))
             vals = np.array(rows, dtype=np.float64).reshape(len(rows), 6)
-            f = np.array([self._decay(now - r[5]) for r in rows], dtype=np.float64)
+            f = np.array([self._decay(now - t) for t in vals[:, 5].tolist()], dtype=np.float64)
             out[f"{level}_impressions"][have] = vals[:, 0]
             out[f"{level}_clicks"][have] = vals[:, 1]
             out[f"{level}_examinations"][have] = vals[:, 2]
