@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--sort", default="tottime", help="pstats sort key for --profile")
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after startup")
+    p.add_argument("--gc-gen0", type=int, default=0, help="gen0 GC threshold (0 = keep)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -121,6 +122,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         gc.collect()
         if args.gc_freeze:
             gc.freeze()
+        if args.gc_gen0 > 0:
+            gc.set_threshold(args.gc_gen0, *gc.get_threshold()[1:])
         cpu: list[float] = []
         wall: list[float] = []
         stages: dict[str, list[float]] = {}

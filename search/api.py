@@ -58,6 +58,12 @@ from search.pipeline import (
     default_generator_factory,
 )
 
+_orjson: Any
+try:  # not a declared dependency: used when installed (search responses are the hot path)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
 log = logging.getLogger("search.api")
 
 DEFAULT_FEATURES: tuple[str, ...] = (*TEXT_FEATURES, *STATIC_FEATURES, *BEHAVIOR_FEATURES)
@@ -325,6 +331,19 @@ async def _run_search(request: web.Request, data: Mapping[str, Any]) -> web.Resp
     body = result.to_json()
     if req.explain and result.model_version is None:
         body["explain"] = "no model is serving: hits are ranked by RRF, no contributions"
+    return _json_response(body)
+
+
+def _json_response(body: Any) -> web.Response:
+    """web.json_response, encoded by orjson when it is installed (~10x faster than json
+    for a page of hits; the same JSON except that a non-finite float becomes null)."""
+    if _orjson is not None:
+        try:
+            data = _orjson.dumps(body)
+        except TypeError:  # a type orjson does not encode: the standard encoder decides
+            pass
+        else:
+            return web.Response(body=data, content_type="application/json", charset="utf-8")
     return web.json_response(body)
 
 

@@ -171,7 +171,13 @@ class CandidateGenerator:
             s = np.full(n, np.nan, dtype=np.float64)
             r = np.full(n, np.nan, dtype=np.float64)
             hits = per_retriever[name]
-            if hits is not None:
+            if hits is None:
+                pass
+            elif len(set(hits.ids)) == len(hits.ids) == len(hits.scores):
+                at = np.fromiter(map(pos.__getitem__, hits.ids), np.intp, len(hits.ids))
+                s[at] = np.asarray(hits.scores, dtype=np.float64)
+                r[at] = np.arange(1, len(at) + 1, dtype=np.float64)
+            else:  # duplicate ids (the last one wins) or a malformed Hits: the plain loop
                 for rank, (doc_id, score) in enumerate(zip(hits.ids, hits.scores, strict=True)):
                     s[pos[doc_id]] = float(score)
                     r[pos[doc_id]] = rank + 1
