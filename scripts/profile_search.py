@@ -138,7 +138,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 gc_s[0] += time.perf_counter() - gc_s[1]
 
         gc.callbacks.append(gc_timer)
-        c_all, w_all = time.process_time(), time.perf_counter()
+        c_all, w_all, m_all = time.process_time(), time.perf_counter(), time.thread_time()
         for _ in range(args.rounds):
             for q in queries:
                 if args.cache_miss:
@@ -153,6 +153,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 wall.append(time.perf_counter() - w0)
                 for k, v in res.timings_ms.items():
                     stages.setdefault(k, []).append(v)
+        m_all = time.thread_time() - m_all
         c_all, w_all = time.process_time() - c_all, time.perf_counter() - w_all
         gc.callbacks.remove(gc_timer)
         gcs = sum(s["collections"] for s in gc.get_stats()) - gc0
@@ -161,6 +162,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "searches": n,
         "cpu_ms_per_search": round(1000 * c_all / n, 3),
+        "main_thread_cpu_ms_per_search": round(1000 * m_all / n, 3),
         "cpu_ms_p50": round(1000 * _pct(cpu, 50), 3),
         "cpu_ms_p99": round(1000 * _pct(cpu, 99), 3),
         "wall_ms_p50": round(1000 * _pct(wall, 50), 3),

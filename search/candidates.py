@@ -101,7 +101,8 @@ class CandidateGenerator:
     async def _timed(self, stage: str, aw: Awaitable[T]) -> T:
         seconds = self.timeouts_ms[stage] / 1000.0
         try:
-            return await asyncio.wait_for(aw, seconds)
+            async with asyncio.timeout(seconds):  # no extra task per stage (wait_for makes one)
+                return await aw
         except TimeoutError:
             raise BackendTimeoutError(
                 f"{stage} stage exceeded {self.timeouts_ms[stage]:g} ms"

@@ -381,10 +381,8 @@ class Pipeline:
             fsid = model.featureset_id if model is not None else featureset_id(names)
             t0 = time.perf_counter()
             try:
-                fz = await asyncio.wait_for(
-                    self._timed_featurize(req, names, now, state.generator, timings),
-                    self.config.candidates_timeout_ms / 1000.0,
-                )
+                async with asyncio.timeout(self.config.candidates_timeout_ms / 1000.0):
+                    fz = await self._timed_featurize(req, names, now, state.generator, timings)
             except TimeoutError:
                 raise BackendError(
                     f"candidate generation took longer than {self.config.candidates_timeout_ms:g}"
@@ -502,9 +500,8 @@ class Pipeline:
                 fusion_score(cs, str(spec["name"]), dict(spec.get("params") or {})), np.float64
             )
         try:
-            pred = await asyncio.wait_for(
-                asyncio.to_thread(model.predict, X, bm), self.config.model_timeout_ms / 1000.0
-            )
+            async with asyncio.timeout(self.config.model_timeout_ms / 1000.0):
+                pred = await asyncio.to_thread(model.predict, X, bm)
             scores = np.asarray(pred, dtype=np.float64)
             used: RankModel | None = model
         except Exception as e:  # includes TimeoutError: serve the fusion ranking instead
