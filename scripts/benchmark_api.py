@@ -114,6 +114,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), NaN if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def start_server(
     info: dict[str, Any], events: Path, port: int, log: Path, blas_threads: int = 0
 ) -> subprocess.Popen[bytes]:
@@ -248,7 +258,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await drive(url, queries, args.warmup, args.concurrency, args.max_seconds, Recorder(), 1)
         rec = Recorder()
         load_before = os.getloadavg()[0]
+        srv0, cli0 = cpu_seconds(proc.pid), time.process_time()
         secs = await drive(url, queries, args.requests, args.concurrency, args.max_seconds, rec, 2)
+        srv_cpu, cli_cpu = cpu_seconds(proc.pid) - srv0, time.process_time() - cli0
         out["run"] = {
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "concurrency": args.concurrency,
@@ -258,6 +270,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(secs, 2),
             "req_per_s": round(rec.done / secs, 1) if secs > 0 else None,
             "client_ms": _pct(rec.client_ms),
+            # CPU per request: the load-independent cost (wall latency on a shared machine
+            # is mostly waiting for a core); the load generator's share of the cores too
+            "server_cpu_ms_per_request": round(1000 * srv_cpu / max(rec.done, 1), 2),
+            "client_cpu_ms_per_request": round(1000 * cli_cpu / max(rec.done, 1), 2),
             "server_stage_ms": {s: _pct(v) for s, v in rec.stages.items()},
             "rss_mb": round(rss_mb(proc.pid), 1),
         }
@@ -298,6 +314,8 @@ def _markdown(out: dict[str, Any]) -> str:
         f"docs={out['docs']} concurrency={r['concurrency']} requests={r['requests']} "
         f"errors={r['errors']} degraded={r['degraded']} -> {r['req_per_s']} req/s "
         f"(blas_threads={out.get('blas_threads')}, load avg {r.get('load_avg_1m')})",
+        f"CPU per request: server {r.get('server_cpu_ms_per_request')} ms, "
+        f"load generator {r.get('client_cpu_ms_per_request')} ms",
         "",
         "| stage | p50 ms | p99 ms |",
         "|---|---|---|",
