@@ -169,16 +169,11 @@ class FieldIndex:
 _TF_DTYPE = (np.zeros(1, dtype=np.float32) + np.float64(0.5)).dtype
 
 
-def bm25s_vocab(docs: Iterable[Iterable[Sequence[str]]]) -> dict[str, int]:
-    """Term -> id in bm25s' order: the iteration order of the set it fills document by
-    document (``set.update`` per document; a document's parts added in turn give the
-    same set as their concatenation)."""
-    unique: set[str] = set()
-    update = unique.update
-    for parts in docs:
-        for tokens in parts:
-            update(tokens)
-    return {t: i for i, t in enumerate(unique)}
+def bm25s_vocab(tokens: Iterable[str]) -> dict[str, int]:
+    """Term -> id in bm25s' order: the iteration order of the set it fills with every
+    token in corpus order. bm25s calls ``set.update`` per document; one ``set()`` over
+    the chained tokens adds the same keys in the same order, so the set is identical."""
+    return {t: i for i, t in enumerate(set(tokens))}
 
 
 def _flat_ids(
@@ -196,16 +191,10 @@ def _flat_ids(
 
 
 def _postings(
-    term: np.ndarray, doc: np.ndarray, n: int, weights: np.ndarray | None = None
+    term: np.ndarray, doc: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (term, doc) pairs sorted by (term, doc) with their summed weights (counts
-    when ``weights`` is None)."""
-    key = term * n + doc
-    if weights is None:
-        uniq, tf = np.unique(key, return_counts=True)
-    else:
-        uniq, inverse = np.unique(key, return_inverse=True)
-        tf = np.bincount(inverse, weights=weights, minlength=len(uniq)).astype(np.int64)
+    """Unique (term, doc) pairs of a token stream, sorted by (term, doc), with counts."""
+    uniq, tf = np.unique(term * n + doc, return_counts=True)
     t = uniq // n
     return t, uniq - t * n, tf
 
@@ -216,20 +205,20 @@ def build_field_indexes(
     """BM25 indexes of each field and of all fields combined, vectorized.
 
     ``per_field[f][row]`` holds the analyzed terms of field f of a document. The combined
-    index equals bm25s over each document's fields concatenated, but is merged from the
-    per-field postings (term frequencies and lengths add up) without building those
-    concatenations. The result equals what bm25s.BM25(method="lucene").index builds with
-    its per-document Python loops (tests/test_fast_build.py proves it), at a fraction of
-    the cost.
+    index equals bm25s over each document's fields concatenated; its token stream is the
+    per-field term ids mapped into its vocabulary, so nothing is concatenated or
+    re-analyzed. The result equals what bm25s.BM25(method="lucene").index builds with its
+    per-document Python loops (tests/test_fast_build.py proves it), at a fraction of the
+    cost: term ids once per token, then one sort per field.
     """
     n = len(per_field[0]) if per_field else 0
     fields: list[FieldIndex] = []
-    parts: list[tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]] = []
+    streams: list[tuple[dict[str, int], np.ndarray, np.ndarray]] = []
     all_lengths = np.zeros(n, dtype=np.int64)
     for token_lists in per_field:
         if len(token_lists) != n:
             raise ValueError("every field needs one token list per document")
-        vocab = bm25s_vocab(zip(token_lists))
+        vocab = bm25s_vocab(itertools.chain.from_iterable(token_lists))
         ids, lengths = _flat_ids(token_lists, vocab)
         all_lengths += lengths
         if not len(ids):  # bm25s divides by the average length; nothing to index
@@ -238,23 +227,16 @@ def build_field_indexes(
         docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
         term, doc, tf = _postings(ids, docs, n)
         fields.append(FieldIndex.from_postings(vocab, term, doc, tf, lengths, k1, b))
-        parts.append((vocab, term, doc, tf))
-    if not parts:
+        streams.append((vocab, ids, docs))
+    if not streams:
         return fields, FieldIndex.empty(n)
-    vocab_all = bm25s_vocab(zip(*per_field, strict=True))
-    term_all, doc_all, tf_all = [], [], []
-    for vocab, term, doc, tf in parts:
+    chain = itertools.chain.from_iterable
+    vocab_all = bm25s_vocab(chain(chain(zip(*per_field, strict=True))))
+    all_terms: list[np.ndarray] = []
+    for vocab, ids, _ in streams:
         to_all = np.fromiter(map(vocab_all.__getitem__, vocab), dtype=np.int64, count=len(vocab))
-        term_all.append(to_all[term])
-        doc_all.append(doc)
-        tf_all.append(tf)
-    if len(parts) == 1:
-        order = np.lexsort((doc_all[0], term_all[0]))
-        merged = term_all[0][order], doc_all[0][order], tf_all[0][order]
-    else:
-        merged = _postings(
-            np.concatenate(term_all), np.concatenate(doc_all), n, np.concatenate(tf_all)
-        )
+        all_terms.append(to_all[ids])
+    merged = _postings(np.concatenate(all_terms), np.concatenate([d for *_, d in streams]), n)
     combined = FieldIndex.from_postings(vocab_all, *merged, all_lengths, k1, b)
     return fields, combined
 

@@ -8,6 +8,8 @@ to the bit (the same float operations in the same order).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -151,3 +153,71 @@ def test_analyzer_matches_bm25s_tokenize() -> None:
         texts, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
     )
     assert [list(ANALYZER.terms(t)) for t in texts] == [list(t) for t in ref]
+
+
+def test_line_encoders_equal_json() -> None:
+    from indexing.local_store import json_line, terms_lines
+
+    rows = [*zip(*CONTRACT_FIELDS, strict=True), ((), ()), (("x",), ())]
+    vocab = {t for row in rows for field in row for t in field}
+    assert list(terms_lines(rows, vocab)) == [json_line(r) for r in rows]
+    odd = [(('a"b', "c\\d"), ("\u00e9\n",))]  # needs escaping: falls back to the encoder
+    assert list(terms_lines(odd, {'a"b', "c\\d", "\u00e9\n"})) == [json_line(r) for r in odd]
+    import json
+
+    assert json.loads(next(iter(terms_lines(odd, {'a"b', "c\\d", "\u00e9\n"})))) == [
+        ['a"b', "c\\d"],
+        ["\u00e9\n"],
+    ]
+
+
+def test_parallel_build_equals_inline(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, encoder: Any
+) -> None:
+    """The BM25 side built in a child process gives the same index as built inline (term
+    ids may differ between processes, as bm25s' did: compared per term)."""
+    from indexing.config import IndexConfig
+    from indexing.embedding import EmbeddingCache
+    from indexing.local import build_local_index
+    from indexing.local_store import COMBINED, Snapshot
+    from tests.contract import contract_cache_path
+
+    snaps = []
+    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
+        for parallel in (False, True):
+            root = tmp_path / f"p{parallel}"
+            v = build_local_index(
+                CONTRACT_DOCS, root, encoder, IndexConfig(), cache, parallel=parallel
+            )
+            assert not list((root / "versions" / v).glob(".bm25-job*"))
+            snaps.append(Snapshot(root / "versions" / v))
+    a, b = snaps
+    assert (a.path / "terms.jsonl").read_bytes() == (b.path / "terms.jsonl").read_bytes()
+    for name in (*a.text_fields, COMBINED):
+        fa, fb = FieldIndex.load(a.path / "bm25" / name), FieldIndex.load(b.path / "bm25" / name)
+        assert set(fa.vocab) == set(fb.vocab)
+        for t, i in fa.vocab.items():
+            j = fb.vocab[t]
+            sa, sb = slice(fa.indptr[i], fa.indptr[i + 1]), slice(fb.indptr[j], fb.indptr[j + 1])
+            np.testing.assert_array_equal(fa.indices[sa], fb.indices[sb])
+            np.testing.assert_array_equal(fa.data[sa], fb.data[sb])
+    for q in ("laptop battery", "waterproof boots", "steel knife"):
+        ha, hb = a.bm25(q, 10), b.bm25(q, 10)
+        assert ha.ids == hb.ids
+        np.testing.assert_array_equal(ha.scores, hb.scores)
+
+
+def test_failed_bm25_process_raises(tmp_path: Path) -> None:
+    """A BM25 process that fails surfaces as IndexingError with its error text (the
+    build then publishes nothing, like any failed build)."""
+    from indexing.config import IndexConfig
+    from indexing.errors import IndexingError
+    from indexing.local import _BM25Build
+
+    (tmp_path / "bm25").mkdir()  # the child's mkdir of bm25/ fails: FileExistsError
+    job = _BM25Build(tmp_path, CONTRACT_DOCS[:5], IndexConfig(), parallel=True)
+    with pytest.raises(
+        IndexingError, match=r"(?s)BM25 build process exited with 1.*FileExistsError"
+    ):
+        job.finish()
+    assert not list(tmp_path.glob(".bm25-job*"))
