@@ -123,6 +123,9 @@ class _Derived:
         # distinct query terms in first-occurrence order
         self.qterms: tuple[str, ...] = tuple(dict.fromkeys(cs.query_terms))
         self.qidf = np.array([cs.idf.get(t, np.nan) for t in self.qterms], dtype=np.float64)
+        self.qidf0 = np.nan_to_num(self.qidf, nan=0.0)  # missing IDF counts 0 (read-only)
+        self.qidf0.flags.writeable = False
+        self._rrf: np.ndarray | None = None
         self._table = _term_table()
         self._presence: dict[str, np.ndarray] | None = None
         self._words: dict[str, int] = {}
@@ -136,6 +139,13 @@ class _Derived:
 
     def fields(self) -> tuple[str, ...]:
         return tuple(self.cs.doc_terms)
+
+    def rrf(self) -> np.ndarray:
+        """rrf_scores of the set, computed once (read-only)."""
+        if self._rrf is None:
+            self._rrf = rrf_scores(self.cs)
+            self._rrf.flags.writeable = False
+        return self._rrf
 
     def _all_presence(self) -> dict[str, np.ndarray]:
         """Field -> [n, W] bool: word j of self._words occurs in candidate i's field.
@@ -332,7 +342,8 @@ def rrf_scores(cs: CandidateSet, k: float = RRF_K) -> np.ndarray:
     out = np.zeros(len(cs.ids), dtype=np.float64)
     for r in cs.ranks.values():
         rr = _f64(r)
-        out += np.where(np.isfinite(rr), 1.0 / (k + np.nan_to_num(rr, nan=0.0)), 0.0)
+        # NaN ranks give NaN here (quietly) and are replaced by 0
+        out += np.where(np.isfinite(rr), 1.0 / (k + rr), 0.0)
     return out
 
 
@@ -359,8 +370,7 @@ def _coverage_any(cs: CandidateSet) -> np.ndarray:
 
 
 def _idf_weights(d: _Derived) -> np.ndarray | None:
-    w = np.nan_to_num(d.qidf, nan=0.0)
-    w = np.maximum(w, 0.0)
+    w = np.maximum(d.qidf0, 0.0)
     return w if w.sum() > 0 else None
 
 
@@ -383,7 +393,7 @@ def _idf_overlap(cs: CandidateSet) -> np.ndarray:
     d = _derived(cs)
     if not d.qterms:
         return _nan(d.n)
-    return d.match_any() @ np.nan_to_num(d.qidf, nan=0.0)
+    return d.match_any() @ d.qidf0
 
 
 def _matched_idf(reduce: str) -> FeatureFn:
@@ -392,7 +402,7 @@ def _matched_idf(reduce: str) -> FeatureFn:
         if not d.qterms:
             return _nan(d.n)
         m = d.match_any() & np.isfinite(d.qidf)[None, :]
-        vals = np.where(m, np.nan_to_num(d.qidf, nan=0.0)[None, :], np.nan)
+        vals = np.where(m, d.qidf0[None, :], np.nan)
         out = _nan(d.n)
         has = m.any(axis=1)
         if has.any():
@@ -489,7 +499,7 @@ def _prf_terms(cs: CandidateSet, field: str, min_docs: int) -> frozenset[str]:
     terms = cs.doc_terms.get(field)
     if terms is None or len(cs.ids) == 0:
         return frozenset()
-    top = np.argsort(-rrf_scores(cs), kind="stable")[:PRF_DOCS]
+    top = np.argsort(-_derived(cs).rrf(), kind="stable")[:PRF_DOCS]
     counts: dict[str, int] = {}
     for i in top:
         for t in set(terms[i]):
@@ -575,7 +585,7 @@ def _fields_sum_z(cs: CandidateSet) -> np.ndarray:
 
 
 def _rrf_norm(cs: CandidateSet) -> np.ndarray:
-    return _div_by_max(rrf_scores(cs))
+    return _div_by_max(_derived(cs).rrf())
 
 
 # --------------------------------------------------------------------------------------
