@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", default="tottime", help="pstats sort key for --profile")
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after startup")
     p.add_argument("--gc-gen0", type=int, default=0, help="gen0 GC threshold (0 = keep)")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -182,7 +183,13 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    out = asyncio.run(_run(args))
+    if args.uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            out = runner.run(_run(args))
+    else:
+        out = asyncio.run(_run(args))
     if args.json:
         print(json.dumps(out))
     else:
