@@ -5,8 +5,11 @@
 Measures, on a deterministic catalog of product-like ~60-token documents:
 - reindex throughput: a cold build that embeds (real MiniLM, ``--embed-docs`` documents,
   because embedding 100K texts on a shared 2-core CPU takes hours), the same build again
-  from the embedding cache, and a cached build of the whole ``--docs`` catalog (with and
-  without the hnswlib index);
+  from the embedding cache, and cached builds of the whole ``--docs`` catalog: exact kNN
+  only (BM25 side in a second process, and all in one process), with the hnswlib index
+  from scratch, the same documents again (graph reused), 2% of the documents changed,
+  2% removed and 2% added (graph extended), and back to the original catalog. CPU
+  seconds include the BM25 child process;
 - BM25 top-100 latency p50/p99: ours (bm25s Lucene scores, Snapshot.bm25) and the same
   through LocalBackend (asyncio.to_thread), against rank-bm25's BM25Okapi on a subsample
   of queries (it scores every document in Python and is slow);
@@ -349,22 +352,69 @@ def latencies(fn: Callable[[Any], Any], inputs: Sequence[Any]) -> dict[str, Any]
     }
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its waited-for children (the BM25 build
+    process of a large reindex)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def timed_build(
     docs: list[Document],
     root: Path,
     encoder: Encoder,
     cfg: IndexConfig,
     cache: EmbeddingCache | None,
-) -> dict[str, float]:
-    t, c = time.perf_counter(), time.process_time()
-    build_local_index(docs, root, encoder, cfg, cache=cache)
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    return {
+    **kwargs: Any,
+) -> dict[str, Any]:
+    load = load_average()
+    t, c, child = time.perf_counter(), cpu_seconds(), os.times()
+    version = build_local_index(docs, root, encoder, cfg, cache=cache, **kwargs)
+    wall, cpu = time.perf_counter() - t, cpu_seconds() - c
+    child_end = os.times()
+    child_cpu = (child_end.children_user + child_end.children_system) - (
+        child.children_user + child.children_system
+    )
+    out: dict[str, Any] = {
         "docs": len(docs),
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "docs_per_s": round(len(docs) / wall, 1),
+        "docs_per_cpu_s": round(len(docs) / cpu, 1),
+        "cpu_s_bm25_process": round(child_cpu, 2),  # in cpu_s; runs beside the parent
+        "load_avg": load,
+        "version": version,
     }
+    ann = json.loads((root / "versions" / version / "manifest.json").read_text())["ann"]
+    if ann["enabled"]:
+        out["hnsw"] = {k: ann.get(k) for k in ("build", "kept", "added", "deleted")}
+    return out
+
+
+def changed_catalog(docs: list[Document], every: int = 50) -> list[Document]:
+    """A reindex's input after a day of catalog edits: 1/every of the documents get a new
+    body (so a new vector), 1/every are removed and 1/every new ones are added."""
+    n = len(docs)
+    fresh = synthetic_catalog(n + n // every, seed=7)[n:]
+    out = []
+    for i, d in enumerate(docs):
+        if i % every == 1:
+            continue
+        if i % every == 0:
+            d = Document(
+                id=d.id,
+                title=d.title,
+                body=d.body + " refreshed",
+                extra=d.extra,
+                category=d.category,
+                attrs=d.attrs,
+            )
+        out.append(d)
+    new = [
+        Document(id="n" + d.id, title=d.title, body=d.body, category=d.category, attrs=d.attrs)
+        for d in fresh
+    ]
+    return out + new
 
 
 def load_average() -> float:
@@ -409,21 +459,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # 2. the whole catalog from a cache filled with composed vectors
     composer = Composer(encoder)
+    changed = changed_catalog(docs)
     texts = [embedding_text(d) for d in docs]
+    all_texts = list(dict.fromkeys(texts + [embedding_text(d) for d in changed]))
     cache = EmbeddingCache(work / "composed.sqlite")
-    for i in range(0, len(texts), 10_000):
-        cache.put_many(encoder.model_id, texts[i : i + 10_000], composer(texts[i : i + 10_000]))
-    ann_cfg = IndexConfig(ann_threshold=min(50_000, args.docs - 1), ann_ef_search=200)
-    cached_exact = timed_build(
-        docs, work / "exact-idx", encoder, IndexConfig(ann_threshold=args.docs + 1), cache
+    for i in range(0, len(all_texts), 10_000):
+        chunk = all_texts[i : i + 10_000]
+        cache.put_many(encoder.model_id, chunk, composer(chunk))
+    ann_cfg = IndexConfig(
+        ann_threshold=min(50_000, args.docs - 1), ann_ef_search=200, keep_versions=10
     )
-    print("cached build, exact:", json.dumps(cached_exact), flush=True)
-    cached_ann = timed_build(docs, work / "ann-idx", encoder, ann_cfg, cache)
-    print("cached build, with hnswlib:", json.dumps(cached_ann), flush=True)
+    exact_cfg = IndexConfig(ann_threshold=args.docs + 1)
+    cached: dict[str, Any] = {}
+    for label, root, cfg, batch, kwargs in [
+        ("exact_only", "exact-idx", exact_cfg, docs, {}),
+        ("exact_only_one_process", "exact1-idx", exact_cfg, docs, {"parallel": False}),
+        ("with_hnsw", "ann-idx", ann_cfg, docs, {}),
+        ("with_hnsw_same_docs_again", "ann-idx", ann_cfg, docs, {}),
+        ("with_hnsw_2pct_changed_removed_added", "ann-idx", ann_cfg, changed, {}),
+        ("with_hnsw_back_to_the_catalog", "ann-idx", ann_cfg, docs, {}),
+    ]:
+        cached[label] = timed_build(batch, work / root, encoder, cfg, cache, **kwargs)
+        print(f"cached build, {label}:", json.dumps(cached[label]), flush=True)
     cache.close()
-    report["reindex_cached"] = {"exact_only": cached_exact, "with_hnsw": cached_ann}
+    report["reindex_cached"] = cached
+    if args.reindex_only:
+        report["machine"]["load_avg_end"] = load_average()
+        return report
 
-    backend = LocalBackend.open(work / "ann-idx")
+    # latencies and recall below: the from-scratch graph (the later versions reuse it)
+    backend = LocalBackend.open(work / "ann-idx", version=cached["with_hnsw"]["version"])
     snap: Snapshot = backend._state()
 
     # 3. BM25 top-100
@@ -498,6 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=0, help="encoder threads (0 = settings default)")
     p.add_argument("--embed-only", action="store_true", help="only the embedding reindex (step 1)")
+    p.add_argument(
+        "--reindex-only", action="store_true", help="only the reindex builds (steps 1-2)"
+    )
     p.add_argument("--out", type=Path, default=Path("var/benchmark_retrieval.json"))
     args = p.parse_args(argv)
     if args.docs < 100 or args.embed_docs < 10:
