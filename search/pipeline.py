@@ -397,12 +397,14 @@ class Pipeline:
             scores, base_margin, used_model = await self._score(model, cs, X, degraded, timings)
             # business rules: one hit per document id (the union is unique; stay defensive)
             order = self._order(cs, scores, used_model)
-            seen: set[str] = set()
-            ranked = []
-            for i in order:
-                if cs.ids[i] not in seen:
-                    seen.add(cs.ids[i])
-                    ranked.append(int(i))
+            ranked: list[int] = order.tolist()
+            if len(set(cs.ids)) != n:  # duplicates: keep each id's best-ranked candidate
+                seen: set[str] = set()
+                ranked = []
+                for i in order.tolist():
+                    if cs.ids[i] not in seen:
+                        seen.add(cs.ids[i])
+                        ranked.append(i)
             page = ranked[req.offset : req.offset + req.k]
             hits = await self._hits(state, cs, page, scores, req.offset)
             if req.explain and used_model is not None and page:
