@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import gc
 import json
 import os
@@ -57,18 +58,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after startup")
     p.add_argument("--gc-gen0", type=int, default=0, help="gen0 GC threshold (0 = keep)")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
+    p.add_argument("--bm25-k", type=int, default=0, help="candidates from BM25 (0 = settings)")
+    p.add_argument("--knn-k", type=int, default=0, help="candidates from kNN (0 = settings)")
+    p.add_argument("--qrels", help="BEIR qrels TSV: also report NDCG@10 of the served first pages")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
 
-def _queries(path: str, n: int) -> list[str]:
-    out: list[str] = []
+def _queries_with_ids(path: str, n: int) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                out.append(json.loads(line)["text"])
+                q = json.loads(line)
+                out.append((str(q["_id"]), q["text"]))
             if len(out) >= n:
                 break
+    return out
+
+
+def _queries(path: str, n: int) -> list[str]:
+    return [t for _, t in _queries_with_ids(path, n)]
+
+
+def _qrels(path: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            parts = line.rstrip("\n").split("\t")
+            if (i == 0 and parts[0] == "query-id") or len(parts) < 3:
+                continue
+            out.setdefault(parts[0], {})[parts[1]] = float(parts[2])
     return out
 
 
@@ -82,6 +102,12 @@ async def _build(args: argparse.Namespace, tmp: Path) -> Any:
 
     settings = load_settings(None)
     from indexing.embedding import load_encoder
+
+    rcfg = settings.retrieval
+    if args.bm25_k > 0 or args.knn_k > 0:
+        rcfg = dataclasses.replace(
+            rcfg, bm25_k=args.bm25_k or rcfg.bm25_k, knn_k=args.knn_k or rcfg.knn_k
+        )
 
     encoder = load_encoder(settings.embedding)
     backend = await asyncio.to_thread(LocalBackend.open, Path(args.index_dir), encoder)
@@ -98,7 +124,7 @@ async def _build(args: argparse.Namespace, tmp: Path) -> Any:
         index_version=backend.version,
         aggregates=aggregates,
         config=PipelineConfig(candidates_timeout_ms=60_000, model_timeout_ms=60_000),
-        generator_factory=default_generator_factory(settings.retrieval),
+        generator_factory=default_generator_factory(rcfg),
     )
     if args.model_dir:
         from ltr.registry import ModelRegistry
@@ -125,9 +151,21 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             gc.freeze()
         if args.gc_gen0 > 0:
             gc.set_threshold(args.gc_gen0, *gc.get_threshold()[1:])
+        ndcg: list[float] = []
+        if args.qrels:
+            from ltr.metrics import ndcg_at_k
+
+            judged = _qrels(args.qrels)
+            for qid, q in _queries_with_ids(args.queries, args.n):
+                if qid in judged:
+                    res = await pipe.search(SearchRequest(q=q))
+                    v = ndcg_at_k([h["id"] for h in res.hits], judged[qid], 10)
+                    if v == v:  # NaN: no relevant document
+                        ndcg.append(v)
         cpu: list[float] = []
         wall: list[float] = []
         stages: dict[str, list[float]] = {}
+        n_cands: list[int] = []
         prof = cProfile.Profile() if args.profile else None
         gc0 = sum(s["collections"] for s in gc.get_stats())
         gc_s = [0.0, 0.0]  # total pause, start of the current collection
@@ -152,6 +190,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                     prof.disable()
                 cpu.append(time.process_time() - c0)
                 wall.append(time.perf_counter() - w0)
+                n_cands.append(res.candidates)
                 for k, v in res.timings_ms.items():
                     stages.setdefault(k, []).append(v)
         m_all = time.thread_time() - m_all
@@ -174,6 +213,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "stages_ms_mean": {k: round(float(np.mean(v)), 3) for k, v in stages.items()},
         "load_avg": os.getloadavg()[0],
     }
+    if args.qrels:
+        out["ndcg@10"] = round(float(np.mean(ndcg)), 4) if ndcg else None
+        out["ndcg_queries"] = len(ndcg)
+    out["candidates_mean"] = round(float(np.mean(n_cands)), 1) if n_cands else None
     if prof is not None:
         prof.dump_stats(args.profile)
         st = pstats.Stats(args.profile)
