@@ -230,9 +230,23 @@ def write_bm25(
 
 
 # Corpora at least this large get their BM25 side (analysis, matrices, terms store) built
-# by a second process while this one loads the vectors and writes the other files: on
-# 2 cores that takes ~40% off the wall time, for ~0.3 CPU-s of process start and pickling.
+# by a second process while this one loads the vectors and writes the other files, when
+# a core is free (1-minute load average <= cores - 1). The child costs ~1.3 CPU-s more
+# at 100K documents (interpreter start, pickling, a fresh heap), so on a busy machine,
+# where the two processes would share one core, one process is as fast and cheaper
+# (docs/benchmarks.md, "Reindex").
 PARALLEL_MIN_DOCS = 20_000
+
+
+def _parallel_by_default(n: int) -> bool:
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return n >= PARALLEL_MIN_DOCS and cores > 1 and load <= cores - 1
+
+
 _JOB = ".bm25-job"
 
 
@@ -349,6 +363,7 @@ def _write_version(
         "model_id": model_id,
         "dim": int(vectors.shape[1]),
         "bm25": {"method": "lucene", "k1": cfg.k1, "b": cfg.b},
+        "bm25_child_process": bm25.proc is not None,  # how it was built (same result)
         "ann": {
             "enabled": ann,
             "library": "hnswlib",
@@ -550,7 +565,7 @@ def build_local_index(
 
     On any failure (bad input, embedding error, validation) nothing is published and the
     previous CURRENT keeps serving. ``parallel``: build the BM25 side in a second process
-    (default: for PARALLEL_MIN_DOCS documents or more on a multi-core machine).
+    (default: for PARALLEL_MIN_DOCS documents or more when a core is free).
     """
     cfg = cfg or IndexConfig()
     try:
@@ -569,7 +584,7 @@ def build_local_index(
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=BUILDING_PREFIX, dir=root))
         if parallel is None:
-            parallel = len(docs) >= PARALLEL_MIN_DOCS and (os.cpu_count() or 1) > 1
+            parallel = _parallel_by_default(len(docs))
         bm25: _BM25Build | None = None
         try:
             version = _new_version_name(root)
