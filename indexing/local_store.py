@@ -6,8 +6,11 @@ A version directory holds everything one immutable index needs:
 - ``ids.json``: document ids by row.
 - ``bm25/<field>.npz`` + ``bm25/<field>.vocab.json``: bm25s (method="lucene") score matrices
   in CSC form (term -> postings of precomputed per-document BM25 contributions), one per
-  text field plus ``_all`` (all text fields concatenated).
-- ``vectors.npy``: L2-normalized float32 [N, dim]; ``ann.bin``: hnswlib index (optional).
+  text field plus ``_all`` (all text fields concatenated); built by build_field_indexes,
+  equal to what bm25s builds.
+- ``vectors.npy``: L2-normalized float32 [N, dim]; ``ann.bin``: hnswlib index (optional)
+  and ``ann_rows.npy``: its label -> row (-1 = deleted node; a reindex extends the
+  previous graph, so labels are not rows; format 1 had no such file: label = row).
 - ``attrs.npy``: float64 [N, A], NaN where a document has no value; ``category.npy`` int32
   codes into ``categories.json`` (-1 = none). Filters and static features are vectorized.
 - ``docs.jsonl`` / ``terms.jsonl`` with ``*.offsets.npy``: the stored Document and the
