@@ -230,10 +230,10 @@ def write_bm25(
 
 
 # Corpora at least this large get their BM25 side (analysis, matrices, terms store) built
-# by a second process while this one loads the vectors and writes the other files, when
-# a core is free (1-minute load average <= cores - 1). The child costs ~1.3 CPU-s more
-# at 100K documents (interpreter start, pickling, a fresh heap), so on a busy machine,
-# where the two processes would share one core, one process is as fast and cheaper
+# by a second process while this one loads the vectors and writes the other files, unless
+# the machine is saturated (1-minute load average >= cores). The child costs ~1.3 CPU-s
+# more at 100K documents (interpreter start, pickling, a fresh heap): with a core to spare
+# it cut a 100K build from 6-7 s to 3.8-5 s wall, with both cores busy it gained nothing
 # (docs/benchmarks.md, "Reindex").
 PARALLEL_MIN_DOCS = 20_000
 
@@ -244,7 +244,7 @@ def _parallel_by_default(n: int) -> bool:
         load = os.getloadavg()[0]
     except OSError:
         load = 0.0
-    return n >= PARALLEL_MIN_DOCS and cores > 1 and load <= cores - 1
+    return n >= PARALLEL_MIN_DOCS and cores > 1 and load < cores
 
 
 _JOB = ".bm25-job"
@@ -565,7 +565,7 @@ def build_local_index(
 
     On any failure (bad input, embedding error, validation) nothing is published and the
     previous CURRENT keeps serving. ``parallel``: build the BM25 side in a second process
-    (default: for PARALLEL_MIN_DOCS documents or more when a core is free).
+    (default: for PARALLEL_MIN_DOCS documents or more unless every core is busy).
     """
     cfg = cfg or IndexConfig()
     try:
