@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -274,23 +275,37 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class _LineStore:
-    """JSON lines addressed by row through an offsets array, read with os.pread."""
+    """JSON lines addressed by row through an offsets array, read from a read-only mmap.
+
+    Not os.pread: a request reads ~150 rows, and every pread released and re-took the GIL,
+    so under concurrent searches each row waited for the event-loop thread's switch
+    interval (py-spy on the 100K server at 32 connections: 12% of samples in pread). A
+    slice of the map is a memory copy under the GIL. Version files never change once
+    written, so the map stays valid for the snapshot's life.
+    """
 
     def __init__(self, path: Path) -> None:
         self.offsets = np.load(path.with_suffix(".offsets.npy"))
-        self.fd = os.open(path, os.O_RDONLY)
+        self._mm: mmap.mmap | None = None
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size > 0:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def raw(self, row: int) -> bytes:
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
-        return os.pread(self.fd, end - start, start)
+        if self._mm is None:
+            if start == end:
+                return b""
+            raise IndexingError("line store is closed")
+        return self._mm[start:end]
 
     def get(self, row: int) -> Any:
         return json.loads(self.raw(row))  # json, not orjson: stored documents may hold NaN
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
 
     def __del__(self) -> None:  # a snapshot replaced by reload() is closed when dropped
         self.close()

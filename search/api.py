@@ -17,8 +17,8 @@ import hmac
 import json
 import logging
 import math
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,13 +140,24 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def new_request_id() -> str:
+    """32 hex chars: milliseconds since the epoch (12) + 80 random bits (20), like UUIDv7.
+
+    Time-ordered so the event store's request-keyed B-trees (requests, impressions) grow
+    at their right edge. With uuid4 every impression batch landed on random pages of an
+    ever larger table, and a 10-minute soak at 32 connections lost ~25% of its throughput
+    as the store grew past the page cache.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Map every exception to a JSON error; count and log every request."""
     state = request.app[STATE]
-    rid = uuid.uuid4().hex
+    rid = new_request_id()
     request[REQUEST_ID] = rid
     t0 = time.perf_counter()
     route = _route_of(request)

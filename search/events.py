@@ -239,6 +239,9 @@ class SqliteEventStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
+            # 64 MiB of page cache (default 2 MiB): inserts and aggregate updates then hit
+            # memory, not the OS, as the log grows (every SQLite read releases the GIL).
+            self._conn.execute("PRAGMA cache_size=-65536")
             self._conn.executescript(_SCHEMA)
             for fid, names in self._conn.execute(
                 "SELECT featureset_id, feature_names FROM featuresets"

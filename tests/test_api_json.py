@@ -35,3 +35,19 @@ def test_unsupported_types_fall_back_to_json_dumps() -> None:
     assert r.body is not None
     assert json.loads(bytes(r.body)) == {"x": 1.5, "n": {"1": "int key"}}
     assert json.loads(bytes(_json_response({"s": float(np.float64(2.5))}).body)) == {"s": 2.5}  # type: ignore[arg-type]
+
+
+def test_request_ids_are_unique_hex_and_time_ordered() -> None:
+    """32 hex chars like uuid4().hex, but ordered by time (the event store appends)."""
+    import re
+    import time
+
+    from search.api import new_request_id
+
+    first = [new_request_id() for _ in range(1000)]
+    time.sleep(0.005)
+    later = new_request_id()
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r) for r in [*first, later])
+    assert len(set(first)) == len(first)
+    assert later > max(first)  # a later millisecond sorts after every earlier id
+    assert sorted(first, key=lambda r: r[:12]) == first  # the time prefix never goes back
