@@ -62,7 +62,11 @@ DEFAULT_QUERIES = 400
 QUERY_TYPES: tuple[str, ...] = ("head", "torso", "tail", "misspelled", "synonym")
 # Share of each query type in the generated set (rounded; the remainder goes to "torso").
 QUERY_MIX: Mapping[str, float] = {
-    "head": 0.20, "torso": 0.30, "tail": 0.25, "misspelled": 0.125, "synonym": 0.125,
+    "head": 0.20,
+    "torso": 0.30,
+    "tail": 0.25,
+    "misspelled": 0.125,
+    "synonym": 0.125,
 }
 # Attributes a query may constrain besides the category ("type" is the product type).
 QUERY_ATTRS: tuple[str, ...] = ("type", "brand", "gender", "feature", "color", "material", "size")
@@ -109,359 +113,539 @@ class CategorySpec:
 _APPAREL_SIZES = ("XS", "S", "M", "L", "XL", "XXL")
 _NEUTRALS = ("black", "white", "grey", "navy", "beige", "brown")
 
-CATEGORIES: dict[str, CategorySpec] = {c.name: c for c in (
-    CategorySpec(
-        "shoes", "shoes",
-        ("running shoes", "trainers", "hiking boots", "ankle boots", "loafers", "sandals"),
-        ("Nordvik", "Stridewell", "Pacemark", "Altura", "Corvo", "Kestrel", "Trailborn", "Velora"),
-        (*_NEUTRALS, "red", "blue", "green", "olive"),
-        ("leather", "suede", "mesh", "canvas", "synthetic", "nubuck"),
-        tuple(f"US {n}" for n in range(5, 14)),
-        ("men", "women", "kids"),
-        ("waterproof", "breathable", "lightweight", "cushioned", "slip-resistant", "wide fit"),
-        ("daily runs", "long walks", "trail hiking", "the office", "weekend trips", "gym sessions"),
-        ("A grippy rubber outsole and a padded collar keep every step stable.",
-         "The {material} upper is stitched for a snug, secure fit.",
-         "A removable insole makes these {type} easy to clean."),
-        (40.0, 180.0),
-        {"sneakers": ("running shoes", "trainers"), "kicks": ("running shoes", "trainers"),
-         "footwear": ()},
-    ),
-    CategorySpec(
-        "jackets", "jackets",
-        ("rain jacket", "puffer jacket", "denim jacket", "bomber jacket", "fleece jacket",
-         "softshell jacket"),
-        ("Nordvik", "Harbourline", "Peakwear", "Altura", "Fjellmark", "Urbana", "Kestrel"),
-        (*_NEUTRALS, "olive", "red", "yellow", "burgundy"),
-        ("nylon", "polyester", "down", "denim", "fleece", "wool blend", "cotton"),
-        _APPAREL_SIZES,
-        ("men", "women", "kids"),
-        ("waterproof", "windproof", "packable", "insulated", "hooded", "breathable"),
-        ("city commutes", "mountain hikes", "rainy days", "winter walks", "travel"),
-        ("Taped seams and a storm flap keep the weather out.",
-         "Zippered hand pockets hold your phone and keys.",
-         "The {material} shell is finished in a clean {color} tone."),
-        (50.0, 260.0),
-        {"anorak": ("rain jacket", "softshell jacket"),
-         "windbreaker": ("rain jacket", "softshell jacket"), "coat": ()},
-    ),
-    CategorySpec(
-        "headphones", "headphones",
-        ("over-ear headphones", "on-ear headphones", "in-ear earbuds", "gaming headset",
-         "sports earbuds"),
-        ("Aurion", "Sonique", "Bassline", "Klangwerk", "Echoform", "Tonal", "Vireo"),
-        ("black", "white", "silver", "navy", "rose gold", "midnight blue", "red"),
-        ("plastic", "aluminum", "leather", "memory foam"),
-        (),
-        (),
-        ("wireless", "bluetooth", "noise cancelling", "foldable", "with microphone",
-         "long battery life"),
-        ("commuting", "the gym", "long flights", "gaming marathons", "home office calls"),
-        ("Custom drivers deliver deep bass and crisp highs.",
-         "Soft {material} cushions stay comfortable for hours.",
-         "A single charge lasts through a full day of listening."),
-        (25.0, 350.0),
-        {"earphones": ("in-ear earbuds", "sports earbuds"),
-         "earpieces": ("in-ear earbuds", "sports earbuds")},
-    ),
-    CategorySpec(
-        "laptops", "laptops",
-        ("ultrabook", "gaming laptop", "2-in-1 laptop", "business laptop", "chromebook"),
-        ("Aurion", "Lumetra", "Corebyte", "Zentek", "Novabook", "Quanta"),
-        ("silver", "black", "grey", "blue", "white"),
-        ("aluminum", "magnesium alloy", "plastic", "carbon fiber"),
-        ("13 inch", "14 inch", "15.6 inch", "16 inch", "17 inch"),
-        (),
-        ("touchscreen", "backlit keyboard", "16GB RAM", "1TB SSD", "OLED display",
-         "long battery life"),
-        ("students", "remote work", "video editing", "travel", "gaming"),
-        ("A fast processor and quick storage keep apps responsive.",
-         "The {material} chassis is thin enough to slip into any bag.",
-         "A full-size keyboard and a precise trackpad make long sessions easy."),
-        (300.0, 2200.0),
-        {"notebook": (), "netbook": ("chromebook", "ultrabook")},
-        "Screen",
-    ),
-    CategorySpec(
-        "sofas", "sofas",
-        ("sectional sofa", "loveseat", "sleeper sofa", "chesterfield sofa", "modular sofa",
-         "corner sofa"),
-        ("Hemlund", "Casaverde", "Loftline", "Maison Ros", "Oakhaven", "Sundby"),
-        (*_NEUTRALS, "green", "mustard", "blue", "terracotta"),
-        ("velvet", "linen", "leather", "boucle", "microfiber", "cotton"),
-        ("2-seater", "3-seater", "4-seater"),
-        (),
-        ("reclining", "storage", "removable covers", "stain-resistant", "solid wood legs"),
-        ("small apartments", "family rooms", "movie nights", "guest rooms"),
-        ("Deep seats and plump cushions invite you to sink in.",
-         "The {material} upholstery is soft to the touch and easy to care for.",
-         "A sturdy hardwood frame supports years of daily lounging."),
-        (300.0, 2500.0),
-        {"couch": (), "settee": ("loveseat",), "davenport": ()},
-        "Seats",
-    ),
-    CategorySpec(
-        "mugs", "mugs",
-        ("coffee mug", "travel mug", "tea mug", "camping mug", "latte mug"),
-        ("Brewhaus", "Kiln & Co", "Morningside", "Potterly", "Steamline", "Casaverde"),
-        ("white", "black", "blue", "green", "speckled grey", "terracotta", "pink"),
-        ("ceramic", "stoneware", "porcelain", "stainless steel", "enamel", "glass"),
-        ("8 oz", "12 oz", "16 oz", "20 oz"),
-        (),
-        ("dishwasher safe", "microwave safe", "insulated", "leak-proof lid", "handmade"),
-        ("slow mornings", "the office", "road trips", "camping", "afternoon tea"),
-        ("A comfortable handle and a smooth rim make every sip pleasant.",
-         "The {material} body keeps drinks at the right temperature.",
-         "Each {type} is glazed in a rich {color} finish."),
-        (8.0, 45.0),
-        {"cup": (), "tumbler": ("travel mug",), "beaker": ()},
-        "Capacity",
-    ),
-    CategorySpec(
-        "backpacks", "backpacks",
-        ("hiking backpack", "laptop backpack", "school backpack", "travel backpack",
-         "daypack"),
-        ("Nordvik", "Trailborn", "Peakwear", "Urbana", "Packwise", "Harbourline"),
-        (*_NEUTRALS, "olive", "red", "orange", "teal"),
-        ("nylon", "canvas", "polyester", "leather", "ripstop"),
-        ("15 L", "20 L", "25 L", "30 L", "40 L"),
-        ("men", "women", "kids"),
-        ("waterproof", "padded laptop sleeve", "anti-theft", "USB charging port",
-         "lightweight"),
-        ("commuting", "day hikes", "school", "weekend trips", "air travel"),
-        ("Padded shoulder straps spread the load evenly.",
-         "Several zip compartments keep your gear organized.",
-         "The {material} body shrugs off scuffs and light rain."),
-        (25.0, 220.0),
-        {"rucksack": (), "knapsack": (), "bookbag": ("school backpack",)},
-        "Volume",
-    ),
-    CategorySpec(
-        "watches", "watches",
-        ("smartwatch", "dive watch", "chronograph watch", "dress watch", "fitness tracker",
-         "field watch"),
-        ("Chronex", "Tidemark", "Aurion", "Meridian", "Vireo", "Halden"),
-        ("black", "silver", "gold", "rose gold", "blue", "green", "white"),
-        ("stainless steel", "titanium", "leather strap", "silicone strap", "ceramic"),
-        ("38 mm", "40 mm", "42 mm", "44 mm", "46 mm"),
-        ("men", "women"),
-        ("water resistant", "GPS", "heart rate monitor", "sapphire crystal",
-         "automatic movement", "solar powered"),
-        ("everyday wear", "diving", "running", "formal events", "outdoor adventures"),
-        ("A scratch-resistant face and luminous hands stay readable day and night.",
-         "The {material} case feels solid on the wrist.",
-         "Quick-release pins make it simple to change the band."),
-        (40.0, 900.0),
-        {"timepiece": (), "wristwatch": ()},
-        "Case",
-    ),
-    CategorySpec(
-        "tshirts", "t-shirts",
-        ("crew neck t-shirt", "v-neck t-shirt", "polo shirt", "graphic t-shirt",
-         "long sleeve t-shirt"),
-        ("Urbana", "Cottonfield", "Basicly", "Harbourline", "Peakwear", "Velora"),
-        (*_NEUTRALS, "red", "green", "yellow", "sky blue", "heather grey"),
-        ("cotton", "organic cotton", "linen", "polyester", "merino wool"),
-        _APPAREL_SIZES,
-        ("men", "women", "kids"),
-        ("slim fit", "relaxed fit", "moisture-wicking", "quick-dry", "pre-shrunk"),
-        ("casual days", "workouts", "layering", "summer evenings", "travel"),
-        ("Soft {material} feels great straight out of the box.",
-         "Reinforced seams hold their shape wash after wash.",
-         "A classic cut pairs easily with jeans or shorts."),
-        (10.0, 60.0),
-        {"tee": ("crew neck t-shirt", "v-neck t-shirt", "graphic t-shirt")},
-    ),
-    CategorySpec(
-        "sunglasses", "sunglasses",
-        ("aviator sunglasses", "wayfarer sunglasses", "round sunglasses", "sports sunglasses",
-         "cat-eye sunglasses"),
-        ("Solenne", "Raylight", "Corvo", "Meridian", "Vireo"),
-        ("black", "tortoise", "gold", "silver", "brown", "clear", "green"),
-        ("acetate", "metal", "titanium", "polycarbonate"),
-        (),
-        ("men", "women"),
-        ("polarized", "UV400", "mirrored lenses", "blue light filter", "lightweight"),
-        ("beach days", "driving", "cycling", "city strolls"),
-        ("Lenses block glare while keeping colors true.",
-         "The {material} frame is light enough to forget you are wearing it.",
-         "A protective case and a cleaning cloth are included."),
-        (15.0, 250.0),
-        {"shades": ()},
-    ),
-    CategorySpec(
-        "smartphones", "smartphones",
-        ("flagship smartphone", "budget smartphone", "foldable smartphone", "rugged smartphone",
-         "compact smartphone"),
-        ("Lumetra", "Zentek", "Novaphone", "Quanta", "Aurion"),
-        ("black", "white", "silver", "blue", "green", "purple"),
-        ("glass", "aluminum", "plastic", "titanium"),
-        ("64GB", "128GB", "256GB", "512GB"),
-        (),
-        ("5G", "dual SIM", "triple camera", "fast charging", "wireless charging",
-         "water resistant"),
-        ("photography", "streaming", "business travel", "everyday use"),
-        ("A bright display stays readable in direct sunlight.",
-         "The {material} back resists fingerprints.",
-         "A large battery easily lasts a full day."),
-        (120.0, 1400.0),
-        {"cellphone": (), "mobile": ()},
-        "Storage",
-    ),
-    CategorySpec(
-        "televisions", "televisions",
-        ("OLED television", "QLED television", "LED television", "projector screen television",
-         "portable television"),
-        ("Lumetra", "Visionex", "Zentek", "Brightwave", "Quanta"),
-        ("black", "silver", "grey", "white"),
-        (),
-        ("32 inch", "43 inch", "50 inch", "55 inch", "65 inch", "75 inch"),
-        (),
-        ("4K", "HDR", "120Hz", "Dolby Vision", "HDMI 2.1", "voice control"),
-        ("movie nights", "sports", "console gaming", "bedrooms", "living rooms"),
-        ("Deep blacks and vivid color make every scene pop.",
-         "Built-in streaming apps put your favorite shows a click away.",
-         "A slim bezel keeps the focus on the picture."),
-        (180.0, 3000.0),
-        {"tv": (), "telly": ()},
-        "Screen",
-    ),
-    CategorySpec(
-        "lamps", "lamps",
-        ("desk lamp", "floor lamp", "table lamp", "bedside lamp", "arc lamp"),
-        ("Lysholm", "Casaverde", "Brightwave", "Loftline", "Oakhaven"),
-        ("black", "white", "brass", "green", "natural", "grey"),
-        ("brass", "ceramic", "glass", "wood", "metal", "rattan"),
-        (),
-        (),
-        ("dimmable", "LED", "USB port", "adjustable arm", "touch control"),
-        ("reading", "home offices", "living rooms", "bedrooms"),
-        ("A warm glow sets a calm mood in the evening.",
-         "The {material} base keeps the lamp steady.",
-         "An energy-saving bulb is included."),
-        (20.0, 300.0),
-        {"luminaire": ()},
-    ),
-    CategorySpec(
-        "bottles", "water bottles",
-        ("vacuum water bottle", "sports water bottle", "glass water bottle",
-         "kids water bottle", "collapsible water bottle"),
-        ("Hydrova", "Trailborn", "Steamline", "Packwise", "Peakwear"),
-        ("black", "white", "blue", "green", "pink", "orange", "clear"),
-        ("stainless steel", "BPA-free plastic", "glass", "silicone", "aluminum"),
-        ("500 ml", "750 ml", "1 L", "1.5 L"),
-        (),
-        ("leak-proof", "double-walled", "straw lid", "dishwasher safe", "carry loop"),
-        ("the gym", "hiking", "school", "the office", "cycling"),
-        ("A wide mouth makes it easy to add ice and to clean.",
-         "The {material} body is tough enough for daily knocks.",
-         "A secure lid clicks shut so nothing spills in your bag."),
-        (8.0, 50.0),
-        {"flask": ("vacuum water bottle",), "canteen": ()},
-        "Capacity",
-    ),
-    CategorySpec(
-        "chairs", "office chairs",
-        ("ergonomic office chair", "gaming chair", "task chair", "executive chair",
-         "drafting chair"),
-        ("Ergoline", "Sitwell", "Loftline", "Corebyte", "Halden"),
-        ("black", "grey", "white", "blue", "red"),
-        ("mesh", "leather", "fabric", "faux leather"),
-        (),
-        (),
-        ("lumbar support", "adjustable armrests", "headrest", "reclining", "swivel base"),
-        ("home offices", "gaming setups", "long workdays", "study rooms"),
-        ("Smooth casters glide across hard floors and rugs alike.",
-         "The {material} backrest stays cool during long sessions.",
-         "Height and tilt adjust with a single lever."),
-        (80.0, 900.0),
-    ),
-    CategorySpec(
-        "tents", "tents",
-        ("dome tent", "backpacking tent", "family tent", "pop-up tent", "ultralight tent"),
-        ("Trailborn", "Fjellmark", "Nordvik", "Peakwear", "Campwise"),
-        ("green", "orange", "grey", "blue", "olive", "yellow"),
-        ("nylon", "polyester", "ripstop nylon", "canvas"),
-        ("1-person", "2-person", "4-person", "6-person"),
-        (),
-        ("waterproof", "freestanding", "quick setup", "vestibule", "lightweight"),
-        ("backpacking trips", "festivals", "family camping", "alpine routes"),
-        ("Color-coded poles make pitching fast.",
-         "The {material} fly sheds rain and blocks wind.",
-         "Mesh panels keep the air flowing on warm nights."),
-        (60.0, 700.0),
-        {"bivouac": ("backpacking tent", "ultralight tent")},
-        "Capacity",
-    ),
-    CategorySpec(
-        "bikes", "bikes",
-        ("road bike", "mountain bike", "hybrid bike", "electric bike", "folding bike",
-         "kids bike"),
-        ("Velora", "Ridgeline", "Spokehaus", "Pacemark", "Kestrel"),
-        ("black", "white", "red", "blue", "green", "matte grey"),
-        ("aluminum", "carbon fiber", "steel", "titanium"),
-        ("S frame", "M frame", "L frame", "XL frame"),
-        (),
-        ("disc brakes", "suspension fork", "21-speed", "lightweight", "integrated lights"),
-        ("commuting", "weekend rides", "trail riding", "racing", "city errands"),
-        ("Precise shifting keeps the cadence smooth on every climb.",
-         "The {material} frame balances stiffness and comfort.",
-         "Puncture-resistant tires roll confidently over rough roads."),
-        (200.0, 4000.0),
-        {"bicycle": ()},
-        "Frame",
-    ),
-    CategorySpec(
-        "blenders", "blenders",
-        ("countertop blender", "personal blender", "immersion blender", "high-speed blender"),
-        ("Mixwell", "Brewhaus", "Kitchara", "Steamline"),
-        ("black", "white", "silver", "red", "sage green"),
-        ("glass jar", "BPA-free plastic", "stainless steel"),
-        ("0.6 L", "1 L", "1.5 L", "2 L"),
-        (),
-        ("variable speed", "pulse mode", "ice crushing", "dishwasher safe", "quiet motor"),
-        ("shakes", "soups", "frozen drinks", "baby food", "sauces"),
-        ("Sharp stainless blades purée fruit in seconds.",
-         "The {material} container is easy to pour from.",
-         "Non-slip feet keep it steady on the counter."),
-        (25.0, 450.0),
-        {"liquidiser": ()},
-        "Capacity",
-    ),
-    CategorySpec(
-        "dresses", "dresses",
-        ("maxi dress", "midi dress", "wrap dress", "shirt dress", "cocktail dress",
-         "summer dress"),
-        ("Velora", "Solenne", "Maison Ros", "Cottonfield", "Urbana"),
-        (*_NEUTRALS, "red", "emerald", "floral print", "blush pink", "mustard"),
-        ("cotton", "linen", "silk", "viscose", "chiffon", "jersey"),
-        _APPAREL_SIZES,
-        ("women",),
-        ("pockets", "adjustable straps", "lined", "sleeveless", "belted"),
-        ("weddings", "summer days", "the office", "date nights", "holidays"),
-        ("The flowing {material} moves beautifully with every step.",
-         "A flattering cut works from day to evening.",
-         "Hidden seams give it a clean, polished look."),
-        (25.0, 220.0),
-        {"gown": ("cocktail dress", "maxi dress"), "frock": ()},
-    ),
-    CategorySpec(
-        "rugs", "rugs",
-        ("area rug", "runner rug", "shag rug", "outdoor rug", "round rug"),
-        ("Hemlund", "Oakhaven", "Casaverde", "Sundby", "Weavery"),
-        ("beige", "grey", "navy", "ivory", "terracotta", "green", "multicolor"),
-        ("wool", "jute", "cotton", "polypropylene", "viscose"),
-        ("2x3 ft", "5x7 ft", "8x10 ft", "9x12 ft"),
-        (),
-        ("washable", "non-slip backing", "hand-woven", "low pile", "stain-resistant"),
-        ("living rooms", "hallways", "patios", "bedrooms", "nurseries"),
-        ("A dense weave feels soft underfoot.",
-         "The {material} fibers hold their color for years.",
-         "It anchors a seating area and softens echoes."),
-        (30.0, 900.0),
-        {"carpet": ()},
-    ),
-)}
+CATEGORIES: dict[str, CategorySpec] = {
+    c.name: c
+    for c in (
+        CategorySpec(
+            "shoes",
+            "shoes",
+            ("running shoes", "trainers", "hiking boots", "ankle boots", "loafers", "sandals"),
+            (
+                "Nordvik",
+                "Stridewell",
+                "Pacemark",
+                "Altura",
+                "Corvo",
+                "Kestrel",
+                "Trailborn",
+                "Velora",
+            ),
+            (*_NEUTRALS, "red", "blue", "green", "olive"),
+            ("leather", "suede", "mesh", "canvas", "synthetic", "nubuck"),
+            tuple(f"US {n}" for n in range(5, 14)),
+            ("men", "women", "kids"),
+            ("waterproof", "breathable", "lightweight", "cushioned", "slip-resistant", "wide fit"),
+            (
+                "daily runs",
+                "long walks",
+                "trail hiking",
+                "the office",
+                "weekend trips",
+                "gym sessions",
+            ),
+            (
+                "A grippy rubber outsole and a padded collar keep every step stable.",
+                "The {material} upper is stitched for a snug, secure fit.",
+                "A removable insole makes these {type} easy to clean.",
+            ),
+            (40.0, 180.0),
+            {
+                "sneakers": ("running shoes", "trainers"),
+                "kicks": ("running shoes", "trainers"),
+                "footwear": (),
+            },
+        ),
+        CategorySpec(
+            "jackets",
+            "jackets",
+            (
+                "rain jacket",
+                "puffer jacket",
+                "denim jacket",
+                "bomber jacket",
+                "fleece jacket",
+                "softshell jacket",
+            ),
+            ("Nordvik", "Harbourline", "Peakwear", "Altura", "Fjellmark", "Urbana", "Kestrel"),
+            (*_NEUTRALS, "olive", "red", "yellow", "burgundy"),
+            ("nylon", "polyester", "down", "denim", "fleece", "wool blend", "cotton"),
+            _APPAREL_SIZES,
+            ("men", "women", "kids"),
+            ("waterproof", "windproof", "packable", "insulated", "hooded", "breathable"),
+            ("city commutes", "mountain hikes", "rainy days", "winter walks", "travel"),
+            (
+                "Taped seams and a storm flap keep the weather out.",
+                "Zippered hand pockets hold your phone and keys.",
+                "The {material} shell is finished in a clean {color} tone.",
+            ),
+            (50.0, 260.0),
+            {
+                "anorak": ("rain jacket", "softshell jacket"),
+                "windbreaker": ("rain jacket", "softshell jacket"),
+                "coat": (),
+            },
+        ),
+        CategorySpec(
+            "headphones",
+            "headphones",
+            (
+                "over-ear headphones",
+                "on-ear headphones",
+                "in-ear earbuds",
+                "gaming headset",
+                "sports earbuds",
+            ),
+            ("Aurion", "Sonique", "Bassline", "Klangwerk", "Echoform", "Tonal", "Vireo"),
+            ("black", "white", "silver", "navy", "rose gold", "midnight blue", "red"),
+            ("plastic", "aluminum", "leather", "memory foam"),
+            (),
+            (),
+            (
+                "wireless",
+                "bluetooth",
+                "noise cancelling",
+                "foldable",
+                "with microphone",
+                "long battery life",
+            ),
+            ("commuting", "the gym", "long flights", "gaming marathons", "home office calls"),
+            (
+                "Custom drivers deliver deep bass and crisp highs.",
+                "Soft {material} cushions stay comfortable for hours.",
+                "A single charge lasts through a full day of listening.",
+            ),
+            (25.0, 350.0),
+            {
+                "earphones": ("in-ear earbuds", "sports earbuds"),
+                "earpieces": ("in-ear earbuds", "sports earbuds"),
+            },
+        ),
+        CategorySpec(
+            "laptops",
+            "laptops",
+            ("ultrabook", "gaming laptop", "2-in-1 laptop", "business laptop", "chromebook"),
+            ("Aurion", "Lumetra", "Corebyte", "Zentek", "Novabook", "Quanta"),
+            ("silver", "black", "grey", "blue", "white"),
+            ("aluminum", "magnesium alloy", "plastic", "carbon fiber"),
+            ("13 inch", "14 inch", "15.6 inch", "16 inch", "17 inch"),
+            (),
+            (
+                "touchscreen",
+                "backlit keyboard",
+                "16GB RAM",
+                "1TB SSD",
+                "OLED display",
+                "long battery life",
+            ),
+            ("students", "remote work", "video editing", "travel", "gaming"),
+            (
+                "A fast processor and quick storage keep apps responsive.",
+                "The {material} chassis is thin enough to slip into any bag.",
+                "A full-size keyboard and a precise trackpad make long sessions easy.",
+            ),
+            (300.0, 2200.0),
+            {"notebook": (), "netbook": ("chromebook", "ultrabook")},
+            "Screen",
+        ),
+        CategorySpec(
+            "sofas",
+            "sofas",
+            (
+                "sectional sofa",
+                "loveseat",
+                "sleeper sofa",
+                "chesterfield sofa",
+                "modular sofa",
+                "corner sofa",
+            ),
+            ("Hemlund", "Casaverde", "Loftline", "Maison Ros", "Oakhaven", "Sundby"),
+            (*_NEUTRALS, "green", "mustard", "blue", "terracotta"),
+            ("velvet", "linen", "leather", "boucle", "microfiber", "cotton"),
+            ("2-seater", "3-seater", "4-seater"),
+            (),
+            ("reclining", "storage", "removable covers", "stain-resistant", "solid wood legs"),
+            ("small apartments", "family rooms", "movie nights", "guest rooms"),
+            (
+                "Deep seats and plump cushions invite you to sink in.",
+                "The {material} upholstery is soft to the touch and easy to care for.",
+                "A sturdy hardwood frame supports years of daily lounging.",
+            ),
+            (300.0, 2500.0),
+            {"couch": (), "settee": ("loveseat",), "davenport": ()},
+            "Seats",
+        ),
+        CategorySpec(
+            "mugs",
+            "mugs",
+            ("coffee mug", "travel mug", "tea mug", "camping mug", "latte mug"),
+            ("Brewhaus", "Kiln & Co", "Morningside", "Potterly", "Steamline", "Casaverde"),
+            ("white", "black", "blue", "green", "speckled grey", "terracotta", "pink"),
+            ("ceramic", "stoneware", "porcelain", "stainless steel", "enamel", "glass"),
+            ("8 oz", "12 oz", "16 oz", "20 oz"),
+            (),
+            ("dishwasher safe", "microwave safe", "insulated", "leak-proof lid", "handmade"),
+            ("slow mornings", "the office", "road trips", "camping", "afternoon tea"),
+            (
+                "A comfortable handle and a smooth rim make every sip pleasant.",
+                "The {material} body keeps drinks at the right temperature.",
+                "Each {type} is glazed in a rich {color} finish.",
+            ),
+            (8.0, 45.0),
+            {"cup": (), "tumbler": ("travel mug",), "beaker": ()},
+            "Capacity",
+        ),
+        CategorySpec(
+            "backpacks",
+            "backpacks",
+            ("hiking backpack", "laptop backpack", "school backpack", "travel backpack", "daypack"),
+            ("Nordvik", "Trailborn", "Peakwear", "Urbana", "Packwise", "Harbourline"),
+            (*_NEUTRALS, "olive", "red", "orange", "teal"),
+            ("nylon", "canvas", "polyester", "leather", "ripstop"),
+            ("15 L", "20 L", "25 L", "30 L", "40 L"),
+            ("men", "women", "kids"),
+            (
+                "waterproof",
+                "padded laptop sleeve",
+                "anti-theft",
+                "USB charging port",
+                "lightweight",
+            ),
+            ("commuting", "day hikes", "school", "weekend trips", "air travel"),
+            (
+                "Padded shoulder straps spread the load evenly.",
+                "Several zip compartments keep your gear organized.",
+                "The {material} body shrugs off scuffs and light rain.",
+            ),
+            (25.0, 220.0),
+            {"rucksack": (), "knapsack": (), "bookbag": ("school backpack",)},
+            "Volume",
+        ),
+        CategorySpec(
+            "watches",
+            "watches",
+            (
+                "smartwatch",
+                "dive watch",
+                "chronograph watch",
+                "dress watch",
+                "fitness tracker",
+                "field watch",
+            ),
+            ("Chronex", "Tidemark", "Aurion", "Meridian", "Vireo", "Halden"),
+            ("black", "silver", "gold", "rose gold", "blue", "green", "white"),
+            ("stainless steel", "titanium", "leather strap", "silicone strap", "ceramic"),
+            ("38 mm", "40 mm", "42 mm", "44 mm", "46 mm"),
+            ("men", "women"),
+            (
+                "water resistant",
+                "GPS",
+                "heart rate monitor",
+                "sapphire crystal",
+                "automatic movement",
+                "solar powered",
+            ),
+            ("everyday wear", "diving", "running", "formal events", "outdoor adventures"),
+            (
+                "A scratch-resistant face and luminous hands stay readable day and night.",
+                "The {material} case feels solid on the wrist.",
+                "Quick-release pins make it simple to change the band.",
+            ),
+            (40.0, 900.0),
+            {"timepiece": (), "wristwatch": ()},
+            "Case",
+        ),
+        CategorySpec(
+            "tshirts",
+            "t-shirts",
+            (
+                "crew neck t-shirt",
+                "v-neck t-shirt",
+                "polo shirt",
+                "graphic t-shirt",
+                "long sleeve t-shirt",
+            ),
+            ("Urbana", "Cottonfield", "Basicly", "Harbourline", "Peakwear", "Velora"),
+            (*_NEUTRALS, "red", "green", "yellow", "sky blue", "heather grey"),
+            ("cotton", "organic cotton", "linen", "polyester", "merino wool"),
+            _APPAREL_SIZES,
+            ("men", "women", "kids"),
+            ("slim fit", "relaxed fit", "moisture-wicking", "quick-dry", "pre-shrunk"),
+            ("casual days", "workouts", "layering", "summer evenings", "travel"),
+            (
+                "Soft {material} feels great straight out of the box.",
+                "Reinforced seams hold their shape wash after wash.",
+                "A classic cut pairs easily with jeans or shorts.",
+            ),
+            (10.0, 60.0),
+            {"tee": ("crew neck t-shirt", "v-neck t-shirt", "graphic t-shirt")},
+        ),
+        CategorySpec(
+            "sunglasses",
+            "sunglasses",
+            (
+                "aviator sunglasses",
+                "wayfarer sunglasses",
+                "round sunglasses",
+                "sports sunglasses",
+                "cat-eye sunglasses",
+            ),
+            ("Solenne", "Raylight", "Corvo", "Meridian", "Vireo"),
+            ("black", "tortoise", "gold", "silver", "brown", "clear", "green"),
+            ("acetate", "metal", "titanium", "polycarbonate"),
+            (),
+            ("men", "women"),
+            ("polarized", "UV400", "mirrored lenses", "blue light filter", "lightweight"),
+            ("beach days", "driving", "cycling", "city strolls"),
+            (
+                "Lenses block glare while keeping colors true.",
+                "The {material} frame is light enough to forget you are wearing it.",
+                "A protective case and a cleaning cloth are included.",
+            ),
+            (15.0, 250.0),
+            {"shades": ()},
+        ),
+        CategorySpec(
+            "smartphones",
+            "smartphones",
+            (
+                "flagship smartphone",
+                "budget smartphone",
+                "foldable smartphone",
+                "rugged smartphone",
+                "compact smartphone",
+            ),
+            ("Lumetra", "Zentek", "Novaphone", "Quanta", "Aurion"),
+            ("black", "white", "silver", "blue", "green", "purple"),
+            ("glass", "aluminum", "plastic", "titanium"),
+            ("64GB", "128GB", "256GB", "512GB"),
+            (),
+            (
+                "5G",
+                "dual SIM",
+                "triple camera",
+                "fast charging",
+                "wireless charging",
+                "water resistant",
+            ),
+            ("photography", "streaming", "business travel", "everyday use"),
+            (
+                "A bright display stays readable in direct sunlight.",
+                "The {material} back resists fingerprints.",
+                "A large battery easily lasts a full day.",
+            ),
+            (120.0, 1400.0),
+            {"cellphone": (), "mobile": ()},
+            "Storage",
+        ),
+        CategorySpec(
+            "televisions",
+            "televisions",
+            (
+                "OLED television",
+                "QLED television",
+                "LED television",
+                "projector screen television",
+                "portable television",
+            ),
+            ("Lumetra", "Visionex", "Zentek", "Brightwave", "Quanta"),
+            ("black", "silver", "grey", "white"),
+            (),
+            ("32 inch", "43 inch", "50 inch", "55 inch", "65 inch", "75 inch"),
+            (),
+            ("4K", "HDR", "120Hz", "Dolby Vision", "HDMI 2.1", "voice control"),
+            ("movie nights", "sports", "console gaming", "bedrooms", "living rooms"),
+            (
+                "Deep blacks and vivid color make every scene pop.",
+                "Built-in streaming apps put your favorite shows a click away.",
+                "A slim bezel keeps the focus on the picture.",
+            ),
+            (180.0, 3000.0),
+            {"tv": (), "telly": ()},
+            "Screen",
+        ),
+        CategorySpec(
+            "lamps",
+            "lamps",
+            ("desk lamp", "floor lamp", "table lamp", "bedside lamp", "arc lamp"),
+            ("Lysholm", "Casaverde", "Brightwave", "Loftline", "Oakhaven"),
+            ("black", "white", "brass", "green", "natural", "grey"),
+            ("brass", "ceramic", "glass", "wood", "metal", "rattan"),
+            (),
+            (),
+            ("dimmable", "LED", "USB port", "adjustable arm", "touch control"),
+            ("reading", "home offices", "living rooms", "bedrooms"),
+            (
+                "A warm glow sets a calm mood in the evening.",
+                "The {material} base keeps the lamp steady.",
+                "An energy-saving bulb is included.",
+            ),
+            (20.0, 300.0),
+            {"luminaire": ()},
+        ),
+        CategorySpec(
+            "bottles",
+            "water bottles",
+            (
+                "vacuum water bottle",
+                "sports water bottle",
+                "glass water bottle",
+                "kids water bottle",
+                "collapsible water bottle",
+            ),
+            ("Hydrova", "Trailborn", "Steamline", "Packwise", "Peakwear"),
+            ("black", "white", "blue", "green", "pink", "orange", "clear"),
+            ("stainless steel", "BPA-free plastic", "glass", "silicone", "aluminum"),
+            ("500 ml", "750 ml", "1 L", "1.5 L"),
+            (),
+            ("leak-proof", "double-walled", "straw lid", "dishwasher safe", "carry loop"),
+            ("the gym", "hiking", "school", "the office", "cycling"),
+            (
+                "A wide mouth makes it easy to add ice and to clean.",
+                "The {material} body is tough enough for daily knocks.",
+                "A secure lid clicks shut so nothing spills in your bag.",
+            ),
+            (8.0, 50.0),
+            {"flask": ("vacuum water bottle",), "canteen": ()},
+            "Capacity",
+        ),
+        CategorySpec(
+            "chairs",
+            "office chairs",
+            (
+                "ergonomic office chair",
+                "gaming chair",
+                "task chair",
+                "executive chair",
+                "drafting chair",
+            ),
+            ("Ergoline", "Sitwell", "Loftline", "Corebyte", "Halden"),
+            ("black", "grey", "white", "blue", "red"),
+            ("mesh", "leather", "fabric", "faux leather"),
+            (),
+            (),
+            ("lumbar support", "adjustable armrests", "headrest", "reclining", "swivel base"),
+            ("home offices", "gaming setups", "long workdays", "study rooms"),
+            (
+                "Smooth casters glide across hard floors and rugs alike.",
+                "The {material} backrest stays cool during long sessions.",
+                "Height and tilt adjust with a single lever.",
+            ),
+            (80.0, 900.0),
+        ),
+        CategorySpec(
+            "tents",
+            "tents",
+            ("dome tent", "backpacking tent", "family tent", "pop-up tent", "ultralight tent"),
+            ("Trailborn", "Fjellmark", "Nordvik", "Peakwear", "Campwise"),
+            ("green", "orange", "grey", "blue", "olive", "yellow"),
+            ("nylon", "polyester", "ripstop nylon", "canvas"),
+            ("1-person", "2-person", "4-person", "6-person"),
+            (),
+            ("waterproof", "freestanding", "quick setup", "vestibule", "lightweight"),
+            ("backpacking trips", "festivals", "family camping", "alpine routes"),
+            (
+                "Color-coded poles make pitching fast.",
+                "The {material} fly sheds rain and blocks wind.",
+                "Mesh panels keep the air flowing on warm nights.",
+            ),
+            (60.0, 700.0),
+            {"bivouac": ("backpacking tent", "ultralight tent")},
+            "Capacity",
+        ),
+        CategorySpec(
+            "bikes",
+            "bikes",
+            (
+                "road bike",
+                "mountain bike",
+                "hybrid bike",
+                "electric bike",
+                "folding bike",
+                "kids bike",
+            ),
+            ("Velora", "Ridgeline", "Spokehaus", "Pacemark", "Kestrel"),
+            ("black", "white", "red", "blue", "green", "matte grey"),
+            ("aluminum", "carbon fiber", "steel", "titanium"),
+            ("S frame", "M frame", "L frame", "XL frame"),
+            (),
+            ("disc brakes", "suspension fork", "21-speed", "lightweight", "integrated lights"),
+            ("commuting", "weekend rides", "trail riding", "racing", "city errands"),
+            (
+                "Precise shifting keeps the cadence smooth on every climb.",
+                "The {material} frame balances stiffness and comfort.",
+                "Puncture-resistant tires roll confidently over rough roads.",
+            ),
+            (200.0, 4000.0),
+            {"bicycle": ()},
+            "Frame",
+        ),
+        CategorySpec(
+            "blenders",
+            "blenders",
+            ("countertop blender", "personal blender", "immersion blender", "high-speed blender"),
+            ("Mixwell", "Brewhaus", "Kitchara", "Steamline"),
+            ("black", "white", "silver", "red", "sage green"),
+            ("glass jar", "BPA-free plastic", "stainless steel"),
+            ("0.6 L", "1 L", "1.5 L", "2 L"),
+            (),
+            ("variable speed", "pulse mode", "ice crushing", "dishwasher safe", "quiet motor"),
+            ("shakes", "soups", "frozen drinks", "baby food", "sauces"),
+            (
+                "Sharp stainless blades purée fruit in seconds.",
+                "The {material} container is easy to pour from.",
+                "Non-slip feet keep it steady on the counter.",
+            ),
+            (25.0, 450.0),
+            {"liquidiser": ()},
+            "Capacity",
+        ),
+        CategorySpec(
+            "dresses",
+            "dresses",
+            (
+                "maxi dress",
+                "midi dress",
+                "wrap dress",
+                "shirt dress",
+                "cocktail dress",
+                "summer dress",
+            ),
+            ("Velora", "Solenne", "Maison Ros", "Cottonfield", "Urbana"),
+            (*_NEUTRALS, "red", "emerald", "floral print", "blush pink", "mustard"),
+            ("cotton", "linen", "silk", "viscose", "chiffon", "jersey"),
+            _APPAREL_SIZES,
+            ("women",),
+            ("pockets", "adjustable straps", "lined", "sleeveless", "belted"),
+            ("weddings", "summer days", "the office", "date nights", "holidays"),
+            (
+                "The flowing {material} moves beautifully with every step.",
+                "A flattering cut works from day to evening.",
+                "Hidden seams give it a clean, polished look.",
+            ),
+            (25.0, 220.0),
+            {"gown": ("cocktail dress", "maxi dress"), "frock": ()},
+        ),
+        CategorySpec(
+            "rugs",
+            "rugs",
+            ("area rug", "runner rug", "shag rug", "outdoor rug", "round rug"),
+            ("Hemlund", "Oakhaven", "Casaverde", "Sundby", "Weavery"),
+            ("beige", "grey", "navy", "ivory", "terracotta", "green", "multicolor"),
+            ("wool", "jute", "cotton", "polypropylene", "viscose"),
+            ("2x3 ft", "5x7 ft", "8x10 ft", "9x12 ft"),
+            (),
+            ("washable", "non-slip backing", "hand-woven", "low pile", "stain-resistant"),
+            ("living rooms", "hallways", "patios", "bedrooms", "nurseries"),
+            (
+                "A dense weave feels soft underfoot.",
+                "The {material} fibers hold their color for years.",
+                "It anchors a seating area and softens echoes.",
+            ),
+            (30.0, 900.0),
+            {"carpet": ()},
+        ),
+    )
+}
 
 # Sentences appended to reach the target body length; they must never contain a synonym.
 _FILLER: tuple[str, ...] = (
@@ -484,7 +668,7 @@ _KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 _NEIGHBORS: dict[str, str] = {}
 for _row in _KEYBOARD_ROWS:
     for _i, _ch in enumerate(_row):
-        _NEIGHBORS[_ch] = _row[max(0, _i - 1):_i] + _row[_i + 1:_i + 2]
+        _NEIGHBORS[_ch] = _row[max(0, _i - 1) : _i] + _row[_i + 1 : _i + 2]
 
 
 # --------------------------------------------------------------------------- products
@@ -526,8 +710,12 @@ class Product:
     def to_row(self) -> dict[str, object]:
         """The BEIR corpus row: strings become text fields, numbers numeric attributes."""
         row: dict[str, object] = {
-            "_id": self.id, "title": self.title, "text": self.text,
-            "category": self.category, "type": self.type, "brand": self.brand,
+            "_id": self.id,
+            "title": self.title,
+            "text": self.text,
+            "category": self.category,
+            "type": self.type,
+            "brand": self.brand,
             "color": self.color,
         }
         if self.material:
@@ -594,8 +782,7 @@ def _description(rng: random.Random, spec: CategorySpec, p: dict[str, object]) -
         f"Highlights include {feat_txt}.",
         f"It stands out with {feat_txt}, ready for {use}.",
     )
-    blurb = rng.choice(spec.blurbs).format(type=typ, material=material or "sturdy",
-                                           color=color)
+    blurb = rng.choice(spec.blurbs).format(type=typ, material=material or "sturdy", color=color)
     sentences = [rng.choice(openers), rng.choice(middles)]
     if rng.random() < 0.7:
         sentences.append(blurb)
@@ -611,7 +798,8 @@ def _description(rng: random.Random, spec: CategorySpec, p: dict[str, object]) -
 
 
 def generate_products(
-    n_products: int = DEFAULT_PRODUCTS, seed: int = DEFAULT_SEED,
+    n_products: int = DEFAULT_PRODUCTS,
+    seed: int = DEFAULT_SEED,
 ) -> list[Product]:
     """Products spread evenly over the categories (round-robin, then shuffled ids).
 
@@ -645,19 +833,31 @@ def generate_products(
         price = round(max(1.0, round(price)) - 0.01, 2)
         reviews = 0 if rng.random() < 0.03 else int(math.exp(rng.gauss(3.5, 1.4)))
         rating = (
-            None if reviews == 0
+            None
+            if reviews == 0
             else round(min(5.0, max(1.0, rng.gauss(quality[spec.name, brand], 0.5))), 1)
         )
         pop_raw = 0.35 * math.log1p(reviews) + (rating or 3.0) * 0.4 + rng.gauss(0.0, 0.5)
         popularity = round(1.0 / (1.0 + math.exp(-(pop_raw - 3.0))), 4)
-        out.append(Product(
-            id=f"p{i + 1:0{width}d}", category=spec.name, type=str(p["type"]),
-            brand=brand, color=str(p["color"]), material=str(p["material"]),
-            size=str(p["size"]), gender=str(p["gender"]),
-            features=p["features"],  # type: ignore[arg-type]
-            title=_title(rng, spec, p), text=_description(rng, spec, p), price=price,
-            rating=rating, review_count=reviews, popularity=popularity,
-        ))
+        out.append(
+            Product(
+                id=f"p{i + 1:0{width}d}",
+                category=spec.name,
+                type=str(p["type"]),
+                brand=brand,
+                color=str(p["color"]),
+                material=str(p["material"]),
+                size=str(p["size"]),
+                gender=str(p["gender"]),
+                features=p["features"],  # type: ignore[arg-type]
+                title=_title(rng, spec, p),
+                text=_description(rng, spec, p),
+                price=price,
+                rating=rating,
+                review_count=reviews,
+                popularity=popularity,
+            )
+        )
     return out
 
 
@@ -684,7 +884,10 @@ class DemoQuery:
 
     def to_row(self) -> dict[str, object]:
         row: dict[str, object] = {
-            "_id": self.id, "text": self.text, "type": self.type, "category": self.category,
+            "_id": self.id,
+            "text": self.text,
+            "type": self.type,
+            "category": self.category,
             "constraints": {k: list(v) for k, v in self.constraints.items()},
         }
         if self.source is not None:
@@ -735,13 +938,13 @@ def misspell(rng: random.Random, text: str) -> str:
         op = rng.randrange(4)
         j = rng.randrange(1, len(w) - 1)
         if op == 0:
-            new = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+            new = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
         elif op == 1:
-            new = w[:j] + w[j + 1:]
+            new = w[:j] + w[j + 1 :]
         elif op == 2:
             new = w[:j] + w[j] + w[j:]
         else:
-            new = w[:j] + rng.choice(_NEIGHBORS.get(w[j], w[j]) or w[j]) + w[j + 1:]
+            new = w[:j] + rng.choice(_NEIGHBORS.get(w[j], w[j]) or w[j]) + w[j + 1 :]
         if new != w:
             words[i] = new
             return " ".join(words)
@@ -749,16 +952,26 @@ def misspell(rng: random.Random, text: str) -> str:
     return " ".join(words)
 
 
-_SPEC_VOCAB = {"type": "types", "brand": "brands", "color": "colors", "material": "materials",
-               "size": "sizes", "gender": "genders", "feature": "features"}
+_SPEC_VOCAB = {
+    "type": "types",
+    "brand": "brands",
+    "color": "colors",
+    "material": "materials",
+    "size": "sizes",
+    "gender": "genders",
+    "feature": "features",
+}
 
 
 def _informative(p: Product, attrs: Iterable[str]) -> list[str]:
     """The attributes of p that can narrow a query (set, and not the same for all products:
     "women" says nothing about a dress)."""
     spec = CATEGORIES[p.category]
-    return [a for a in attrs
-            if len(getattr(spec, _SPEC_VOCAB[a])) > 1 and (a == "feature" or _value(p, a))]
+    return [
+        a
+        for a in attrs
+        if len(getattr(spec, _SPEC_VOCAB[a])) > 1 and (a == "feature" or _value(p, a))
+    ]
 
 
 def _pick_attrs(rng: random.Random, p: Product, k: int, must: Sequence[str] = ()) -> dict[str, str]:
@@ -776,8 +989,11 @@ class _Redraw(Exception):
 
 
 def _make_query(
-    rng: random.Random, kind: str, products: Sequence[Product],
-    by_cat: Mapping[str, list[Product]], syn_pairs: Sequence[tuple[CategorySpec, str]],
+    rng: random.Random,
+    kind: str,
+    products: Sequence[Product],
+    by_cat: Mapping[str, list[Product]],
+    syn_pairs: Sequence[tuple[CategorySpec, str]],
 ) -> tuple[str, str, dict[str, tuple[str, ...]], str | None, str | None]:
     """(text, category, constraints, source, synonym) for one query of type ``kind``."""
     if kind == "synonym":
@@ -786,8 +1002,10 @@ def _make_query(
         p = rng.choice([p for p in by_cat[spec.name] if not accepted or p.type in accepted])
         opts = _informative(p, ("brand", "color", "material", "gender", "feature"))
         k = rng.choice((0, 1, 1, 2)) if accepted else rng.choice((1, 1, 2))
-        attrs = {a: (rng.choice(p.features) if a == "feature" else _value(p, a))
-                 for a in rng.sample(opts, k)}
+        attrs = {
+            a: (rng.choice(p.features) if a == "feature" else _value(p, a))
+            for a in rng.sample(opts, k)
+        }
         text = _render(rng, spec, attrs, syn)
         cons: dict[str, tuple[str, ...]] = {a: (v,) for a, v in attrs.items()}
         if accepted:
@@ -828,7 +1046,9 @@ def _type_counts(n_queries: int) -> dict[str, int]:
 
 
 def generate_queries(
-    products: Sequence[Product], n_queries: int = DEFAULT_QUERIES, seed: int = DEFAULT_SEED,
+    products: Sequence[Product],
+    n_queries: int = DEFAULT_QUERIES,
+    seed: int = DEFAULT_SEED,
 ) -> list[DemoQuery]:
     """Queries of every type (QUERY_MIX), each built from a real product's attributes.
 
@@ -842,9 +1062,12 @@ def generate_queries(
     for p in products:
         by_cat[p.category].append(p)
     # (category, synonym) pairs with at least one product the synonym stands for
-    syn_pairs = [(c, w) for c in CATEGORIES.values() for w in sorted(c.synonyms)
-                 if any(not c.synonyms[w] or p.type in c.synonyms[w]
-                        for p in by_cat.get(c.name, ()))]
+    syn_pairs = [
+        (c, w)
+        for c in CATEGORIES.values()
+        for w in sorted(c.synonyms)
+        if any(not c.synonyms[w] or p.type in c.synonyms[w] for p in by_cat.get(c.name, ()))
+    ]
     kinds = [k for k, n in _type_counts(n_queries).items() for _ in range(n)]
     rng.shuffle(kinds)
     seen: set[str] = set()
@@ -861,7 +1084,8 @@ def generate_queries(
         else:
             raise DemoCatalogError(
                 f"could not draw {n_queries} distinct queries from {len(products)} products;"
-                " use fewer queries or more products")
+                " use fewer queries or more products"
+            )
         seen.add(text)
         out.append(DemoQuery(f"q{len(out) + 1:0{width}d}", text, kind, cat, cons, source, syn))
     return out
@@ -902,7 +1126,9 @@ class _Columns:
             vocab: dict[str, int] = {}
             self.cols[a] = np.fromiter(
                 (vocab.setdefault(_value(p, a), len(vocab)) for p in products),
-                dtype=np.int32, count=len(products))
+                dtype=np.int32,
+                count=len(products),
+            )
             self.codes[a] = vocab
         fvocab: dict[str, int] = {}
         for p in products:
@@ -946,8 +1172,11 @@ _NEG_STOP = frozenset({"for", "in", "size", "s", "by", "with", "the", "and", "a"
 
 
 def judge(
-    products: Sequence[Product], queries: Sequence[DemoQuery], seed: int = DEFAULT_SEED,
-    max_grade1: int = 30, n_negatives: int = 10,
+    products: Sequence[Product],
+    queries: Sequence[DemoQuery],
+    seed: int = DEFAULT_SEED,
+    max_grade1: int = 30,
+    n_negatives: int = 10,
 ) -> list[Judgment]:
     """Judgments for every query: all grade 2-3 products, sampled grade 1 and hard negatives.
 
@@ -978,8 +1207,14 @@ def judge(
             cand = np.flatnonzero(shared > 0)
             if len(cand) < n_negatives:  # too few lexical look-alikes: add random ones
                 rest = np.flatnonzero(shared == 0)
-                cand = np.concatenate([cand, rng.choice(
-                    rest, size=min(len(rest), n_negatives - len(cand)), replace=False)])
+                cand = np.concatenate(
+                    [
+                        cand,
+                        rng.choice(
+                            rest, size=min(len(rest), n_negatives - len(cand)), replace=False
+                        ),
+                    ]
+                )
             order = np.lexsort((rng.random(len(cand)), -shared[cand]))
             rows += [(int(i), 0) for i in cand[order[:n_negatives]]]
         rows.sort(key=lambda r: (-r[1], ids[r[0]]))
@@ -1008,22 +1243,30 @@ class DemoCatalog:
         for q in self.queries:
             per_type[q.type] += 1
         return {
-            "generator": "indexing.demo_catalog", "seed": self.seed,
-            "products": len(self.products), "categories": len(CATEGORIES),
-            "queries": len(self.queries), "query_types": per_type,
-            "judgments": len(self.judgments), "grades": per_grade,
+            "generator": "indexing.demo_catalog",
+            "seed": self.seed,
+            "products": len(self.products),
+            "categories": len(CATEGORIES),
+            "queries": len(self.queries),
+            "query_types": per_type,
+            "judgments": len(self.judgments),
+            "grades": per_grade,
         }
 
 
 def build_demo_catalog(
-    n_products: int = DEFAULT_PRODUCTS, n_queries: int = DEFAULT_QUERIES,
-    seed: int = DEFAULT_SEED, max_grade1: int = 30, n_negatives: int = 10,
+    n_products: int = DEFAULT_PRODUCTS,
+    n_queries: int = DEFAULT_QUERIES,
+    seed: int = DEFAULT_SEED,
+    max_grade1: int = 30,
+    n_negatives: int = 10,
 ) -> DemoCatalog:
     """Generate products, queries and judgments from one seed (deterministic)."""
     products = generate_products(n_products, seed)
     queries = generate_queries(products, n_queries, seed)
-    return DemoCatalog(seed, products, queries,
-                       judge(products, queries, seed, max_grade1, n_negatives))
+    return DemoCatalog(
+        seed, products, queries, judge(products, queries, seed, max_grade1, n_negatives)
+    )
 
 
 def _jsonl(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
@@ -1048,5 +1291,6 @@ def write_beir(catalog: DemoCatalog, out_dir: str | Path) -> Path:
         for j in catalog.judgments:
             fh.write(f"{j.query_id}\t{j.doc_id}\t{int(j.grade)}\n")
     (out / "manifest.json").write_text(
-        json.dumps(catalog.summary(), indent=2) + "\n", encoding="utf-8")
+        json.dumps(catalog.summary(), indent=2) + "\n", encoding="utf-8"
+    )
     return out

@@ -106,9 +106,7 @@ def aggregate_sessions(
     ``docs`` (served order, position 1 first), ``clicks`` (aligned 0/1) and optionally
     ``ts`` (epoch seconds; missing = ``now``). Returns key -> {(query, doc) or (doc,): value}.
     """
-    probs = (
-        examination_probs(100) if exam_probs is None else np.asarray(exam_probs, np.float64)
-    )
+    probs = examination_probs(100) if exam_probs is None else np.asarray(exam_probs, np.float64)
     if probs.ndim != 1 or not np.all(np.isfinite(probs)) or np.any(probs < 0):
         raise BehaviorError("exam_probs must be a 1-D array of finite probabilities >= 0")
     if not math.isfinite(half_life_s) or half_life_s <= 0:

@@ -136,9 +136,9 @@ class EvalConfig:
 # helpers
 
 
-def _margin(cfg: EvalConfig, cs: CandidateSet, params: Mapping[str, Any] | None = None) -> (
-    np.ndarray | None
-):
+def _margin(
+    cfg: EvalConfig, cs: CandidateSet, params: Mapping[str, Any] | None = None
+) -> np.ndarray | None:
     if not cfg.margin:
         return None
     return fusion_score(cs, cfg.margin, {**dict(params or {}), "scale": cfg.margin_scale})
@@ -187,9 +187,7 @@ def _ranking_data(
     return RankingData.from_groups(list(rows), names)
 
 
-def _fit(
-    cfg: EvalConfig, train_rows: Sequence[Any], names: Sequence[str], seed: int
-) -> Any:
+def _fit(cfg: EvalConfig, train_rows: Sequence[Any], names: Sequence[str], seed: int) -> Any:
     """One booster for the training queries: ltr.train.fit_recipe (rounds chosen from
     smoothed inner-fold validation curves, then trained on all training queries)."""
     from ltr.train import fit_recipe
@@ -262,24 +260,26 @@ def simulate_history(data: EvalData, cfg: EvalConfig) -> ClickHistory:
     for q in data.queries:
         order = rank_ids(q.cs.ids, fusion_score(q.cs, "rrf"))[: cfg.shown]
         grades = np.array([q.qrels.get(d, 0.0) for d in order], dtype=np.float64)
-        attr = attractiveness_from_grades(np.clip(grades, 0, max_grade), max_grade,
-                                          cfg.click_noise)
+        attr = attractiveness_from_grades(np.clip(grades, 0, max_grade), max_grade, cfg.click_noise)
         seed = (cfg.seed * 1_000_003 + zlib.crc32(q.qid.encode())) % (2**32)
         rng = np.random.default_rng(seed)
         sessions = simulate_pbm(
-            {q.qid: order}, {(q.qid, d): float(a) for d, a in zip(order, attr, strict=True)},
-            exam, cfg.clicks, rng,
+            {q.qid: order},
+            {(q.qid, d): float(a) for d, a in zip(order, attr, strict=True)},
+            exam,
+            cfg.clicks,
+            rng,
         )
         ages = rng.uniform(0, cfg.history_days * 86400.0, size=len(sessions))
-        sessions = [dataclasses.replace(s, ts=now - age) for s, age in zip(sessions, ages,
-                                                                             strict=True)]
+        sessions = [
+            dataclasses.replace(s, ts=now - age) for s, age in zip(sessions, ages, strict=True)
+        ]
         n_sessions += len(sessions)
         n_clicks += sum(sum(s.clicks) for s in sessions)
         agg = bh.aggregate_sessions(sessions, now=now, exam_probs=exam)
         per_query[q.qid] = agg
         total_parts.append(agg)
-    return ClickHistory(bh.merge_aggregates(*total_parts), per_query, n_sessions, n_clicks,
-                        now)
+    return ClickHistory(bh.merge_aggregates(*total_parts), per_query, n_sessions, n_clicks, now)
 
 
 def _behavior_X(q: QueryData, history: ClickHistory, cold: bool) -> np.ndarray:
@@ -332,13 +332,22 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
             runs["linear"][q] = rank_ids(by_id[q].cs.ids, fusion_score(by_id[q].cs, "linear", lin))
 
         rows = [
-            (q, data.columns(names, by_id[q]), by_id[q].labels, by_id[q].cs.ids,
-             _margin(cfg, by_id[q].cs))
+            (
+                q,
+                data.columns(names, by_id[q]),
+                by_id[q].labels,
+                by_id[q].cs.ids,
+                _margin(cfg, by_id[q].cs),
+            )
             for q in train_ids
         ]
         model = _fit(cfg, rows, names, cfg.train.seed + i)
-        info = {"fold": i, "train_queries": len(train_ids), "test_queries": len(test_ids),
-                "ltr_rounds": model.best_iteration + 1}
+        info = {
+            "fold": i,
+            "train_queries": len(train_ids),
+            "test_queries": len(test_ids),
+            "ltr_rounds": model.best_iteration + 1,
+        }
         for q in test_ids:
             qd = by_id[q]
             s = model.predict(data.columns(names, qd), _margin(cfg, qd.cs))
@@ -356,12 +365,25 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
             for q in train_ids:
                 qd = by_id[q]
                 base_x, margin = data.columns(names, qd), _margin(cfg, qd.cs)
-                brows.append((q, np.hstack([base_x, _behavior_X(qd, history, False)]),
-                              qd.labels, qd.cs.ids, margin))
+                brows.append(
+                    (
+                        q,
+                        np.hstack([base_x, _behavior_X(qd, history, False)]),
+                        qd.labels,
+                        qd.cs.ids,
+                        margin,
+                    )
+                )
                 if q in cold_train:
-                    brows.append((q + COLD_COPY,
-                                  np.hstack([base_x, _behavior_X(qd, history, True)]),
-                                  qd.labels, qd.cs.ids, margin))
+                    brows.append(
+                        (
+                            q + COLD_COPY,
+                            np.hstack([base_x, _behavior_X(qd, history, True)]),
+                            qd.labels,
+                            qd.cs.ids,
+                            margin,
+                        )
+                    )
             bmodel = _fit(cfg, brows, beh_names, cfg.train.seed + 100 + i)
             info["ltr_behavior_rounds"] = bmodel.best_iteration + 1
             for q in test_ids:
@@ -409,20 +431,22 @@ def _report(
     for m in [x for x in runs if x.startswith("ltr")]:
         sig[m] = {
             "against": best_baseline,
-            **paired_tests(per[m]["ndcg@10"], per[best_baseline]["ndcg@10"],
-                           cfg.permutations, cfg.seed),
+            **paired_tests(
+                per[m]["ndcg@10"], per[best_baseline]["ndcg@10"], cfg.permutations, cfg.seed
+            ),
         }
-    per_query = {
-        q: {m: per[m]["ndcg@10"][q] for m in runs} for q in sorted(qrels, key=_natural)
-    }
+    per_query = {q: {m: per[m]["ndcg@10"][q] for m in runs} for q in sorted(qrels, key=_natural)}
     out: dict[str, Any] = {
         "queries": len(data.queries),
         "folds": cfg.folds,
         "seed": cfg.seed,
         "metrics": list(cfg.metrics),
         "methods": methods,
-        "filtered": {"description": "judged-nonrelevant (grade 0) documents removed from "
-                                    "every ranking before scoring", "methods": filtered},
+        "filtered": {
+            "description": "judged-nonrelevant (grade 0) documents removed from "
+            "every ranking before scoring",
+            "methods": filtered,
+        },
         "best_baseline": best_baseline,
         "best_single_retriever": best_single,
         "ltr_over_best_single": methods["ltr"]["ndcg@10"] / methods[best_single]["ndcg@10"],
@@ -448,8 +472,7 @@ def _report(
             "click_noise": cfg.click_noise,
             "exam_eta": cfg.exam_eta,
             "cold_share": cfg.cold_share,
-            "ltr_behavior_over_rrf": methods["ltr_behavior"]["ndcg@10"]
-            / methods["rrf"]["ndcg@10"],
+            "ltr_behavior_over_rrf": methods["ltr_behavior"]["ndcg@10"] / methods["rrf"]["ndcg@10"],
         }
     return out
 
@@ -467,9 +490,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     filt = report.get("filtered", {}).get("methods", {})
     for m, vals in report["methods"].items():
         f = filt.get(m, {}).get("ndcg@10", math.nan)
-        lines.append(
-            f"| {m} | " + " | ".join(f"{vals[k]:.4f}" for k in metrics) + f" | {f:.4f} |"
-        )
+        lines.append(f"| {m} | " + " | ".join(f"{vals[k]:.4f}" for k in metrics) + f" | {f:.4f} |")
     return "\n".join(lines)
 
 

@@ -407,8 +407,9 @@ def _matched_idf(reduce: str) -> FeatureFn:
         has = m.any(axis=1)
         if has.any():
             red = np.max if reduce == "max" else np.min
-            out[has] = red(np.where(m[has], vals[has], np.inf if reduce == "min" else -np.inf),
-                           axis=1)
+            out[has] = red(
+                np.where(m[has], vals[has], np.inf if reduce == "min" else -np.inf), axis=1
+            )
         return out
 
     return fn
@@ -630,7 +631,9 @@ def _beh_count(level: str, key: str, log: bool = True) -> FeatureFn:
 
 
 def smoothed_rate(
-    clicks: np.ndarray, trials: np.ndarray, alpha: float = CTR_PRIOR_ALPHA,
+    clicks: np.ndarray,
+    trials: np.ndarray,
+    alpha: float = CTR_PRIOR_ALPHA,
     beta: float = CTR_PRIOR_BETA,
 ) -> np.ndarray:
     """Posterior mean of a Beta(alpha, beta) prior after ``clicks`` out of ``trials``."""
@@ -680,19 +683,32 @@ _reg("title_phrase", _T, _title_phrase, "analyzed query occurs contiguously in t
 _reg("title_jaccard", _T, _title_jaccard, "Jaccard of query and title terms (near-duplicates)")
 _reg("bigram_title", _T, _bigram_share("title"), "share of query bigrams adjacent in title")
 _reg("bigram_body", _T, _bigram_share("body"), "share of query bigrams adjacent in body")
-_reg("prf_title", _T, _prf_overlap("title"),
-     "share of title terms shared by >= 2 of the top-5 RRF docs found in the candidate")
-_reg("prf_body", _T, _prf_overlap("body"),
-     "share of body terms shared by >= 3 of the top-5 RRF docs found in the candidate")
+_reg(
+    "prf_title",
+    _T,
+    _prf_overlap("title"),
+    "share of title terms shared by >= 2 of the top-5 RRF docs found in the candidate",
+)
+_reg(
+    "prf_body",
+    _T,
+    _prf_overlap("body"),
+    "share of body terms shared by >= 3 of the top-5 RRF docs found in the candidate",
+)
 _reg("query_len", _T, _query_len, "number of analyzed query terms")
 _reg("len_title", _T, _field_len("title"), "analyzed title length")
 _reg("len_body", _T, _field_len("body"), "analyzed body length")
 _reg("bm25_norm", _T, lambda cs: _div_by_max(_score(cs, BM25)), "BM25 / query's max BM25")
-_reg("bm25_fields_norm", _T, lambda cs: _div_by_max(_fields_sum(cs)),
-     "field BM25 sum / query's max")
+_reg(
+    "bm25_fields_norm", _T, lambda cs: _div_by_max(_fields_sum(cs)), "field BM25 sum / query's max"
+)
 _reg("bm25_fields_z", _T, _fields_sum_z, "field BM25 sum z-scored within the query")
-_reg("bm25_title_norm", _T, lambda cs: _div_by_max(_field_bm25(cs, "title")),
-     "title BM25 / query's max")
+_reg(
+    "bm25_title_norm",
+    _T,
+    lambda cs: _div_by_max(_field_bm25(cs, "title")),
+    "title BM25 / query's max",
+)
 _reg("dense_gap", _T, _cosine_gap, "cosine minus the query's max cosine")
 _reg("dense_z", _T, _cosine_z, "cosine z-scored within the query")
 _reg("rrf_norm", _T, _rrf_norm, "RRF / query's max RRF")
@@ -709,17 +725,40 @@ _reg("log_popularity", _S, _static("popularity", log=True), "log1p(popularity)")
 _B = "behavior"
 _BV = f"1:prior={CTR_PRIOR_ALPHA:g},{CTR_PRIOR_BETA:g}"
 for _lvl, _what in (("qd", "this query and document"), ("d", "the document, all queries")):
-    _reg(f"{_lvl}_log_impressions", _B, _beh_count(_lvl, "impressions"),
-         f"log1p impressions of {_what}")
+    _reg(
+        f"{_lvl}_log_impressions",
+        _B,
+        _beh_count(_lvl, "impressions"),
+        f"log1p impressions of {_what}",
+    )
     _reg(f"{_lvl}_log_clicks", _B, _beh_count(_lvl, "clicks"), f"log1p clicks of {_what}")
-    _reg(f"{_lvl}_ctr", _B, _beh_rate(_lvl, "clicks", "impressions"),
-         f"Beta-smoothed CTR of {_what}", _BV)
-    _reg(f"{_lvl}_ctr_debiased", _B, _beh_rate(_lvl, "clicks", "examinations"),
-         f"Beta-smoothed clicks / examinations (position-debiased) of {_what}", _BV)
-    _reg(f"{_lvl}_log_decayed_clicks", _B, _beh_count(_lvl, "decayed_clicks"),
-         f"log1p recency-decayed clicks of {_what}")
-    _reg(f"{_lvl}_ctr_decayed", _B, _beh_rate(_lvl, "decayed_clicks", "decayed_impressions"),
-         f"Beta-smoothed recency-decayed CTR of {_what}", _BV)
+    _reg(
+        f"{_lvl}_ctr",
+        _B,
+        _beh_rate(_lvl, "clicks", "impressions"),
+        f"Beta-smoothed CTR of {_what}",
+        _BV,
+    )
+    _reg(
+        f"{_lvl}_ctr_debiased",
+        _B,
+        _beh_rate(_lvl, "clicks", "examinations"),
+        f"Beta-smoothed clicks / examinations (position-debiased) of {_what}",
+        _BV,
+    )
+    _reg(
+        f"{_lvl}_log_decayed_clicks",
+        _B,
+        _beh_count(_lvl, "decayed_clicks"),
+        f"log1p recency-decayed clicks of {_what}",
+    )
+    _reg(
+        f"{_lvl}_ctr_decayed",
+        _B,
+        _beh_rate(_lvl, "decayed_clicks", "decayed_impressions"),
+        f"Beta-smoothed recency-decayed CTR of {_what}",
+        _BV,
+    )
 
 TEXT_FEATURES: tuple[str, ...] = tuple(n for n, f in FEATURES.items() if f.group == _T)
 DEFAULT_TEXT_FEATURES: tuple[str, ...] = TEXT_FEATURES
@@ -794,8 +833,10 @@ def synthetic_candidate_set(n: int = 200, seed: int = 0, behavior: bool = True) 
         ranks={BM25: ranks_b, DENSE: ranks_d},
         field_bm25={"title": rng.random(n) * 5, "body": rng.random(n) * 15},
         dense_cosine=rng.random(n),
-        doc_terms={"title": tuple(terms(10) for _ in range(n)),
-                   "body": tuple(terms(150) for _ in range(n))},
+        doc_terms={
+            "title": tuple(terms(10) for _ in range(n)),
+            "body": tuple(terms(150) for _ in range(n)),
+        },
         idf={t: float(rng.random() * 8) for t in qterms},
         static={"rating": rng.random(n) * 5, "review_count": rng.integers(0, 1000, n) * 1.0},
         behavior=beh,
@@ -817,7 +858,10 @@ def benchmark_compute(n: int = 200, repeats: int = 50) -> dict[str, float]:
         compute(cs, names)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return {"n": float(n), "features": float(len(names)),
-            "ms_per_call": 1000 * float(np.median(times)),
-            "ms_p90": 1000 * float(np.percentile(times, 90)),
-            "cpu_ms_per_call": 1000 * float(np.mean(cpu))}
+    return {
+        "n": float(n),
+        "features": float(len(names)),
+        "ms_per_call": 1000 * float(np.median(times)),
+        "ms_p90": 1000 * float(np.percentile(times, 90)),
+        "cpu_ms_per_call": 1000 * float(np.mean(cpu)),
+    }

@@ -112,12 +112,14 @@ def fit_linear(
         raise LTRError("fit_linear searches one weight between exactly two retrievers")
     a, b = RETRIEVERS
     qrels = {str(i): dict(q) for i, (_, q) in enumerate(groups)}
-    normed = [(cs, minmax(retriever_scores(cs, a)), minmax(retriever_scores(cs, b)))
-              for cs, _ in groups]
+    normed = [
+        (cs, minmax(retriever_scores(cs, a)), minmax(retriever_scores(cs, b))) for cs, _ in groups
+    ]
     best_w, best_v = 0.5, -np.inf
     for w in np.linspace(0.0, 1.0, steps + 1):
-        run = {str(i): rank_ids(cs.ids, w * sa + (1 - w) * sb)
-               for i, (cs, sa, sb) in enumerate(normed)}
+        run = {
+            str(i): rank_ids(cs.ids, w * sa + (1 - w) * sb) for i, (cs, sa, sb) in enumerate(normed)
+        }
         v = summarize(evaluate(run, qrels, [metric]))[metric]
         if v > best_v + 1e-12 or (abs(v - best_v) <= 1e-12 and abs(w - 0.5) < abs(best_w - 0.5)):
             best_w, best_v = float(w), float(v)

@@ -65,8 +65,10 @@ async def show_candidates(index_dir: Path, queries: Sequence[str], top: int = 5)
                 b, br = float(cs.scores["bm25"][i]), float(cs.ranks["bm25"][i])
                 d, dr = float(cs.scores["dense"][i]), float(cs.ranks["dense"][i])
                 title = doc.title if doc else "?"
-                print(f"  {cs.ids[i]:<9} {_fmt(b)} {'-' if math.isnan(br) else int(br):>5} "
-                      f"{_fmt(d)} {'-' if math.isnan(dr) else int(dr):>5}  {title[:60]}")
+                print(
+                    f"  {cs.ids[i]:<9} {_fmt(b)} {'-' if math.isnan(br) else int(br):>5} "
+                    f"{_fmt(d)} {'-' if math.isnan(dr) else int(dr):>5}  {title[:60]}"
+                )
     finally:
         await backend.close()
 
@@ -116,8 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scripts import make_demo_data, reindex
 
     _banner("1. demo catalog")
-    if make_demo_data.main(["--out", str(data), "--products", str(args.products),
-                            "--queries", str(args.queries)]) != 0:
+    if (
+        make_demo_data.main(
+            ["--out", str(data), "--products", str(args.products), "--queries", str(args.queries)]
+        )
+        != 0
+    ):
         return 1
     _banner("2. reindex (local backend)")
     if reindex.main(["--source", str(data), "--index-dir", str(index_dir)]) != 0:

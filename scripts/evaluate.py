@@ -29,10 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="BEIR directory (corpus/queries/qrels)")
     p.add_argument("--folds", type=int, default=5, help="query-level CV folds (>= 2)")
     p.add_argument("--out", required=True, help="where to write the JSON report")
-    p.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
-                   help=f"index + embedding cache (default {DEFAULT_WORK_DIR}/<dataset>)")
-    p.add_argument("--clicks", type=int, default=0,
-                   help="simulated PBM sessions per query (adds ltr_behavior methods)")
+    p.add_argument(
+        "--work-dir",
+        default=DEFAULT_WORK_DIR,
+        help=f"index + embedding cache (default {DEFAULT_WORK_DIR}/<dataset>)",
+    )
+    p.add_argument(
+        "--clicks",
+        type=int,
+        default=0,
+        help="simulated PBM sessions per query (adds ltr_behavior methods)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -128,25 +135,32 @@ def main(argv: list[str] | None = None) -> int:
         encoder = load_encoder(EmbeddingConfig())
         index_dir = prepare_index(dataset, work, ds.corpus, encoder, log)
         rep = asyncio.run(_replay(index_dir, encoder, ds))
-        log(f"replayed {len(rep.queries)} queries in {time.perf_counter() - t0:.1f}s; "
-            f"candidate recall {rep.recall}")
+        log(
+            f"replayed {len(rep.queries)} queries in {time.perf_counter() - t0:.1f}s; "
+            f"candidate recall {rep.recall}"
+        )
         data = EvalData.from_replay(rep)
         cfg = EvalConfig(folds=args.folds, seed=args.seed, clicks=args.clicks)
         result = run_evaluation(data, cfg)
     except (LTRError, IndexingError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = {"dataset": str(dataset), **result.report,
-              "candidate_recall": rep.recall,
-              "seconds": round(time.perf_counter() - t0, 1)}
+    report = {
+        "dataset": str(dataset),
+        **result.report,
+        "candidate_recall": rep.recall,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, allow_nan=True))
     print(markdown_table(report))
     sig = report["significance"].get("ltr", {})
-    print(f"\nltr vs {sig.get('against')}: mean diff {sig.get('mean_diff', float('nan')):+.4f}, "
-          f"paired t p={sig.get('t_p', float('nan')):.4g}, "
-          f"randomization p={sig.get('rand_p', float('nan')):.4g}")
+    print(
+        f"\nltr vs {sig.get('against')}: mean diff {sig.get('mean_diff', float('nan')):+.4f}, "
+        f"paired t p={sig.get('t_p', float('nan')):.4g}, "
+        f"randomization p={sig.get('rand_p', float('nan')):.4g}"
+    )
     return 0
 
 

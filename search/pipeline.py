@@ -460,9 +460,7 @@ class Pipeline:
             generator=_TimedGenerator(generator, timings),
         )
 
-    def _order(
-        self, cs: CandidateSet, scores: np.ndarray, model: RankModel | None
-    ) -> np.ndarray:
+    def _order(self, cs: CandidateSet, scores: np.ndarray, model: RankModel | None) -> np.ndarray:
         """Best first (ties: union order). With ``rerank_depth`` R > 0 the model reorders
         only the fusion top-R; the rest follow in fusion order (a model trained on logged
         pages never saw candidates deeper than the pages it was shown)."""

@@ -24,7 +24,10 @@ from search.featurize import Featurized, Generator, featurize
 # Offline replay is not latency bound: generous stage timeouts so a busy machine never
 # drops a retriever (which would silently change the training data).
 REPLAY_TIMEOUTS_MS: dict[str, float] = {
-    "embed": 120_000.0, "bm25": 120_000.0, "knn": 120_000.0, "lookup": 120_000.0,
+    "embed": 120_000.0,
+    "bm25": 120_000.0,
+    "knn": 120_000.0,
+    "lookup": 120_000.0,
 }
 
 
@@ -74,9 +77,9 @@ def labels_for(ids: Sequence[str], qrels: Mapping[str, float]) -> np.ndarray:
     return np.array([float(qrels.get(d, 0.0)) for d in ids], dtype=np.float64)
 
 
-def candidate_recall(queries: Sequence[ReplayedQuery], ks: Sequence[int] = (100, 1000)) -> dict[
-    str, float
-]:
+def candidate_recall(
+    queries: Sequence[ReplayedQuery], ks: Sequence[int] = (100, 1000)
+) -> dict[str, float]:
     """Mean share of relevant documents reached: by the candidate union, and per retriever
     within its top k (a retriever asked for fewer than k results is reported at its depth)."""
     out: dict[str, list[float]] = {}
@@ -136,7 +139,11 @@ async def replay(
         rels = qrels.get(q.id, {})
         out.append(
             ReplayedQuery(
-                query=q, cs=f.cs, X=f.X, labels=labels_for(f.cs.ids, rels), qrels=rels,
+                query=q,
+                cs=f.cs,
+                X=f.X,
+                labels=labels_for(f.cs.ids, rels),
+                qrels=rels,
                 degraded=tuple(f.degraded),
             )
         )

@@ -65,10 +65,13 @@ def _damerau1(a: str, b: str) -> bool:
     if len(a) == len(b):
         diff = [i for i in range(len(a)) if a[i] != b[i]]
         return len(diff) == 1 or (
-            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
-            and a[diff[1]] == b[diff[0]])
+            len(diff) == 2
+            and diff[1] == diff[0] + 1
+            and a[diff[0]] == b[diff[1]]
+            and a[diff[1]] == b[diff[0]]
+        )
     short, long_ = (a, b) if len(a) < len(b) else (b, a)
-    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
 
 
 # --------------------------------------------------------------------------- determinism
@@ -88,9 +91,24 @@ def test_identical_across_processes_with_different_hash_seeds(tmp_path: Path) ->
         out = tmp_path / f"h{hashseed}"
         env = {**os.environ, "PYTHONHASHSEED": hashseed}
         subprocess.run(
-            [sys.executable, "-m", "scripts.make_demo_data", "--out", str(out),
-             "--products", "500", "--queries", "60", "--seed", "5"],
-            cwd=root, env=env, check=True, capture_output=True)
+            [
+                sys.executable,
+                "-m",
+                "scripts.make_demo_data",
+                "--out",
+                str(out),
+                "--products",
+                "500",
+                "--queries",
+                "60",
+                "--seed",
+                "5",
+            ],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         outs.append(out)
     for name in FILES:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
@@ -245,10 +263,8 @@ def test_grade3_documents_have_every_query_attribute(small: dict) -> None:
 
 def test_judgments_follow_the_rule_and_positives_are_complete() -> None:
     """The vectorized judging equals the scalar rule, and no grade >= 2 product is missed."""
-    cat = build_demo_catalog(n_products=600, n_queries=80, seed=11, max_grade1=5,
-                             n_negatives=4)
-    judged: dict[tuple[str, str], float] = {(j.query_id, j.doc_id): j.grade
-                                            for j in cat.judgments}
+    cat = build_demo_catalog(n_products=600, n_queries=80, seed=11, max_grade1=5, n_negatives=4)
+    judged: dict[tuple[str, str], float] = {(j.query_id, j.doc_id): j.grade for j in cat.judgments}
     for q in cat.queries:
         for p in cat.products:
             g = grade(q, p)
@@ -265,10 +281,16 @@ def test_judgments_follow_the_rule_and_positives_are_complete() -> None:
 # --------------------------------------------------------------------------- errors, script
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"n_products": 3}, {"n_queries": 0}, {"n_products": True}, {"max_grade1": -1},
-    {"n_products": 20.5},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_products": 3},
+        {"n_queries": 0},
+        {"n_products": True},
+        {"max_grade1": -1},
+        {"n_products": 20.5},
+    ],
+)
 def test_bad_arguments_raise_a_typed_error(kwargs: dict) -> None:
     with pytest.raises(DemoCatalogError):
         build_demo_catalog(**{"n_products": 200, "n_queries": 20, **kwargs})

@@ -31,7 +31,9 @@ def synthetic_data(n_queries: int = 40, n: int = 40, seed: int = 0) -> ev.EvalDa
         rd = np.argsort(np.argsort(-(noisy + rng.normal(0, 2.0, n)))).astype(float) + 1
         rd[rd > 30] = np.nan
         cs = dataclasses.replace(
-            cs, ranks={BM25: rb, DENSE: rd}, scores={BM25: 30 / rb, DENSE: 1 / rd},
+            cs,
+            ranks={BM25: rb, DENSE: rd},
+            scores={BM25: 30 / rb, DENSE: 1 / rd},
             dense_cosine=np.where(np.isfinite(rd), 1 / np.nan_to_num(rd, nan=99), 0.0),
             query_id=f"q{qi}",
         )
@@ -155,8 +157,9 @@ def write_tiny_beir(root: Path) -> Path:
             p = phrases[j % 3]
             other = list(TOPICS)[(t + 1) % 4]
             body = f"{p} study. " + " ".join(rng.choice([*p.split(), other, "flow", "test"], 12))
-            docs.append({"_id": f"{topic}{j}", "title": f"{p} {j}", "text": body,
-                         "rating": float(j % 5)})
+            docs.append(
+                {"_id": f"{topic}{j}", "title": f"{p} {j}", "text": body, "rating": float(j % 5)}
+            )
         for k, p in enumerate(phrases):
             qid = f"{topic}-q{k}"
             queries.append({"_id": qid, "text": p})
@@ -177,14 +180,24 @@ def test_cli_end_to_end_on_tiny_collection(tmp_path: Path) -> None:
 
     ds = write_tiny_beir(tmp_path / "tiny")
     out = tmp_path / "report.json"
-    args = ["--dataset", str(ds), "--folds", "3", "--out", str(out),
-            "--work-dir", str(tmp_path / "work"), "--clicks", "20", "--quiet"]
+    args = [
+        "--dataset",
+        str(ds),
+        "--folds",
+        "3",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--clicks",
+        "20",
+        "--quiet",
+    ]
     assert main(args) == 0
     rep = json.loads(out.read_text())
     assert rep["queries"] == 12
     for m in ("bm25", "dense", "rrf", "linear", "ltr", "ltr_behavior", "ltr_behavior_cold"):
-        assert set(rep["methods"][m]) >= {"ndcg@10", "ndcg@5", "mrr@10", "map@100",
-                                          "recall@100"}
+        assert set(rep["methods"][m]) >= {"ndcg@10", "ndcg@5", "mrr@10", "map@100", "recall@100"}
     assert 0 < rep["candidate_recall"]["candidates"] <= 1
     # second run reuses the index (fingerprint unchanged) and gives the same numbers
     out2 = tmp_path / "report2.json"
@@ -201,8 +214,22 @@ def test_cranfield_acceptance(cranfield_dir: Path, request: pytest.FixtureReques
 
     work = Path(request.config.cache.mkdir("ltrsearch_eval_cranfield"))  # embeddings reused
     out = work / "report.json"
-    assert main(["--dataset", str(cranfield_dir), "--folds", "5", "--out", str(out),
-                 "--work-dir", str(work), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--dataset",
+                str(cranfield_dir),
+                "--folds",
+                "5",
+                "--out",
+                str(out),
+                "--work-dir",
+                str(work),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rep = json.loads(out.read_text())
     m = {k: v["ndcg@10"] for k, v in rep["methods"].items()}
     assert rep["queries"] == 225
@@ -226,8 +253,14 @@ def test_replay_labels_and_candidate_recall() -> None:
     rb = np.array([1, 2, 3, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan])
     rd = np.array([np.nan, np.nan, 2, 1, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan])
     cs = dataclasses.replace(cs, ranks={BM25: rb, DENSE: rd})
-    qrels = qrels_by_query([Judgment("q", "d0", 2), Judgment("q", "d3", 1),
-                            Judgment("q", "gone", 3), Judgment("q", "d5", 0)])["q"]
+    qrels = qrels_by_query(
+        [
+            Judgment("q", "d0", 2),
+            Judgment("q", "d3", 1),
+            Judgment("q", "gone", 3),
+            Judgment("q", "d5", 0),
+        ]
+    )["q"]
     labels = labels_for(cs.ids, qrels)
     assert labels[0] == 2 and labels[3] == 1 and labels[5] == 0 and labels[9] == 0
     rq = ReplayedQuery(Query("q", "x"), cs, np.zeros((10, 0), np.float32), labels, qrels)

@@ -68,9 +68,11 @@ def test_compute_shape_dtype_and_every_feature_finite_or_nan() -> None:
     assert not np.isinf(X).any()
     # empty candidate set
     empty = make_cs(
-        ids=(), scores={BM25: np.array([]), DENSE: np.array([])},
+        ids=(),
+        scores={BM25: np.array([]), DENSE: np.array([])},
         ranks={BM25: np.array([]), DENSE: np.array([])},
-        field_bm25={"title": np.array([]), "body": np.array([])}, dense_cosine=np.array([]),
+        field_bm25={"title": np.array([]), "body": np.array([])},
+        dense_cosine=np.array([]),
         doc_terms={"title": (), "body": ()},
     )
     assert F.compute(empty, names).shape == (0, len(names))
@@ -115,11 +117,11 @@ def test_no_matching_term_gives_nan_matched_idf_and_missing_field_gives_nan() ->
 
 
 def test_static_features_log_and_nan() -> None:
-    cs = make_cs(static={"rating": np.array([4.5, NAN, 3.0]),
-                         "review_count": np.array([0.0, 99.0, NAN])})
+    cs = make_cs(
+        static={"rating": np.array([4.5, NAN, 3.0]), "review_count": np.array([0.0, 99.0, NAN])}
+    )
     np.testing.assert_array_equal(col(cs, "rating"), [4.5, NAN, 3.0])
-    np.testing.assert_allclose(col(cs, "log_review_count"), [0.0, math.log(100), NAN],
-                               rtol=1e-6)
+    np.testing.assert_allclose(col(cs, "log_review_count"), [0.0, math.log(100), NAN], rtol=1e-6)
     assert np.isnan(col(cs, "log_price")).all()  # attribute absent from the collection
 
 
@@ -152,11 +154,13 @@ def test_aggregate_sessions_and_behavior_features() -> None:
     assert arrays["qd_clicks"][2] != arrays["qd_clicks"][2]  # NaN: no history
     cs = make_cs().with_behavior(arrays)
     a, b = F.CTR_PRIOR_ALPHA, F.CTR_PRIOR_BETA
-    np.testing.assert_allclose(col(cs, "qd_ctr"), [(2 + a) / (2 + a + b), (1 + a) / (2 + a + b),
-                                                   NAN], rtol=1e-6)
+    np.testing.assert_allclose(
+        col(cs, "qd_ctr"), [(2 + a) / (2 + a + b), (1 + a) / (2 + a + b), NAN], rtol=1e-6
+    )
     np.testing.assert_allclose(col(cs, "qd_ctr_debiased")[0], (2 + a) / (1.5 + a + b), rtol=1e-6)
-    np.testing.assert_allclose(col(cs, "d_log_impressions"), [math.log(4), math.log(3), NAN],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        col(cs, "d_log_impressions"), [math.log(4), math.log(3), NAN], rtol=1e-6
+    )
     # no behavior at all -> every behavior feature NaN, never 0
     assert np.isnan(F.compute(make_cs(), F.BEHAVIOR_FEATURES)).all()
 

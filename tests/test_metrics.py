@@ -67,8 +67,13 @@ def test_metrics_match_ir_measures(seed: int) -> None:
     iq = [ir_measures.Qrel(q, d, int(g)) for q, r in qrels.items() for d, g in r.items()]
     ir = [ir_measures.ScoredDoc(q, d, s) for q, r in run_scores.items() for d, s in r.items()]
     exp_gain = nDCG(gains={g: 2**g - 1 for g in range(5)})
-    measures = {"ndcg@10": exp_gain @ 10, "ndcg@5": exp_gain @ 5, "mrr@10": RR @ 10,
-                "map@100": AP @ 100, "recall@20": R @ 20}
+    measures = {
+        "ndcg@10": exp_gain @ 10,
+        "ndcg@5": exp_gain @ 5,
+        "mrr@10": RR @ 10,
+        "map@100": AP @ 100,
+        "recall@20": R @ 20,
+    }
     ours = M.evaluate(rankings, qrels, list(measures))
     theirs: dict[object, dict[str, float]] = {m: {} for m in measures.values()}
     for m in ir_measures.iter_calc(list(measures.values()), iq, ir):

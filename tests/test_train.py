@@ -124,14 +124,22 @@ def test_defaults_are_the_evaluated_recipe() -> None:
     cfg = TrainConfig()
     assert cfg == ev.DEFAULT_TRAIN and ev.EvalConfig().train == cfg
     assert (cfg.max_depth, cfg.eta, cfg.min_child_weight, cfg.reg_lambda, cfg.subsample) == (
-        3, 0.03, 5.0, 5.0, 0.7
+        3,
+        0.03,
+        5.0,
+        5.0,
+        0.7,
     )
     assert (cfg.inner_folds, cfg.smooth_rounds, cfg.nthread) == (3, 25, 1)
     assert ev.EvalConfig().margin_scale == cfg.base_margin_scale == 20.0
     assert cfg.base_margin_spec() == {"name": "rrf", "params": {"scale": 20.0}}
     assert with_overrides(cfg, use_base_margin=False).base_margin_spec() is None
-    for field, value in (("inner_folds", 0), ("smooth_rounds", 0), ("cold_share", 1.5),
-                         ("base_margin_scale", 0.0)):
+    for field, value in (
+        ("inner_folds", 0),
+        ("smooth_rounds", 0),
+        ("cold_share", 1.5),
+        ("base_margin_scale", 0.0),
+    ):
         with pytest.raises(ValueError, match=field):
             with_overrides(cfg, **{field: value})
 
@@ -688,9 +696,7 @@ def test_recipe_picks_rounds_from_the_smoothed_inner_fold_curves(data: RankingDa
     for a, b in splits:
         assert not set(a.query_ids) & set(b.query_ids)
         assert set(a.query_ids) | set(b.query_ids) == set(tr.query_ids)
-    curves = [
-        Trainer(RECIPE).fit(a, b).history["valid"]["ndcg@10"] for a, b in splits
-    ]
+    curves = [Trainer(RECIPE).fit(a, b).history["valid"]["ndcg@10"] for a, b in splits]
     mean = np.mean(np.stack(curves), axis=0)
     assert model.history["cv"]["ndcg@10"] == pytest.approx(mean.tolist())
     rounds, score = smoothed_best_round(curves, 10)
@@ -750,8 +756,17 @@ def test_a_model_trained_by_the_command_serves_its_training_scores(
     def quiet(_: str) -> None:
         return None
 
-    argv = ["--dataset", str(beir_small), "--index-dir", str(small_index),
-            "--model-dir", str(tmp_path / "models"), "--features", "text", "--quiet"]
+    argv = [
+        "--dataset",
+        str(beir_small),
+        "--index-dir",
+        str(small_index),
+        "--model-dir",
+        str(tmp_path / "models"),
+        "--features",
+        "text",
+        "--quiet",
+    ]
     result = run(_parser().parse_args(argv), quiet, encoder)
     model = ModelRegistry(tmp_path / "models").load(result["version"])
     assert dict(model.manifest.base_margin or {}) == TrainConfig().base_margin_spec()
@@ -781,8 +796,11 @@ def test_a_model_trained_by_the_command_serves_its_training_scores(
     served = asyncio.run(serve())
     checked = 0
     for qid, hits in served.items():
-        rows = {str(d): i for i, (q, d) in enumerate(zip(data.qids, data.doc_ids, strict=True))
-                if q == qid}  # type: ignore[arg-type]
+        rows = {
+            str(d): i
+            for i, (q, d) in enumerate(zip(data.qids, data.doc_ids, strict=True))
+            if q == qid
+        }  # type: ignore[arg-type]
         for h in hits:
             i = rows[str(h["id"])]
             assert float(h["score"]) == float(trained[i])  # type: ignore[arg-type]
