@@ -51,6 +51,7 @@ from indexing.local_store import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     READABLE_FORMATS,
+    Lookups,
     Snapshot,
     build_field_indexes,
     load_ann_rows,
@@ -732,16 +733,7 @@ class LocalBackend:
         """Numeric attributes per id (NaN = missing); cheaper than fetch (not in the Protocol)."""
         return await self._run(self._state().static_attrs, list(ids))
 
-    async def lookups(
-        self, query: str, ids: Sequence[str], vector: np.ndarray | None
-    ) -> tuple[
-        tuple[str, ...],
-        dict[str, np.ndarray],
-        np.ndarray,
-        dict[str, tuple[tuple[str, ...], ...]],
-        dict[str, float],
-        dict[str, np.ndarray],
-    ]:
+    async def lookups(self, query: str, ids: Sequence[str], vector: np.ndarray | None) -> Lookups:
         """All per-candidate lookups in one thread hop (see Snapshot.lookups; not in the
         Protocol: search.candidates uses it when present, else the separate methods)."""
         return await self._run(self._state().lookups, query, list(ids), vector)

@@ -57,6 +57,18 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 
 
+# What Snapshot.lookups returns: (query terms, BM25 per field, cosine, analyzed terms per
+# field, idf of the distinct query terms, numeric attributes), each aligned with the ids.
+Lookups = tuple[
+    tuple[str, ...],
+    dict[str, np.ndarray],
+    np.ndarray,
+    dict[str, tuple[tuple[str, ...], ...]],
+    dict[str, float],
+    dict[str, np.ndarray],
+]
+
+
 @dataclass(frozen=True)
 class FieldIndex:
     """BM25 score matrix of one field in CSC form: column = term, row = document.
@@ -554,16 +566,7 @@ class Snapshot:
             out[name] = col
         return out
 
-    def lookups(
-        self, query: str, ids: Sequence[str], vector: np.ndarray | None
-    ) -> tuple[
-        tuple[str, ...],
-        dict[str, np.ndarray],
-        np.ndarray,
-        dict[str, tuple[tuple[str, ...], ...]],
-        dict[str, float],
-        dict[str, np.ndarray],
-    ]:
+    def lookups(self, query: str, ids: Sequence[str], vector: np.ndarray | None) -> Lookups:
         """Every per-candidate lookup features need, in one synchronous call.
 
         Returns (query terms, field_scores, cosine, doc_terms, idf of the distinct query
