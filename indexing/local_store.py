@@ -507,8 +507,9 @@ class Snapshot:
         return [None if r < 0 else Document.from_json(self.docs.get(r)) for r in self.rows(ids)]
 
     def field_scores(self, query: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        terms = self.analyzer.terms(query)
-        rows = self.rows(ids)
+        return self._field_scores(self.analyzer.terms(query), self.rows(ids))
+
+    def _field_scores(self, terms: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
         known = rows >= 0
         out: dict[str, np.ndarray] = {}
         for name, fi in self.fields.items():
@@ -518,8 +519,9 @@ class Snapshot:
         return out
 
     def cosine(self, vector: np.ndarray, ids: Sequence[str]) -> np.ndarray:
-        v = self._vector(vector)
-        rows = self.rows(ids)
+        return self._cosine(self._vector(vector), self.rows(ids))
+
+    def _cosine(self, v: np.ndarray, rows: np.ndarray) -> np.ndarray:
         known = rows >= 0
         out = np.full(len(rows), np.nan, dtype=np.float64)
         out[known] = self.vectors[rows[known]] @ v
@@ -543,8 +545,11 @@ class Snapshot:
         return got
 
     def doc_terms(self, ids: Sequence[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
+        return self._doc_terms(self.rows(ids))
+
+    def _doc_terms(self, rows: np.ndarray) -> dict[str, tuple[tuple[str, ...], ...]]:
         empty: tuple[tuple[str, ...], ...] = ((),) * len(self.text_fields)
-        per_doc = [empty if r < 0 else self.term_row(r) for r in self.rows(ids).tolist()]
+        per_doc = [empty if r < 0 else self.term_row(r) for r in rows.tolist()]
         return {f: tuple(d[j] for d in per_doc) for j, f in enumerate(self.text_fields)}
 
     def idf(self, terms: Sequence[str]) -> dict[str, float]:
@@ -557,7 +562,9 @@ class Snapshot:
 
     def static_attrs(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Numeric attribute -> value per id (NaN where missing or the id is unknown)."""
-        rows = self.rows(ids)
+        return self._static_attrs(self.rows(ids))
+
+    def _static_attrs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         known = rows >= 0
         out: dict[str, np.ndarray] = {}
         for j, name in enumerate(self.attr_names):
@@ -574,30 +581,17 @@ class Snapshot:
         every candidate when ``vector`` is None), with the query analyzed and the rows
         resolved once.
         """
-        ids = list(ids)
         terms = self.analyzer.terms(query)
-        rows = self.rows(ids)
-        known = rows >= 0
-        krows = rows[known]
-        n = len(rows)
-        field_bm25: dict[str, np.ndarray] = {}
-        for name, fi in self.fields.items():
-            col = np.full(n, np.nan, dtype=np.float64)
-            col[known] = fi.scores_for(terms, krows)
-            field_bm25[name] = col
-        cos = np.full(n, np.nan, dtype=np.float64)
-        if vector is not None:
-            cos[known] = self.vectors[krows] @ self._vector(vector)
-        static: dict[str, np.ndarray] = {}
-        for j, name in enumerate(self.attr_names):
-            col = np.full(n, np.nan, dtype=np.float64)
-            col[known] = self.attrs[krows, j]
-            static[name] = col
+        rows = self.rows(list(ids))
+        if vector is None:
+            cos = np.full(len(rows), np.nan, dtype=np.float64)
+        else:
+            cos = self._cosine(self._vector(vector), rows)
         return (
             terms,
-            field_bm25,
+            self._field_scores(terms, rows),
             cos,
-            self.doc_terms(ids),
+            self._doc_terms(rows),
             self.idf(list(dict.fromkeys(terms))),
-            static,
+            self._static_attrs(rows),
         )
