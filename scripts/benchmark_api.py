@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=3000, help="measured searches")
     p.add_argument("--warmup", type=int, default=300, help="searches before measuring")
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--workers", type=int, default=1, help="server processes (serve --workers)")
     p.add_argument("--max-seconds", type=float, default=300.0, help="cap of the measured run")
     p.add_argument("--soak-seconds", type=float, default=0.0)
     p.add_argument("--sample-seconds", type=float, default=30.0)
@@ -104,7 +105,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and its children (the workers of ``serve --workers N``)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return [pid, *(int(k) for k in kids)]
+
+
 def rss_mb(pid: int) -> float:
+    """Resident memory of the server: the process plus its worker processes."""
+    return sum(_rss_mb(p) for p in _tree(pid))
+
+
+def _rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -115,7 +130,11 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), NaN if unreadable."""
+    """User + system CPU seconds of the server so far (with its workers; Linux /proc)."""
+    return sum(_cpu_seconds(p) for p in _tree(pid))
+
+
+def _cpu_seconds(pid: int) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
@@ -125,7 +144,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_server(
-    info: dict[str, Any], events: Path, port: int, log: Path, blas_threads: int = 0
+    info: dict[str, Any],
+    events: Path,
+    port: int,
+    log: Path,
+    blas_threads: int = 0,
+    workers: int = 1,
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if blas_threads > 0:
@@ -139,6 +163,7 @@ def start_server(
     )
     cmd = [sys.executable, "-m", "scripts.serve", "--index-dir", info["index"]]
     cmd += ["--events", str(events), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers)]
     if info.get("models"):
         cmd += ["--model-dir", info["models"]]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -245,9 +270,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = args.port or _free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
-    proc = start_server(info, events, port, log, args.blas_threads)
+    proc = start_server(info, events, port, log, args.blas_threads, args.workers)
     out: dict[str, Any] = {
         "docs": args.docs,
+        "workers": args.workers,
         "queries": len(queries),
         "prepare": info,
         "blas_threads": args.blas_threads,
@@ -312,7 +338,8 @@ def _markdown(out: dict[str, Any]) -> str:
     r = out["run"]
     lines = [
         f"docs={out['docs']} concurrency={r['concurrency']} requests={r['requests']} "
-        f"errors={r['errors']} degraded={r['degraded']} -> {r['req_per_s']} req/s "
+        f"errors={r['errors']} degraded={r['degraded']} workers={out.get('workers', 1)} "
+        f"-> {r['req_per_s']} req/s "
         f"(blas_threads={out.get('blas_threads')}, load avg {r.get('load_avg_1m')})",
         f"CPU per request: server {r.get('server_cpu_ms_per_request')} ms, "
         f"load generator {r.get('client_cpu_ms_per_request')} ms",

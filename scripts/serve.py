@@ -2,15 +2,22 @@
 
 Structured logs: one JSON object per line on stderr, with the request id when there is one.
 Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad settings or arguments.
+
+``--workers N`` (settings api.workers) runs N server processes on the port, each with its
+own SO_REUSEPORT socket, under this process as supervisor: it restarts a worker that dies
+after it was serving, stops them all on SIGTERM/SIGINT, and exits 2 if one cannot start.
+How the workers stay consistent: search.workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -66,12 +73,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--events", help="SQLite event store (impressions, events, aggregates)")
     p.add_argument("--host", help="bind address (default: settings api.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: settings api.port)")
+    p.add_argument(
+        "--workers", type=int, help="server processes on the port (default: settings api.workers)"
+    )
     p.add_argument("--settings", help="TOML settings file (env LTRSEARCH_* overrides)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 
-async def build_app(args: argparse.Namespace, settings: Any, api: Any, encoder: Any) -> Any:
+async def build_app(
+    args: argparse.Namespace, settings: Any, api: Any, encoder: Any, group: Any = None
+) -> Any:
     """The app over the backend the settings/arguments name, built in the serving loop.
 
     The Elasticsearch client binds to the running event loop, so the backend is opened
@@ -100,6 +112,7 @@ async def build_app(args: argparse.Namespace, settings: Any, api: Any, encoder: 
             events_path=args.events,
             events_config=settings.events,
             generator_factory=default_generator_factory(settings.retrieval),
+            group=group,
         )
     except BaseException:
         if backend is not None:
@@ -124,11 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             changes["host"] = args.host
         if args.port is not None:
             changes["port"] = args.port
+        if args.workers is not None:
+            changes["workers"] = args.workers
         api = dataclasses.replace(api, **changes)
         api.validate()
     except (SettingsError, ValueError) as e:
         print(f"ltrsearch-serve: {e}", file=sys.stderr)
         return 2
+    from search.workers import group_from_env
+
+    group = group_from_env()
+    if group is None and api.workers > 1:
+        return supervise(api.host, api.port, api.workers, sys.argv[1:] if argv is None else argv)
 
     import asyncio
 
@@ -142,10 +162,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     try:
         encoder = load_encoder(settings.embedding)
-        app = loop.run_until_complete(build_app(args, settings, api, encoder))
+        app = loop.run_until_complete(build_app(args, settings, api, encoder, group))
     except (IndexingError, ValueError, OSError) as e:
         print(f"ltrsearch-serve: {e}", file=sys.stderr)
         return 2
+    app.on_startup.append(_tune_gc)  # after the cleanup contexts loaded index and model
+    sock = None
+    if group is not None:
+        sock = socket.socket(fileno=int(os.environ["LTRSEARCH_WORKER_FD"]))
+        wid = str(group.worker_id)
+
+        async def worker_header(request: Any, response: Any) -> None:
+            response.headers["X-Worker"] = wid
+
+        app.on_response_prepare.append(worker_header)
     log.info(
         "serving",
         extra={
@@ -156,13 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model_dir": args.model_dir,
             "events": args.events,
             "startup_s": round(time.perf_counter() - t0, 3),
+            "worker": group.worker_id if group is not None else None,
         },
     )
     try:
         web.run_app(
             app,
-            host=api.host,
-            port=api.port,
+            host=None if sock is not None else api.host,
+            port=None if sock is not None else api.port,
+            sock=sock,
             access_log=None,
             print=None,
             handle_signals=True,
@@ -176,6 +208,124 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ltrsearch-serve: cannot listen on {api.host}:{api.port}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+async def _tune_gc(app: Any) -> None:
+    """Freeze what startup allocated (index, model, caches) out of the cyclic GC, and
+    collect the young generation less often: at 100K documents gen-2 passes over that heap
+    cost ~1.1 ms per search and made the p99 (scripts/profile_search.py --gc-freeze)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
+GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
+
+
+def _listen(host: str, port: int, n: int) -> list[socket.socket]:
+    """n listening sockets on one address with SO_REUSEPORT: the kernel spreads new
+    connections over them. Port 0: the first one picks the port, the others join it."""
+    family, _, _, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(addr)
+            addr = s.getsockname()
+            s.listen(1024)
+            s.set_inheritable(True)
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def supervise(host: str, port: int, workers: int, argv: Sequence[str]) -> int:
+    """Run ``workers`` copies of this command as worker processes (see the module doc)."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    log = logging.getLogger("ltrsearch.serve")
+    try:
+        socks = _listen(host, port, workers)
+    except OSError as e:
+        print(f"ltrsearch-serve: cannot listen on {host}:{port}: {e}", file=sys.stderr)
+        return 2
+    bound = socks[0].getsockname()[1]
+    group_dir = tempfile.mkdtemp(prefix="ltrsearch-workers-")
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.update(
+            LTRSEARCH_WORKER_GROUP=group_dir,
+            LTRSEARCH_WORKER_ID=str(i),
+            LTRSEARCH_WORKERS=str(workers),
+            LTRSEARCH_WORKER_FD=str(socks[i].fileno()),
+            LTRSEARCH_WORKER_PARENT=str(os.getpid()),
+        )
+        cmd = [sys.executable, "-m", "scripts.serve", *argv]
+        return subprocess.Popen(cmd, env=env, pass_fds=(socks[i].fileno(),))
+
+    def serving(i: int) -> bool:
+        return os.path.exists(os.path.join(group_dir, f"state-{i}.json"))
+
+    procs = [spawn(i) for i in range(workers)]
+    announced = False
+    restarts: list[float] = []
+    code = 0
+    try:
+        while not stopping:
+            time.sleep(0.1)
+            if not announced and all(serving(i) for i in range(workers)):
+                announced = True
+                log.info("serving", extra={"host": host, "port": bound, "workers": workers})
+            for i, p in enumerate(procs):
+                rc = p.poll()
+                if rc is None or stopping:
+                    continue
+                if not serving(i):  # died before it served: bad index, settings...
+                    log.error("worker %d exited with %d before serving; stopping", i, rc)
+                    return 2
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60.0] + [now]
+                if len(restarts) > 5:
+                    log.error("workers keep dying (%d restarts in 60 s); stopping", len(restarts))
+                    return 1
+                log.error("worker %d (pid %d) exited with %d; restarting it", i, p.pid, rc)
+                os.remove(os.path.join(group_dir, f"state-{i}.json"))
+                procs[i] = spawn(i)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20.0
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.returncode not in (0, -signal.SIGTERM):
+                code = code or 1
+        for s in socks:
+            s.close()
+        shutil.rmtree(group_dir, ignore_errors=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ Updated incrementally in the same SQLite transaction that logs the impressions /
 (so a crash can never count a click twice or lose one), mirrored in an in-memory table the
 pipeline reads at serve time without touching the disk.
 
+Several processes may write one store (``ltrsearch-serve --workers N``): an update reads
+the row from the database inside its write transaction (never from this process's mirror,
+which can be behind another writer), stamps it with the next ``seq``, and every process
+pulls rows with a newer ``seq`` into its mirror (``refresh``, polled by the API).
+
 The numbers are those of ltr.behavior.aggregate_sessions over the logged sessions: the same
 keys, the same examination curve, the same half-life decay (a click decays from the time
 its page was served, as offline), and a hit counts as clicked once however many click
@@ -39,9 +44,15 @@ CREATE TABLE IF NOT EXISTS behavior (
     decayed_clicks REAL NOT NULL,
     decayed_impressions REAL NOT NULL,
     ref_ts REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (level, query, doc_id)
 ) WITHOUT ROWID;
 """
+_SEQ_INDEX = "CREATE INDEX IF NOT EXISTS behavior_seq ON behavior(seq)"
+_COLUMNS = (
+    "level, query, doc_id, impressions, clicks, examinations, decayed_clicks, "
+    "decayed_impressions, ref_ts"
+)
 
 # impressions, clicks, examinations, decayed_clicks, decayed_impressions, ref_ts
 _Row = list[float]
@@ -68,6 +79,8 @@ class BehaviorAggregates:
         self._rows: dict[_Key, _Row] = {}
         self._staged: dict[_Key, _Row] = {}
         self._lock = threading.Lock()
+        self._seen = -1  # the highest seq mirrored (rows of an old store have seq 0)
+        self._seq: int | None = None  # the seq of the open write transaction
 
     @classmethod
     def attach(
@@ -76,11 +89,33 @@ class BehaviorAggregates:
         """Create the table, load the current state into memory, listen to the store."""
         agg = cls(half_life_s, **kw)
         with store.lock:
-            store.connection.executescript(_SCHEMA)
-            for level, q, d, *vals in store.connection.execute("SELECT * FROM behavior"):
-                agg._rows[(level, q, d)] = [float(v) for v in vals]
+            conn = store.connection
+            conn.executescript(_SCHEMA)
+            if "seq" not in {r[1] for r in conn.execute("PRAGMA table_info(behavior)")}:
+                # a store written before seq existed: its rows are all "old" (seq 0)
+                conn.execute("ALTER TABLE behavior ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+            conn.execute(_SEQ_INDEX)
+        agg.refresh(store)
         store.add_listener(agg)
         return agg
+
+    def refresh(self, store: SqliteEventStore) -> int:
+        """Mirror rows other writers (processes) committed since the last refresh.
+
+        Returns how many rows changed. Commits are serialized and each stamps its rows
+        with a seq above every earlier one, so reading ``seq > seen`` misses nothing.
+        """
+        with store.lock:
+            got = store.connection.execute(
+                f"SELECT {_COLUMNS}, seq FROM behavior WHERE seq > ? ORDER BY seq", (self._seen,)
+            ).fetchall()
+        if not got:
+            return 0
+        new = {(lv, q, d): [float(v) for v in vals[:-1]] for lv, q, d, *vals in got}
+        with self._lock:
+            self._rows.update(new)
+            self._seen = max(self._seen, int(got[-1][-1]))
+        return len(got)
 
     # -- math -----------------------------------------------------------------------------
     def exam_prob(self, position: int) -> float:
@@ -92,10 +127,17 @@ class BehaviorAggregates:
         return float(0.5 ** (max(age_s, 0.0) / self.half_life_s))
 
     def _current(self, conn: sqlite3.Connection, key: _Key) -> _Row:
+        """The row as of this transaction: staged, else the database's (not the mirror's:
+        another process may have written it since)."""
         row = self._staged.get(key)
         if row is None:
-            cached = self._rows.get(key)
-            row = list(cached) if cached is not None else [0.0, 0.0, 0.0, 0.0, 0.0, -math.inf]
+            got = conn.execute(
+                "SELECT impressions, clicks, examinations, decayed_clicks, "
+                "decayed_impressions, ref_ts FROM behavior "
+                "WHERE level = ? AND query = ? AND doc_id = ?",
+                key,
+            ).fetchone()
+            row = [float(v) for v in got] if got else [0.0, 0.0, 0.0, 0.0, 0.0, -math.inf]
             self._staged[key] = row
         return row
 
@@ -141,18 +183,29 @@ class BehaviorAggregates:
         self._write(conn, touched)
 
     def _write(self, conn: sqlite3.Connection, keys: set[_Key]) -> None:
+        if not keys:
+            return
+        if self._seq is None:  # one seq per transaction, above every committed one
+            self._seq = (
+                int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM behavior").fetchone()[0]) + 1
+            )
         conn.executemany(
-            "INSERT OR REPLACE INTO behavior VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*k, *self._staged[k]) for k in keys],
+            f"INSERT OR REPLACE INTO behavior ({_COLUMNS}, seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*k, *self._staged[k], self._seq) for k in keys],
         )
 
     def after_commit(self) -> None:
         with self._lock:
             self._rows.update(self._staged)
+            if self._seq is not None and self._seq == self._seen + 1:
+                self._seen = self._seq  # nothing of another writer's in between
         self._staged = {}
+        self._seq = None
 
     def after_rollback(self) -> None:
         self._staged = {}
+        self._seq = None
 
     # -- reads ----------------------------------------------------------------------------
     def arrays(

@@ -17,7 +17,9 @@ import hmac
 import json
 import logging
 import math
+import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +48,9 @@ from search.errors import (
     SearchError,
     UnauthorizedError,
     UnknownFieldError,
+    UnknownRequestIdError,
     UnsupportedMediaTypeError,
+    WorkersNotConfirmedError,
 )
 from search.events import ImpressionWriter, SqliteEventStore, parse_events
 from search.metrics import CONTENT_TYPE, STAGES, ApiMetrics
@@ -57,6 +61,7 @@ from search.pipeline import (
     SearchRequest,
     default_generator_factory,
 )
+from search.workers import WorkerGroup
 
 _orjson: Any
 try:  # not a declared dependency: used when installed (search responses are the hot path)
@@ -85,6 +90,7 @@ class ServerState:
     aggregates: BehaviorAggregates | None = None
     writer: ImpressionWriter | None = None
     index_dir: Path | None = None
+    group: WorkerGroup | None = None  # the other server processes (--workers N)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
 
@@ -386,10 +392,44 @@ async def post_events(request: web.Request) -> web.Response:
     writer = state.writer
     if writer is not None and any(writer.is_pending(e.request_id) for e in events):
         await writer.flush()  # the page must be in the log before an event can name it
-    stored = await asyncio.to_thread(state.store.add_events, events)
+    try:
+        stored = await asyncio.to_thread(state.store.add_events, events)
+    except UnknownRequestIdError as err:
+        if state.group is None or not any(_recent_id(r, state) for r in err.request_ids):
+            raise
+        # served by another worker moments ago: its page may still wait in that worker's
+        # impression queue; have every worker write its queue, then judge again
+        await _group_flush(state)
+        stored = await asyncio.to_thread(state.store.add_events, events)
     for e in events:
         state.metrics.events.inc(e.type)
     return web.json_response({"accepted": stored}, status=202)
+
+
+def _recent_id(request_id: str, state: ServerState) -> bool:
+    """A request id of new_request_id's form stamped within the impression flush window."""
+    try:
+        ms = int(request_id[:12], 16)
+    except ValueError:
+        return False
+    age = time.time() - ms / 1000.0
+    return len(request_id) == 32 and -5.0 <= age <= state.config.impression_flush_ms / 1000 + 60
+
+
+async def _group_flush(state: ServerState) -> None:
+    group = state.group
+    assert group is not None
+    gen = await asyncio.to_thread(group.request, "flush")
+    if state.writer is not None:
+        await state.writer.flush()
+    await asyncio.to_thread(group.done, "flush", gen)
+    done = await group.wait("flush", gen, state.config.workers_timeout_s)
+    if len(done) < group.workers:
+        log.warning("impression flush not confirmed by workers %s", _missing(group, done))
+
+
+def _missing(group: WorkerGroup, done: Sequence[int]) -> list[int]:
+    return [i for i in range(group.workers) if i not in done]
 
 
 async def health(request: web.Request) -> web.Response:
@@ -415,14 +455,23 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    _update_gauges(state)
+    if state.group is None:
+        text = state.metrics.render()
+    else:  # every worker's series, this one's current, the others' at most 1 s old
+        group, snap = state.group, state.metrics.registry.snapshot()
+        await asyncio.to_thread(group.write_metrics, snap)
+        snaps = await asyncio.to_thread(group.read_metrics)
+        snaps[group.worker_id] = snap
+        text = state.metrics.registry.render_workers(snaps)
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _update_gauges(state: ServerState) -> None:
     if state.writer is not None:
         state.metrics.impressions_pending.set(state.writer.pending)
         state.metrics.impressions_written.set(state.writer.written)
         state.metrics.impressions_dropped.set(state.writer.dropped)
-    return web.Response(
-        body=state.metrics.render().encode("utf-8"),
-        headers={"Content-Type": CONTENT_TYPE},
-    )
 
 
 def _model_json(pipeline: Pipeline | None) -> dict[str, Any]:
@@ -498,15 +547,32 @@ async def admin_reload(request: web.Request) -> web.Response:
         _set_model_metric(state)
         state.metrics.reloads.inc("ok")
     log.info("model %s -> %s", previous, model.version, extra={"request_id": request[REQUEST_ID]})
-    return web.json_response(
-        {
-            "model_version": model.version,
-            "previous_model_version": previous,
-            "featureset_id": model.featureset_id,
-            "index_version": pipeline.index_version,
-            "index_reloaded": index_reloaded,
-        }
-    )
+    body: dict[str, Any] = {
+        "model_version": model.version,
+        "previous_model_version": previous,
+        "featureset_id": model.featureset_id,
+        "index_version": pipeline.index_version,
+        "index_reloaded": index_reloaded,
+    }
+    group = state.group
+    if group is not None:  # the other workers load the same version before we answer
+        gen = await asyncio.to_thread(group.request, "reload", model_version=model.version)
+        await asyncio.to_thread(
+            group.done,
+            "reload",
+            gen,
+            model_version=model.version,
+            index_version=pipeline.index_version,
+        )
+        done = await group.wait("reload", gen, state.config.workers_timeout_s)
+        if len(done) < group.workers:
+            raise WorkersNotConfirmedError(
+                f"worker {group.worker_id} serves model {model.version}, but workers "
+                f"{_missing(group, done)} did not confirm within "
+                f"{state.config.workers_timeout_s:g} s; retry the reload"
+            )
+        body["workers"] = group.workers
+    return web.json_response(body)
 
 
 async def reload_index(state: ServerState) -> bool:
@@ -550,6 +616,84 @@ async def _index_poller(state: ServerState, every_s: float) -> None:
             )
 
 
+async def _aggregates_poller(state: ServerState, every_s: float) -> None:
+    """Mirror behavior rows other processes (workers) committed to the shared store."""
+    while True:
+        await asyncio.sleep(every_s)
+        if state.aggregates is None or state.store is None:
+            continue
+        try:
+            await asyncio.to_thread(state.aggregates.refresh, state.store)
+        except Exception:
+            log.exception("behavior aggregates refresh failed; will retry")
+
+
+async def _follow_group(state: ServerState, every_s: float = 0.05) -> None:
+    """Do what another worker requested (reload a model, flush impressions), publish this
+    worker's metrics, and stop when the parent supervisor is gone."""
+    group = state.group
+    assert group is not None
+    parent = int(os.environ.get("LTRSEARCH_WORKER_PARENT", "0"))
+    attempted = dict(group.handled)  # a failed request is not retried every tick
+    last_metrics = 0.0
+    while True:
+        await asyncio.sleep(every_s)
+        if parent and os.getppid() != parent:
+            log.error("the supervisor (pid %d) is gone; stopping", parent)
+            signal.raise_signal(signal.SIGTERM)
+            return
+        try:
+            gen, _ = await asyncio.to_thread(group.current, "flush")
+            if gen > attempted["flush"]:
+                attempted["flush"] = gen
+                if state.writer is not None:
+                    await state.writer.flush()
+                await asyncio.to_thread(group.done, "flush", gen)
+            gen, payload = await asyncio.to_thread(group.current, "reload")
+            if gen > attempted["reload"]:
+                attempted["reload"] = gen
+                await _follow_reload(state, group, gen, payload.get("model_version"))
+            now = time.monotonic()
+            if now - last_metrics >= 1.0:
+                last_metrics = now
+                _update_gauges(state)
+                await asyncio.to_thread(group.write_metrics, state.metrics.registry.snapshot())
+        except Exception:
+            log.exception("following the worker group failed; will retry")
+
+
+async def _follow_reload(
+    state: ServerState, group: WorkerGroup, gen: int, version: str | None
+) -> None:
+    pipeline = state.pipeline
+    if pipeline is None:
+        return
+    async with state.reload_lock:
+        await reload_index(state)
+        current = pipeline.model.version if pipeline.model is not None else None
+        if version is not None and version != current and state.registry is not None:
+            try:
+                model = await asyncio.to_thread(
+                    state.registry.load, version, None, state.config.model_threads
+                )
+                pipeline.set_model(model)
+            except Exception:
+                state.metrics.reloads.inc("refused")
+                log.exception("worker %d cannot load model %s", group.worker_id, version)
+                return
+            _set_model_metric(state)
+            state.metrics.reloads.inc("ok")
+            log.info("model %s -> %s (requested by another worker)", current, version)
+        model_version = pipeline.model.version if pipeline.model is not None else None
+        await asyncio.to_thread(
+            group.done,
+            "reload",
+            gen,
+            model_version=model_version,
+            index_version=pipeline.index_version,
+        )
+
+
 # --------------------------------------------------------------------------------------
 # the factory
 
@@ -566,19 +710,23 @@ def make_app(
     events_config: EventsConfig | None = None,
     generator_factory: GeneratorFactory | None = None,
     features: Sequence[str] | None = None,
+    group: WorkerGroup | None = None,
 ) -> web.Application:
     """Build the API over explicit resources.
 
     Give ``index_dir`` (a local index, opened here and swapped by /admin/reload) or an open
     ``backend`` (closed with the app). ``model_dir`` is a ltr.registry directory (the
     promoted model serves; none = RRF ranking). ``events_path`` is the SQLite event store
-    (impressions, events, behavior aggregates); without it nothing is logged.
+    (impressions, events, behavior aggregates); without it nothing is logged. ``group``
+    makes this app one of several worker processes (search.workers).
     """
     config.validate()
     if (index_dir is None) == (backend is None):
         raise ValueError("give exactly one of index_dir or backend")
     events_config = events_config or EventsConfig()
-    state = ServerState(config=config, events_config=events_config, metrics=ApiMetrics())
+    state = ServerState(
+        config=config, events_config=events_config, metrics=ApiMetrics(), group=group
+    )
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     app[STATE] = state
     feats = tuple(features) if features else (config.features or DEFAULT_FEATURES)
@@ -644,16 +792,26 @@ def make_app(
                 log.error("promoted model refused, serving RRF: %s", e)
         state.metrics.index_info.set(1, version)
         _set_model_metric(state)
-        poller = None
+        tasks = []
         if state.index_dir is not None and config.index_poll_s > 0:
-            poller = asyncio.create_task(_index_poller(state, config.index_poll_s))
+            tasks.append(asyncio.create_task(_index_poller(state, config.index_poll_s)))
+        if state.aggregates is not None and config.aggregates_poll_s > 0:
+            tasks.append(asyncio.create_task(_aggregates_poller(state, config.aggregates_poll_s)))
+        if group is not None:
+            p = state.pipeline
+            group.versions.update(
+                model_version=p.model.version if p.model is not None else None,
+                index_version=p.index_version,
+            )
+            await asyncio.to_thread(group.report)
+            tasks.append(asyncio.create_task(_follow_group(state)))
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+                    await task
             if state.writer is not None:
                 try:
                     await state.writer.close()

@@ -64,6 +64,9 @@ class ApiConfig:
     impression_flush_ms: float = 500.0  # ... or this often
     impression_max_pending: int = 100_000  # backlog bound before dropping (counted)
     index_poll_s: float = 5.0  # notice a swapped local index version (0 = only on reload)
+    aggregates_poll_s: float = 1.0  # mirror behavior rows other processes wrote (0 = never)
+    workers: int = 1  # server processes on the port (scripts/serve.py; SO_REUSEPORT)
+    workers_timeout_s: float = 30.0  # how long a reload/flush waits for every worker
     model_threads: int = 1  # XGBoost threads per prediction (requests run concurrently)
     features: tuple[str, ...] = ()  # served features without a model; () = all features
     featureset_id: str = ""  # pin: refuse models of any other featureset ("" = no pin)
@@ -80,12 +83,20 @@ class ApiConfig:
             "max_events_per_batch",
             "impression_batch_size",
             "model_threads",
+            "workers",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.max_offset, self.body_chars, self.index_poll_s, self.rerank_depth) < 0:
             raise ValueError("max_offset, body_chars, index_poll_s and rerank_depth must be >= 0")
-        for name in ("candidates_timeout_ms", "model_timeout_ms", "impression_flush_ms"):
+        if self.aggregates_poll_s < 0:
+            raise ValueError(f"aggregates_poll_s must be >= 0, got {self.aggregates_poll_s}")
+        for name in (
+            "candidates_timeout_ms",
+            "model_timeout_ms",
+            "impression_flush_ms",
+            "workers_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.impression_max_pending < self.impression_batch_size:

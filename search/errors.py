@@ -128,3 +128,10 @@ class EventStoreError(SearchError):
 
     status = 503
     code = "event_store_unavailable"
+
+
+class WorkersNotConfirmedError(SearchError):
+    """Some server workers did not confirm a change within the timeout (``--workers``)."""
+
+    status = 503
+    code = "workers_not_confirmed"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # Seconds; covers sub-millisecond stages up to a slow 5 s request.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -69,6 +70,12 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
+    def snapshot(self) -> list[Any]:
+        raise NotImplementedError
+
+    def render_series(self, series: Sequence[Any], extra: str = "") -> list[str]:
+        raise NotImplementedError
+
     def render(self) -> list[str]:
         raise NotImplementedError
 
@@ -90,10 +97,16 @@ class Counter(_Metric):
     def value(self, *labels: str) -> float:
         return self._values.get(self._key(labels), 0.0)
 
-    def render(self) -> list[str]:
+    def snapshot(self) -> list[Any]:
+        """[[label values], value] per series: JSON for another process to render."""
         with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels(self.label_names, k)} {_fmt(v)}" for k, v in items]
+            return [[list(k), v] for k, v in sorted(self._values.items())]
+
+    def render_series(self, series: Sequence[Any], extra: str = "") -> list[str]:
+        return [f"{self.name}{_labels(self.label_names, k, extra)} {_fmt(v)}" for k, v in series]
+
+    def render(self) -> list[str]:
+        return self.render_series(self.snapshot())
 
 
 class Gauge(Counter):
@@ -138,19 +151,26 @@ class Histogram(_Metric):
         got = self._data.get(self._key(labels))
         return sum(got[0]) if got else 0
 
-    def render(self) -> list[str]:
-        out = []
+    def snapshot(self) -> list[Any]:
+        """[[label values], [bucket counts], sum] per series (see Counter.snapshot)."""
         with self._lock:
-            items = sorted((k, (list(c), s[0])) for k, (c, s) in self._data.items())
-        for key, (counts, total) in items:
+            return [[list(k), list(c), s[0]] for k, (c, s) in sorted(self._data.items())]
+
+    def render_series(self, series: Sequence[Any], extra: str = "") -> list[str]:
+        out = []
+        sep = f"{extra}," if extra else ""
+        for key, counts, total in series:
             cum = 0
             for b, c in zip((*self.buckets, math.inf), counts, strict=True):
                 cum += c
-                le = f'le="{_fmt(b)}"'
+                le = f'{sep}le="{_fmt(b)}"'
                 out.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {cum}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, key)} {_fmt(total)}")
-            out.append(f"{self.name}_count{_labels(self.label_names, key)} {cum}")
+            out.append(f"{self.name}_sum{_labels(self.label_names, key, extra)} {_fmt(total)}")
+            out.append(f"{self.name}_count{_labels(self.label_names, key, extra)} {cum}")
         return out
+
+    def render(self) -> list[str]:
+        return self.render_series(self.snapshot())
 
 
 class Registry:
@@ -191,6 +211,20 @@ class Registry:
         for m in self._metrics.values():
             lines.extend(m.header())
             lines.extend(m.render())
+        return "\n".join(lines) + "\n"
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        """Every metric's series as JSON-able lists (a worker's part of render_workers)."""
+        return {name: m.snapshot() for name, m in self._metrics.items()}
+
+    def render_workers(self, snapshots: Mapping[int, Mapping[str, Sequence[Any]]]) -> str:
+        """One exposition of several processes' snapshots, each series labelled ``worker``
+        (sum them in PromQL: ``sum without (worker) (...)``)."""
+        lines: list[str] = []
+        for name, m in self._metrics.items():
+            lines.extend(m.header())
+            for wid in sorted(snapshots):
+                lines.extend(m.render_series(snapshots[wid].get(name, []), f'worker="{wid}"'))
         return "\n".join(lines) + "\n"
 
 

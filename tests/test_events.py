@@ -230,6 +230,78 @@ def test_failed_event_batch_leaves_aggregates_untouched(tmp_path: Path) -> None:
     store.close()
 
 
+def _write_half(path: str, parity: int, seed: int) -> None:
+    """One of two writer processes: the impressions/clicks of pages r with r % 2 == parity."""
+    store = SqliteEventStore(path)
+    BehaviorAggregates.attach(store, half_life_s=3600.0)
+    rng = np.random.default_rng(seed)
+    docs = [f"d{i}" for i in range(6)]
+    for r in range(60):
+        shown = list(rng.choice(docs, size=4, replace=False))
+        if r % 2 != parity:
+            continue
+        rid = f"p{parity}-r{r}"
+        store.add_impressions([_imp(rid, shown, ts=T0 + r, query="wing flutter", seed=r)])
+        store.add_events([Event("click", rid, shown[r % 4], T0 + r + 1)])
+    store.close()
+
+
+def test_two_writer_processes_lose_no_count_and_mirrors_converge(tmp_path: Path) -> None:
+    """Two processes (ltrsearch-serve --workers 2) update the same aggregates concurrently:
+    every count is in the table (read-modify-write inside the write transaction, not from a
+    stale mirror), and a third reader's refresh() mirrors them, equal to the offline math."""
+    import multiprocessing as mp
+
+    path = tmp_path / "e.db"
+    reader = SqliteEventStore(path)
+    agg = BehaviorAggregates.attach(reader, half_life_s=3600.0)
+    assert len(agg) == 0
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_half, args=(str(path), k, 5)) for k in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert agg.refresh(reader) > 0
+    now = T0 + 100.0
+    offline = aggregate_sessions(
+        [_KeyedSession(s) for s in reader.sessions()], now=now, half_life_s=3600.0
+    )
+    online = agg.snapshot(now=now)
+    assert sum(online["d_impressions"].values()) == 60 * 4  # nothing lost to a race
+    assert sum(online["d_clicks"].values()) == 60
+    for key, table in offline.items():
+        assert set(online[key]) == set(table), key
+        for k, v in table.items():
+            assert online[key][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (key, k)
+    assert agg.refresh(reader) == 0  # nothing new
+    reader.close()
+
+
+def test_store_from_before_seq_column_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = SqliteEventStore(path)
+    store.connection.executescript(
+        "CREATE TABLE behavior (level TEXT NOT NULL, query TEXT NOT NULL, doc_id TEXT NOT NULL,"
+        " impressions REAL NOT NULL, clicks REAL NOT NULL, examinations REAL NOT NULL,"
+        " decayed_clicks REAL NOT NULL, decayed_impressions REAL NOT NULL, ref_ts REAL NOT NULL,"
+        " PRIMARY KEY (level, query, doc_id)) WITHOUT ROWID;"
+        "INSERT INTO behavior VALUES ('d', '', 'd1', 3, 1, 2.5, 1, 3, 1700000000);"
+    )
+    store.close()
+    store = SqliteEventStore(path)
+    agg = BehaviorAggregates.attach(store)
+    assert agg.snapshot(now=T0)["d_impressions"] == {("d1",): 3.0}
+    store.add_impressions([_imp("r1", ["d1"])])
+    assert agg.snapshot(now=T0)["d_impressions"] == {("d1",): 4.0}
+    store.close()
+    cols = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(behavior)")]
+    assert cols[-1] == "seq"
+
+
 class _KeyedSession:
     """A click-model session keyed by the normalized query (as the online store keys it)."""
 
