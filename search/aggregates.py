@@ -4,10 +4,11 @@ Updated incrementally in the same SQLite transaction that logs the impressions /
 (so a crash can never count a click twice or lose one), mirrored in an in-memory table the
 pipeline reads at serve time without touching the disk.
 
-Several processes may write one store (``ltrsearch-serve --workers N``): an update reads
-the row from the database inside its write transaction (never from this process's mirror,
-which can be behind another writer), stamps it with the next ``seq``, and every process
-pulls rows with a newer ``seq`` into its mirror (``refresh``, polled by the API).
+Several processes may write one store (``ltrsearch-serve --workers N``): every update
+stamps its rows with the next ``seq``; a write transaction that finds another connection
+committed since (SQLite's ``data_version``) first pulls the rows with a newer ``seq`` into
+the mirror, so it never adds to a stale row; and every process pulls new rows periodically
+(``refresh``, polled by the API) for serving.
 
 The numbers are those of ltr.behavior.aggregate_sessions over the logged sessions: the same
 keys, the same examination curve, the same half-life decay (a click decays from the time
@@ -81,6 +82,7 @@ class BehaviorAggregates:
         self._lock = threading.Lock()
         self._seen = -1  # the highest seq mirrored (rows of an old store have seq 0)
         self._seq: int | None = None  # the seq of the open write transaction
+        self._data_version = -1  # PRAGMA data_version when the mirror was last exact
 
     @classmethod
     def attach(
@@ -106,9 +108,12 @@ class BehaviorAggregates:
         with a seq above every earlier one, so reading ``seq > seen`` misses nothing.
         """
         with store.lock:
-            got = store.connection.execute(
-                f"SELECT {_COLUMNS}, seq FROM behavior WHERE seq > ? ORDER BY seq", (self._seen,)
-            ).fetchall()
+            return self._pull(store.connection)
+
+    def _pull(self, conn: sqlite3.Connection) -> int:
+        got = conn.execute(
+            f"SELECT {_COLUMNS}, seq FROM behavior WHERE seq > ? ORDER BY seq", (self._seen,)
+        ).fetchall()
         if not got:
             return 0
         new = {(lv, q, d): [float(v) for v in vals[:-1]] for lv, q, d, *vals in got}
@@ -126,18 +131,20 @@ class BehaviorAggregates:
     def _decay(self, age_s: float) -> float:
         return float(0.5 ** (max(age_s, 0.0) / self.half_life_s))
 
+    def _sync(self, conn: sqlite3.Connection) -> None:
+        """Inside a write transaction: bring the mirror up to the database if another
+        connection (a worker process) committed since ours last did. SQLite's data_version
+        changes exactly then; we hold the write lock, so nobody commits until we do."""
+        v = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if v != self._data_version:
+            self._pull(conn)
+            self._data_version = v
+
     def _current(self, conn: sqlite3.Connection, key: _Key) -> _Row:
-        """The row as of this transaction: staged, else the database's (not the mirror's:
-        another process may have written it since)."""
         row = self._staged.get(key)
         if row is None:
-            got = conn.execute(
-                "SELECT impressions, clicks, examinations, decayed_clicks, "
-                "decayed_impressions, ref_ts FROM behavior "
-                "WHERE level = ? AND query = ? AND doc_id = ?",
-                key,
-            ).fetchone()
-            row = [float(v) for v in got] if got else [0.0, 0.0, 0.0, 0.0, 0.0, -math.inf]
+            cached = self._rows.get(key)
+            row = list(cached) if cached is not None else [0.0, 0.0, 0.0, 0.0, 0.0, -math.inf]
             self._staged[key] = row
         return row
 
@@ -158,6 +165,7 @@ class BehaviorAggregates:
     # -- listener -------------------------------------------------------------------------
     def on_impressions(self, conn: sqlite3.Connection, impressions: Sequence[Impression]) -> None:
         touched: set[_Key] = set()
+        self._sync(conn)
         for imp in impressions:
             q = query_key(imp.query)
             for doc, pos in zip(imp.doc_ids, imp.positions, strict=True):
@@ -175,6 +183,7 @@ class BehaviorAggregates:
         first_clicks: Sequence[tuple[str, str]] = (),
     ) -> None:
         touched: set[_Key] = set()
+        self._sync(conn)
         for rid, doc in first_clicks:
             query, _pos, req_ts = shown[(rid, doc)]
             for key in (("qd", query_key(query), doc), ("d", "", doc)):
