@@ -53,11 +53,10 @@ from indexing.local_store import (
     READABLE_FORMATS,
     Lookups,
     Snapshot,
-    build_field_indexes,
+    build_indexes_and_streams,
     load_ann_rows,
-    terms_lines,
-    write_encoded_lines,
     write_lines,
+    write_term_store,
 )
 
 log = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ def write_bm25(
     stopwords: str,
     stemmer: str,
 ) -> None:
-    """Analyze every text field and write ``bm25/`` and ``terms.jsonl`` of a version.
+    """Analyze every text field and write ``bm25/`` and the term store of a version.
 
     The analyzer's token cache makes every token after its first occurrence a C-level
     dict hit; the combined field is merged from the per-field postings, not re-analyzed.
@@ -220,14 +219,12 @@ def write_bm25(
     path = Path(path)
     analyzer = Analyzer(stopwords, stemmer)
     per_field = [analyzer.terms_many(t) for t in texts]
-    fields, combined = build_field_indexes(per_field, k1, b)
+    fields, combined, streams = build_indexes_and_streams(per_field, k1, b)
     (path / "bm25").mkdir()
     for name, fi in zip(text_fields, fields, strict=True):
         fi.save(path / "bm25" / name)
     combined.save(path / "bm25" / COMBINED)
-    write_encoded_lines(
-        path / "terms.jsonl", terms_lines(zip(*per_field, strict=True), combined.vocab)
-    )
+    write_term_store(path, per_field, streams)
 
 
 # Corpora at least this large get their BM25 side (analysis, matrices, terms store) built

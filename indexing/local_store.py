@@ -13,8 +13,14 @@ A version directory holds everything one immutable index needs:
   previous graph, so labels are not rows; format 1 had no such file: label = row).
 - ``attrs.npy``: float64 [N, A], NaN where a document has no value; ``category.npy`` int32
   codes into ``categories.json`` (-1 = none). Filters and static features are vectorized.
-- ``docs.jsonl`` / ``terms.jsonl`` with ``*.offsets.npy``: the stored Document and the
-  analyzed terms per field of each row, read with os.pread (thread-safe, no re-analysis).
+- ``docs.jsonl`` with ``docs.offsets.npy``: the stored Document of each row, read from an
+  mmap (thread-safe).
+- the analyzed terms per field of each row (no re-analysis at query time). Format 3:
+  ``term_seqs.npy`` int32 [fields, N] = id of the row's term sequence in that field;
+  distinct sequences (deduplicated across rows and fields) are slices
+  ``term_ids[term_offsets[s]:term_offsets[s + 1]]`` of int32 ids into the combined field's
+  vocabulary (``bm25/_all.vocab.json``). Formats 1-2: ``terms.jsonl`` (one JSON line of
+  lists per row) with ``terms.offsets.npy``.
 
 ``Snapshot`` answers queries synchronously; indexing.local.LocalBackend runs it off the
 event loop. Everything here is read-only once written.
@@ -44,15 +50,23 @@ from indexing.errors import IndexingError, IndexNotFoundError, InvalidRequestErr
 from ltr.errors import unknown_name
 
 COMBINED = "_all"  # name of the combined-field BM25 index on disk
-# Decoded analyzed-terms rows kept per snapshot (LRU). A hit skips the JSON decode and
-# hands out the same tuple objects again, which lets ltr.features reuse its per-document
-# term tuples across requests.
+# Formats 1-2: decoded terms.jsonl rows kept per snapshot (LRU; a hit skips the decode).
 TERMS_CACHE_ROWS = 10_000
+# Format 3: term references held by the decoded-sequence cache before it starts over. A
+# decoded sequence is a tuple of the vocabulary's own str objects (8 bytes per term plus
+# the tuple), so 6M references are ~50 MB: about what 10K rows of freshly decoded JSON
+# strings took, while covering every row of a 100K-product catalog.
+TERMS_CACHE_TERMS = 6_000_000
 # 2: the hnswlib graph's labels are no longer rows (a reindex reuses the previous graph);
 # ``ann_rows.npy`` maps them. Format 1 versions (labels = rows) still load.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 3: analyzed terms as int32 vocabulary ids of deduplicated sequences (TermStore) instead
+# of terms.jsonl. Formats 1 and 2 still load.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 ANN_ROWS = "ann_rows.npy"
+TERM_SEQS = "term_seqs.npy"
+TERM_IDS = "term_ids.npy"
+TERM_OFFSETS = "term_offsets.npy"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 
@@ -207,12 +221,30 @@ def _flat_ids(
 
 
 def _postings(
-    term: np.ndarray, doc: np.ndarray, n: int
+    term: np.ndarray, doc: np.ndarray, n: int, n_terms: int, doc_order: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (term, doc) pairs of a token stream, sorted by (term, doc), with counts."""
-    uniq, tf = np.unique(term * n + doc, return_counts=True)
-    t = uniq // n
-    return t, uniq - t * n, tf
+    """Unique (term, doc) pairs of a token stream, sorted by (term, doc), with counts.
+
+    With ``doc`` non-decreasing (``doc_order``: tokens in document order), a stable sort
+    by term alone orders the pairs by (term, doc); for a vocabulary of at most 65536
+    terms that sort is NumPy's radix sort of uint16 keys, O(tokens), ~5x faster than
+    np.unique of term * n + doc. A stream of concatenated per-field streams (sorted runs
+    of doc) is first put in document order by a stable sort (timsort merges the runs).
+    """
+    if n_terms > 65536:
+        uniq, tf = np.unique(term * n + doc, return_counts=True)
+        t = uniq // n
+        return t, uniq - t * n, tf
+    if not doc_order:
+        by_doc = np.argsort(doc, kind="stable")
+        term, doc = term[by_doc], doc[by_doc]
+    order = np.argsort(term.astype(np.uint16), kind="stable")
+    t, d = term[order], doc[order]
+    first = np.ones(len(t), dtype=bool)
+    first[1:] = (t[1:] != t[:-1]) | (d[1:] != d[:-1])
+    starts = np.flatnonzero(first)
+    tf = np.diff(np.append(starts, len(t)))
+    return t[starts], d[starts], tf
 
 
 def build_field_indexes(
@@ -227,34 +259,185 @@ def build_field_indexes(
     per-document Python loops (tests/test_fast_build.py proves it), at a fraction of the
     cost: term ids once per token, then one sort per field.
     """
+    fields, combined, _ = build_indexes_and_streams(per_field, k1, b)
+    return fields, combined
+
+
+# (combined-vocabulary id of every token of a field in document order, tokens per document)
+TermStream = tuple[np.ndarray, np.ndarray]
+
+
+def build_indexes_and_streams(
+    per_field: Sequence[Sequence[Sequence[str]]], k1: float, b: float
+) -> tuple[list[FieldIndex], FieldIndex, list[TermStream]]:
+    """build_field_indexes, plus each field's token stream in combined-vocabulary ids
+    (what write_term_store stores)."""
     n = len(per_field[0]) if per_field else 0
     fields: list[FieldIndex] = []
     streams: list[tuple[dict[str, int], np.ndarray, np.ndarray]] = []
+    field_lengths: list[np.ndarray] = []
     all_lengths = np.zeros(n, dtype=np.int64)
     for token_lists in per_field:
         if len(token_lists) != n:
             raise ValueError("every field needs one token list per document")
         vocab = bm25s_vocab(itertools.chain.from_iterable(token_lists))
         ids, lengths = _flat_ids(token_lists, vocab)
+        field_lengths.append(lengths)
         all_lengths += lengths
         if not len(ids):  # bm25s divides by the average length; nothing to index
             fields.append(FieldIndex.empty(n))
+            streams.append((vocab, ids, np.zeros(0, dtype=np.int64)))
             continue
         docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        term, doc, tf = _postings(ids, docs, n)
+        term, doc, tf = _postings(ids, docs, n, len(vocab))
         fields.append(FieldIndex.from_postings(vocab, term, doc, tf, lengths, k1, b))
         streams.append((vocab, ids, docs))
-    if not streams:
-        return fields, FieldIndex.empty(n)
+    if not any(len(ids) for _, ids, _ in streams):
+        empty = np.zeros(0, dtype=np.int64)
+        return fields, FieldIndex.empty(n), [(empty, ln) for ln in field_lengths]
     chain = itertools.chain.from_iterable
     vocab_all = bm25s_vocab(chain(chain(zip(*per_field, strict=True))))
     all_terms: list[np.ndarray] = []
     for vocab, ids, _ in streams:
         to_all = np.fromiter(map(vocab_all.__getitem__, vocab), dtype=np.int64, count=len(vocab))
         all_terms.append(to_all[ids])
-    merged = _postings(np.concatenate(all_terms), np.concatenate([d for *_, d in streams]), n)
+    merged = _postings(
+        np.concatenate(all_terms),
+        np.concatenate([d for *_, d in streams]),
+        n,
+        len(vocab_all),
+        doc_order=False,
+    )
     combined = FieldIndex.from_postings(vocab_all, *merged, all_lengths, k1, b)
-    return fields, combined
+    return fields, combined, list(zip(all_terms, field_lengths, strict=True))
+
+
+def _slices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Positions of the concatenated slices [starts[i], starts[i] + lengths[i])."""
+    if not len(lengths):
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+
+
+def write_term_store(
+    path: Path, per_field: Sequence[Sequence[tuple[str, ...]]], streams: Sequence[TermStream]
+) -> None:
+    """Write a version's analyzed terms in format 3 (see the module docstring and TermStore).
+
+    Term sequences are deduplicated across rows and fields (a brand, a color, a size is
+    stored once, not once per product); a sequence's ids are gathered from the combined-
+    vocabulary token streams BM25 indexing already computed, so nothing is encoded again.
+    """
+    n = len(per_field[0]) if per_field else 0
+    seqs = np.zeros((len(per_field), n), dtype=np.int32)
+    seq_of: dict[tuple[str, ...], int] = {}
+    parts: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for j, (token_lists, (ids, field_lengths)) in enumerate(zip(per_field, streams, strict=True)):
+        local = list(dict.fromkeys(token_lists))  # distinct sequences, first occurrence first
+        if len(local) == n and n:  # every row distinct: first occurrences are the rows
+            local_ids = np.arange(n, dtype=np.int64)
+            first_rows = local_ids
+        else:
+            local_of = {t: i for i, t in enumerate(local)}
+            local_ids = np.fromiter(map(local_of.__getitem__, token_lists), np.int64, count=n)
+            _, first_rows = np.unique(local_ids, return_index=True)
+        to_global = np.empty(len(local), dtype=np.int64)
+        new: list[int] = []
+        for i, t in enumerate(local):
+            g = seq_of.get(t)
+            if g is None:
+                g = seq_of[t] = len(seq_of)
+                new.append(i)
+            to_global[i] = g
+        seqs[j] = to_global[local_ids]
+        if not new:
+            continue
+        rows = first_rows[np.asarray(new, dtype=np.int64)]
+        starts = np.cumsum(field_lengths) - field_lengths
+        if len(rows) == n:  # every row is a new sequence, in row order: the whole stream
+            parts.append(ids)
+            lengths.append(field_lengths)
+        else:
+            parts.append(ids[_slices(starts[rows], field_lengths[rows])])
+            lengths.append(field_lengths[rows])
+    offsets = np.zeros(len(seq_of) + 1, dtype=np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    np.save(path / TERM_IDS, flat.astype(np.int32))
+    np.save(path / TERM_OFFSETS, offsets)
+    np.save(path / TERM_SEQS, seqs)
+
+
+class TermStore:
+    """Format 3 analyzed terms of a version: per (field, row) a sequence id, per sequence
+    a slice of vocabulary ids (memory-mapped).
+
+    A decoded sequence is a tuple of the vocabulary's own str objects, cached in a slot
+    list by sequence id: a request's rows map to cached tuples in one C-level pass, with
+    no JSON decode and no new str or tuple objects for anything seen before. The cache
+    holds up to ``cache_terms`` term references, then starts over (a new list: readers of
+    the old one are unaffected, so no lock is needed).
+    """
+
+    def __init__(self, path: Path, vocab: Mapping[str, int], cache_terms: int) -> None:
+        words: list[str] = [""] * len(vocab)
+        for t, i in vocab.items():
+            words[i] = t
+        self.words = np.empty(len(words), dtype=object)
+        self.words[:] = words
+        self.seqs: np.ndarray = np.load(path / TERM_SEQS)
+        self.offsets: np.ndarray = np.load(path / TERM_OFFSETS)
+        ids = np.zeros(0, np.int32)  # an empty array cannot be mapped
+        if self.offsets[-1]:
+            ids = np.asarray(np.load(path / TERM_IDS, mmap_mode="r"))  # plain ndarray view
+        self.ids: np.ndarray = ids
+        self.empty = len(self.offsets) - 1  # the slot of unknown rows: ()
+        self.cache_terms = cache_terms
+        self._held = 0
+        self._state = self._new_state()
+
+    def _new_state(self) -> tuple[list[tuple[str, ...] | None], np.ndarray]:
+        tuples: list[tuple[str, ...] | None] = [None] * (self.empty + 1)
+        tuples[self.empty] = ()
+        done = np.zeros(self.empty + 1, dtype=bool)
+        done[self.empty] = True
+        return tuples, done
+
+    def _fill(self, seqs: np.ndarray) -> list[tuple[str, ...] | None]:
+        """A cache state holding every sequence in ``seqs`` (decodes what it lacks)."""
+        tuples, done = self._state
+        miss = np.unique(seqs[~done[seqs]])
+        need = int((self.offsets[miss + 1] - self.offsets[miss]).sum())
+        if self._held and self._held + need > self.cache_terms:
+            tuples, done = self._state = self._new_state()
+            self._held = 0
+            miss = np.unique(seqs[~done[seqs]])
+            need = int((self.offsets[miss + 1] - self.offsets[miss]).sum())
+        starts = self.offsets[miss]
+        counts = self.offsets[miss + 1] - starts
+        words = self.words[self.ids[_slices(starts, counts)]].tolist()
+        pos = 0
+        for s, k in zip(miss.tolist(), counts.tolist(), strict=True):
+            tuples[s] = tuple(words[pos : pos + k])
+            pos += k
+        done[miss] = True
+        self._held += need
+        return tuples
+
+    def columns(self, rows: np.ndarray) -> list[tuple[tuple[str, ...], ...]]:
+        """Per field, the analyzed terms of each row (() for a row < 0)."""
+        known = rows >= 0
+        seqs = self.seqs[:, np.where(known, rows, 0)]
+        if not known.all():
+            seqs[:, ~known] = self.empty
+        tuples, done = self._state
+        if not done[seqs].all():
+            tuples = self._fill(seqs)
+        get = tuples.__getitem__
+        return [tuple(map(get, s)) for s in seqs.tolist()]  # type: ignore[arg-type]
 
 
 def load_ann_rows(path: Path, manifest: Mapping[str, Any]) -> np.ndarray | None:
@@ -324,7 +507,6 @@ class _LineStore:
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_STR = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C-accelerated
 
 
 def json_line(obj: Any) -> str:
@@ -347,18 +529,6 @@ def write_encoded_lines(path: Path, lines: Iterable[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     np.save(path.with_suffix(".offsets.npy"), offsets)
-
-
-def terms_lines(rows: Iterable[Sequence[Sequence[str]]], vocab: Iterable[str]) -> Iterable[str]:
-    """json_line of each row of analyzed terms. When no term in ``vocab`` (every term of
-    the rows) needs escaping, lines are joined directly: ~3.5x faster than the encoder."""
-    if not all(_STR(t) == f'"{t}"' for t in vocab):
-        return map(json_line, rows)
-
-    def line(row: Sequence[Sequence[str]]) -> str:
-        return "[" + ",".join(['["' + '","'.join(f) + '"]' if f else "[]" for f in row]) + "]"
-
-    return map(line, rows)
 
 
 class Snapshot:
@@ -401,14 +571,21 @@ class Snapshot:
             self.ann.set_ef(int(ef_search or m["ann"]["ef_search"]))
             self.ann.set_num_threads(1)
         self.docs = _LineStore(path / "docs.jsonl")
-        self.terms = _LineStore(path / "terms.jsonl")
+        # format 3: TermStore; formats 1-2: terms.jsonl rows behind an LRU
+        self.term_store: TermStore | None = None
+        self.terms: _LineStore | None = None
+        if m["format"] >= 3:
+            self.term_store = TermStore(path, self.combined.vocab, TERMS_CACHE_TERMS)
+        else:
+            self.terms = _LineStore(path / "terms.jsonl")
         self._terms_cache: OrderedDict[int, tuple[tuple[str, ...], ...]] = OrderedDict()
         self._terms_lock = threading.Lock()
         self.terms_cache_rows = TERMS_CACHE_ROWS
 
     def close(self) -> None:
         self.docs.close()
-        self.terms.close()
+        if self.terms is not None:
+            self.terms.close()
 
     # --- helpers -------------------------------------------------------------------
     def rows(self, ids: Sequence[str]) -> np.ndarray:
@@ -528,7 +705,10 @@ class Snapshot:
         return out
 
     def term_row(self, row: int) -> tuple[tuple[str, ...], ...]:
-        """Analyzed terms of every text field of one row (decoded once, then LRU-cached)."""
+        """Analyzed terms of every text field of one row (decoded once, then cached)."""
+        if self.term_store is not None:
+            return tuple(c[0] for c in self.term_store.columns(np.array([row], dtype=np.int64)))
+        assert self.terms is not None
         with self._terms_lock:
             got = self._terms_cache.get(row)
             if got is not None:
@@ -548,6 +728,8 @@ class Snapshot:
         return self._doc_terms(self.rows(ids))
 
     def _doc_terms(self, rows: np.ndarray) -> dict[str, tuple[tuple[str, ...], ...]]:
+        if self.term_store is not None:
+            return dict(zip(self.text_fields, self.term_store.columns(rows), strict=True))
         empty: tuple[tuple[str, ...], ...] = ((),) * len(self.text_fields)
         per_doc = [empty if r < 0 else self.term_row(r) for r in rows.tolist()]
         return {f: tuple(d[j] for d in per_doc) for j, f in enumerate(self.text_fields)}

@@ -1,0 +1,182 @@
+"""The format-3 term store returns exactly the analyzer's terms; older versions still load.
+
+Format 3 stores each version's analyzed terms as int32 ids of deduplicated sequences
+(indexing.local_store.TermStore) instead of terms.jsonl. Whatever the storage, doc_terms
+must hand out the same tuples the analyzer produced at build time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from indexing.analysis import Analyzer
+from indexing.config import IndexConfig
+from indexing.documents import Document
+from indexing.embedding import EmbeddingCache
+from indexing.local import LocalBackend, build_local_index, text_field_names
+from indexing.local_store import (
+    ANN_ROWS,
+    TERM_IDS,
+    TERM_OFFSETS,
+    TERM_SEQS,
+    Snapshot,
+    _postings,
+    json_line,
+    write_lines,
+)
+from tests.contract import CONTRACT_DOCS, contract_cache_path
+
+# Repeated sequences across rows and fields, empty fields, an extra field only some
+# documents have, a text whose only words are stopwords, and non-ASCII text.
+EXTRA_DOCS = [
+    Document(id="x1", title="Red shoes", body="red shoes", extra={"color": "red"}),
+    Document(id="x2", title="red", body="", extra={"color": "red", "brand": "Acme"}),
+    Document(id="x3", title="the and of", body="Crème brûlée über naïve", extra={}),
+    Document(id="x4", title="Red shoes", body="shoes shoes red", extra={"brand": "acme"}),
+]
+DOCS = [*CONTRACT_DOCS, *EXTRA_DOCS]
+
+
+def expected_terms(docs: list[Document]) -> dict[str, list[tuple[str, ...]]]:
+    analyzer = Analyzer()
+    fields = text_field_names(docs)
+    return {
+        f: [analyzer.terms(d.text_fields().get(f, d.extra.get(f, ""))) for d in docs]
+        for f in fields
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
+    root = tmp_path_factory.mktemp("terms")
+    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
+        v = build_local_index(DOCS, root / "idx", encoder, IndexConfig(), cache, parallel=False)
+    return root / "idx" / "versions" / v
+
+
+def test_format3_doc_terms_equal_the_analyzer(built: Path) -> None:
+    snap = Snapshot(built)
+    try:
+        assert snap.manifest["format"] == 3
+        assert snap.term_store is not None and snap.terms is None
+        assert not (built / "terms.jsonl").exists()
+        want = expected_terms(DOCS)
+        ids = [d.id for d in DOCS]
+        got = snap.doc_terms(ids)
+        assert list(got) == list(snap.text_fields) == list(want)
+        for f in want:
+            assert got[f] == tuple(want[f]), f
+            assert all(type(t) is tuple and all(type(w) is str for w in t) for t in got[f])
+        # any order, repeats and unknown ids (empty terms), twice (the second from the cache)
+        mixed = ["x4", "nope", ids[0], "x4", "x2", ""]
+        for _ in range(2):
+            got = snap.doc_terms(mixed)
+            for f in want:
+                exp = [() if i in ("nope", "") else want[f][ids.index(i)] for i in mixed]
+                assert got[f] == tuple(exp)
+        assert snap.doc_terms([]) == {f: () for f in want}
+        for r in (0, len(DOCS) - 1):
+            assert snap.term_row(r) == tuple(want[f][r] for f in want)
+        # repeated sequences are stored once
+        store = snap.term_store
+        assert len(store.offsets) - 1 < sum(len(v) for v in want.values())
+    finally:
+        snap.close()
+
+
+def test_term_cache_starting_over_keeps_values(built: Path) -> None:
+    snap = Snapshot(built)
+    try:
+        assert snap.term_store is not None
+        want = snap.doc_terms([d.id for d in DOCS])
+        snap.term_store.cache_terms = 5  # smaller than one request: starts over each time
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            pick = [DOCS[int(i)].id for i in rng.integers(0, len(DOCS), 7)]
+            got = snap.doc_terms(pick)
+            for f, col in got.items():
+                assert col == tuple(want[f][[d.id for d in DOCS].index(i)] for i in pick)
+    finally:
+        snap.close()
+
+
+def _downgrade(version: Path, fmt: int) -> None:
+    """Rewrite a format-3 version as format 1 or 2 wrote it (terms.jsonl, no term store)."""
+    snap = Snapshot(version)
+    rows = [snap.term_row(r) for r in range(snap.n)]
+    snap.close()
+    write_lines(version / "terms.jsonl", rows)
+    for name in (TERM_SEQS, TERM_IDS, TERM_OFFSETS):
+        (version / name).unlink()
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["format"] = fmt
+    if fmt == 1:
+        (version / ANN_ROWS).unlink(missing_ok=True)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_older_formats_load_and_return_the_same(built: Path, tmp_path: Path, fmt: int) -> None:
+    import shutil
+
+    root = tmp_path / "idx"
+    old = root / "versions" / built.name
+    shutil.copytree(built, old)
+    (root / "CURRENT").write_text(built.name + "\n")
+    _downgrade(old, fmt)
+    line = (old / "terms.jsonl").read_bytes().split(b"\n")[0].decode()
+    assert line == json_line([list(t) for t in Snapshot(built).term_row(0)])
+
+    new, prev = Snapshot(built), Snapshot(old)
+    try:
+        assert prev.term_store is None and prev.manifest["format"] == fmt
+        ids = [d.id for d in DOCS] + ["nope"]
+        q = "red shoes laptop"
+        vec = new.vectors[3]
+        a, b = new.lookups(q, ids, vec), prev.lookups(q, ids, vec)
+        assert a[0] == b[0] and a[3] == b[3] and a[4] == b[4]
+        for x, y in ((a[1], b[1]), (a[5], b[5])):
+            assert list(x) == list(y)
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+        np.testing.assert_array_equal(a[2], b[2])
+        assert a[3] == {f: (*v, ()) for f, v in expected_terms(DOCS).items()}
+    finally:
+        new.close()
+        prev.close()
+    backend = LocalBackend.open(root)  # and it serves
+    assert backend.version == built.name
+
+
+def _postings_reference(
+    term: np.ndarray, doc: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    uniq, tf = np.unique(term * n + doc, return_counts=True)
+    t = uniq // n
+    return t, uniq - t * n, tf
+
+
+@pytest.mark.parametrize("n_terms", [7, 300, 65536, 70000])
+def test_postings_equal_unique(n_terms: int) -> None:
+    rng = np.random.default_rng(n_terms)
+    n = 500
+    streams = []
+    for _ in range(3):  # three fields' streams, each in document order
+        lengths = rng.poisson(6, n)
+        doc = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        term = rng.integers(0, n_terms, len(doc)).astype(np.int64)
+        streams.append((term, doc))
+    for term, doc in streams:
+        got = _postings(term, doc, n, n_terms)
+        for g, w in zip(got, _postings_reference(term, doc, n), strict=True):
+            np.testing.assert_array_equal(g, w)
+    term = np.concatenate([t for t, _ in streams])
+    doc = np.concatenate([d for _, d in streams])
+    got = _postings(term, doc, n, n_terms, doc_order=False)
+    for g, w in zip(got, _postings_reference(term, doc, n), strict=True):
+        np.testing.assert_array_equal(g, w)
