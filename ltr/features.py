@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,9 +61,18 @@ class Feature:
 # Term membership works on integer term ids: a request maps the terms of every field of
 # every candidate to ids of one process-wide term table in one C-level pass (no Python
 # object per candidate), then tests them against the few words features ask about (query
-# terms, feedback vocabulary) with one vectorized table lookup. The per-candidate Python
-# sets of the previous implementation made the cyclic GC ~half of the features stage. The
-# values are those of the set-based implementation, kept in tests/features_reference.py.
+# terms, feedback vocabulary) with one vectorized table lookup. Everything after that pass
+# (feedback vocabulary, distinct terms, adjacent query terms) works on the id arrays. The
+# per-candidate Python sets of the previous implementation made the cyclic GC ~half of the
+# features stage. The values are those of the set-based implementation, kept in
+# tests/features_reference.py.
+#
+# The id pass touches every term string of every candidate (~12K strings for 165
+# candidates of a 10-field catalog) and is most of the remaining cost. Caching per-document
+# id arrays across requests (keyed by the backend's cached term tuples) was measured and
+# rejected: at 100K documents the backend's row LRU hands out the same tuple for only ~14%
+# of the rows of a 300-query benchmark, and splitting/joining per-row arrays costs more
+# than those hits save.
 
 
 class _TermTable:
@@ -78,13 +88,25 @@ class _TermTable:
     def encode(self, terms: Iterable[str]) -> np.ndarray:
         """int32 ids of a flat iterable of terms; unseen terms get new ids."""
         terms = terms if isinstance(terms, (list, tuple)) else list(terms)
+        return self.encode_rows((terms,), len(terms))
+
+    def encode_rows(self, rows: Iterable[Any], total: int, depth: int = 1) -> np.ndarray:
+        """int32 ids of the terms of ``rows`` (sequences of terms; ``depth`` 2: sequences
+        of them), ``total`` terms in all; unseen terms get new ids."""
         ids = self.ids
-        try:  # every term known: a C-level loop
-            return np.fromiter(map(ids.__getitem__, terms), dtype=np.int32, count=len(terms))
+
+        def terms() -> Iterator[str]:
+            it: Iterable[Any] = rows
+            for _ in range(depth):
+                it = itertools.chain.from_iterable(it)
+            return iter(it)
+
+        try:  # every term known: a C-level loop, no intermediate list
+            return np.fromiter(map(ids.__getitem__, terms()), dtype=np.int32, count=total)
         except KeyError:
             with self.lock:  # new ids must be unique: assign them under the lock
                 return np.fromiter(
-                    (ids.setdefault(t, len(ids)) for t in terms), np.int32, count=len(terms)
+                    (ids.setdefault(t, len(ids)) for t in terms()), np.int32, count=total
                 )
 
     def lookup(self, terms: Iterable[str]) -> np.ndarray:
@@ -114,6 +136,10 @@ def _term_table() -> _TermTable:
         return _TABLE
 
 
+_EMPTY_I32 = np.zeros(0, dtype=np.int32)
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+
+
 class _Derived:
     """Lazily computed intermediate arrays of one CandidateSet."""
 
@@ -123,22 +149,40 @@ class _Derived:
         # distinct query terms in first-occurrence order
         self.qterms: tuple[str, ...] = tuple(dict.fromkeys(cs.query_terms))
         self.qidf = np.array([cs.idf.get(t, np.nan) for t in self.qterms], dtype=np.float64)
-        self.qidf0 = np.nan_to_num(self.qidf, nan=0.0)  # missing IDF counts 0 (read-only)
+        # missing IDF counts 0 (read-only); nan_to_num is also what maps +-inf, if any
+        if np.isinf(self.qidf).any():
+            self.qidf0 = np.nan_to_num(self.qidf, nan=0.0)
+        else:
+            self.qidf0 = np.where(np.isnan(self.qidf), 0.0, self.qidf)
         self.qidf0.flags.writeable = False
         self._rrf: np.ndarray | None = None
         self._table = _term_table()
         self._presence: dict[str, np.ndarray] | None = None
-        self._words: dict[str, int] = {}
-        self._wids = np.zeros(0, dtype=np.int64)
-        self._flat = np.zeros(0, dtype=np.int32)
-        self._ends = np.zeros(0, dtype=np.int64)
-        self._rows: dict[str, tuple[int, int]] = {}  # field -> (first row, rows) in _flat
+        # word columns of the presence tables: the query terms first (column j = qterms[j]),
+        # then the feedback vocabularies; _wids holds their term ids (-1 = in no document)
+        self._wids = _EMPTY_I64
+        self._prf_cols: dict[str, np.ndarray] = {}  # field -> its feedback words' columns
+        self._flat = _EMPTY_I32  # term ids of every field of every candidate, concatenated
+        self._col = _EMPTY_I32  # per term of _flat: its word column + 1 (0 = no word)
+        self._ends = _EMPTY_I64  # end of each row (candidate x field) in _flat
+        self._lens = _EMPTY_I64  # terms per row
+        self._rows: dict[str, tuple[int, int]] = {}  # field -> (first row, rows)
         self._len: dict[str, np.ndarray] = {}
         self._any: np.ndarray | None = None
-        self._prf: dict[str, frozenset[str]] = {}
+        self._hit = np.zeros((0, 0), dtype=bool)  # every field's presence table, stacked
+        self._memo: dict[object, np.ndarray] = {}  # small shared intermediates (see memo)
 
     def fields(self) -> tuple[str, ...]:
         return tuple(self.cs.doc_terms)
+
+    def memo(self, key: object, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """``make()`` once per set (read-only): inputs several features derive alike."""
+        a = self._memo.get(key)
+        if a is None:
+            a = make()
+            a.flags.writeable = False
+            self._memo[key] = a
+        return a
 
     def rrf(self) -> np.ndarray:
         """rrf_scores of the set, computed once (read-only)."""
@@ -148,7 +192,7 @@ class _Derived:
         return self._rrf
 
     def _all_presence(self) -> dict[str, np.ndarray]:
-        """Field -> [n, W] bool: word j of self._words occurs in candidate i's field.
+        """Field -> [n, W] bool: word j occurs in candidate i's field.
 
         The words are what any feature asks about: the query terms and the feedback
         vocabularies. One table lookup over the concatenated term ids of every field.
@@ -158,22 +202,32 @@ class _Derived:
         table = self._table
         fields = self.fields()
         per_field = [self.cs.doc_terms[f] for f in fields]
-        rows = list(itertools.chain.from_iterable(per_field))
+        nrows = sum(map(len, per_field))
+        rows = itertools.chain.from_iterable(per_field)
+        lens = np.fromiter(map(len, rows), np.int64, nrows)
+        ends = np.cumsum(lens)
         # encode first: then every term of these documents has an id
-        flat = table.encode(list(itertools.chain.from_iterable(rows)))
-        ends = np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)))
-        words = dict.fromkeys(self.qterms)
+        flat = table.encode_rows(per_field, int(ends[-1]) if nrows else 0, depth=2)
+        self._flat, self._ends, self._lens = flat, ends, lens
+        start = 0
+        for f, rws in zip(fields, per_field, strict=True):
+            self._rows[f] = (start, len(rws))
+            start += len(rws)
+        qids = table.lookup(self.qterms)
+        extra: dict[int, None] = {}  # feedback word ids, title's then body's, distinct
+        prf: dict[str, list[int]] = {}
         for f in PRF_MIN_DOCS:
             if f in self.cs.doc_terms:
-                words.update(dict.fromkeys(sorted(self.prf_vocab(f))))
-        self._words = {w: j for j, w in enumerate(words)}
-        wids = table.lookup(words)
-        known = np.flatnonzero(wids >= 0)
+                prf[f] = self._prf_ids(f, qids)
+                extra.update(dict.fromkeys(prf[f]))
+        q = len(qids)
+        col_of = {w: q + k for k, w in enumerate(extra)}
+        self._prf_cols = {f: np.array([col_of[w] for w in v], np.int64) for f, v in prf.items()}
+        wids = np.concatenate([qids, np.fromiter(extra, np.int64, len(extra))])
         self._wids = wids
-        sizes = [len(e) for e in per_field]
-        total = sum(sizes)
-        self._flat, self._ends = flat, ends
-        hit = np.zeros((total, len(words)), dtype=bool)
+        known = np.flatnonzero(wids >= 0)
+        hit = np.zeros((nrows, len(wids)), dtype=bool)
+        col = _EMPTY_I32
         if known.size and flat.size:
             lut = table.words_lut()
             lut[wids[known]] = known + 1
@@ -184,40 +238,76 @@ class _Derived:
             pos = np.flatnonzero(col)
             if pos.size:
                 hit[np.searchsorted(ends, pos, side="right"), col[pos] - 1] = True
+        self._col = col
+        self._hit = hit
         out: dict[str, np.ndarray] = {}
-        start = 0
-        for f, size in zip(fields, sizes, strict=True):
+        for f in fields:
+            start, size = self._rows[f]
             out[f] = hit[start : start + size]
-            self._rows[f] = (start, size)
-            start += size
         self._presence = out
         return out
 
-    def adjacent(self, field: str, a: str, b: str) -> np.ndarray:
-        """[n] bool: term ``b`` directly follows term ``a`` somewhere in the field."""
-        p = self._all_presence()[field]
+    def _prf_ids(self, field: str, qids: np.ndarray) -> list[int]:
+        """Feedback vocabulary of a field as term ids: the terms of ``field`` shared by >=
+        PRF_MIN_DOCS[field] of the top PRF_DOCS RRF candidates, query terms excluded (the
+        vocabulary the fused top results agree on). Needs _flat/_ends/_rows."""
         start, size = self._rows[field]
-        out = np.zeros(p.shape[0], dtype=bool)
-        ia, ib = int(self._wids[self._words[a]]), int(self._wids[self._words[b]])
-        if ia < 0 or ib < 0 or not size:
+        if self.n == 0 or size == 0:
+            return []
+        top = self.memo("prf_top", lambda: np.argsort(-self.rrf(), kind="stable")[:PRF_DOCS])
+        ends, lens, flat = self._ends, self._lens, self._flat
+        counts: Counter[int] = Counter()
+        for r in (top + start).tolist():
+            e = int(ends[r])
+            counts.update(set(flat[e - int(lens[r]) : e].tolist()))
+        q = set(qids.tolist())
+        m = PRF_MIN_DOCS.get(field, 2)
+        return sorted(t for t, c in counts.items() if c >= m and t not in q)
+
+    def _segment(self, field: str) -> tuple[int, int, int, int]:
+        """(first row, rows, first term, end term) of a field in _flat (presence computed)."""
+        start, size = self._rows[field]
+        if not size:
+            return start, 0, 0, 0
+        t0 = int(self._ends[start - 1]) if start else 0
+        return start, size, t0, int(self._ends[start + size - 1])
+
+    def adjacent_pairs(self, field: str, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+        """[n] float: how many of the distinct query-term pairs (qterms columns ``a``, ``b``)
+        occur with term b directly after term a in the candidate's field."""
+        self._all_presence()
+        out = np.zeros(self.n, dtype=np.float64)
+        start, size, t0, t1 = self._segment(field)
+        q = len(self.qterms)
+        if not size or not pairs or t1 - t0 < 2 or not self._col.size:
             return out
-        ends = self._ends
-        t0 = int(ends[start - 1]) if start else 0
-        t1 = int(ends[start + size - 1])
-        seg = self._flat[t0:t1]
-        pos = np.flatnonzero((seg[:-1] == ia) & (seg[1:] == ib)) + t0
-        if pos.size:
-            rows = np.searchsorted(ends, pos, side="right")
-            same = pos + 1 < ends[rows]  # both terms in the same candidate's field
-            out[rows[same] - start] = True
+        c = self._col[t0:t1]
+        isq = (c > 0) & (c <= q)  # a query term (the query terms are the first words)
+        pos = np.flatnonzero(isq[:-1] & isq[1:])
+        if not pos.size:
+            return out
+        k = q + 1
+        code = c[pos].astype(np.int64) * k + c[pos + 1]
+        ok = np.zeros(pos.size, dtype=bool)
+        for a, b in pairs:
+            ok |= code == (a + 1) * k + b + 1
+        pos, code = pos[ok], code[ok]
+        if not pos.size:
+            return out
+        ends = self._ends[start : start + size] - t0
+        rows = np.searchsorted(ends, pos, side="right")
+        same = pos + 1 < ends[rows]  # both terms in the same candidate's field
+        key = rows[same] * (k * k) + code[same]
+        if key.size > 1:  # each distinct pair counts once per candidate
+            key.sort()
+            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+        out += np.bincount(key // (k * k), minlength=self.n)
         return out
 
-    def presence(self, field: str, words: Iterable[str]) -> np.ndarray | None:
-        """[n, len(words)] bool for words among the query terms / feedback vocabularies."""
-        if field not in self.cs.doc_terms:
-            return None
-        p = self._all_presence()[field]
-        return p[:, [self._words[w] for w in words]]
+    def prf_columns(self, field: str) -> np.ndarray:
+        """Presence columns of a field's feedback vocabulary (empty: none or no field)."""
+        self._all_presence()
+        return self._prf_cols.get(field, _EMPTY_I64)
 
     def match(self, field: str) -> np.ndarray | None:
         """[n, Q] bool: query term j occurs in the candidate's field; None if field absent."""
@@ -226,47 +316,52 @@ class _Derived:
         p = self._all_presence()[field]
         return p[:, : len(self.qterms)]  # the query terms are the first words
 
-    def prf_vocab(self, field: str) -> frozenset[str]:
-        """Feedback vocabulary of a field (see _prf_terms), cached."""
-        v = self._prf.get(field)
-        if v is None:
-            v = _prf_terms(self.cs, field, PRF_MIN_DOCS.get(field, 2))
-            self._prf[field] = v
-        return v
-
     def distinct(self, field: str) -> np.ndarray | None:
         """Number of distinct terms of each candidate's field (distinct ids: one table)."""
         if field not in self.cs.doc_terms:
             return None
         self._all_presence()
-        start, size = self._rows[field]
-        ends = self._ends[start : start + size]
-        t0 = int(self._ends[start - 1]) if start else 0
-        seg = self._flat[t0 : int(ends[-1]) if size else t0]
-        row = np.repeat(np.arange(size), np.diff(ends, prepend=t0))
-        order = np.lexsort((seg, row))
-        s, r = seg[order], row[order]
-        first = np.ones(s.size, dtype=bool)
-        first[1:] = (s[1:] != s[:-1]) | (r[1:] != r[:-1])
-        return np.bincount(r[first], minlength=size).astype(np.float64)
+        start, size, t0, t1 = self._segment(field)
+        seg = self._flat[t0:t1]
+        if not seg.size:
+            return np.zeros(size, dtype=np.float64)
+        row = np.repeat(np.arange(size, dtype=np.int64), self._lens[start : start + size])
+        v = int(seg.max()) + 1
+        key = row * v + seg
+        key.sort()
+        first = np.empty(key.size, dtype=bool)  # first of each distinct (row, term)
+        first[0] = True
+        np.not_equal(key[1:], key[:-1], out=first[1:])
+        return np.bincount(key[first] // v, minlength=size).astype(np.float64)
 
     def match_any(self) -> np.ndarray:
         """[n, Q] bool: query term j occurs in any text field."""
-        if self._any is None:
-            acc = np.zeros((self.n, len(self.qterms)), dtype=bool)
-            for f in self.fields():
-                m = self.match(f)
-                if m is not None:
-                    acc |= m
+        acc = self._any
+        if acc is None:
+            p = self._all_presence()
+            q, n = len(self.qterms), self.n
+            if all(m.shape[0] == n for m in p.values()):
+                # the fields' tables are consecutive blocks of n rows of one table
+                acc = np.asarray(self._hit[:, :q].reshape(len(p), n, q).any(axis=0))
+            else:
+                acc = np.zeros((n, q), dtype=bool)
+                for f in self.fields():
+                    m = self.match(f)
+                    if m is not None:
+                        acc |= m
             self._any = acc
-        return self._any
+        return acc
 
     def length(self, field: str) -> np.ndarray | None:
         if field not in self.cs.doc_terms:
             return None
         a = self._len.get(field)
         if a is None:
-            a = np.fromiter(map(len, self.cs.doc_terms[field]), np.float64, self.n)
+            if self._presence is not None:  # the row lengths are known
+                start, size = self._rows[field]
+                a = self._lens[start : start + size].astype(np.float64)
+            else:
+                a = np.fromiter(map(len, self.cs.doc_terms[field]), np.float64, self.n)
             self._len[field] = a
         return a
 
@@ -274,21 +369,38 @@ class _Derived:
 _CACHE: OrderedDict[int, _Derived] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 16
+# The set most recently looked up: every feature of one compute() asks for the same set,
+# and this check skips the lock and the LRU bookkeeping (one tuple read is atomic).
+_LAST: tuple[CandidateSet, _Derived] | None = None
 
 
 def _derived(cs: CandidateSet) -> _Derived:
+    global _LAST
+    last = _LAST
+    if last is not None and last[0] is cs:
+        return last[1]
     key = id(cs)
     with _CACHE_LOCK:
         d = _CACHE.get(key)
         if d is not None and d.cs is cs:
             _CACHE.move_to_end(key)
+            _LAST = (cs, d)
             return d
     d = _Derived(cs)
     with _CACHE_LOCK:
         _CACHE[key] = d
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
+    _LAST = (cs, d)
     return d
+
+
+def _clear_cache() -> None:
+    """Forget every derived set (tests: recompute from scratch)."""
+    global _LAST
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _LAST = None
 
 
 # --------------------------------------------------------------------------------------
@@ -332,6 +444,11 @@ def _field_bm25(cs: CandidateSet, field: str) -> np.ndarray:
 
 
 def _fields_sum(cs: CandidateSet) -> np.ndarray:
+    """Sum of the per-field BM25 scores (read-only, computed once per set)."""
+    return _derived(cs).memo("fields_sum", lambda: _fields_sum_of(cs))
+
+
+def _fields_sum_of(cs: CandidateSet) -> np.ndarray:
     if not cs.field_bm25:
         return _nan(len(cs.ids))
     return np.sum([_f64(a) for a in cs.field_bm25.values()], axis=0)
@@ -357,7 +474,7 @@ def _coverage(field: str) -> FeatureFn:
         m = d.match(field)
         if m is None or not d.qterms:
             return _nan(d.n)
-        return m.mean(axis=1)
+        return _row_mean(m)
 
     return fn
 
@@ -366,12 +483,20 @@ def _coverage_any(cs: CandidateSet) -> np.ndarray:
     d = _derived(cs)
     if not d.qterms:
         return _nan(d.n)
-    return d.match_any().mean(axis=1)
+    return _row_mean(d.match_any())
 
 
-def _idf_weights(d: _Derived) -> np.ndarray | None:
-    w = np.maximum(d.qidf0, 0.0)
-    return w if w.sum() > 0 else None
+def _row_mean(m: np.ndarray) -> np.ndarray:
+    """``m.mean(axis=1)`` of a non-empty [n, Q] bool table (what ndarray.mean computes:
+    a float64 sum, exact for counts, divided by Q) without its Python-level overhead."""
+    return np.add.reduce(m, axis=1, dtype=np.float64) / m.shape[1]
+
+
+def _idf_weights(d: _Derived) -> tuple[np.ndarray, float] | None:
+    """Non-negative query term IDFs and their sum; None if the sum is not positive."""
+    w = d.memo("idf_w", lambda: np.maximum(d.qidf0, 0.0))
+    total = w.sum()
+    return (w, total) if total > 0 else None
 
 
 def _idf_share(field: str | None) -> FeatureFn:
@@ -379,11 +504,11 @@ def _idf_share(field: str | None) -> FeatureFn:
 
     def fn(cs: CandidateSet) -> np.ndarray:
         d = _derived(cs)
-        w = _idf_weights(d)
+        ws = _idf_weights(d)
         m = d.match_any() if field is None else d.match(field)
-        if w is None or m is None:
+        if ws is None or m is None:
             return _nan(d.n)
-        return (m @ w) / w.sum()
+        return (m @ ws[0]) / ws[1]
 
     return fn
 
@@ -401,15 +526,14 @@ def _matched_idf(reduce: str) -> FeatureFn:
         d = _derived(cs)
         if not d.qterms:
             return _nan(d.n)
-        m = d.match_any() & np.isfinite(d.qidf)[None, :]
-        vals = np.where(m, d.qidf0[None, :], np.nan)
+        # matched query terms with an IDF; candidates matching any
+        m = d.memo("idf_m", lambda: d.match_any() & np.isfinite(d.qidf)[None, :])
+        has = d.memo("idf_has", lambda: np.asarray(m.any(axis=1)))
         out = _nan(d.n)
-        has = m.any(axis=1)
         if has.any():
-            red = np.max if reduce == "max" else np.min
-            out[has] = red(
-                np.where(m[has], vals[has], np.inf if reduce == "min" else -np.inf), axis=1
-            )
+            red = np.maximum if reduce == "max" else np.minimum
+            fill = np.inf if reduce == "min" else -np.inf
+            out[has] = red.reduce(np.where(m, d.qidf0[None, :], fill), axis=1)[has]
         return out
 
     return fn
@@ -474,11 +598,11 @@ def _bigram_share(field: str) -> FeatureFn:
         m = d.match(field)
         if not bigrams or m is None:
             return _nan(d.n)
-        out = np.zeros(d.n, dtype=np.float64)
         if _single_tokens(cs.query_terms):  # " a b " in the text <=> b right after a
-            for a, b in dict.fromkeys(_query_pairs(cs)):
-                out += d.adjacent(field, a, b)
-            return out / len(bigrams)
+            col = {t: j for j, t in enumerate(d.qterms)}
+            pairs = dict.fromkeys((col[a], col[b]) for a, b in _query_pairs(cs))
+            return d.adjacent_pairs(field, list(pairs)) / len(bigrams)
+        out = np.zeros(d.n, dtype=np.float64)
         terms = cs.doc_terms[field]
         # only documents holding >= 2 distinct query terms can contain a bigram
         for i in np.flatnonzero(m.sum(axis=1) >= 2):
@@ -494,38 +618,23 @@ PRF_DOCS = 5  # pseudo-relevance feedback: the top RRF candidates taken as "rele
 PRF_MIN_DOCS = {"title": 2, "body": 3}
 
 
-def _prf_terms(cs: CandidateSet, field: str, min_docs: int) -> frozenset[str]:
-    """Terms of ``field`` shared by >= ``min_docs`` of the top PRF_DOCS RRF candidates,
-    query terms excluded: the vocabulary the fused top results agree on."""
-    terms = cs.doc_terms.get(field)
-    if terms is None or len(cs.ids) == 0:
-        return frozenset()
-    top = np.argsort(-_derived(cs).rrf(), kind="stable")[:PRF_DOCS]
-    counts: dict[str, int] = {}
-    for i in top:
-        for t in set(terms[i]):
-            counts[t] = counts.get(t, 0) + 1
-    q = set(cs.query_terms)
-    return frozenset(t for t, c in counts.items() if c >= min_docs and t not in q)
-
-
 def _prf_overlap(src: str) -> FeatureFn:
-    """Share of the feedback vocabulary (see _prf_terms) present in the candidate's title
-    or body: the cluster hypothesis -- documents like the consensus top results tend to be
-    relevant. Uses only the retrievers' fused ranking, so it is available at serving time."""
+    """Share of the feedback vocabulary present in the candidate's title or body: the
+    terms of ``src`` shared by >= PRF_MIN_DOCS[src] of the top PRF_DOCS RRF candidates,
+    query terms excluded (see _Derived._prf_ids). The cluster hypothesis -- documents like
+    the consensus top results tend to be relevant. Uses only the retrievers' fused ranking,
+    so it is available at serving time."""
 
     def fn(cs: CandidateSet) -> np.ndarray:
         d = _derived(cs)
-        fb = d.prf_vocab(src)
-        if not fb or "body" not in cs.doc_terms:
+        cols = d.prf_columns(src)
+        if not cols.size or "body" not in cs.doc_terms:
             return _nan(d.n)
-        words = tuple(fb)
-        hit = d.presence("body", words)
-        assert hit is not None
-        title = d.presence("title", words)
+        hit = d._all_presence()["body"][:, cols]
+        title = d._all_presence().get("title")
         if title is not None:
-            hit |= title
-        return hit.sum(axis=1).astype(np.float64) / len(fb)
+            hit |= title[:, cols]
+        return hit.sum(axis=1).astype(np.float64) / cols.size
 
     return fn
 
@@ -570,19 +679,22 @@ def _cosine_gap(cs: CandidateSet) -> np.ndarray:
 
 
 def _cosine_z(cs: CandidateSet) -> np.ndarray:
-    c = _f64(cs.dense_cosine)
-    fin = c[np.isfinite(c)]
-    if fin.size < 2 or fin.std() == 0:
-        return _nan(c.shape[0])
-    return (c - fin.mean()) / fin.std()
+    return _zscore(_f64(cs.dense_cosine))
 
 
 def _fields_sum_z(cs: CandidateSet) -> np.ndarray:
-    s = _fields_sum(cs)
-    fin = s[np.isfinite(s)]
-    if fin.size < 2 or fin.std() == 0:
-        return _nan(s.shape[0])
-    return (s - fin.mean()) / fin.std()
+    return _zscore(_fields_sum(cs))
+
+
+def _zscore(a: np.ndarray) -> np.ndarray:
+    """(a - mean) / std over the finite values; NaN if fewer than 2 or no spread."""
+    fin = a[np.isfinite(a)]
+    if fin.size < 2:
+        return _nan(a.shape[0])
+    sd = fin.std()
+    if sd == 0:
+        return _nan(a.shape[0])
+    return (a - fin.mean()) / sd
 
 
 def _rrf_norm(cs: CandidateSet) -> np.ndarray:
@@ -617,8 +729,13 @@ def _beh(cs: CandidateSet, key: str) -> np.ndarray:
 
 
 def _history_mask(cs: CandidateSet, level: str) -> np.ndarray:
-    imp = _beh(cs, f"{level}_impressions")
-    return np.isfinite(imp) & (imp > 0)
+    """Candidates with impressions at this level (read-only, computed once per set)."""
+
+    def make() -> np.ndarray:
+        imp = _beh(cs, f"{level}_impressions")
+        return np.isfinite(imp) & (imp > 0)
+
+    return _derived(cs).memo(("history", level), make)
 
 
 def _beh_count(level: str, key: str, log: bool = True) -> FeatureFn:
@@ -670,7 +787,7 @@ _reg("dense_cosine", _T, _cosine, "cosine(query, doc) for every candidate")
 _reg("bm25_title", _T, lambda cs: _field_bm25(cs, "title"), "BM25 against the title field")
 _reg("bm25_body", _T, lambda cs: _field_bm25(cs, "body"), "BM25 against the body field")
 _reg("bm25_fields_sum", _T, _fields_sum, "sum of per-field BM25 over all text fields")
-_reg("rrf", _T, rrf_scores, "reciprocal rank fusion, k=60")
+_reg("rrf", _T, lambda cs: _derived(cs).rrf(), "reciprocal rank fusion, k=60")
 _reg("cov_title", _T, _coverage("title"), "share of distinct query terms in the title")
 _reg("cov_body", _T, _coverage("body"), "share of distinct query terms in the body")
 _reg("cov_any", _T, _coverage_any, "share of distinct query terms in any field")
@@ -784,17 +901,33 @@ def featureset_id(names: Sequence[str]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+_RESOLVED: dict[tuple[str, ...], tuple[Feature, ...]] = {}
+
+
+def _resolved(names: Sequence[str]) -> tuple[Feature, ...]:
+    """resolve() of a name list, remembered (a server asks for the same list every time)."""
+    key = tuple(names)
+    feats = _RESOLVED.get(key)
+    if feats is None or any(FEATURES.get(f.name) is not f for f in feats):
+        feats = resolve(key)
+        if len(_RESOLVED) >= 64:
+            _RESOLVED.clear()
+        _RESOLVED[key] = feats
+    return feats
+
+
 def compute(cs: CandidateSet, names: Sequence[str]) -> np.ndarray:
     """Feature matrix float32 [n_candidates, len(names)] in the given order (NaN = missing)."""
-    feats = resolve(names)
+    feats = _resolved(names)
     n = len(cs.ids)
-    X = np.empty((n, len(feats)), dtype=np.float32)
+    # one feature per row of the transpose (contiguous writes), then one transposing copy
+    XT = np.empty((len(feats), n), dtype=np.float32)
     for j, f in enumerate(feats):
         col = np.asarray(f.fn(cs), dtype=np.float64)
         if col.shape != (n,):
             raise LTRError(f"feature {f.name!r} returned shape {col.shape}, expected ({n},)")
-        X[:, j] = col
-    return X
+        XT[j] = col
+    return np.ascontiguousarray(XT.T)
 
 
 def groups(names: Sequence[str]) -> dict[str, list[str]]:
