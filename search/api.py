@@ -803,6 +803,9 @@ def make_app(
                 model_version=p.model.version if p.model is not None else None,
                 index_version=p.index_version,
             )
+            gen, payload = await asyncio.to_thread(group.current, "reload")
+            if gen:  # a restarted worker serves what the group was told to, before serving
+                await _follow_reload(state, group, gen, payload.get("model_version"))
             await asyncio.to_thread(group.report)
             tasks.append(asyncio.create_task(_follow_group(state)))
         try:

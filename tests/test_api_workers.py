@@ -148,6 +148,18 @@ async def test_two_workers_share_events_reloads_metrics_and_stop_with_the_superv
         assert 'worker="0"' in text and 'worker="1"' in text
         assert text.count("# TYPE ltrsearch_http_requests_total counter") == 1
 
+        # a worker killed with -9 is replaced; searches keep being answered meanwhile
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while len(set(_children(proc.pid)) - {workers[0]}) < 2:
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            await asyncio.sleep(0.2)
+        for _ in range(6):  # the new worker serves the model the group was reloaded to
+            st, _, body = await _call("GET", f"{url}/search", params={"q": "heat transfer"})
+            assert st == 200 and body["model_version"] == first, body
+        assert "restarting it" in log.read_text()
+        workers = _children(proc.pid)
+
         # kill -9 of the supervisor: the workers notice and stop (no orphan keeps the port)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
