@@ -28,6 +28,7 @@ event loop. Everything here is read-only once written.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -177,17 +178,31 @@ class FieldIndex:
         Binary search in each term's sorted postings: O(len(rows) log df) per term instead
         of a pass over every document, which is what per-candidate features need.
         """
-        rows = np.asarray(rows, dtype=np.int64)
+        return self.scores_for_ids(self.term_ids(terms), np.asarray(rows, dtype=np.int64))
+
+    def scores_for_ids(self, tids: Sequence[int], rows: np.ndarray) -> np.ndarray:
+        """scores_for with the query's term ids (rows: int64, all valid)."""
         out = np.zeros(len(rows), dtype=np.float64)
-        for tid in self.term_ids(terms):
-            s, e = int(self.indptr[tid]), int(self.indptr[tid + 1])
-            if e == s or not len(rows):
+        if not len(rows):
+            return out
+        bounds = self._bounds
+        for tid in tids:
+            s, e = bounds[tid], bounds[tid + 1]
+            if e == s:
                 continue
             col = self.indices[s:e]
-            pos = np.minimum(np.searchsorted(col, rows), e - s - 1)
-            hit = col[pos] == rows
-            out[hit] += self.data[s + pos[hit]]
+            pos = col.searchsorted(rows)
+            np.minimum(pos, e - s - 1, out=pos)
+            # adding 0.0 where the row has no posting leaves it unchanged: same sums as
+            # adding the hits alone, in the same term order
+            out += np.where(col[pos] == rows, self.data[s:e][pos], 0)
         return out
+
+    @functools.cached_property
+    def _bounds(self) -> list[int]:
+        """indptr as Python ints (scalar reads without NumPy overhead)."""
+        bounds: list[int] = self.indptr.tolist()
+        return bounds
 
     def doc_freq(self, term: str) -> int:
         tid = self.vocab.get(term)
@@ -375,10 +390,10 @@ class TermStore:
     """Format 3 analyzed terms of a version: per (field, row) a sequence id, per sequence
     a slice of vocabulary ids (memory-mapped).
 
-    A decoded sequence is a tuple of the vocabulary's own str objects, cached in a slot
-    list by sequence id: a request's rows map to cached tuples in one C-level pass, with
+    A decoded sequence is a tuple of the vocabulary's own str objects, cached in an object
+    array by sequence id: a request's rows map to cached tuples in one C-level gather, with
     no JSON decode and no new str or tuple objects for anything seen before. The cache
-    holds up to ``cache_terms`` term references, then starts over (a new list: readers of
+    holds up to ``cache_terms`` term references, then starts over (a new array: readers of
     the old one are unaffected, so no lock is needed).
     """
 
@@ -399,14 +414,14 @@ class TermStore:
         self._held = 0
         self._state = self._new_state()
 
-    def _new_state(self) -> tuple[list[tuple[str, ...] | None], np.ndarray]:
-        tuples: list[tuple[str, ...] | None] = [None] * (self.empty + 1)
+    def _new_state(self) -> tuple[np.ndarray, np.ndarray]:
+        tuples = np.full(self.empty + 1, None, dtype=object)
         tuples[self.empty] = ()
         done = np.zeros(self.empty + 1, dtype=bool)
         done[self.empty] = True
         return tuples, done
 
-    def _fill(self, seqs: np.ndarray) -> list[tuple[str, ...] | None]:
+    def _fill(self, seqs: np.ndarray) -> np.ndarray:
         """A cache state holding every sequence in ``seqs`` (decodes what it lacks)."""
         tuples, done = self._state
         miss = np.unique(seqs[~done[seqs]])
@@ -436,8 +451,7 @@ class TermStore:
         tuples, done = self._state
         if not done[seqs].all():
             tuples = self._fill(seqs)
-        get = tuples.__getitem__
-        return [tuple(map(get, s)) for s in seqs.tolist()]  # type: ignore[arg-type]
+        return list(map(tuple, tuples[seqs].tolist()))  # C loops: gather, then the tuples
 
 
 def load_ann_rows(path: Path, manifest: Mapping[str, Any]) -> np.ndarray | None:
@@ -590,8 +604,9 @@ class Snapshot:
     # --- helpers -------------------------------------------------------------------
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row per id, -1 for unknown ids."""
-        get = self.row_of.get
-        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        return np.fromiter(
+            map(self.row_of.get, ids, itertools.repeat(-1)), dtype=np.int64, count=len(ids)
+        )
 
     def mask(self, filters: Filters | None) -> np.ndarray | None:
         """Boolean [N]: documents passing the filters (None = no filter); Filters.matches rules."""
@@ -688,10 +703,15 @@ class Snapshot:
 
     def _field_scores(self, terms: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
         known = rows >= 0
+        if known.all():
+            return {
+                name: fi.scores_for_ids(fi.term_ids(terms), rows)
+                for name, fi in self.fields.items()
+            }
         out: dict[str, np.ndarray] = {}
         for name, fi in self.fields.items():
             col = np.full(len(rows), np.nan, dtype=np.float64)
-            col[known] = fi.scores_for(terms, rows[known])
+            col[known] = fi.scores_for_ids(fi.term_ids(terms), rows[known])
             out[name] = col
         return out
 
