@@ -7,8 +7,10 @@ and never a pickle. The manifest ties the booster to the exact ordered feature l
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import numpy as np
 import xgboost as xgb
 
 from ltr.errors import FeaturesetMismatchError, LTRError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILES = ("model.ubj", "model.json")
@@ -84,6 +88,86 @@ class Manifest:
         return None if self.base_margin is None else str(self.base_margin["name"])
 
 
+def _array_interface(a: np.ndarray) -> bytes:
+    """The __array_interface__ JSON XGBoost's C API reads (what xgboost's wrapper sends)."""
+    return json.dumps(a.__array_interface__).encode()
+
+
+class _DensePredictor:
+    """``Booster.inplace_predict(X, predict_type="margin", missing=NaN, base_margin=bm)``
+    for C-contiguous float32 X, calling the same C entry point (XGBoosterPredictFromDense)
+    with the same arguments, minus the Python wrapper's per-call work (~0.2 ms of ~0.9 ms
+    for 165 x 52 and 244 depth-3 trees: a proxy DMatrix object, meta-data dispatch, a class
+    built per call for the output). The margins are those of inplace_predict by
+    construction; ``RankModel`` also checks them bit for bit on a probe matrix at load and
+    keeps inplace_predict if they differ or xgboost's internals are not what this expects.
+    """
+
+    # inplace_predict's arguments: margin, not training, every tree, NaN = missing
+    _ARGS = json.dumps(
+        {
+            "type": 1,
+            "training": False,
+            "iteration_begin": 0,
+            "iteration_end": 0,
+            "missing": float("nan"),
+            "strict_shape": False,
+            "cache_id": 0,
+        }
+    ).encode()
+
+    def __init__(self, booster: xgb.Booster) -> None:
+        from xgboost import core  # private names; a missing one raises here, at load
+
+        self._lib = core._LIB
+        self._check = core._check_call
+        self._ulong = core.c_bst_ulong
+        self._booster = booster
+        for fn in (
+            "XGProxyDMatrixCreate",
+            "XGDMatrixSetInfoFromInterface",
+            "XGBoosterPredictFromDense",
+            "XGDMatrixFree",
+        ):
+            getattr(self._lib, fn)
+
+    def __call__(self, X: np.ndarray, base_margin: np.ndarray | None) -> np.ndarray:
+        lib, check = self._lib, self._check
+        n = X.shape[0]
+        shape = ctypes.POINTER(self._ulong)()
+        dims = self._ulong()
+        preds = ctypes.POINTER(ctypes.c_float)()
+        proxy = ctypes.c_void_p()
+        if base_margin is not None:
+            check(lib.XGProxyDMatrixCreate(ctypes.byref(proxy)))
+        try:
+            if base_margin is not None:
+                bm_inf = _array_interface(base_margin)
+                check(lib.XGDMatrixSetInfoFromInterface(proxy, b"base_margin", bm_inf))
+            check(
+                lib.XGBoosterPredictFromDense(
+                    self._booster.handle,
+                    _array_interface(X),
+                    self._ARGS,
+                    proxy,
+                    ctypes.byref(shape),
+                    ctypes.byref(dims),
+                    ctypes.byref(preds),
+                )
+            )
+        finally:
+            if base_margin is not None:
+                lib.XGDMatrixFree(proxy)
+        size = 1
+        for i in range(dims.value):
+            size *= int(shape[i])
+        if size != n:
+            raise LTRError(f"booster returned {size} predictions for {n} rows")
+        out = np.empty(n, dtype=np.float32)  # a copy: the booster reuses its buffer
+        ctypes.memmove(out.ctypes.data, preds, 4 * n)
+        return out
+
+
 class RankModel:
     """Scores feature matrices for serving; immutable after construction.
 
@@ -102,6 +186,36 @@ class RankModel:
         self._nthread = nthread
         self._booster = booster
         self.manifest = manifest
+        self._fast = self._fast_predictor()
+
+    def _fast_predictor(self) -> _DensePredictor | None:
+        """A _DensePredictor if it gives inplace_predict's margins bit for bit on a probe
+        matrix (NaNs, zeros, negatives, large values; with a base margin if the model
+        uses one); None otherwise (predict then calls inplace_predict)."""
+        F = len(self.manifest.feature_names)
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((67, F)).astype(np.float32)
+        X *= rng.choice(np.array([0.01, 1.0, 30.0, 1e4], np.float32), size=X.shape)
+        X[rng.random(X.shape) < 0.2] = np.nan
+        X[rng.random(X.shape) < 0.1] = 0.0
+        bm = rng.standard_normal(67).astype(np.float32) if self.needs_base_margin else None
+        try:
+            fast = _DensePredictor(self._booster)
+            got = fast(X, bm)
+            want = self._inplace(X, bm)
+        except Exception as e:  # xgboost internals changed: keep the public API
+            log.warning("direct XGBoost prediction unavailable (%s); using inplace_predict", e)
+            return None
+        if got.tobytes() != want.tobytes():
+            log.warning("direct XGBoost prediction differs from inplace_predict; not used")
+            return None
+        return fast
+
+    def _inplace(self, X: np.ndarray, bm: np.ndarray | None) -> np.ndarray:
+        out = self._booster.inplace_predict(
+            X, predict_type="margin", missing=np.nan, base_margin=bm
+        )
+        return np.array(out, dtype=np.float32)
 
     # --- identity ----------------------------------------------------------------------
     @property
@@ -191,10 +305,13 @@ class RankModel:
         X, bm = self._inputs(X, base_margin)
         if X.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        out = self._booster.inplace_predict(
-            X, predict_type="margin", missing=np.nan, base_margin=bm
-        )
-        return np.asarray(out, dtype=np.float32)
+        if self._fast is not None:
+            if not X.flags.c_contiguous:
+                X = np.ascontiguousarray(X)
+            if bm is not None and not bm.flags.c_contiguous:
+                bm = np.ascontiguousarray(bm)
+            return self._fast(X, bm)
+        return self._inplace(X, bm)
 
     def contributions(
         self,

@@ -1,0 +1,139 @@
+"""RankModel.predict (direct XGBoosterPredictFromDense call) == Booster.inplace_predict
+margins, bit for bit: with and without a base margin, NaN features, odd layouts, threads,
+and with the fallback to inplace_predict."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from ltr import model as M
+from ltr.model import Manifest, RankModel
+
+F = 12
+
+
+def _manifest(base_margin: bool) -> Manifest:
+    return Manifest(
+        version="t",
+        feature_names=tuple(f"f{j}" for j in range(F)),
+        featureset_id="0" * 64,
+        base_margin={"name": "rrf", "params": {}} if base_margin else None,
+        params={},
+        metrics={},
+        data_sizes={},
+        created_at="2026-01-01T00:00:00Z",
+        xgboost_version=xgb.__version__,
+    )
+
+
+def _data(rng: np.random.Generator, n: int) -> np.ndarray:
+    X = rng.standard_normal((n, F)).astype(np.float32)
+    X[rng.random(X.shape) < 0.25] = np.nan
+    return X
+
+
+def _booster(base_margin: bool, depth: int = 4, seed: int = 0) -> xgb.Booster:
+    rng = np.random.default_rng(seed)
+    X = _data(rng, 600)
+    y = rng.integers(0, 4, 600).astype(np.float32)
+    d = xgb.DMatrix(X, label=y, missing=np.nan)
+    d.set_group([20] * 30)
+    if base_margin:
+        d.set_base_margin(rng.standard_normal(600).astype(np.float32))
+    params = {"objective": "rank:ndcg", "max_depth": depth, "eta": 0.1, "nthread": 1}
+    return xgb.train(params, d, num_boost_round=60)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype == np.float32 and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("base_margin", [False, True])
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_predict_equals_inplace_predict(base_margin: bool, depth: int) -> None:
+    booster = _booster(base_margin, depth)
+    model = RankModel(booster, _manifest(base_margin))
+    assert model._fast is not None
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 63, 64, 65, 165, 400):
+        X = _data(rng, n)
+        bm = rng.standard_normal(n).astype(np.float32) if base_margin else None
+        want = booster.inplace_predict(X, predict_type="margin", missing=np.nan, base_margin=bm)
+        assert _same(model.predict(X, bm), np.asarray(want, dtype=np.float32)), n
+        # other layouts and dtypes of the same values
+        Xf = np.asfortranarray(X)
+        bm64 = None if bm is None else bm.astype(np.float64)
+        assert _same(model.predict(Xf, bm64), np.asarray(want, dtype=np.float32))
+        assert _same(model.predict(X.astype(np.float64), bm), np.asarray(want, np.float32))
+    assert model.predict(
+        np.zeros((0, F), np.float32), np.zeros(0) if base_margin else None
+    ).shape == (0,)
+
+
+def test_predictions_are_copies() -> None:
+    """The booster reuses its output buffer per thread: results must not alias it."""
+    model = RankModel(_booster(False), _manifest(False))
+    rng = np.random.default_rng(2)
+    a_in, b_in = _data(rng, 50), _data(rng, 50)
+    a = model.predict(a_in)
+    a_copy = a.copy()
+    model.predict(b_in)
+    assert _same(a, a_copy)
+
+
+def test_threads_get_their_own_results() -> None:
+    booster = _booster(True)
+    model = RankModel(booster, _manifest(True), nthread=1)
+    rng = np.random.default_rng(3)
+    inputs = [
+        (_data(rng, int(n)), rng.standard_normal(int(n)).astype(np.float32))
+        for n in rng.integers(1, 200, 64)
+    ]
+    want = [
+        np.asarray(
+            booster.inplace_predict(X, predict_type="margin", missing=np.nan, base_margin=bm),
+            dtype=np.float32,
+        ).copy()
+        for X, bm in inputs
+    ]
+    with ThreadPoolExecutor(4) as ex:
+        for _ in range(3):
+            got = list(ex.map(lambda xb: model.predict(*xb), inputs))
+            assert all(_same(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_fallback_to_inplace_predict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the direct call is unavailable or differs, predict uses inplace_predict."""
+    booster = _booster(True)
+
+    class Broken:
+        def __init__(self, booster: xgb.Booster) -> None:
+            raise AttributeError("no such symbol")
+
+    class Wrong(M._DensePredictor):
+        def __call__(self, X: np.ndarray, base_margin: np.ndarray | None) -> np.ndarray:
+            return super().__call__(X, base_margin) + np.float32(1.0)
+
+    rng = np.random.default_rng(4)
+    X, bm = _data(rng, 30), rng.standard_normal(30).astype(np.float32)
+    want = np.asarray(
+        booster.inplace_predict(X, predict_type="margin", missing=np.nan, base_margin=bm),
+        dtype=np.float32,
+    ).copy()
+    for cls in (Broken, Wrong):
+        monkeypatch.setattr(M, "_DensePredictor", cls)
+        model = RankModel(booster, _manifest(True))
+        assert model._fast is None
+        assert _same(model.predict(X, bm), want)
+
+
+def test_wrong_inputs_still_refused() -> None:
+    model = RankModel(_booster(True), _manifest(True))
+    with pytest.raises(ValueError, match="base_margin"):
+        model.predict(np.zeros((3, F), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        model.predict(np.zeros((2, F), np.float32), np.array([0.0, np.nan]))
