@@ -172,7 +172,8 @@ class RankModel:
     """Scores feature matrices for serving; immutable after construction.
 
     ``predict`` uses XGBoost's inplace prediction (no DMatrix, thread safe, fast for a
-    few hundred rows); ``contributions`` gives per-feature SHAP values for explanations.
+    few hundred rows), called through its C entry point (see _DensePredictor);
+    ``contributions`` gives per-feature SHAP values for explanations.
     """
 
     def __init__(self, booster: xgb.Booster, manifest: Manifest, nthread: int = 1) -> None:
