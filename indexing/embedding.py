@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import platform
@@ -586,33 +587,36 @@ class EmbeddingCache:
                 return pos, np.zeros((0, m[1] if m else 0), dtype=np.float32)
             mid, dim = m
             nbytes = dim * 4
-            want: dict[bytes, list[int]] = {}
-            for i, k in enumerate(keys):
-                want.setdefault(bytes(k), []).append(i)
+            want = dict(zip(map(bytes, keys), itertools.count()))  # a repeat: its last index
             stored = self._db.execute("SELECT n FROM models WHERE id = ?", (mid,)).fetchone()[0]
             if len(want) * 4 >= stored:
                 cur = self._db.execute("SELECT key, vec FROM vectors WHERE mid = ?", (mid,))
                 cur.arraysize = 4096
-                rows: Iterator[Any] = iter(cur.fetchmany, [])
-                batches: Iterator[Any] = (r for batch in rows for r in batch)
+                batches: Iterator[Any] = iter(cur.fetchmany, [])
             else:
                 unique = list(want)
                 batches = (
-                    r
-                    for start in range(0, len(unique), self.BATCH)
-                    for r in self._db.execute(
+                    self._db.execute(
                         "SELECT key, vec FROM vectors WHERE mid = ? AND key IN "
                         f"({','.join('?' * len(unique[start : start + self.BATCH]))})",
                         (mid, *unique[start : start + self.BATCH]),
                     ).fetchall()
+                    for start in range(0, len(unique), self.BATCH)
                 )
+            hits: list[int] = []
             blobs: list[bytes] = []
-            for key, blob in batches:
-                idx = want.get(key)
-                if idx is None or len(blob) != nbytes:  # a wrong length is damage: a miss
-                    continue
-                pos[idx] = len(blobs)
-                blobs.append(blob)
+            get = want.get
+            for batch in batches:
+                for key, blob in batch:
+                    i = get(key)
+                    if i is None or len(blob) != nbytes:  # a wrong length is damage: a miss
+                        continue
+                    hits.append(i)
+                    blobs.append(blob)
+        pos[np.asarray(hits, dtype=np.int64)] = np.arange(len(hits))
+        if len(want) < len(keys):  # repeated keys share the row of their last occurrence
+            last = np.fromiter(map(want.__getitem__, map(bytes, keys)), np.int64, len(keys))
+            pos = pos[last]
         vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
         return pos, vecs
 
