@@ -905,7 +905,7 @@ def featureset_id(names: Sequence[str]) -> str:
 _RESOLVED: dict[tuple[str, ...], tuple[Feature, ...]] = {}
 
 
-def _resolved(names: Sequence[str]) -> tuple[Feature, ...]:
+def resolved(names: Sequence[str]) -> tuple[Feature, ...]:
     """resolve() of a name list, remembered (a server asks for the same list every time)."""
     key = tuple(names)
     feats = _RESOLVED.get(key)
@@ -919,7 +919,7 @@ def _resolved(names: Sequence[str]) -> tuple[Feature, ...]:
 
 def compute(cs: CandidateSet, names: Sequence[str]) -> np.ndarray:
     """Feature matrix float32 [n_candidates, len(names)] in the given order (NaN = missing)."""
-    feats = _resolved(names)
+    feats = resolved(names)
     n = len(cs.ids)
     # one feature per row of the transpose (contiguous writes), then one transposing copy
     XT = np.empty((len(feats), n), dtype=np.float32)

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from indexing.backend import Filters
-from ltr.features import compute, resolve
+from ltr.features import compute, resolved
 from ltr.types import CandidateSet, Query
 
 BehaviorArrays = Mapping[str, np.ndarray]
@@ -57,7 +57,7 @@ async def featurize(
     candidates. Unknown feature names fail before any retrieval is done.
     """
     names = tuple(feature_names)
-    resolve(names)  # fail fast on a typo, before paying for retrieval
+    resolved(names)  # fail fast on a typo, before paying for retrieval
     if isinstance(query, Query):
         query_id = query.id if query_id is None else query_id
         text = query.text
