@@ -54,8 +54,9 @@ from indexing.local_store import (
     Lookups,
     Snapshot,
     build_indexes_and_streams,
+    doc_line,
     load_ann_rows,
-    write_lines,
+    write_blobs,
     write_term_store,
 )
 
@@ -347,7 +348,7 @@ def _write_version(
     np.save(path / "category.npy", cat.astype(np.int32))
     (path / "categories.json").write_text(json.dumps(categories), encoding="utf-8")
     (path / "ids.json").write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
-    write_lines(path / "docs.jsonl", (d.to_json() for d in docs))
+    write_blobs(path / "docs.jsonl", [doc_line(d) for d in docs])
     bm25.finish()
 
     manifest = {

@@ -253,13 +253,18 @@ def _postings(
     if not doc_order:
         by_doc = np.argsort(doc, kind="stable")
         term, doc = term[by_doc], doc[by_doc]
-    order = np.argsort(term.astype(np.uint16), kind="stable")
-    t, d = term[order], doc[order]
-    first = np.ones(len(t), dtype=bool)
-    first[1:] = (t[1:] != t[:-1]) | (d[1:] != d[:-1])
+    if not len(term):
+        return term, doc, np.zeros(0, dtype=np.int64)
+    d = doc[np.argsort(term.astype(np.uint16), kind="stable")]
+    counts = np.bincount(term, minlength=n_terms)
+    t = np.repeat(np.arange(len(counts), dtype=term.dtype), counts)  # = the sorted terms
+    first = np.empty(len(d), dtype=bool)  # a new (term, doc) pair starts here
+    first[0] = True
+    np.not_equal(d[1:], d[:-1], out=first[1:])
+    term_starts = np.cumsum(counts)[:-1]
+    first[term_starts[term_starts < len(d)]] = True
     starts = np.flatnonzero(first)
-    tf = np.diff(np.append(starts, len(t)))
-    return t[starts], d[starts], tf
+    return t[starts], d[starts], np.diff(starts, append=len(d))
 
 
 def build_field_indexes(
@@ -530,12 +535,25 @@ def json_line(obj: Any) -> str:
 
 def write_lines(path: Path, objs: Iterable[Any]) -> None:
     """Write JSON lines plus the byte offset of each line (offsets[-1] = file size)."""
-    write_encoded_lines(path, map(json_line, objs))
+    write_blobs(path, [json_line(obj).encode() + b"\n" for obj in objs])
 
 
-def write_encoded_lines(path: Path, lines: Iterable[str]) -> None:
-    """write_lines for lines already encoded with json_line (or byte-identical to it)."""
-    blobs = [line.encode() + b"\n" for line in lines]
+def doc_line(doc: Document) -> bytes:
+    """The stored line of a document (with its newline): what json.loads reads back as
+    ``doc.to_json()``. orjson (~5x faster than the json encoder) unless an attribute is
+    NaN or infinite (orjson would write null) or orjson refuses the document (an integer
+    beyond 64 bits, a lone surrogate): then json_line, as before."""
+    obj = doc.to_json()
+    try:
+        if all(map(math.isfinite, doc.attrs.values())):
+            return orjson.dumps(obj) + b"\n"
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    return json_line(obj).encode() + b"\n"
+
+
+def write_blobs(path: Path, blobs: Sequence[bytes]) -> None:
+    """Write encoded lines (each ending in a newline) plus the byte offset of each line."""
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)), out=offsets[1:])
     with open(path, "wb") as f:
