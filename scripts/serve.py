@@ -148,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     group = group_from_env()
     if group is None and api.workers > 1:
+        try:
+            init_event_store(args.events)
+        except Exception as e:
+            print(f"ltrsearch-serve: {e}", file=sys.stderr)
+            return 2
         return supervise(api.host, api.port, api.workers, sys.argv[1:] if argv is None else argv)
 
     import asyncio
@@ -244,6 +249,21 @@ def _listen(host: str, port: int, n: int) -> list[socket.socket]:
             s.close()
         raise
     return socks
+
+
+def init_event_store(path: str | None) -> None:
+    """Create the event store (WAL mode, tables, aggregates) once, before N workers open it
+    at the same moment: concurrent first opens of a new file race on the switch to WAL."""
+    if not path:
+        return
+    from search.aggregates import BehaviorAggregates
+    from search.events import SqliteEventStore
+
+    store = SqliteEventStore(path)
+    try:
+        BehaviorAggregates.attach(store)
+    finally:
+        store.close()
 
 
 def supervise(host: str, port: int, workers: int, argv: Sequence[str]) -> int:

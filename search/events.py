@@ -223,6 +223,21 @@ def _ts(bound: TimeBound, default: float) -> float:
     return float(bound)
 
 
+def _to_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """Switch to WAL; retried: the switch takes an exclusive lock without waiting on the
+    busy timeout, so two processes opening a new store at once (server workers) could
+    fail with "database is locked"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SqliteEventStore:
     """EventStore on one SQLite file (WAL, synchronous=FULL), safe to call from threads."""
 
@@ -236,7 +251,7 @@ class SqliteEventStore:
             self._conn = sqlite3.connect(
                 str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _to_wal(self._conn)
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             # 64 MiB of page cache (default 2 MiB): inserts and aggregate updates then hit

@@ -7,6 +7,7 @@ import math
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -277,6 +278,33 @@ def test_two_writer_processes_lose_no_count_and_mirrors_converge(tmp_path: Path)
             assert online[key][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (key, k)
     assert agg.refresh(reader) == 0  # nothing new
     reader.close()
+
+
+def _open_new_store(path: str, results: Any) -> None:
+    try:
+        store = SqliteEventStore(path)
+        BehaviorAggregates.attach(store)
+        store.close()
+        results.put("ok")
+    except Exception as e:  # reported to the parent
+        results.put(repr(e))
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """N server workers open the same new event store at the same moment; the switch to
+    WAL used to fail with "database is locked" in ~1 of 4 such races."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for i in range(60):
+        path, results = str(tmp_path / f"e{i}.db"), ctx.Queue()
+        procs = [ctx.Process(target=_open_new_store, args=(path, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(60)
+        assert got == ["ok", "ok"], (i, got)
 
 
 def test_store_from_before_seq_column_is_migrated(tmp_path: Path) -> None:
