@@ -98,13 +98,17 @@ class WorkerGroup:
             {"pid": os.getpid(), "handled": self.handled, **self.versions, "ts": time.time()},
         )
 
-    def states(self) -> dict[int, dict[str, Any]]:
+    def _read_all(self, prefix: str) -> dict[int, dict[str, Any]]:
+        """Worker id -> the JSON of its ``<prefix>-<id>.json`` (workers without one left out)."""
         out: dict[int, dict[str, Any]] = {}
         for i in range(self.workers):
-            got = _read_json(self.dir / f"state-{i}.json")
+            got = _read_json(self.dir / f"{prefix}-{i}.json")
             if got is not None:
                 out[i] = got
         return out
+
+    def states(self) -> dict[int, dict[str, Any]]:
+        return self._read_all("state")
 
     def confirmed(self, kind: str, gen: int) -> list[int]:
         """Workers that handled request ``gen`` of ``kind`` (or a later one)."""
@@ -126,12 +130,7 @@ class WorkerGroup:
         _write_json(self.dir / f"metrics-{self.worker_id}.json", snapshot)
 
     def read_metrics(self) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
-        for i in range(self.workers):
-            got = _read_json(self.dir / f"metrics-{i}.json")
-            if got is not None:
-                out[i] = got
-        return out
+        return self._read_all("metrics")
 
 
 def group_from_env() -> WorkerGroup | None:

@@ -148,8 +148,15 @@ def _free_port() -> int:
 
 
 def _start_server(
-    index_dir: Path, events: Path, port: int, log: Path, model_dir: Path | None = None
+    index_dir: Path,
+    events: Path,
+    port: int,
+    log: Path,
+    model_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
+    **env_extra: str,
 ) -> subprocess.Popen[bytes]:
+    """``scripts/serve.py`` as its own process (``env_extra``: more LTRSEARCH_* settings)."""
     env = dict(os.environ)
     env.update(
         HF_HUB_OFFLINE="1",
@@ -159,10 +166,12 @@ def _start_server(
         LTRSEARCH_API__IMPRESSION_FLUSH_MS="60000",  # acks must not rely on the timer
         LTRSEARCH_API__REQUIRE_MODEL="false",
     )
+    env.update(env_extra)
     cmd = [sys.executable, "-m", "scripts.serve", "--index-dir", str(index_dir)]
     cmd += ["--events", str(events), "--host", "127.0.0.1", "--port", str(port)]
     if model_dir is not None:
         cmd += ["--model-dir", str(model_dir)]
+    cmd += list(extra_args)
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

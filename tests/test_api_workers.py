@@ -10,8 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,26 +19,23 @@ import pytest
 
 from search.events import SqliteEventStore
 from tests.api_support import ADMIN, DEFAULT_FEATURES, build_model_sync
-from tests.test_api_faults import _free_port
+from tests.test_api_faults import _free_port, _start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def _start(index_dir: Path, models: Path, events: Path, port: int, log: Path) -> Any:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        LTRSEARCH_API__ADMIN_TOKEN=ADMIN,
-        LTRSEARCH_API__IMPRESSION_FLUSH_MS="60000",  # pages wait in their worker's queue
+    return _start_server(
+        index_dir,
+        events,
+        port,
+        log,
+        models,
+        ["--workers", "2"],
+        LTRSEARCH_API__REQUIRE_MODEL="true",
         LTRSEARCH_API__AGGREGATES_POLL_S="0.2",
     )
-    cmd = [sys.executable, "-m", "scripts.serve", "--index-dir", str(index_dir)]
-    cmd += ["--events", str(events), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--model-dir", str(models), "--workers", "2"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 async def _call(method: str, url: str, **kw: Any) -> tuple[int, str, Any]:
