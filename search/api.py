@@ -636,6 +636,7 @@ async def _follow_group(state: ServerState, every_s: float = 0.05) -> None:
     parent = int(os.environ.get("LTRSEARCH_WORKER_PARENT", "0"))
     attempted = dict(group.handled)  # a failed request is not retried every tick
     last_metrics = 0.0
+    seen: tuple[tuple[int, int], ...] | None = None
     while True:
         await asyncio.sleep(every_s)
         if parent and os.getppid() != parent:
@@ -643,6 +644,15 @@ async def _follow_group(state: ServerState, every_s: float = 0.05) -> None:
             signal.raise_signal(signal.SIGTERM)
             return
         try:
+            now = time.monotonic()
+            if now - last_metrics >= 1.0:
+                last_metrics = now
+                _update_gauges(state)
+                await asyncio.to_thread(group.write_metrics, state.metrics.registry.snapshot())
+            sig = group.signature()  # two stat calls: no thread hop unless a request came
+            if sig == seen:
+                continue
+            seen = sig
             gen, _ = await asyncio.to_thread(group.current, "flush")
             if gen > attempted["flush"]:
                 attempted["flush"] = gen
@@ -653,12 +663,8 @@ async def _follow_group(state: ServerState, every_s: float = 0.05) -> None:
             if gen > attempted["reload"]:
                 attempted["reload"] = gen
                 await _follow_reload(state, group, gen, payload.get("model_version"))
-            now = time.monotonic()
-            if now - last_metrics >= 1.0:
-                last_metrics = now
-                _update_gauges(state)
-                await asyncio.to_thread(group.write_metrics, state.metrics.registry.snapshot())
         except Exception:
+            seen = None  # read the requests again next tick
             log.exception("following the worker group failed; will retry")
 
 

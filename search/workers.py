@@ -77,6 +77,18 @@ class WorkerGroup:
         got = _read_json(self.dir / f"request-{kind}.json") or {}
         return int(got.get("gen", 0)), dict(got.get("payload", {}))
 
+    def signature(self) -> tuple[tuple[int, int], ...]:
+        """Identity of the request files as they are now (a new request replaces its file):
+        an ``os.stat`` per kind, cheap enough to poll on the event loop."""
+        out = []
+        for kind in REQUEST_KINDS:
+            try:
+                st = os.stat(self.dir / f"request-{kind}.json")
+                out.append((st.st_ino, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append((0, 0))
+        return tuple(out)
+
     def request(self, kind: str, **payload: Any) -> int:
         """Ask every worker to do ``kind``; returns the request's generation."""
         if kind not in REQUEST_KINDS:
