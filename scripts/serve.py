@@ -252,8 +252,9 @@ def _listen(host: str, port: int, n: int) -> list[socket.socket]:
 
 
 def init_event_store(path: str | None) -> None:
-    """Create the event store (WAL mode, tables, aggregates) once, before N workers open it
-    at the same moment: concurrent first opens of a new file race on the switch to WAL."""
+    """Create or migrate the event store (WAL mode, tables, aggregates) once, before N
+    workers open it at the same moment: two first opens would both try the schema change
+    of an old store (the switch to WAL alone is retried by the store itself)."""
     if not path:
         return
     from search.aggregates import BehaviorAggregates

@@ -419,17 +419,11 @@ def _recent_id(request_id: str, state: ServerState) -> bool:
 async def _group_flush(state: ServerState) -> None:
     group = state.group
     assert group is not None
-    gen = await asyncio.to_thread(group.request, "flush")
     if state.writer is not None:
         await state.writer.flush()
-    await asyncio.to_thread(group.done, "flush", gen)
-    done = await group.wait("flush", gen, state.config.workers_timeout_s)
-    if len(done) < group.workers:
-        log.warning("impression flush not confirmed by workers %s", _missing(group, done))
-
-
-def _missing(group: WorkerGroup, done: Sequence[int]) -> list[int]:
-    return [i for i in range(group.workers) if i not in done]
+    missing = await group.broadcast("flush", state.config.workers_timeout_s, {})
+    if missing:
+        log.warning("impression flush not confirmed by workers %s", missing)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -556,20 +550,18 @@ async def admin_reload(request: web.Request) -> web.Response:
     }
     group = state.group
     if group is not None:  # the other workers load the same version before we answer
-        gen = await asyncio.to_thread(group.request, "reload", model_version=model.version)
-        await asyncio.to_thread(
-            group.done,
+        missing = await group.broadcast(
             "reload",
-            gen,
+            state.config.workers_timeout_s,
+            {"model_version": model.version},
             model_version=model.version,
             index_version=pipeline.index_version,
         )
-        done = await group.wait("reload", gen, state.config.workers_timeout_s)
-        if len(done) < group.workers:
+        if missing:
             raise WorkersNotConfirmedError(
                 f"worker {group.worker_id} serves model {model.version}, but workers "
-                f"{_missing(group, done)} did not confirm within "
-                f"{state.config.workers_timeout_s:g} s; retry the reload"
+                f"{missing} did not confirm within {state.config.workers_timeout_s:g} s; "
+                "retry the reload"
             )
         body["workers"] = group.workers
     return web.json_response(body)

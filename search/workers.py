@@ -137,6 +137,17 @@ class WorkerGroup:
                 return done
             await asyncio.sleep(0.02)
 
+    async def broadcast(
+        self, kind: str, timeout_s: float, payload: dict[str, Any], **versions: str | None
+    ) -> list[int]:
+        """Request ``kind`` of every worker, count this one as done (it did the work
+        already; ``versions``: what it now serves), wait for the others' confirmations.
+        Returns the workers that did not confirm within ``timeout_s``."""
+        gen = await asyncio.to_thread(self.request, kind, **payload)
+        await asyncio.to_thread(self.done, kind, gen, **versions)
+        done = await self.wait(kind, gen, timeout_s)
+        return [i for i in range(self.workers) if i not in done]
+
     # -- metrics ----------------------------------------------------------------------
     def write_metrics(self, snapshot: dict[str, Any]) -> None:
         _write_json(self.dir / f"metrics-{self.worker_id}.json", snapshot)
