@@ -115,6 +115,9 @@ class CandidateGenerator:
         cached = self.query_cache.get(text)
         if cached is not None:
             return cached
+        return await self._encode(text)
+
+    async def _encode(self, text: str) -> np.ndarray:
         out = await asyncio.to_thread(self.encoder.encode, [text])
         v = np.array(np.asarray(out)[0], dtype=np.float32)
         v.flags.writeable = False  # shared through the cache: nobody may modify it
@@ -122,7 +125,11 @@ class CandidateGenerator:
         return v
 
     async def _dense(self, text: str, filters: Filters | None) -> tuple[Hits, np.ndarray]:
-        vector = await self._timed("embed", self.embed(text))
+        # a cached vector submits kNN at once: before BM25, which holds the GIL while the
+        # kNN graph search (hnswlib) runs without it
+        vector = self.query_cache.get(text)
+        if vector is None:
+            vector = await self._timed("embed", self._encode(text))
         hits = await self._timed("knn", self.backend.knn(vector, self.knn_k, filters))
         return hits, vector
 
@@ -138,9 +145,9 @@ class CandidateGenerator:
             text = query.text
         else:
             text = query
-        bm25_res, dense_res = await asyncio.gather(
-            self._timed("bm25", self.backend.bm25(text, self.bm25_k, None, filters)),
+        dense_res, bm25_res = await asyncio.gather(
             self._dense(text, filters),
+            self._timed("bm25", self.backend.bm25(text, self.bm25_k, None, filters)),
             return_exceptions=True,
         )
         degraded: list[str] = []
