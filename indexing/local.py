@@ -617,17 +617,32 @@ def build_local_index(
 class LocalBackend:
     """indexing.backend.RetrievalBackend over the current local index version.
 
-    CPU work runs in asyncio.to_thread. ``reload()`` swaps in a newer CURRENT without
-    disturbing requests in flight (they keep the snapshot they started with).
+    ``reload()`` swaps in a newer CURRENT without disturbing requests in flight (they keep
+    the snapshot they started with).
+
+    Where the work runs: kNN always runs in a thread (hnswlib searches without the GIL, so
+    it overlaps BM25). With ``inline`` (the default) BM25, the per-candidate lookups and
+    fetch run on the calling event loop: each is ~0.3-1 ms of GIL-holding CPU at 100K
+    documents, and a thread hop added ~0.3 ms of waiting to each while saving nothing
+    (docs/benchmarks.md). The price: a stage timeout cannot interrupt an inline stage, so
+    ``inline=False`` puts every call in a thread again, for catalogs whose BM25 takes long.
     """
 
     name = "local"
 
-    def __init__(self, index_dir: Path, snapshot: Snapshot, encoder: Encoder | None = None) -> None:
+    def __init__(
+        self,
+        index_dir: Path,
+        snapshot: Snapshot,
+        encoder: Encoder | None = None,
+        *,
+        inline: bool = True,
+    ) -> None:
         self.index_dir = index_dir
         self._snap: Snapshot | None = snapshot
         self._encoder = encoder
         self._ef_search: int | None = None
+        self.inline = inline
 
     @classmethod
     def open(
@@ -637,12 +652,13 @@ class LocalBackend:
         *,
         version: str | None = None,
         ef_search: int | None = None,
+        inline: bool = True,
     ) -> LocalBackend:
         """Load CURRENT (or a named version); refuses an encoder of another dimension."""
         root = Path(index_dir)
         snap = cls._load(root, version, ef_search)
         _check_encoder(snap, encoder)
-        backend = cls(root, snap, encoder)
+        backend = cls(root, snap, encoder, inline=inline)
         backend._ef_search = ef_search
         return backend
 
@@ -683,6 +699,15 @@ class LocalBackend:
         return self._snap
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` on this loop when ``inline``, else in a thread (see the class docstring)."""
+        try:
+            if self.inline:
+                return fn(*args, **kwargs)
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as e:
+            raise BackendError(f"local index I/O failed: {e}") from e
+
+    async def _thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except OSError as e:
@@ -707,7 +732,7 @@ class LocalBackend:
         return await self._run(self._state().bm25, query, k, field, filters)
 
     async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
-        return await self._run(self._state().knn, vector, k, filters)
+        return await self._thread(self._state().knn, vector, k, filters)
 
     async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
         return await self._run(self._state().fetch, list(ids))

@@ -577,7 +577,11 @@ async def reload_index(state: ServerState) -> bool:
     if cur is None or cur == state.pipeline.index_version:
         return False
     backend = await asyncio.to_thread(
-        LocalBackend.open, state.index_dir, state.pipeline.encoder_inner, version=cur
+        LocalBackend.open,
+        state.index_dir,
+        state.pipeline.encoder_inner,
+        version=cur,
+        inline=state.config.local_inline,
     )
     await state.pipeline.swap_backend(backend, cur)
     state.metrics.index_info.clear()
@@ -736,7 +740,9 @@ def make_app(
             from indexing.local import LocalBackend
 
             state.index_dir = Path(index_dir)
-            lb = await asyncio.to_thread(LocalBackend.open, state.index_dir, encoder)
+            lb = await asyncio.to_thread(
+                LocalBackend.open, state.index_dir, encoder, inline=config.local_inline
+            )
             opened, version = lb, lb.version
         else:
             assert backend is not None  # checked above; narrows the type for mypy

@@ -68,6 +68,9 @@ class ApiConfig:
     workers: int = 1  # server processes on the port (scripts/serve.py; SO_REUSEPORT)
     workers_timeout_s: float = 30.0  # how long a reload/flush waits for every worker
     model_threads: int = 1  # XGBoost threads per prediction (requests run concurrently)
+    # local backend: BM25, lookups and fetch on the event loop, not in a thread (faster;
+    # their stage timeouts then cannot interrupt them; see indexing.local.LocalBackend)
+    local_inline: bool = True
     features: tuple[str, ...] = ()  # served features without a model; () = all features
     featureset_id: str = ""  # pin: refuse models of any other featureset ("" = no pin)
     access_log: bool = True

@@ -392,8 +392,14 @@ async def test_admin_disabled_without_token(encoder: Any, small_index: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "threaded"])
 async def test_concurrent_searches_during_model_reload_and_index_swap(
-    encoder: Any, small_index: Path, model_dir: Path, beir_small: Path, tmp_path: Path
+    encoder: Any,
+    small_index: Path,
+    model_dir: Path,
+    beir_small: Path,
+    tmp_path: Path,
+    inline: bool,
 ) -> None:
     index = tmp_path / "index"
     shutil.copytree(small_index, index)
@@ -413,9 +419,10 @@ async def test_concurrent_searches_during_model_reload_and_index_swap(
     new_version = await asyncio.to_thread(build_index, beir_small, index, encoder)
     await asyncio.to_thread(rollback, index)
     assert current_version(index) != new_version
-    app = _app(encoder, index, models, tmp_path / "e.db")
+    app = _app(encoder, index, models, tmp_path / "e.db", local_inline=inline)
     auth = {"Authorization": f"Bearer {ADMIN}"}
     async with serve(app) as c:
+        assert _state(c).pipeline.backend.inline is inline  # api.local_inline
         old_index = (await _json(await c.get("/model")))["index_version"]
         statuses: list[int] = []
         versions: set[str] = set()
@@ -445,6 +452,7 @@ async def test_concurrent_searches_during_model_reload_and_index_swap(
         assert v2 in versions
         new_index = (await _json(await c.get("/model")))["index_version"]
         assert new_index == new_version != old_index
+        assert _state(c).pipeline.backend.inline is inline  # the swapped-in backend too
         r = await c.get("/search", params={"q": "wing"})
         assert r.status == 200
 

@@ -218,3 +218,52 @@ def test_retrieval_config_validate() -> None:
         RetrievalConfig(knn_k=0).validate()
     with pytest.raises(ValueError, match="lookup_timeout_ms"):
         RetrievalConfig(lookup_timeout_ms=0).validate()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def threaded(cand_index: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
+    b = LocalBackend.open(cand_index, encoder, inline=False)
+    yield b
+    await b.close()
+
+
+QUERIES_INLINE = ["espresso machine", "budget laptop", "yoga mat", "wireless headphones", "zzz"]
+
+
+@ASYNC
+async def test_inline_and_threaded_backends_give_the_same_candidates(
+    backend: LocalBackend, threaded: LocalBackend, encoder: Any
+) -> None:
+    assert backend.inline and not threaded.inline  # inline is the default
+    a = CandidateGenerator(backend, encoder, bm25_k=7, knn_k=7)
+    b = CandidateGenerator(threaded, encoder, bm25_k=7, knn_k=7)
+    for q in QUERIES_INLINE:
+        (ca, da), (cb, db) = await a.generate(q), await b.generate(q)
+        assert da == db == []
+        assert ca.ids == cb.ids and ca.query_terms == cb.query_terms
+        assert ca.doc_terms == cb.doc_terms and ca.idf == cb.idf
+        for x, y in [(ca.scores, cb.scores), (ca.ranks, cb.ranks), (ca.field_bm25, cb.field_bm25)]:
+            assert x.keys() == y.keys()
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+        np.testing.assert_array_equal(ca.dense_cosine, cb.dense_cosine)
+        assert await backend.fetch(ca.ids) == await threaded.fetch(ca.ids)
+
+
+@ASYNC
+async def test_stage_timeouts_bound_threaded_local_calls_only(
+    backend: LocalBackend, threaded: LocalBackend, encoder: Any
+) -> None:
+    # The documented trade of inline mode: BM25 runs to completion on the loop, so its stage
+    # timeout cannot fire; in a thread it can (no BM25 answers in a microsecond). kNN always
+    # runs in a thread, so its timeout applies in both modes.
+    tiny = {"bm25": 0.001}
+    _, degraded = await CandidateGenerator(threaded, encoder, timeouts=tiny).generate("kettle")
+    assert degraded == [BM25]
+    cs, degraded = await CandidateGenerator(backend, encoder, timeouts=tiny).generate("kettle")
+    assert degraded == [] and not np.isnan(cs.scores[BM25]).all()
+    for b in (backend, threaded):
+        gen = CandidateGenerator(b, encoder, timeouts={"knn": 0.001})
+        gen.query_cache.put("kettle", encoder.encode(["kettle"])[0])  # no embedding wait
+        _, degraded = await gen.generate("kettle")
+        assert degraded == [DENSE]
