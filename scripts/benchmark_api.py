@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -207,7 +208,13 @@ async def drive(
 ) -> float:
     """Send up to n searches over `concurrency` connections; returns elapsed seconds."""
     import aiohttp
+    import orjson
+    from yarl import URL
 
+    # The generator's own CPU sits on the measured path (it shares the 2 cores and, at one
+    # connection, runs between the server's turns): the URLs are encoded once, not per
+    # request, and bodies are parsed with orjson (~0.1 ms less per request each).
+    urls = [URL(f"{url}/search?q={quote(q, safe='')}&k=10", encoded=True) for q in queries]
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, len(queries) + 1, dtype=np.float64)
     p = 1.0 / ranks**1.1
@@ -222,12 +229,10 @@ async def drive(
                 return
             t0 = time.perf_counter()
             try:
-                async with s.get(
-                    f"{url}/search", params={"q": queries[int(picks[i])], "k": "10"}
-                ) as r:
-                    body = await r.json()
+                async with s.get(urls[int(picks[i])]) as r:
+                    body = orjson.loads(await r.read())
                     ok = r.status == 200
-            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
+            except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
                 ok, body = False, {}
             dt = (time.perf_counter() - t0) * 1000.0
             if not ok:
