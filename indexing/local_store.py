@@ -49,6 +49,7 @@ from indexing.backend import Filters, Hits, check_query_vector
 from indexing.documents import Document
 from indexing.errors import IndexingError, IndexNotFoundError, InvalidRequestError
 from ltr.errors import unknown_name
+from ltr.types import TermIds
 
 COMBINED = "_all"  # name of the combined-field BM25 index on disk
 # Formats 1-2: decoded terms.jsonl rows kept per snapshot (LRU; a hit skips the decode).
@@ -73,7 +74,8 @@ HNSW_EF_CONSTRUCTION = 200
 
 
 # What Snapshot.lookups returns: (query terms, BM25 per field, cosine, analyzed terms per
-# field, idf of the distinct query terms, numeric attributes), each aligned with the ids.
+# field, idf of the distinct query terms, numeric attributes, the analyzed terms as
+# vocabulary ids or None), each aligned with the ids.
 Lookups = tuple[
     tuple[str, ...],
     dict[str, np.ndarray],
@@ -81,6 +83,7 @@ Lookups = tuple[
     dict[str, tuple[tuple[str, ...], ...]],
     dict[str, float],
     dict[str, np.ndarray],
+    TermIds | None,
 ]
 
 
@@ -337,7 +340,9 @@ def _slices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     if not len(lengths):
         return np.zeros(0, dtype=np.int64)
     ends = np.cumsum(lengths)
-    return np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+    pos = np.arange(int(ends[-1]), dtype=np.int64)
+    pos += np.repeat(starts - (ends - lengths), lengths)
+    return pos
 
 
 def write_term_store(
@@ -457,6 +462,20 @@ class TermStore:
         if not done[seqs].all():
             tuples = self._fill(seqs)
         return list(map(tuple, tuples[seqs].tolist()))  # C loops: gather, then the tuples
+
+    def id_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """columns(rows) as vocabulary ids, gathered without touching a string: (int32 ids
+        of the terms of every (field, row), concatenated field-major; int64 terms per
+        (field, row), 0 for a row < 0)."""
+        known = rows >= 0
+        every = bool(known.all())
+        seqs = self.seqs[:, rows if every else np.where(known, rows, 0)]
+        starts = self.offsets[seqs]
+        lens = self.offsets[seqs + 1] - starts
+        if not every:
+            lens[:, ~known] = 0
+        starts, lens = starts.ravel(), lens.ravel()
+        return self.ids[_slices(starts, lens)], lens
 
 
 def load_ann_rows(path: Path, manifest: Mapping[str, Any]) -> np.ndarray | None:
@@ -772,6 +791,16 @@ class Snapshot:
         per_doc = [empty if r < 0 else self.term_row(r) for r in rows.tolist()]
         return {f: tuple(d[j] for d in per_doc) for j, f in enumerate(self.text_fields)}
 
+    def _term_ids(self, terms: Sequence[str], rows: np.ndarray) -> TermIds | None:
+        """_doc_terms(rows) as combined-vocabulary ids (format 3; None for formats 1-2)."""
+        store = self.term_store
+        if store is None:
+            return None
+        ids, lens = store.id_rows(rows)
+        vocab = self.combined.vocab
+        qids = {t: vocab[t] for t in terms if t in vocab}
+        return TermIds(self.text_fields, ids, lens, qids, len(store.words))
+
     def idf(self, terms: Sequence[str]) -> dict[str, float]:
         out: dict[str, float] = {}
         for t in terms:
@@ -797,9 +826,9 @@ class Snapshot:
         """Every per-candidate lookup features need, in one synchronous call.
 
         Returns (query terms, field_scores, cosine, doc_terms, idf of the distinct query
-        terms, static_attrs): the same values as the separate methods (cosine is NaN for
-        every candidate when ``vector`` is None), with the query analyzed and the rows
-        resolved once.
+        terms, static_attrs, term_ids): the same values as the separate methods (cosine is
+        NaN for every candidate when ``vector`` is None), with the query analyzed and the
+        rows resolved once.
         """
         terms = self.analyzer.terms(query)
         rows = self.rows(list(ids))
@@ -807,11 +836,13 @@ class Snapshot:
             cos = np.full(len(rows), np.nan, dtype=np.float64)
         else:
             cos = self._cosine(self._vector(vector), rows)
+        distinct = list(dict.fromkeys(terms))
         return (
             terms,
             self._field_scores(terms, rows),
             cos,
             self._doc_terms(rows),
-            self.idf(list(dict.fromkeys(terms))),
+            self.idf(distinct),
             self._static_attrs(rows),
+            self._term_ids(distinct, rows),
         )

@@ -74,6 +74,13 @@ class Feature:
 # measured and rejected: with every row a cache hit (format 3) the per-row lookups and the
 # join of cached arrays still cost ~0.63 ms, and with format 1's 10K-row LRU (~14-23% of
 # the rows hits in a 300-query benchmark) it cost 2x the plain pass.
+# What replaced the pass: a format-3 index stores the terms as ids of its own vocabulary,
+# so Snapshot.lookups gathers a request's ids with a few array ops (+0.1-0.2 ms CPU there)
+# and hands them over as CandidateSet.term_ids; sets without them (other backends,
+# formats 1-2, tests) still use the table. Same 100K catalog, 300 queries, with and
+# without ids alternating per query in one process: compute() over the model's 52
+# features -0.8..-1.0 ms CPU (~2.0-2.5 -> 1.2-1.5 ms), a whole search -0.55..-0.65 ms CPU
+# and ~-0.6 ms wall.
 
 
 class _TermTable:
@@ -84,7 +91,6 @@ class _TermTable:
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
         self.lock = threading.Lock()
-        self.local = threading.local()  # per-thread word lookup table (see words_lut)
 
     def encode(self, terms: Iterable[str]) -> np.ndarray:
         """int32 ids of a flat iterable of terms; unseen terms get new ids."""
@@ -115,14 +121,18 @@ class _TermTable:
         get = self.ids.get
         return np.array([get(t, -1) for t in terms], dtype=np.int64)
 
-    def words_lut(self) -> np.ndarray:
-        """This thread's id -> column + 1 table (all zero between uses), >= the vocabulary."""
-        lut: np.ndarray | None = getattr(self.local, "lut", None)
-        need = len(self.ids) + 1
-        if lut is None or lut.shape[0] < need:
-            lut = np.zeros(max(need, 2 * (0 if lut is None else lut.shape[0])), np.int32)
-            self.local.lut = lut
-        return lut
+
+_LUT = threading.local()
+
+
+def _words_lut(need: int) -> np.ndarray:
+    """This thread's id -> column + 1 table (all zero between uses), >= ``need`` long.
+    Shared by every id space: each use zeroes what it set."""
+    lut: np.ndarray | None = getattr(_LUT, "lut", None)
+    if lut is None or lut.shape[0] < need:
+        lut = np.zeros(max(need, 2 * (0 if lut is None else lut.shape[0])), np.int32)
+        _LUT.lut = lut
+    return lut
 
 
 _TABLE = _TermTable()
@@ -157,7 +167,6 @@ class _Derived:
             self.qidf0 = np.where(np.isnan(self.qidf), 0.0, self.qidf)
         self.qidf0.flags.writeable = False
         self._rrf: np.ndarray | None = None
-        self._table = _term_table()
         self._presence: dict[str, np.ndarray] | None = None
         # word columns of the presence tables: the query terms first (column j = qterms[j]),
         # then the feedback vocabularies; _wids holds their term ids (-1 = in no document)
@@ -196,25 +205,36 @@ class _Derived:
         """Field -> [n, W] bool: word j occurs in candidate i's field.
 
         The words are what any feature asks about: the query terms and the feedback
-        vocabularies. One table lookup over the concatenated term ids of every field.
+        vocabularies. One table lookup over the concatenated term ids of every field: the
+        backend's vocabulary ids (cs.term_ids) when it has them, else the _TermTable's.
+        All ids of one set come from one of the two, never both.
         """
         if self._presence is not None:
             return self._presence
-        table = self._table
         fields = self.fields()
         per_field = [self.cs.doc_terms[f] for f in fields]
         nrows = sum(map(len, per_field))
-        rows = itertools.chain.from_iterable(per_field)
-        lens = np.fromiter(map(len, rows), np.int64, nrows)
-        ends = np.cumsum(lens)
-        # encode first: then every term of these documents has an id
-        flat = table.encode_rows(per_field, int(ends[-1]) if nrows else 0, depth=2)
+        tid = self.cs.term_ids
+        if tid is not None and tid.fields == fields and tid.lengths.shape == (nrows,):
+            lens, flat = tid.lengths, tid.ids
+            ends = np.cumsum(lens)
+            get = tid.query_ids.get
+            qids = np.array([get(t, -1) for t in self.qterms], dtype=np.int64)
+            bound = tid.bound
+        else:  # no ids, or ids of other rows than doc_terms (ignored): encode the strings
+            table = _term_table()
+            rows = itertools.chain.from_iterable(per_field)
+            lens = np.fromiter(map(len, rows), np.int64, nrows)
+            ends = np.cumsum(lens)
+            # encode first: then every term of these documents has an id
+            flat = table.encode_rows(per_field, int(ends[-1]) if nrows else 0, depth=2)
+            qids = table.lookup(self.qterms)
+            bound = len(table.ids)  # > every id read so far (the table only grows)
         self._flat, self._ends, self._lens = flat, ends, lens
         start = 0
         for f, rws in zip(fields, per_field, strict=True):
             self._rows[f] = (start, len(rws))
             start += len(rws)
-        qids = table.lookup(self.qterms)
         extra: dict[int, None] = {}  # feedback word ids, title's then body's, distinct
         prf: dict[str, list[int]] = {}
         for f in PRF_MIN_DOCS:
@@ -230,7 +250,7 @@ class _Derived:
         hit = np.zeros((nrows, len(wids)), dtype=bool)
         col = _EMPTY_I32
         if known.size and flat.size:
-            lut = table.words_lut()
+            lut = _words_lut(bound + 1)
             lut[wids[known]] = known + 1
             try:
                 col = lut[flat]
@@ -251,7 +271,10 @@ class _Derived:
     def _prf_ids(self, field: str, qids: np.ndarray) -> list[int]:
         """Feedback vocabulary of a field as term ids: the terms of ``field`` shared by >=
         PRF_MIN_DOCS[field] of the top PRF_DOCS RRF candidates, query terms excluded (the
-        vocabulary the fused top results agree on). Needs _flat/_ends/_rows."""
+        vocabulary the fused top results agree on). Needs _flat/_ends/_rows.
+
+        Sorted by id, so the column order depends on the id space (backend vocabulary or
+        _TermTable); the features only count columns, which no order changes."""
         start, size = self._rows[field]
         if self.n == 0 or size == 0:
             return []

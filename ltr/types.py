@@ -34,6 +34,23 @@ RETRIEVERS: tuple[str, ...] = (BM25, DENSE)
 
 
 @dataclass(frozen=True)
+class TermIds:
+    """CandidateSet.doc_terms as int ids of one index vocabulary, as a format-3 local index
+    stores them: features then skip mapping ~12K term strings to ids per request.
+
+    Ids mean something only within one TermIds (they are never compared with another
+    vocabulary's). Rows are (field, candidate) pairs, field-major, in doc_terms' order.
+    """
+
+    fields: tuple[str, ...]  # == tuple(doc_terms)
+    ids: np.ndarray  # int32: the terms of every row, concatenated
+    lengths: np.ndarray  # int64 [len(fields) * n]: terms per row
+    # query term -> id; a term absent from it occurs in no document of the vocabulary
+    query_ids: Mapping[str, int]
+    bound: int  # every id is < bound
+
+
+@dataclass(frozen=True)
 class CandidateSet:
     """Everything the feature functions may read for one query's candidates.
 
@@ -62,6 +79,9 @@ class CandidateSet:
     # mapping or NaN where there is no click history.
     behavior: Mapping[str, np.ndarray] = field(default_factory=dict)
     query_id: str | None = None
+    # doc_terms as vocabulary ids when the backend has them (None: features encode the
+    # strings). Whoever replaces doc_terms must replace or drop these too.
+    term_ids: TermIds | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -18,7 +18,7 @@ import numpy as np
 from indexing.backend import Filters, Hits, RetrievalBackend
 from indexing.embedding import Encoder
 from indexing.errors import BackendError, BackendTimeoutError
-from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query
+from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query, TermIds
 from search.config import RetrievalConfig
 
 T = TypeVar("T")
@@ -195,7 +195,7 @@ class CandidateGenerator:
             ranks[name] = r
 
         lookups = await self._timed("lookup", self._lookups(text, ids, vector))
-        query_terms, field_bm25, cosine, doc_terms, idf, static = lookups
+        query_terms, field_bm25, cosine, doc_terms, idf, static, term_ids = lookups
         cs = CandidateSet(
             query_text=text,
             query_terms=query_terms,
@@ -208,16 +208,20 @@ class CandidateGenerator:
             idf=idf,
             static=static,
             query_id=query_id,
+            term_ids=term_ids,
         )
         return cs, degraded
 
     async def _lookups(
         self, text: str, ids: tuple[str, ...], vector: np.ndarray | None
-    ) -> tuple[Any, Any, np.ndarray, Any, Any, dict[str, np.ndarray]]:
+    ) -> tuple[Any, Any, np.ndarray, Any, Any, dict[str, np.ndarray], TermIds | None]:
+        """(query terms, field BM25, cosine, doc terms, idf, static attrs, the doc terms as
+        vocabulary ids or None: only the batched LocalBackend call has them)."""
         backend = self.backend
         batch = getattr(backend, "lookups", None)
         if batch is not None:  # one thread hop for everything (LocalBackend)
-            query_terms, field_bm25, cos, doc_terms, idf, static = await batch(text, ids, vector)
+            got = await batch(text, ids, vector)
+            query_terms, field_bm25, cos, doc_terms, idf, static, term_ids = got
             return (
                 query_terms,
                 {k: np.asarray(v, dtype=np.float64) for k, v in field_bm25.items()},
@@ -225,6 +229,7 @@ class CandidateGenerator:
                 doc_terms,
                 idf,
                 {k: np.asarray(v, dtype=np.float64) for k, v in static.items()},
+                term_ids,
             )
         query_terms = await backend.analyze(text)
         n = len(ids)
@@ -242,7 +247,7 @@ class CandidateGenerator:
             self._static(ids),
         )
         field_bm25 = {k: np.asarray(v, dtype=np.float64) for k, v in field_bm25.items()}
-        return query_terms, field_bm25, cos, doc_terms, idf, static
+        return query_terms, field_bm25, cos, doc_terms, idf, static, None
 
     async def _static(self, ids: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Numeric attrs per candidate: the backend's cheap lookup if it has one, else fetch."""
