@@ -797,6 +797,7 @@ class Snapshot:
         if store is None:
             return None
         ids, lens = store.id_rows(rows)
+        ids.flags.writeable = lens.flags.writeable = False  # a cached set shares them
         vocab = self.combined.vocab
         qids = {t: vocab[t] for t in terms if t in vocab}
         return TermIds(self.text_fields, ids, lens, qids, len(store.words))

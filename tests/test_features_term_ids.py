@@ -128,6 +128,7 @@ def _check_ids(snap: Snapshot, cs: CandidateSet) -> None:
     assert tid is not None
     assert tid.fields == tuple(cs.doc_terms) == snap.text_fields
     assert tid.ids.dtype == np.int32 and tid.lengths.dtype == np.int64
+    assert not tid.ids.flags.writeable and not tid.lengths.flags.writeable
     assert _decoded(snap, tid) == [t for f in tid.fields for t in cs.doc_terms[f]]
     vocab = snap.combined.vocab
     assert tid.query_ids == {t: vocab[t] for t in cs.query_terms if t in vocab}
