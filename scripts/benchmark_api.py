@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0 = a free port")
     p.add_argument("--no-model", action="store_true", help="serve RRF only (no reranker)")
     p.add_argument(
+        "--candidate-cache",
+        type=int,
+        default=-1,
+        help="server retrieval.candidate_cache_size (-1 = settings; 0 = off: every search "
+        "pays retrieval)",
+    )
+    p.add_argument(
         "--blas-threads",
         type=int,
         default=0,
@@ -151,10 +158,13 @@ def start_server(
     log: Path,
     blas_threads: int = 0,
     workers: int = 1,
+    candidate_cache: int = -1,
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if blas_threads > 0:
         env["OPENBLAS_NUM_THREADS"] = str(blas_threads)
+    if candidate_cache >= 0:
+        env["LTRSEARCH_RETRIEVAL__CANDIDATE_CACHE_SIZE"] = str(candidate_cache)
     env.update(
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
@@ -191,6 +201,8 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None
 class Recorder:
     def __init__(self) -> None:
         self.client_ms: list[float] = []
+        self.client_ms_cached: list[float] = []  # candidates from the server's cache
+        self.client_ms_retrieved: list[float] = []  # BM25 + kNN + lookups ran
         self.stages: dict[str, list[float]] = {s: [] for s in STAGES}
         self.errors = 0
         self.degraded = 0
@@ -240,6 +252,10 @@ async def drive(
                 continue
             rec.done += 1
             rec.client_ms.append(dt)
+            if "bm25" in body.get("timings_ms", {}):  # else no retrieval ran: a cache hit
+                rec.client_ms_retrieved.append(dt)
+            else:
+                rec.client_ms_cached.append(dt)
             if body.get("degraded"):
                 rec.degraded += 1
             for stage, ms in body.get("timings_ms", {}).items():
@@ -275,7 +291,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = args.port or _free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
-    proc = start_server(info, events, port, log, args.blas_threads, args.workers)
+    proc = start_server(
+        info, events, port, log, args.blas_threads, args.workers, args.candidate_cache
+    )
     out: dict[str, Any] = {
         "docs": args.docs,
         "workers": args.workers,
@@ -301,6 +319,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(secs, 2),
             "req_per_s": round(rec.done / secs, 1) if secs > 0 else None,
             "client_ms": _pct(rec.client_ms),
+            "client_ms_candidates_cached": _pct(rec.client_ms_cached),
+            "client_ms_candidates_retrieved": _pct(rec.client_ms_retrieved),
             # CPU per request: the load-independent cost (wall latency on a shared machine
             # is mostly waiting for a core); the load generator's share of the cores too
             "server_cpu_ms_per_request": round(1000 * srv_cpu / max(rec.done, 1), 2),
@@ -353,6 +373,12 @@ def _markdown(out: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| client end-to-end | {r['client_ms'].get('p50')} | {r['client_ms'].get('p99')} |",
     ]
+    for key, label in (
+        ("client_ms_candidates_retrieved", "retrieval ran"),
+        ("client_ms_candidates_cached", "candidates cached"),
+    ):
+        st = r.get(key) or {}
+        lines.append(f"| client, {label} (n={st.get('n')}) | {st.get('p50')} | {st.get('p99')} |")
     for s in STAGES:
         st = r["server_stage_ms"][s]
         lines.append(f"| server {s} (n={st.get('n')}) | {st.get('p50')} | {st.get('p99')} |")

@@ -21,6 +21,9 @@ class RetrievalConfig:
     knn_timeout_ms: float = 500.0
     lookup_timeout_ms: float = 2000.0  # field scores, cosine, doc terms, idf, attrs
     query_cache_size: int = 4096  # query vectors kept in the LRU cache
+    # candidate sets (retrieval + lookups, before behavior) kept per index version, by query
+    # text and filters; ~160 KB each at 100K documents; 0 = off (search.pipeline.CandidateCache)
+    candidate_cache_size: int = 256
 
     def validate(self) -> None:
         """Called by scripts.settings at load; raises ValueError naming the key."""
@@ -30,8 +33,9 @@ class RetrievalConfig:
         for name in ("embed_timeout_ms", "bm25_timeout_ms", "knn_timeout_ms", "lookup_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.query_cache_size < 0:
-            raise ValueError(f"query_cache_size must be >= 0, got {self.query_cache_size}")
+        for name in ("query_cache_size", "candidate_cache_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def timeouts(self) -> dict[str, float]:
         """Stage -> timeout in ms, the form search.candidates.CandidateGenerator takes."""

@@ -19,8 +19,9 @@ import logging
 import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -136,9 +137,73 @@ def default_generator_factory(cfg: RetrievalConfig | None = None) -> GeneratorFa
     def make(backend: RetrievalBackend, encoder: Encoder) -> Generator:
         from search.candidates import CandidateGenerator
 
-        return CandidateGenerator.from_config(backend, encoder, rcfg)
+        gen = CandidateGenerator.from_config(backend, encoder, rcfg)
+        if rcfg.candidate_cache_size > 0:
+            return CandidateCache(gen, rcfg.candidate_cache_size)
+        return gen
 
     return make
+
+
+class CandidateCache:
+    """LRU of one index version's candidate sets, by query text and filters.
+
+    Why it is safe: an index version never changes, so a query and its filters always get
+    the same candidates (retrieval scores, lookups) from it, and a swapped-in version gets
+    a new generator with an empty cache. Behavior aggregates are attached after this, per
+    request, so click history is never served stale. Why: head queries and the next page of
+    a result list skip retrieval and lookups (most of the candidates stage). A degraded
+    result (a retriever failed or timed out) is not kept.
+    """
+
+    def __init__(self, inner: Generator, size: int) -> None:
+        self.inner = inner
+        self.size = size
+        self._data: OrderedDict[tuple[Any, ...], CandidateSet] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, name: str) -> Any:  # the inner generator's query_cache etc.
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    async def generate(
+        self, query: str, filters: Filters | None = None, query_id: str | None = None
+    ) -> tuple[CandidateSet, list[str]]:
+        key = (query, _filters_key(filters))
+        cs = self._data.get(key)  # the event loop is the only reader and writer
+        if cs is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return (cs if cs.query_id == query_id else replace(cs, query_id=query_id)), []
+        self.misses += 1
+        cs, degraded = await self.inner.generate(query, filters=filters, query_id=query_id)
+        if not degraded:
+            _freeze(cs)  # shared by later requests: an in-place write would now raise
+            self._data[key] = cs
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return cs, degraded
+
+
+def _freeze(cs: CandidateSet) -> None:
+    """Mark every array of ``cs`` read-only."""
+    for value in vars(cs).values():
+        arrays = value.values() if isinstance(value, Mapping) else (value,)
+        for a in arrays:
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+
+
+def _filters_key(filters: Filters | None) -> tuple[Any, ...] | None:
+    if filters is None or filters.is_empty():
+        return None
+    return (filters.category, tuple(sorted(filters.ranges.items())))
 
 
 @dataclass(frozen=True)
