@@ -507,6 +507,16 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return sel[order]
 
 
+def read_line(raw: bytes) -> Any:
+    """One stored document line: orjson (~4x faster), or json for what only json accepts
+    (NaN, Infinity). orjson reads an integer beyond 64 bits as the nearest float, which is
+    what Document.attrs (floats) holds either way."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 class _LineStore:
     """JSON lines addressed by row through an offsets array, read from a read-only mmap.
 
@@ -533,7 +543,7 @@ class _LineStore:
         return self._mm[start:end]
 
     def get(self, row: int) -> Any:
-        return json.loads(self.raw(row))  # json, not orjson: stored documents may hold NaN
+        return read_line(self.raw(row))
 
     def close(self) -> None:
         if self._mm is not None:

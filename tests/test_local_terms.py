@@ -8,6 +8,7 @@ must hand out the same tuples the analyzer produced at build time.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,7 @@ def test_doc_lines_read_back_like_json_lines() -> None:
     """docs.jsonl lines (orjson where it is exact) parse to what json_line's lines parse to."""
     import math
 
-    from indexing.local_store import doc_line
+    from indexing.local_store import doc_line, read_line
 
     odd = [
         Document(id="n1", title="nan", attrs={"price": float("nan"), "rating": 2.0}),
@@ -199,6 +200,18 @@ def test_doc_lines_read_back_like_json_lines() -> None:
         line = doc_line(d)
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         got, want = json.loads(line), json.loads(json_line(d.to_json()))
+        # fetch reads lines with read_line: the same documents, floats bit for bit
+        mine, ref = Document.from_json(read_line(line)), Document.from_json(got)
+        assert (mine.id, mine.title, mine.body, mine.extra, mine.category) == (
+            ref.id,
+            ref.title,
+            ref.body,
+            ref.extra,
+            ref.category,
+        )
+        assert [(k, struct.pack("<d", v)) for k, v in mine.attrs.items()] == [
+            (k, struct.pack("<d", v)) for k, v in ref.attrs.items()
+        ]
         assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
         for k, v in want["attrs"].items():  # NaN != NaN: compare floats bit for bit
             g = got["attrs"][k]
