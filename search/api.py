@@ -466,6 +466,11 @@ def _update_gauges(state: ServerState) -> None:
         state.metrics.impressions_pending.set(state.writer.pending)
         state.metrics.impressions_written.set(state.writer.written)
         state.metrics.impressions_dropped.set(state.writer.dropped)
+    cache = state.pipeline.candidate_cache if state.pipeline is not None else None
+    if cache is not None:
+        stats = {"hits": cache.hits, "misses": cache.misses, "entries": len(cache)}
+        for stat, value in stats.items():
+            state.metrics.candidate_cache.set(value, stat)
 
 
 def _model_json(pipeline: Pipeline | None) -> dict[str, Any]:

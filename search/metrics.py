@@ -270,6 +270,12 @@ class ApiMetrics:
             "ltrsearch_model_info", "The serving model (1).", ("version", "featureset_id")
         )
         self.index_info = r.gauge("ltrsearch_index_info", "The serving index (1).", ("version",))
+        self.candidate_cache = r.gauge(
+            "ltrsearch_candidate_cache",
+            "Candidate cache of the serving index version: hits, misses, entries (they "
+            "start over when a new index version is swapped in).",
+            ("stat",),
+        )
         self.reloads = r.counter(
             "ltrsearch_reloads_total", "Model/index reload attempts by outcome.", ("outcome",)
         )

@@ -333,6 +333,12 @@ class Pipeline:
         return self._index.backend
 
     @property
+    def candidate_cache(self) -> CandidateCache | None:
+        """The serving index version's candidate cache (None when off)."""
+        gen = self._index.generator
+        return gen if isinstance(gen, CandidateCache) else None
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
         m = self._model
         return m.feature_names if m is not None else self.default_features

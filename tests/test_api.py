@@ -164,6 +164,13 @@ async def test_health_ready_model_metrics(
             assert f'ltrsearch_search_stage_duration_seconds_count{{stage="{stage}"}} 1' in text
         assert f'ltrsearch_model_info{{version="{m["model_version"]}"' in text
         assert 'ltrsearch_errors_total{code="invalid_query"} 1' in text
+        assert 'ltrsearch_candidate_cache{stat="misses"} 1' in text
+        await c.get("/search", params={"q": "wing"})  # the same query again: a cache hit
+        text = await (await c.get("/metrics")).text()
+        for stat, value in (("hits", 1), ("misses", 1), ("entries", 1)):
+            assert f'ltrsearch_candidate_cache{{stat="{stat}"}} {value}' in text
+        assert 'ltrsearch_search_stage_duration_seconds_count{stage="bm25"} 1' in text
+        assert 'ltrsearch_search_stage_duration_seconds_count{stage="total"} 2' in text
 
 
 async def test_events_for_a_just_served_page_are_accepted(
