@@ -629,6 +629,8 @@ class LocalBackend:
     """
 
     name = "local"
+    # every answer comes from the snapshot ``version`` names (search.pipeline.CandidateCache)
+    fixed_versions = True
 
     def __init__(
         self,

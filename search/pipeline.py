@@ -138,8 +138,10 @@ def default_generator_factory(cfg: RetrievalConfig | None = None) -> GeneratorFa
         from search.candidates import CandidateGenerator
 
         gen = CandidateGenerator.from_config(backend, encoder, rcfg)
-        if rcfg.candidate_cache_size > 0:
-            return CandidateCache(gen, rcfg.candidate_cache_size)
+        # only over a backend that answers from one fixed version (LocalBackend): an
+        # Elasticsearch alias can move to a new index under the same backend object
+        if rcfg.candidate_cache_size > 0 and getattr(backend, "fixed_versions", False):
+            return CandidateCache(gen, rcfg.candidate_cache_size, backend)
         return gen
 
     return make
@@ -149,16 +151,19 @@ class CandidateCache:
     """LRU of one index version's candidate sets, by query text and filters.
 
     Why it is safe: an index version never changes, so a query and its filters always get
-    the same candidates (retrieval scores, lookups) from it, and a swapped-in version gets
-    a new generator with an empty cache. Behavior aggregates are attached after this, per
-    request, so click history is never served stale. Why: head queries and the next page of
-    a result list skip retrieval and lookups (most of the candidates stage). A degraded
-    result (a retriever failed or timed out) is not kept.
+    the same candidates (retrieval scores, lookups) from it. Only backends that answer from
+    one version at a time (``fixed_versions``: the local backend) are cached, the backend's
+    version is part of the key, and a swapped-in version gets a new generator with an empty
+    cache. Behavior aggregates are attached after this, per request, so click history is
+    never served stale. Why: head queries and the next page of a result list skip retrieval
+    and lookups (most of the candidates stage). A degraded result (a retriever failed or
+    timed out) is not kept.
     """
 
-    def __init__(self, inner: Generator, size: int) -> None:
+    def __init__(self, inner: Generator, size: int, backend: RetrievalBackend) -> None:
         self.inner = inner
         self.size = size
+        self.backend = backend
         self._data: OrderedDict[tuple[Any, ...], CandidateSet] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -175,7 +180,7 @@ class CandidateCache:
     async def generate(
         self, query: str, filters: Filters | None = None, query_id: str | None = None
     ) -> tuple[CandidateSet, list[str]]:
-        key = (query, _filters_key(filters))
+        key = (getattr(self.backend, "version", None), query, _filters_key(filters))
         cs = self._data.get(key)  # the event loop is the only reader and writer
         if cs is not None:
             self._data.move_to_end(key)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from indexing.backend import Filters
-from indexing.local import LocalBackend
+from indexing.config import IndexConfig
+from indexing.embedding import EmbeddingCache
+from indexing.local import LocalBackend, build_local_index, rollback
 from ltr.registry import ModelRegistry
 from ltr.types import DENSE
 from search.aggregates import BehaviorAggregates
@@ -23,6 +25,7 @@ from search.pipeline import (
     default_generator_factory,
 )
 from tests.api_support import DEFAULT_FEATURES
+from tests.contract import CONTRACT_DOCS, contract_cache_path
 
 Q = "flow over a flat plate"
 
@@ -99,7 +102,7 @@ async def test_degraded_results_are_not_kept(encoder: Any, small_index: Path) ->
     try:
         # no query vector can be computed in a microsecond: the dense side times out
         gen = CandidateGenerator(backend, encoder, timeouts={"embed": 0.001})
-        cache = CandidateCache(gen, 4)
+        cache = CandidateCache(gen, 4, backend)
         cs, degraded = await cache.generate("supersonic inlet, not cached yet")
         assert degraded == [DENSE] and len(cs) > 0
         assert len(cache) == 0
@@ -142,6 +145,30 @@ async def test_an_index_swap_starts_an_empty_cache(encoder: Any, small_index: Pa
         assert (_cache(p).hits, _cache(p).misses) == (0, 1)
     finally:
         await p.close()
+
+
+async def test_the_backend_version_is_part_of_the_key(
+    encoder: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # LocalBackend.reload() moves one backend object to a newer version: no entry of the
+    # old version may answer for it
+    root = tmp_path_factory.mktemp("two-versions")
+    half = CONTRACT_DOCS[: len(CONTRACT_DOCS) // 2]
+    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as emb:
+        v1 = build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(), cache=emb)
+        v2 = build_local_index(half, root, encoder, IndexConfig(), cache=emb)
+    rollback(root, v1)
+    backend = LocalBackend.open(root, encoder)
+    try:
+        cache = CandidateCache(CandidateGenerator(backend, encoder), 8, backend)
+        old, _ = await cache.generate("espresso machine")
+        rollback(root, v2)
+        assert await backend.reload() is True and backend.version == v2
+        new, _ = await cache.generate("espresso machine")
+        assert cache.misses == 2 and cache.hits == 0
+        assert set(new.ids) <= {d.id for d in half} and new.ids != old.ids
+    finally:
+        await backend.close()
 
 
 def test_settings_validation() -> None:

@@ -538,6 +538,12 @@ async def test_static_attrs_and_candidates(fresh: Standin, encoder: Any, cache_p
         assert set(cs.field_bm25) == {"title", "body", "brand"}
         assert np.all(np.isfinite(cs.dense_cosine))
         assert cs.idf and all(v > 0 for v in cs.idf.values())
+        # no candidate cache over an alias, which a reindex moves under the same backend
+        from search.config import RetrievalConfig
+        from search.pipeline import default_generator_factory
+
+        made = default_generator_factory(RetrievalConfig(candidate_cache_size=8))(b, encoder)
+        assert isinstance(made, CandidateGenerator)
     finally:
         await b.close()
 
