@@ -154,3 +154,19 @@ def build_model_sync(
             await p.close()
 
     return asyncio.run(run())
+
+
+async def serve_and_click(
+    pipeline: Any, store: Any, q: str, k: int = 5, at: int = 3
+) -> tuple[Any, str]:
+    """Serve ``q``, log its page, then a click on the hit at position ``at``: the search
+    result and the clicked id."""
+    from search.events import Event
+    from search.pipeline import SearchRequest
+
+    res = await pipeline.search(SearchRequest(q=q, k=k))
+    assert res.impression is not None
+    store.add_impressions([res.impression])
+    doc = str(res.hits[at - 1]["id"])
+    store.add_events([Event("click", res.request_id, doc, res.impression.ts + 1)])
+    return res, doc

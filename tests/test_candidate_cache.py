@@ -17,14 +17,14 @@ from ltr.types import DENSE
 from search.aggregates import BehaviorAggregates
 from search.candidates import CandidateGenerator
 from search.config import RetrievalConfig
-from search.events import Event, SqliteEventStore
+from search.events import SqliteEventStore
 from search.pipeline import (
     CandidateCache,
     Pipeline,
     SearchRequest,
     default_generator_factory,
 )
-from tests.api_support import DEFAULT_FEATURES
+from tests.api_support import DEFAULT_FEATURES, serve_and_click
 from tests.contract import CONTRACT_DOCS, contract_cache_path
 
 Q = "flow over a flat plate"
@@ -119,11 +119,7 @@ async def test_click_history_is_fresh_on_a_cache_hit(
     agg = BehaviorAggregates.attach(store)
     p = _pipeline(encoder, small_index, aggregates=agg)
     try:
-        res = await p.search(SearchRequest(q="wing flutter", k=5))
-        assert res.impression is not None
-        store.add_impressions([res.impression])
-        doc = res.hits[2]["id"]
-        store.add_events([Event("click", res.request_id, doc, res.impression.ts + 1)])
+        _, doc = await serve_and_click(p, store, "wing flutter")
         fz = await p.featurize("wing flutter")
         assert _cache(p).hits == 1  # candidates from the cache ...
         names = list(fz.feature_names)

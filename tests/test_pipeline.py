@@ -17,10 +17,10 @@ from ltr.model import RankModel
 from ltr.registry import ModelRegistry
 from search.aggregates import BehaviorAggregates
 from search.errors import InvalidParameterError, InvalidQueryError
-from search.events import Event, SqliteEventStore
+from search.events import SqliteEventStore
 from search.featurize import featurize
 from search.pipeline import Pipeline, PipelineConfig, SearchRequest
-from tests.api_support import DEFAULT_FEATURES
+from tests.api_support import DEFAULT_FEATURES, serve_and_click
 
 
 @pytest.fixture
@@ -139,11 +139,7 @@ async def test_behavior_aggregates_reach_the_features(
     backend = LocalBackend.open(small_index, encoder)
     p = Pipeline(backend, encoder, DEFAULT_FEATURES, backend.version, aggregates=agg)
     try:
-        res = await p.search(SearchRequest(q="Wing Flutter", k=5))
-        assert res.impression is not None
-        store.add_impressions([res.impression])
-        doc = res.hits[2]["id"]
-        store.add_events([Event("click", res.request_id, doc, res.impression.ts + 1)])
+        res, doc = await serve_and_click(p, store, "Wing Flutter")
         fz = await p.featurize("wing   flutter")  # same normalized query key
         names = list(fz.feature_names)
         i = fz.cs.ids.index(doc)
