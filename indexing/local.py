@@ -759,7 +759,7 @@ class LocalBackend:
         return await self._run(self._state().static_attrs, list(ids))
 
     async def lookups(self, query: str, ids: Sequence[str], vector: np.ndarray | None) -> Lookups:
-        """All per-candidate lookups in one thread hop (see Snapshot.lookups; not in the
+        """All per-candidate lookups in one call (see Snapshot.lookups; not in the
         Protocol: search.candidates uses it when present, else the separate methods)."""
         return await self._run(self._state().lookups, query, list(ids), vector)
 

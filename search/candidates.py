@@ -219,7 +219,7 @@ class CandidateGenerator:
         vocabulary ids or None: only the batched LocalBackend call has them)."""
         backend = self.backend
         batch = getattr(backend, "lookups", None)
-        if batch is not None:  # one thread hop for everything (LocalBackend)
+        if batch is not None:  # one call for everything (LocalBackend)
             got = await batch(text, ids, vector)
             query_terms, field_bm25, cos, doc_terms, idf, static, term_ids = got
             return (
