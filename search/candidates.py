@@ -110,14 +110,8 @@ class CandidateGenerator:
                 f"{stage} stage exceeded {self.timeouts_ms[stage]:g} ms"
             ) from None
 
-    async def embed(self, text: str) -> np.ndarray:
-        """The query's vector, from the LRU cache or encoded off the event loop."""
-        cached = self.query_cache.get(text)
-        if cached is not None:
-            return cached
-        return await self._encode(text)
-
     async def _encode(self, text: str) -> np.ndarray:
+        """The query's vector, encoded off the event loop and put in the LRU cache."""
         out = await asyncio.to_thread(self.encoder.encode, [text])
         v = np.array(np.asarray(out)[0], dtype=np.float32)
         v.flags.writeable = False  # shared through the cache: nobody may modify it
