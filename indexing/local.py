@@ -702,15 +702,12 @@ class LocalBackend:
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` on this loop when ``inline``, else in a thread (see the class docstring)."""
-        try:
-            if self.inline:
-                return fn(*args, **kwargs)
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except OSError as e:
-            raise BackendError(f"local index I/O failed: {e}") from e
+        return await self._call(self.inline, fn, *args, **kwargs)
 
-    async def _thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _call(self, inline: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
+            if inline:
+                return fn(*args, **kwargs)
             return await asyncio.to_thread(fn, *args, **kwargs)
         except OSError as e:
             raise BackendError(f"local index I/O failed: {e}") from e
@@ -734,7 +731,7 @@ class LocalBackend:
         return await self._run(self._state().bm25, query, k, field, filters)
 
     async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
-        return await self._thread(self._state().knn, vector, k, filters)
+        return await self._call(False, self._state().knn, vector, k, filters)  # always a thread
 
     async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
         return await self._run(self._state().fetch, list(ids))
