@@ -32,7 +32,8 @@ from indexing import elastic_requests as rq
 from indexing.backend import Filters, Hits, IndexInfo, check_query_vector
 from indexing.config import ElasticsearchConfig, IndexConfig
 from indexing.documents import Document, check_unique_ids
-from indexing.embedding import EmbeddingCache, Encoder, embed_texts
+from indexing.embedding_cache import EmbeddingCache, embed_texts
+from indexing.encoders import Encoder
 from indexing.errors import (
     BackendError,
     BackendTimeoutError,

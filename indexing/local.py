@@ -37,7 +37,8 @@ from indexing.analysis import Analyzer
 from indexing.backend import Filters, Hits, IndexInfo
 from indexing.config import IndexConfig
 from indexing.documents import Document, check_unique_ids
-from indexing.embedding import EmbeddingCache, Encoder, embed_texts
+from indexing.embedding_cache import EmbeddingCache, embed_texts
+from indexing.encoders import Encoder
 from indexing.errors import (
     BackendError,
     IndexingError,

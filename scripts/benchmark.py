@@ -46,7 +46,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from indexing.config import EmbeddingConfig, IndexConfig
 from indexing.documents import Document
-from indexing.embedding import EmbeddingCache, Encoder, load_encoder
+from indexing.embedding_cache import EmbeddingCache
+from indexing.encoders import Encoder, load_encoder
 from indexing.local import LocalBackend, build_local_index, embedding_text
 from indexing.local_store import Snapshot, top_k
 

@@ -76,7 +76,8 @@ def prepare(work: Path, n_docs: int, n_queries: int, with_model: bool) -> dict[s
     """Catalog -> index -> model, each step skipped when its output already exists."""
     from indexing.config import EmbeddingConfig
     from indexing.demo_catalog import build_demo_catalog, write_beir
-    from indexing.embedding import EmbeddingCache, load_encoder
+    from indexing.embedding_cache import EmbeddingCache
+    from indexing.encoders import load_encoder
     from indexing.loaders import load_beir
     from indexing.local import build_local_index, current_version
 

@@ -28,16 +28,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from indexing.config import EmbeddingConfig
-from indexing.embedding import (
-    BACKENDS,
-    EmbeddingCache,
-    EmbedStats,
-    Encoder,
-    default_model_path,
-    embed_texts,
-    load_encoder,
-    text_key,
-)
+from indexing.embedding_cache import EmbeddingCache, EmbedStats, embed_texts, text_key
+from indexing.encoders import BACKENDS, Encoder, default_model_path, load_encoder
 from indexing.loaders import load_beir
 
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"

@@ -44,7 +44,7 @@ def _fmt(x: float) -> str:
 async def show_candidates(index_dir: Path, queries: Sequence[str], top: int = 5) -> None:
     """Print each query's best hybrid candidates (by RRF) with every retriever's score/rank."""
     from indexing.config import EmbeddingConfig
-    from indexing.embedding import load_encoder
+    from indexing.encoders import load_encoder
     from indexing.local import LocalBackend
     from ltr.fusion import rrf
     from search.candidates import CandidateGenerator

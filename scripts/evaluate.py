@@ -60,7 +60,7 @@ def _fingerprint(dataset: Path, extra: dict[str, Any]) -> str:
 def prepare_index(dataset: Path, work: Path, corpus: Any, encoder: Any, log: Any) -> Path:
     """The local index for this corpus in ``work`` (rebuilt only when the corpus changed)."""
     from indexing.config import IndexConfig
-    from indexing.embedding import EmbeddingCache
+    from indexing.embedding_cache import EmbeddingCache
     from indexing.local import build_local_index, current_version
 
     cfg = IndexConfig()
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(2)  # shared machine: deliberate, small
         from indexing.config import EmbeddingConfig
-        from indexing.embedding import load_encoder
+        from indexing.encoders import load_encoder
         from indexing.loaders import load_beir
         from ltr.evaluation import EvalConfig, EvalData, markdown_table, run_evaluation
 

@@ -108,7 +108,7 @@ async def _build(args: argparse.Namespace, tmp: Path) -> Any:
     from search.pipeline import Pipeline, PipelineConfig, default_generator_factory
 
     settings = load_settings(None)
-    from indexing.embedding import load_encoder
+    from indexing.encoders import load_encoder
 
     rcfg = settings.retrieval
     if not args.candidate_cache:

@@ -47,7 +47,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _load_inputs(args: argparse.Namespace, s: Settings) -> tuple[list[Any], Any, Any]:
     """Documents (skipped lines reported on stderr), the encoder and the embedding cache:
     the same for both backends, so both embed through the same cache."""
-    from indexing.embedding import EmbeddingCache, load_encoder
+    from indexing.embedding_cache import EmbeddingCache
+    from indexing.encoders import load_encoder
     from indexing.loaders import load_documents
 
     result = load_documents(args.source, s.loader)

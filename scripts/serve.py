@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from aiohttp import web
 
-    from indexing.embedding import load_encoder
+    from indexing.encoders import load_encoder
     from indexing.errors import IndexingError
 
     t0 = time.perf_counter()

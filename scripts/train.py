@@ -153,7 +153,7 @@ def _encoder(settings: Any, log: Log) -> Any:
     import torch
 
     torch.set_num_threads(2)  # shared 2-core machine: deliberate and small
-    from indexing.embedding import load_encoder
+    from indexing.encoders import load_encoder
 
     t0 = time.perf_counter()
     enc = load_encoder(settings.embedding)
@@ -162,7 +162,7 @@ def _encoder(settings: Any, log: Log) -> Any:
 
 
 def _ensure_index(index_dir: Path, dataset: Any, settings: Any, encoder: Any, log: Log) -> None:
-    from indexing.embedding import EmbeddingCache
+    from indexing.embedding_cache import EmbeddingCache
     from indexing.local import build_local_index, current_version
 
     if current_version(index_dir):

@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from indexing.backend import RetrievalBackend
-from indexing.embedding import Encoder
+from indexing.encoders import Encoder
 from indexing.errors import BackendError, IndexingError, IndexNotFoundError
 from ltr.errors import FeaturesetMismatchError, LTRError, ModelNotFoundError, UnknownNameError
 from ltr.features import BEHAVIOR_FEATURES, STATIC_FEATURES, TEXT_FEATURES

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from indexing.backend import Filters, Hits, RetrievalBackend
-from indexing.embedding import Encoder
+from indexing.encoders import Encoder
 from indexing.errors import BackendError, BackendTimeoutError
 from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query, TermIds
 from search.config import RetrievalConfig

@@ -28,7 +28,7 @@ import numpy as np
 
 from indexing.backend import Filters, Hits, IndexInfo, RetrievalBackend
 from indexing.documents import Document
-from indexing.embedding import Encoder
+from indexing.encoders import Encoder
 from indexing.errors import BackendError
 from ltr.behavior import AGGREGATE_KEYS
 from ltr.features import BEHAVIOR_FEATURES, featureset_id, resolve

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.embedding import Encoder
+from indexing.encoders import Encoder
 from indexing.loaders import load_beir
 from ltr.config import TrainConfig
 from ltr.dataset import RankingData

@@ -27,7 +27,7 @@ def cranfield_dir() -> Path:
 def encoder():  # type: ignore[no-untyped-def]
     """The packaged MiniLM, loaded once per session with the default embedding settings."""
     from indexing.config import EmbeddingConfig
-    from indexing.embedding import load_encoder
+    from indexing.encoders import load_encoder
 
     return load_encoder(EmbeddingConfig())
 

@@ -16,7 +16,7 @@ import pytest
 
 from indexing.config import IndexConfig
 from indexing.documents import Document
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend, build_local_index, embedding_text
 from indexing.local_store import Snapshot
 

@@ -10,7 +10,7 @@ import pytest
 
 from indexing.backend import Filters
 from indexing.config import IndexConfig
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend, build_local_index, rollback
 from ltr.registry import ModelRegistry
 from ltr.types import DENSE

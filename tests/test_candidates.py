@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from indexing.backend import Filters, Hits
 from indexing.config import IndexConfig
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.errors import BackendError
 from indexing.local import LocalBackend, build_local_index
 from ltr.types import BM25, DENSE, CandidateSet, Query

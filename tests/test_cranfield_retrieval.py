@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.loaders import BeirDataset, load_beir
 from indexing.local import LocalBackend, build_local_index
 

@@ -39,7 +39,7 @@ from indexing.elastic import (
     rollback_elastic,
     terms_in_order,
 )
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.errors import (
     BackendError,
     BackendTimeoutError,

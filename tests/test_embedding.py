@@ -14,21 +14,17 @@ import numpy as np
 import pytest
 
 from indexing.config import EmbeddingConfig
-from indexing.embedding import (
+from indexing.embedding_cache import EmbeddingCache, EmbedStats, embed_texts, text_key
+from indexing.encoders import (
     BACKENDS,
-    EmbeddingCache,
-    EmbedStats,
     Encoder,
     SentenceTransformerEncoder,
     cpu_quantization,
     default_model_path,
-    embed_texts,
-    ensure_onnx_export,
     load_encoder,
-    resolve_threads,
-    text_key,
 )
 from indexing.errors import EmbeddingError, IndexingError
+from indexing.onnx_export import ensure_onnx_export, resolve_threads
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORT_DIR = REPO / "var" / "models"  # persistent (gitignored): the export is made once
@@ -250,7 +246,8 @@ def test_quantization_choice_is_known() -> None:
 
 _EXPORT_CHILD = """
 import sys
-from indexing.embedding import default_model_path, ensure_onnx_export
+from indexing.encoders import default_model_path
+from indexing.onnx_export import ensure_onnx_export
 ensure_onnx_export(default_model_path(), sys.argv[1])
 """
 

@@ -161,7 +161,7 @@ def test_parallel_build_equals_inline(
     """The BM25 side built in a child process gives the same index as built inline (term
     ids may differ between processes, as bm25s' did: compared per term)."""
     from indexing.config import IndexConfig
-    from indexing.embedding import EmbeddingCache
+    from indexing.embedding_cache import EmbeddingCache
     from indexing.local import build_local_index
     from indexing.local_store import COMBINED, Snapshot
     from tests.contract import contract_cache_path

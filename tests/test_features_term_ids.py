@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from indexing.config import IndexConfig
 from indexing.documents import Document
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend, build_local_index
 from indexing.local_store import Snapshot
 from ltr import features as F

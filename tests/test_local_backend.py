@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from indexing.config import IndexConfig
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend, build_local_index
 from tests.contract import (
     CONTRACT_DOCS,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexing.embedding import EmbeddingCache, text_key
+from indexing.embedding_cache import EmbeddingCache, text_key
 
 
 @pytest.mark.parametrize("stored", [40, 4])  # 40: by key (few wanted); 4: a full scan

@@ -18,7 +18,7 @@ import pytest
 from indexing.analysis import Analyzer
 from indexing.config import IndexConfig
 from indexing.documents import Document
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend, build_local_index, text_field_names
 from indexing.local_store import (
     ANN_ROWS,

@@ -19,7 +19,7 @@ import pytest
 
 from indexing.config import IndexConfig
 from indexing.documents import Document
-from indexing.embedding import EmbeddingCache
+from indexing.embedding_cache import EmbeddingCache
 from indexing.errors import IndexingError, IndexNotFoundError, ValidationError
 from indexing.local import (
     LocalBackend,
