@@ -619,7 +619,8 @@ class LocalBackend:
     """indexing.backend.RetrievalBackend over the current local index version.
 
     ``reload()`` swaps in a newer CURRENT without disturbing requests in flight (they keep
-    the snapshot they started with).
+    the snapshot they started with). Every answer comes from the snapshot ``version``
+    names, which is why search.candidates.CandidateCache may keep its candidate sets.
 
     Where the work runs: kNN always runs in a thread (hnswlib searches without the GIL, so
     it overlaps BM25). With ``inline`` (the default) BM25, the per-candidate lookups and
@@ -630,8 +631,6 @@ class LocalBackend:
     """
 
     name = "local"
-    # every answer comes from the snapshot ``version`` names (search.pipeline.CandidateCache)
-    fixed_versions = True
 
     def __init__(
         self,

@@ -584,7 +584,7 @@ async def reload_index(state: ServerState) -> bool:
     backend = await asyncio.to_thread(
         LocalBackend.open,
         state.index_dir,
-        state.pipeline.encoder_inner,
+        state.pipeline.encoder,
         version=cur,
         inline=state.config.local_inline,
     )

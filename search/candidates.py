@@ -3,6 +3,8 @@
 The same code runs at serving time and in offline replay, so a CandidateSet (and hence the
 features) is identical in both. Each retriever stage has its own timeout; a retriever that
 fails (BackendError) or times out is reported as degraded and the other one still serves.
+The embed, bm25 and knn stage times go to search.timings. ``CandidateCache`` keeps one
+index version's candidate sets by query, in front of a generator.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +23,10 @@ from indexing.encoders import Encoder
 from indexing.errors import BackendError, BackendTimeoutError
 from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query, TermIds
 from search.config import RetrievalConfig
+from search.timings import measure, measure_await
+
+if TYPE_CHECKING:
+    from indexing.local import LocalBackend
 
 T = TypeVar("T")
 
@@ -112,11 +119,15 @@ class CandidateGenerator:
 
     async def _encode(self, text: str) -> np.ndarray:
         """The query's vector, encoded off the event loop and put in the LRU cache."""
-        out = await asyncio.to_thread(self.encoder.encode, [text])
+        out = await asyncio.to_thread(self._encode_timed, text)
         v = np.array(np.asarray(out)[0], dtype=np.float32)
         v.flags.writeable = False  # shared through the cache: nobody may modify it
         self.query_cache.put(text, v)
         return v
+
+    def _encode_timed(self, text: str) -> np.ndarray:
+        with measure("embed"):  # the model call only: cache hits never get here
+            return self.encoder.encode([text])
 
     async def _dense(self, text: str, filters: Filters | None) -> tuple[Hits, np.ndarray]:
         # a cached vector submits kNN at once: before BM25, which holds the GIL while the
@@ -124,7 +135,8 @@ class CandidateGenerator:
         vector = self.query_cache.get(text)
         if vector is None:
             vector = await self._timed("embed", self._encode(text))
-        hits = await self._timed("knn", self.backend.knn(vector, self.knn_k, filters))
+        knn = self.backend.knn(vector, self.knn_k, filters)
+        hits = await self._timed("knn", measure_await("knn", knn))
         return hits, vector
 
     async def generate(
@@ -141,7 +153,9 @@ class CandidateGenerator:
             text = query
         dense_res, bm25_res = await asyncio.gather(
             self._dense(text, filters),
-            self._timed("bm25", self.backend.bm25(text, self.bm25_k, None, filters)),
+            self._timed(
+                "bm25", measure_await("bm25", self.backend.bm25(text, self.bm25_k, None, filters))
+            ),
             return_exceptions=True,
         )
         degraded: list[str] = []
@@ -275,4 +289,67 @@ def _union(per_retriever: Mapping[str, Hits | None]) -> tuple[str, ...]:
     return tuple(sorted(best, key=best.__getitem__))
 
 
-__all__ = ["DEFAULT_TIMEOUTS_MS", "CandidateGenerator", "QueryVectorCache"]
+class CandidateCache:
+    """LRU of one index version's candidate sets, by query text and filters.
+
+    Why it is safe: an index version never changes, so a query and its filters always get
+    the same candidates (retrieval scores, lookups) from it. Only the local backend, which
+    answers from one version at a time, is cached, the backend's version is part of the
+    key, and a swapped-in version gets a new generator with an empty cache. Behavior
+    aggregates are attached after this, per request, so click history is never served
+    stale. Why: head queries and the next page of a result list skip retrieval and lookups
+    (most of the candidates stage). A degraded result (a retriever failed or timed out) is
+    not kept.
+    """
+
+    def __init__(self, inner: CandidateGenerator, size: int, backend: LocalBackend) -> None:
+        self.inner = inner
+        self.size = size
+        self.backend = backend
+        self._data: OrderedDict[tuple[Any, ...], CandidateSet] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def query_cache(self) -> QueryVectorCache:
+        """The inner generator's query-vector LRU."""
+        return self.inner.query_cache
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def generate(
+        self, query: str, filters: Filters | None = None, query_id: str | None = None
+    ) -> tuple[CandidateSet, list[str]]:
+        key = (self.backend.version, query, _filters_key(filters))
+        cs = self._data.get(key)  # the event loop is the only reader and writer
+        if cs is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return (cs if cs.query_id == query_id else replace(cs, query_id=query_id)), []
+        self.misses += 1
+        cs, degraded = await self.inner.generate(query, filters=filters, query_id=query_id)
+        if not degraded:
+            _freeze(cs)  # shared by later requests: an in-place write would now raise
+            self._data[key] = cs
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return cs, degraded
+
+
+def _freeze(cs: CandidateSet) -> None:
+    """Mark every array of ``cs`` read-only."""
+    for value in vars(cs).values():
+        arrays = value.values() if isinstance(value, Mapping) else (value,)
+        for a in arrays:
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+
+
+def _filters_key(filters: Filters | None) -> tuple[Any, ...] | None:
+    if filters is None or filters.is_empty():
+        return None
+    return (filters.category, tuple(sorted(filters.ranges.items())))
+
+
+__all__ = ["DEFAULT_TIMEOUTS_MS", "CandidateCache", "CandidateGenerator", "QueryVectorCache"]

@@ -22,7 +22,8 @@ class RetrievalConfig:
     lookup_timeout_ms: float = 2000.0  # field scores, cosine, doc terms, idf, attrs
     query_cache_size: int = 4096  # query vectors kept in the LRU cache
     # candidate sets (retrieval + lookups, before behavior) kept per index version, by query
-    # text and filters; ~160 KB each at 100K documents; 0 = off (search.pipeline.CandidateCache)
+    # text and filters; ~160 KB each at 100K documents; 0 = off
+    # (search.candidates.CandidateCache)
     candidate_cache_size: int = 256
 
     def validate(self) -> None:

@@ -2,7 +2,8 @@
 
 The API's pipeline and offline replay (training data, evaluation) both call ``featurize``,
 so served features and training features come from the same candidate generation and the
-same ltr.features definitions and cannot skew.
+same ltr.features definitions and cannot skew. Candidate generation is timed as the
+"candidates" stage of search.timings.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from indexing.backend import Filters
 from ltr.features import compute, resolved
 from ltr.types import CandidateSet, Query
+from search.timings import measure
 
 BehaviorArrays = Mapping[str, np.ndarray]
 # Given the candidates, return per-candidate raw behavior aggregates (ltr.behavior keys),
@@ -63,7 +65,8 @@ async def featurize(
         text = query.text
     else:
         text = query
-    cs, degraded = await generator.generate(text, filters=filters, query_id=query_id)
+    with measure("candidates"):
+        cs, degraded = await generator.generate(text, filters=filters, query_id=query_id)
     if behavior is not None:
         if callable(behavior):
             got = behavior(cs)

@@ -3,8 +3,8 @@
 ``Pipeline.featurize`` is search.featurize.featurize over this pipeline's generator and
 behavior aggregates (the ONE query -> features path, shared with offline replay), so what
 the model scores online is what it was trained on. ``Pipeline.search`` adds the model (or
-RRF when there is none), pagination, per-stage timeouts and timings, and returns the page
-together with the exact feature rows served (the impression the API logs).
+RRF when there is none), pagination, per-stage timeouts and timings (search.timings), and
+returns the page together with the exact feature rows served (the impression the API logs).
 
 Hot swaps: the model and the index are replaced atomically (one attribute assignment each);
 a request reads both once at its start, so it never mixes two versions. A retired index
@@ -14,19 +14,17 @@ backend is closed only when the last request using it has finished.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import math
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
-from indexing.backend import Filters, Hits, IndexInfo, RetrievalBackend
+from indexing.backend import Filters, RetrievalBackend
 from indexing.documents import Document
 from indexing.encoders import Encoder
 from indexing.errors import BackendError
@@ -35,185 +33,57 @@ from ltr.features import BEHAVIOR_FEATURES, featureset_id, resolve
 from ltr.model import RankModel
 from ltr.types import RETRIEVERS, CandidateSet
 from search.aggregates import BehaviorAggregates
+from search.candidates import CandidateCache, CandidateGenerator
 from search.config import RetrievalConfig
-from search.errors import InvalidParameterError, InvalidQueryError, NotReadyError
+from search.errors import InvalidParameterError, InvalidQueryError
 from search.events import Impression
 from search.featurize import Featurized, Generator, featurize
+from search.timings import collect, record
 
 log = logging.getLogger(__name__)
-
-# Per-request stage timings (seconds), shared by the tasks of one request: asyncio copies
-# the context into gather()'d tasks and to_thread() calls, and they all mutate this dict.
-_TIMINGS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
-    "ltrsearch_timings", default=None
-)
-
-
-def _record(stage: str, seconds: float) -> None:
-    t = _TIMINGS.get()
-    if t is not None:
-        t[stage] = t.get(stage, 0.0) + seconds
-
-
-class TimedBackend:
-    """A RetrievalBackend that records how long bm25 and knn took in this request."""
-
-    def __init__(self, inner: RetrievalBackend) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:  # extras such as LocalBackend.static_attrs
-        return getattr(self.inner, name)
-
-    async def info(self) -> IndexInfo:
-        return await self.inner.info()
-
-    async def bm25(
-        self, query: str, k: int, field: str | None = None, filters: Filters | None = None
-    ) -> Hits:
-        t0 = time.perf_counter()
-        try:
-            return await self.inner.bm25(query, k, field, filters)
-        finally:
-            _record("bm25", time.perf_counter() - t0)
-
-    async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
-        t0 = time.perf_counter()
-        try:
-            return await self.inner.knn(vector, k, filters)
-        finally:
-            _record("knn", time.perf_counter() - t0)
-
-    async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
-        return await self.inner.fetch(ids)
-
-    async def field_scores(self, query: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return await self.inner.field_scores(query, ids)
-
-    async def cosine(self, vector: np.ndarray, ids: Sequence[str]) -> np.ndarray:
-        return await self.inner.cosine(vector, ids)
-
-    async def analyze(self, text: str) -> tuple[str, ...]:
-        return await self.inner.analyze(text)
-
-    async def doc_terms(self, ids: Sequence[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
-        return await self.inner.doc_terms(ids)
-
-    async def idf(self, terms: Sequence[str]) -> dict[str, float]:
-        return await self.inner.idf(terms)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-class TimedEncoder:
-    """An Encoder that records query-embedding time (cache hits never reach it)."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
-
-    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
-        t0 = time.perf_counter()
-        try:
-            return self.inner.encode(texts, progress=progress)
-        finally:
-            _record("embed", time.perf_counter() - t0)
-
 
 GeneratorFactory = Callable[[RetrievalBackend, Encoder], Generator]
 
 
 def default_generator_factory(cfg: RetrievalConfig | None = None) -> GeneratorFactory:
-    """search.candidates.CandidateGenerator built from a RetrievalConfig (default: defaults)."""
+    """search.candidates.CandidateGenerator built from a RetrievalConfig (default: defaults),
+    behind a CandidateCache over the local backend when the config keeps candidate sets."""
     rcfg = cfg or RetrievalConfig()
 
     def make(backend: RetrievalBackend, encoder: Encoder) -> Generator:
-        from search.candidates import CandidateGenerator
+        from indexing.local import LocalBackend
 
         gen = CandidateGenerator.from_config(backend, encoder, rcfg)
         # only over a backend that answers from one fixed version (LocalBackend): an
         # Elasticsearch alias can move to a new index under the same backend object
-        if rcfg.candidate_cache_size > 0 and getattr(backend, "fixed_versions", False):
+        if rcfg.candidate_cache_size > 0 and isinstance(backend, LocalBackend):
             return CandidateCache(gen, rcfg.candidate_cache_size, backend)
         return gen
 
     return make
 
 
-class CandidateCache:
-    """LRU of one index version's candidate sets, by query text and filters.
+class PipelineSettings(Protocol):
+    """The serving knobs Pipeline reads. PipelineConfig has them (standalone use) and so
+    has search.config.ApiConfig: the API hands the pipeline its own config as is."""
 
-    Why it is safe: an index version never changes, so a query and its filters always get
-    the same candidates (retrieval scores, lookups) from it. Only backends that answer from
-    one version at a time (``fixed_versions``: the local backend) are cached, the backend's
-    version is part of the key, and a swapped-in version gets a new generator with an empty
-    cache. Behavior aggregates are attached after this, per request, so click history is
-    never served stale. Why: head queries and the next page of a result list skip retrieval
-    and lookups (most of the candidates stage). A degraded result (a retriever failed or
-    timed out) is not kept.
-    """
-
-    def __init__(self, inner: Generator, size: int, backend: RetrievalBackend) -> None:
-        self.inner = inner
-        self.size = size
-        self.backend = backend
-        self._data: OrderedDict[tuple[Any, ...], CandidateSet] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def __getattr__(self, name: str) -> Any:  # the inner generator's query_cache etc.
-        return getattr(self.inner, name)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    async def generate(
-        self, query: str, filters: Filters | None = None, query_id: str | None = None
-    ) -> tuple[CandidateSet, list[str]]:
-        key = (getattr(self.backend, "version", None), query, _filters_key(filters))
-        cs = self._data.get(key)  # the event loop is the only reader and writer
-        if cs is not None:
-            self._data.move_to_end(key)
-            self.hits += 1
-            return (cs if cs.query_id == query_id else replace(cs, query_id=query_id)), []
-        self.misses += 1
-        cs, degraded = await self.inner.generate(query, filters=filters, query_id=query_id)
-        if not degraded:
-            _freeze(cs)  # shared by later requests: an in-place write would now raise
-            self._data[key] = cs
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-        return cs, degraded
-
-
-def _freeze(cs: CandidateSet) -> None:
-    """Mark every array of ``cs`` read-only."""
-    for value in vars(cs).values():
-        arrays = value.values() if isinstance(value, Mapping) else (value,)
-        for a in arrays:
-            if isinstance(a, np.ndarray):
-                a.flags.writeable = False
-
-
-def _filters_key(filters: Filters | None) -> tuple[Any, ...] | None:
-    if filters is None or filters.is_empty():
-        return None
-    return (filters.category, tuple(sorted(filters.ranges.items())))
+    @property
+    def candidates_timeout_ms(self) -> float: ...
+    @property
+    def model_timeout_ms(self) -> float: ...
+    @property
+    def body_chars(self) -> int: ...
+    @property
+    def max_k(self) -> int: ...
+    @property
+    def max_offset(self) -> int: ...
+    @property
+    def rerank_depth(self) -> int: ...
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Serving knobs of the pipeline (the API builds it from search.config.ApiConfig)."""
+    """Serving knobs of a pipeline used without the API (the API passes its ApiConfig)."""
 
     candidates_timeout_ms: float = 2000.0  # candidate generation + features, whole stage
     model_timeout_ms: float = 500.0  # then the page is ranked by fusion and "model" degraded
@@ -300,16 +170,16 @@ class Pipeline:
         index_version: str,
         model: RankModel | None = None,
         aggregates: BehaviorAggregates | None = None,
-        config: PipelineConfig | None = None,
+        config: PipelineSettings | None = None,
         generator_factory: GeneratorFactory | None = None,
         expected_featureset_id: str | None = None,
     ) -> None:
         resolve(default_features)  # unknown names fail at startup, listing the valid ones
         self.default_features = tuple(default_features)
-        self.config = config or PipelineConfig()
+        self.config: PipelineSettings = config or PipelineConfig()
         self.aggregates = aggregates
         self.expected_featureset_id = expected_featureset_id
-        self._encoder = TimedEncoder(encoder)
+        self._encoder = encoder
         self._factory = generator_factory or default_generator_factory()
         self._index = self._make_state(backend, index_version)
         self._model: RankModel | None = None
@@ -318,7 +188,7 @@ class Pipeline:
 
     # -- state ----------------------------------------------------------------------------
     def _make_state(self, backend: RetrievalBackend, version: str) -> _IndexState:
-        return _IndexState(backend, self._factory(TimedBackend(backend), self._encoder), version)
+        return _IndexState(backend, self._factory(backend, self._encoder), version)
 
     @property
     def model(self) -> RankModel | None:
@@ -329,9 +199,9 @@ class Pipeline:
         return self._index.version
 
     @property
-    def encoder_inner(self) -> Encoder:
-        """The encoder without the timing wrapper (to open a new index version with)."""
-        return self._encoder.inner
+    def encoder(self) -> Encoder:
+        """The query encoder (to open a new index version with)."""
+        return self._encoder
 
     @property
     def backend(self) -> RetrievalBackend:
@@ -444,43 +314,30 @@ class Pipeline:
 
     async def search(self, req: SearchRequest, request_id: str | None = None) -> SearchResult:
         """Rank the candidates of ``req.q`` and return one page (+ the impression to log)."""
-        t_start = time.perf_counter()
-        now = time.time()
-        rid = request_id or uuid.uuid4().hex
-        timings: dict[str, float] = {}
-        token = _TIMINGS.set(timings)
         state = self._index
         state.inflight += 1
         try:
+            return await self._search(req, request_id or uuid.uuid4().hex, state)
+        finally:
+            state.inflight -= 1
+            await state.maybe_close()
+
+    async def _search(self, req: SearchRequest, rid: str, state: _IndexState) -> SearchResult:
+        t_start = time.perf_counter()
+        now = time.time()
+        with collect() as timings:
             model = self._model
             names = model.feature_names if model is not None else self.default_features
             fsid = model.featureset_id if model is not None else featureset_id(names)
             t0 = time.perf_counter()
-            try:
-                async with asyncio.timeout(self.config.candidates_timeout_ms / 1000.0):
-                    fz = await self._timed_featurize(req, names, now, state.generator, timings)
-            except TimeoutError:
-                raise BackendError(
-                    f"candidate generation took longer than {self.config.candidates_timeout_ms:g}"
-                    " ms"
-                ) from None
+            fz = await self._featurize_in_budget(req, names, now, state.generator)
             timings["features"] = max(
                 0.0, time.perf_counter() - t0 - timings.get("candidates", 0.0)
             )
             degraded = list(fz.degraded)
             cs, X = fz.cs, fz.X
-            n = len(cs)
-            scores, base_margin, used_model = await self._score(model, cs, X, degraded, timings)
-            # business rules: one hit per document id (the union is unique; stay defensive)
-            order = self._order(cs, scores, used_model)
-            ranked: list[int] = order.tolist()
-            if len(set(cs.ids)) != n:  # duplicates: keep each id's best-ranked candidate
-                seen: set[str] = set()
-                ranked = []
-                for i in order.tolist():
-                    if cs.ids[i] not in seen:
-                        seen.add(cs.ids[i])
-                        ranked.append(i)
+            scores, base_margin, used_model = await self._score(model, cs, X, degraded)
+            ranked = _one_per_id(cs, self._order(cs, scores, used_model))
             page = ranked[req.offset : req.offset + req.k]
             hits = await self._hits(state, cs, page, scores, req.offset)
             if req.explain and used_model is not None and page:
@@ -511,30 +368,28 @@ class Pipeline:
                 degraded=degraded,
                 took_ms=timings["total"] * 1000.0,
                 timings_ms={k: v * 1000.0 for k, v in timings.items()},
-                candidates=n,
+                candidates=len(cs),
                 impression=impression,
             )
-        finally:
-            _TIMINGS.reset(token)
-            state.inflight -= 1
-            await state.maybe_close()
 
-    async def _timed_featurize(
-        self,
-        req: SearchRequest,
-        names: Sequence[str],
-        now: float,
-        generator: Generator,
-        timings: dict[str, float],
+    async def _featurize_in_budget(
+        self, req: SearchRequest, names: Sequence[str], now: float, generator: Generator
     ) -> Featurized:
-        return await self.featurize(
-            req.q,
-            filters=req.filters(),
-            query_id=req.query_id,
-            feature_names=names,
-            now=now,
-            generator=_TimedGenerator(generator, timings),
-        )
+        """Candidates and features under the whole-stage timeout (candidates_timeout_ms)."""
+        try:
+            async with asyncio.timeout(self.config.candidates_timeout_ms / 1000.0):
+                return await self.featurize(
+                    req.q,
+                    filters=req.filters(),
+                    query_id=req.query_id,
+                    feature_names=names,
+                    now=now,
+                    generator=generator,
+                )
+        except TimeoutError:
+            raise BackendError(
+                f"candidate generation took longer than {self.config.candidates_timeout_ms:g} ms"
+            ) from None
 
     def _order(self, cs: CandidateSet, scores: np.ndarray, model: RankModel | None) -> np.ndarray:
         """Best first (ties: union order). With ``rerank_depth`` R > 0 the model reorders
@@ -559,7 +414,6 @@ class Pipeline:
         cs: CandidateSet,
         X: np.ndarray,
         degraded: list[str],
-        timings: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray | None, RankModel | None]:
         """Model scores (with the manifest's base margin) or RRF; a failing model degrades."""
         from ltr.fusion import fusion_score
@@ -585,7 +439,7 @@ class Pipeline:
             degraded.append("model")
             scores = bm if bm is not None else np.asarray(fusion_score(cs, "rrf", {}), np.float64)
             used = None
-        timings["model"] = time.perf_counter() - t0
+        record("model", time.perf_counter() - t0)
         return scores, bm, used
 
     async def _hits(
@@ -648,24 +502,15 @@ class Pipeline:
             h["contributions"] = c
 
 
-class _TimedGenerator:
-    """Records the candidate-generation time of one request."""
-
-    def __init__(self, inner: Generator, timings: dict[str, float]) -> None:
-        self.inner = inner
-        self.timings = timings
-
-    async def generate(
-        self, query: str, filters: Filters | None = None, query_id: str | None = None
-    ) -> tuple[CandidateSet, list[str]]:
-        t0 = time.perf_counter()
-        try:
-            return await self.inner.generate(query, filters=filters, query_id=query_id)
-        finally:
-            self.timings["candidates"] = time.perf_counter() - t0
-
-
-def ensure_ready(pipeline: Pipeline | None) -> Pipeline:
-    if pipeline is None:
-        raise NotReadyError("the index is not loaded")
-    return pipeline
+def _one_per_id(cs: CandidateSet, order: np.ndarray) -> list[int]:
+    """Business rule: one hit per document id, its best-ranked candidate (the union is
+    unique; this stays defensive)."""
+    if len(set(cs.ids)) == len(cs):
+        return list(order.tolist())
+    seen: set[str] = set()
+    ranked = []
+    for i in order.tolist():
+        if cs.ids[i] not in seen:
+            seen.add(cs.ids[i])
+            ranked.append(i)
+    return ranked

@@ -1,4 +1,4 @@
-"""search.pipeline.CandidateCache over the real local index, MiniLM and a real model."""
+"""search.candidates.CandidateCache over the real local index, MiniLM and a real model."""
 
 from __future__ import annotations
 
@@ -15,15 +15,10 @@ from indexing.local import LocalBackend, build_local_index, rollback
 from ltr.registry import ModelRegistry
 from ltr.types import DENSE
 from search.aggregates import BehaviorAggregates
-from search.candidates import CandidateGenerator
+from search.candidates import CandidateCache, CandidateGenerator
 from search.config import RetrievalConfig
 from search.events import SqliteEventStore
-from search.pipeline import (
-    CandidateCache,
-    Pipeline,
-    SearchRequest,
-    default_generator_factory,
-)
+from search.pipeline import Pipeline, SearchRequest, default_generator_factory
 from tests.api_support import DEFAULT_FEATURES, serve_and_click
 from tests.contract import CONTRACT_DOCS, contract_cache_path
 

@@ -110,7 +110,7 @@ async def test_refuses_a_model_for_other_features(pipeline: Pipeline) -> None:
     assert pipeline.model is model  # the old model keeps serving
     pinned = Pipeline(
         pipeline.backend,
-        pipeline.encoder_inner,
+        pipeline.encoder,
         DEFAULT_FEATURES,
         pipeline.index_version,
         expected_featureset_id="f" * 64,
