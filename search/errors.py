@@ -1,7 +1,7 @@
 """Exception hierarchy of the search package.
 
 Every error carries its HTTP status and a stable machine-readable ``code`` so that one
-aiohttp middleware (search.api) can turn any of them into ``{"error": {"code", "message"}}``
+aiohttp middleware (search.http) can turn any of them into ``{"error": {"code", "message"}}``
 without a lookup table drifting away from the classes.
 """
 

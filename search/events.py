@@ -93,48 +93,6 @@ class Event:
     ts: float
 
 
-def parse_events(raw: Any, now: float | None = None, max_events: int = 1000) -> list[Event]:
-    """Validate a JSON batch (a list of objects, or {"events": [...]}) into Events.
-
-    Raises InvalidEventError naming the index and the problem of the first bad event.
-    """
-    if isinstance(raw, dict) and set(raw) == {"events"}:
-        raw = raw["events"]
-    if not isinstance(raw, list):
-        raise InvalidEventError('expected a JSON list of events (or {"events": [...]})')
-    if not raw:
-        raise InvalidEventError("the batch is empty")
-    if len(raw) > max_events:
-        raise InvalidEventError(f"too many events in one batch: {len(raw)} > {max_events}")
-    now = time.time() if now is None else now
-    allowed = {"type", "request_id", "doc_id", "ts"}
-    out = []
-    for i, ev in enumerate(raw):
-        where = f"events[{i}]"
-        if not isinstance(ev, dict):
-            raise InvalidEventError(f"{where}: expected an object, got {type(ev).__name__}")
-        unknown = sorted(set(ev) - allowed)
-        if unknown:
-            raise InvalidEventError(
-                f"{where}: unknown field(s) {', '.join(unknown)}; valid: "
-                f"{', '.join(sorted(allowed))}"
-            )
-        typ = ev.get("type")
-        if typ not in EVENT_TYPES:
-            raise InvalidEventError(f"{where}.type: {typ!r} is not one of {', '.join(EVENT_TYPES)}")
-        for key in ("request_id", "doc_id"):
-            val = ev.get(key)
-            if not isinstance(val, str) or not val or len(val) > 200:
-                raise InvalidEventError(f"{where}.{key}: expected a non-empty string")
-        ts = ev.get("ts", now)
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            raise InvalidEventError(f"{where}.ts: expected unix seconds, got {ts!r}")
-        if ts <= 0 or ts > now + 300:
-            raise InvalidEventError(f"{where}.ts: {ts!r} is not a plausible unix time")
-        out.append(Event(typ, ev["request_id"], ev["doc_id"], float(ts)))
-    return out
-
-
 @runtime_checkable
 class EventStore(Protocol):
     """Where impressions and events live. Blocking calls: run them off the event loop."""

@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from indexing.loaders import load_beir
 from ltr.features import TEXT_FEATURES, featureset_id
-from search.api import DEFAULT_FEATURES, STATE, make_app
+from search.api import DEFAULT_FEATURES, make_app
 from search.events import SqliteEventStore
+from search.server import STATE
 from tests.api_support import ADMIN, api_config, build_index, build_model_sync
 
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from search.api import _json_response
+from search.http import json_response
 
 
 def test_search_body_encodes_like_json_dumps() -> None:
@@ -23,7 +23,7 @@ def test_search_body_encodes_like_json_dumps() -> None:
         "candidates": 150,
         "timings_ms": {"bm25": 0.5, "total": 12.345},
     }
-    r = _json_response(body)
+    r = json_response(body)
     assert r.content_type == "application/json" and r.charset == "utf-8"
     assert r.body is not None
     assert json.loads(bytes(r.body)) == json.loads(json.dumps(body)) == body
@@ -31,10 +31,10 @@ def test_search_body_encodes_like_json_dumps() -> None:
 
 def test_unsupported_types_fall_back_to_json_dumps() -> None:
     body = {"x": 1.5, "n": {1: "int key"}}  # orjson refuses non-str keys; json converts
-    r = _json_response(body)
+    r = json_response(body)
     assert r.body is not None
     assert json.loads(bytes(r.body)) == {"x": 1.5, "n": {"1": "int key"}}
-    assert json.loads(bytes(_json_response({"s": float(np.float64(2.5))}).body)) == {"s": 2.5}  # type: ignore[arg-type]
+    assert json.loads(bytes(json_response({"s": float(np.float64(2.5))}).body)) == {"s": 2.5}  # type: ignore[arg-type]
 
 
 def test_request_ids_are_unique_hex_and_time_ordered() -> None:
@@ -42,7 +42,7 @@ def test_request_ids_are_unique_hex_and_time_ordered() -> None:
     import re
     import time
 
-    from search.api import new_request_id
+    from search.http import new_request_id
 
     first = [new_request_id() for _ in range(1000)]
     time.sleep(0.005)

@@ -21,8 +21,8 @@ from search.events import (
     Impression,
     ImpressionWriter,
     SqliteEventStore,
-    parse_events,
 )
+from search.http import parse_events
 
 NAMES = ("f_a", "f_b", "f_c")
 T0 = 1_700_000_000.0
