@@ -19,10 +19,21 @@ from typing import Any
 import numpy as np
 
 from ltr.errors import LTRError, TrainingDataError, unknown_name
-from ltr.features import RRF_K, rrf_scores
 from ltr.types import DENSE, RETRIEVERS, CandidateSet
 
 FusionFn = Callable[..., np.ndarray]
+
+RRF_K = 60.0
+
+
+def rrf_scores(cs: CandidateSet, k: float = RRF_K) -> np.ndarray:
+    """Reciprocal rank fusion over the retrievers' 1-based ranks (a missing rank adds 0)."""
+    out = np.zeros(len(cs.ids), dtype=np.float64)
+    for r in cs.ranks.values():
+        rr = np.asarray(r, dtype=np.float64)
+        # NaN ranks give NaN here (quietly) and are replaced by 0
+        out += np.where(np.isfinite(rr), 1.0 / (k + rr), 0.0)
+    return out
 
 
 def _check_scale(scale: float) -> float:

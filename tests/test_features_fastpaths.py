@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ltr import derived as D
 from ltr import features as F
 from ltr.errors import UnknownNameError
 from ltr.types import BM25, DENSE, CandidateSet
@@ -92,7 +93,7 @@ def test_each_feature_alone_matches_the_reference() -> None:
     for seed in range(40):
         cs = _random_set(seed)
         for name in NAMES:
-            F._clear_cache()
+            D.clear_cache()
             new = F.compute(cs, [name])
             assert _same(new, R.compute(cs, [name])), f"seed {seed}: {name}"
 
@@ -102,7 +103,7 @@ def test_feature_order_does_not_matter() -> None:
     for seed in range(20):
         cs = _random_set(seed)
         order = [NAMES[j] for j in rng.permutation(len(NAMES))]
-        F._clear_cache()
+        D.clear_cache()
         new = F.compute(cs, order)
         assert _same(new, R.compute(cs, order)), f"seed {seed}"
 
@@ -134,14 +135,14 @@ def test_adjacent_pairs_count_each_pair_once_per_candidate() -> None:
 
 def test_big_term_ids_and_a_new_table(monkeypatch: pytest.MonkeyPatch) -> None:
     """distinct() packs (row, term id) in one int64: ids from a large table still fit."""
-    table = F._term_table()
+    table = D.term_table()
     with table.lock:
         for i in range(50_000):
             table.ids.setdefault(f"filler{i}", len(table.ids))
     for seed in range(10):
         cs = _random_set(seed)
         assert _same(F.compute(cs, NAMES), R.compute(cs, NAMES))
-    monkeypatch.setattr(F._TermTable, "MAX_TERMS", 10)
+    monkeypatch.setattr(D.TermTable, "MAX_TERMS", 10)
     for seed in range(10, 20):
         cs = _random_set(seed)
         assert _same(F.compute(cs, NAMES), R.compute(cs, NAMES))

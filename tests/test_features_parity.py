@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from indexing.local import LocalBackend
+from ltr import derived as D
 from ltr import features as F
 from ltr.types import BM25, DENSE, CandidateSet
 from search.candidates import CandidateGenerator
@@ -59,7 +60,7 @@ def test_real_candidate_sets(small_index: Path, encoder: Any, cranfield_dir: Pat
     assert any(np.nansum(F.compute(cs, ["bigram_body"])) > 0 for cs in got)
     assert any(np.nansum(F.compute(cs, ["prf_body"])) > 0 for cs in got)
     for _ in range(2):
-        F._CACHE.clear()
+        D.clear_cache()
         for cs in got:
             assert_same(cs)
 
@@ -124,9 +125,9 @@ def test_edge_cases(over: dict[str, object]) -> None:
 
 def test_term_table_rollover(monkeypatch: pytest.MonkeyPatch) -> None:
     """A new term table (vocabulary bound reached) keeps the values."""
-    monkeypatch.setattr(F._TermTable, "MAX_TERMS", 100)
+    monkeypatch.setattr(D.TermTable, "MAX_TERMS", 100)
     tables = set()
     for seed in range(4):
         assert_same(F.synthetic_candidate_set(60, seed=seed))
-        tables.add(id(F._term_table()))
+        tables.add(id(D.term_table()))
     assert len(tables) > 1

@@ -25,6 +25,7 @@ from indexing.documents import Document
 from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend, build_local_index
 from indexing.local_store import Snapshot
+from ltr import derived as D
 from ltr import features as F
 from ltr.types import BM25, DENSE, CandidateSet, TermIds
 from search.candidates import CandidateGenerator
@@ -194,7 +195,7 @@ def test_each_feature_alone(snap: Snapshot) -> None:
         cs = _from_lookups(q, ids, snap.lookups(q, ids, snap.vectors[0]), rng)
         full = _assert_same_features(cs)
         for j, name in enumerate(NAMES):
-            F._clear_cache()
+            D.clear_cache()
             assert _same(F.compute(cs, [name])[:, 0], full[:, j]), (q, name)
 
 
