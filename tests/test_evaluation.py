@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from ltr import evaluation as ev
-from ltr.features import DEFAULT_TEXT_FEATURES, STATIC_FEATURES, compute, synthetic_candidate_set
+from ltr.features import DEFAULT_TEXT_FEATURES, STATIC_FEATURES, compute
 from ltr.types import BM25, DENSE
+from scripts.benchmark_features import synthetic_candidate_set
 
 
 def synthetic_data(n_queries: int = 40, n: int = 40, seed: int = 0) -> ev.EvalData:

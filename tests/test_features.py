@@ -179,7 +179,7 @@ def test_behavior_validation_errors() -> None:
 
 
 def test_compute_speed_benchmark_runs() -> None:
-    from ltr.features import benchmark_compute
+    from scripts.benchmark_features import benchmark_compute
 
     res = benchmark_compute(n=50, repeats=2)
     assert res["n"] == 50 and res["ms_per_call"] > 0

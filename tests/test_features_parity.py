@@ -20,6 +20,7 @@ from indexing.local import LocalBackend
 from ltr import derived as D
 from ltr import features as F
 from ltr.types import BM25, DENSE, CandidateSet
+from scripts.benchmark_features import synthetic_candidate_set
 from search.candidates import CandidateGenerator
 from tests import features_reference as R
 
@@ -68,7 +69,7 @@ def test_real_candidate_sets(small_index: Path, encoder: Any, cranfield_dir: Pat
 @pytest.mark.parametrize("seed", range(8))
 def test_synthetic_sets(seed: int) -> None:
     for n in (0, 1, 7, 120):
-        assert_same(F.synthetic_candidate_set(n, seed=seed, behavior=seed % 2 == 0))
+        assert_same(synthetic_candidate_set(n, seed=seed, behavior=seed % 2 == 0))
 
 
 def _cs(**over: object) -> CandidateSet:
@@ -128,6 +129,6 @@ def test_term_table_rollover(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(D.TermTable, "MAX_TERMS", 100)
     tables = set()
     for seed in range(4):
-        assert_same(F.synthetic_candidate_set(60, seed=seed))
+        assert_same(synthetic_candidate_set(60, seed=seed))
         tables.add(id(D.term_table()))
     assert len(tables) > 1
