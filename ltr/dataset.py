@@ -16,21 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ltr.errors import TrainingDataError
-
-# Non-feature columns of search.events served_features() frames.
-SERVED_META_COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "ts",
-    "query",
-    "query_id",
-    "doc_id",
-    "position",
-    "model_version",
-    "featureset_id",
-    "score",
-    "clicked",
-    "base_margin",
-)
+from ltr.types import SERVED_META_COLUMNS
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,4 @@
-"""Frozen dataclasses that pass between packages.
+"""Frozen dataclasses and schemas that pass between packages.
 
 CandidateSet is columnar on purpose: every feature is a vectorized function over all the
 candidates of one query at once (numpy arrays aligned with ``ids``). Missing is NaN, never 0.
@@ -31,6 +31,25 @@ class Judgment:
 BM25 = "bm25"  # combined-field BM25
 DENSE = "dense"  # kNN over sentence embeddings
 RETRIEVERS: tuple[str, ...] = (BM25, DENSE)
+
+# The served log's fixed columns, in order (search.events writes them, ltr.dataset trains
+# from them, monitoring.drift compares windows of them): one row per served hit, followed
+# by one column per feature the model scored.
+SERVED_LOG_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "ts",
+    "query",
+    "query_id",
+    "doc_id",
+    "position",
+    "model_version",
+    "featureset_id",
+    "score",
+    "clicked",
+)
+# Non-feature columns a served-log frame may carry: the fixed ones and a base margin column
+# a caller added (ltr.dataset.from_served_log's default margin_column).
+SERVED_META_COLUMNS: tuple[str, ...] = (*SERVED_LOG_COLUMNS, "base_margin")
 
 
 @dataclass(frozen=True)

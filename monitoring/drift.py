@@ -22,12 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ltr.types import SERVED_LOG_COLUMNS
 from monitoring.config import PVALUE_METHODS, MonitoringConfig
 from monitoring.errors import EmptyWindowError, NotEnoughDataError, ReferenceNotFoundError
-from search.events import FIXED_COLUMNS
-
-# Columns of the impression log that are never features (the event store defines them).
-META_COLUMNS: tuple[str, ...] = FIXED_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -217,7 +214,7 @@ def feature_drift(
     ``render=False`` skips the Evidently Report (no HTML; same numbers, several times faster).
     """
     names = list(features) if features is not None else list(reference.columns)
-    names = [n for n in names if n not in META_COLUMNS]
+    names = [n for n in names if n not in SERVED_LOG_COLUMNS]
     if not names:
         raise ReferenceNotFoundError("the reference has no feature columns")
     absent_ref = [n for n in names if n not in reference.columns]

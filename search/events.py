@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from ltr.types import SERVED_LOG_COLUMNS
 from search.errors import EventStoreError, InvalidEventError, UnknownRequestIdError
 
 if TYPE_CHECKING:
@@ -37,18 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_TYPES: tuple[str, ...] = ("click", "add_to_cart", "purchase")
-FIXED_COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "ts",
-    "query",
-    "query_id",
-    "doc_id",
-    "position",
-    "model_version",
-    "featureset_id",
-    "score",
-    "clicked",
-)
 
 TimeBound = float | datetime | None
 
@@ -424,7 +413,7 @@ class SqliteEventStore:
         names: list[str] = []
         for fid in dict.fromkeys(r[7] for r in rows):
             names.extend(n for n in self._featuresets[fid] if n not in names)
-        base = pd.DataFrame([r[:10] for r in rows], columns=list(FIXED_COLUMNS))
+        base = pd.DataFrame([r[:10] for r in rows], columns=list(SERVED_LOG_COLUMNS))
         base["ts"] = base["ts"].astype(float)
         base["position"] = base["position"].astype("int64")
         base["score"] = base["score"].astype(float)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from ltr.behavior import aggregate_sessions, behavior_arrays, query_key
+from ltr.types import SERVED_LOG_COLUMNS
 from search.aggregates import BehaviorAggregates
 from search.errors import InvalidEventError, UnknownRequestIdError
 from search.events import (
-    FIXED_COLUMNS,
     Event,
     Impression,
     ImpressionWriter,
@@ -74,7 +74,7 @@ def test_served_features_are_the_exact_vectors(store: SqliteEventStore) -> None:
     store.add_impressions([a, b])
     store.add_events([Event("click", "r1", "d2", T0 + 1), Event("purchase", "r2", "d4", T0 + 6)])
     df = store.served_features()
-    assert list(df.columns) == [*FIXED_COLUMNS, *NAMES]
+    assert list(df.columns) == [*SERVED_LOG_COLUMNS, *NAMES]
     assert len(df) == 5
     assert df["request_id"].tolist() == ["r1", "r1", "r1", "r2", "r2"]
     assert df["position"].tolist() == [1, 2, 3, 1, 2]
@@ -94,7 +94,7 @@ def test_served_features_are_the_exact_vectors(store: SqliteEventStore) -> None:
 def test_two_featuresets_share_columns_with_nan(store: SqliteEventStore) -> None:
     store.add_impressions([_imp("r1", ["d1"]), _imp("r2", ["d2"], names=("f_a", "f_z"), fid="fs2")])
     df = store.served_features()
-    assert list(df.columns)[len(FIXED_COLUMNS) :] == ["f_a", "f_b", "f_c", "f_z"]
+    assert list(df.columns)[len(SERVED_LOG_COLUMNS) :] == ["f_a", "f_b", "f_c", "f_z"]
     assert math.isnan(df.loc[1, "f_b"]) and math.isnan(df.loc[0, "f_z"])
 
 
