@@ -1,8 +1,11 @@
-"""Pure math of click-history aggregates, shared by online and offline code.
+"""The one definition of click-history aggregates, for the online and offline paths.
 
-The online event store (search.events) and the offline simulated-click evaluation
-(ltr.evaluation) both turn sessions into the same raw aggregates with these functions, so
-the behavior features a model was trained on are computed exactly as they are served.
+The online store (search.aggregates, updated as impressions and clicks are logged) and the
+offline aggregation (``aggregate_sessions``: simulated or logged sessions, ltr.evaluation
+and replay) both count with the tally functions here -- ``exam_at`` (position ->
+examination probability), ``decay_factor``, ``add_to_tally``, ``tally_values`` -- and the
+behavior features smooth the rates with ``smoothed_rate``, so the behavior features a
+model was trained on are computed exactly as they are served.
 
 Aggregate keys (docs/contracts.md): ``qd_*`` are per (query, document), ``d_*`` per
 document over all queries; for each level ``impressions, clicks, examinations,
@@ -31,6 +34,13 @@ AGGREGATE_KEYS: tuple[str, ...] = tuple(f"{lvl}_{s}" for lvl in LEVELS for s in 
 # fitted on logged sessions (ltr.click_models) should replace it once clicks exist.
 DEFAULT_EXAM_ETA = 1.0
 DEFAULT_HALF_LIFE_S = 14 * 24 * 3600.0  # clicks lose half their weight in two weeks
+
+# Beta(alpha, beta) prior for smoothed click-through rates: a prior mean of 0.1 with the
+# weight of 10 impressions. CTR on a handful of impressions is mostly noise; the prior pulls
+# it towards a typical CTR until evidence accumulates. Changing it changes the features'
+# math, so it is part of the behavior features' version string.
+CTR_PRIOR_ALPHA = 1.0
+CTR_PRIOR_BETA = 9.0
 
 
 class BehaviorError(LTRError):
@@ -77,21 +87,64 @@ def examination_probs(n: int, eta: float = DEFAULT_EXAM_ETA) -> np.ndarray:
     return 1.0 / np.arange(1, n + 1, dtype=np.float64) ** eta
 
 
-def decay_weights(ages_s: np.ndarray | Sequence[float], half_life_s: float) -> np.ndarray:
-    """Exponential recency weights 0.5 ** (age / half_life); future events count as age 0."""
-    if not math.isfinite(half_life_s) or half_life_s <= 0:
-        raise BehaviorError(f"half_life_s must be > 0, got {half_life_s!r}")
-    ages = np.maximum(np.asarray(ages_s, dtype=np.float64), 0.0)
-    return np.power(0.5, ages / half_life_s)
+def smoothed_rate(
+    clicks: np.ndarray,
+    trials: np.ndarray,
+    alpha: float = CTR_PRIOR_ALPHA,
+    beta: float = CTR_PRIOR_BETA,
+) -> np.ndarray:
+    """Posterior mean of a Beta(alpha, beta) prior after ``clicks`` out of ``trials``: the
+    smoothed CTR (trials = impressions) and the position-debiased one (trials =
+    examinations), plain or recency-decayed."""
+    return (clicks + alpha) / (trials + alpha + beta)
 
 
-def _exam_at(exam_probs: np.ndarray, n: int) -> np.ndarray:
-    """Examination probabilities for positions 1..n; past the curve's end, its last value."""
+def exam_at(exam_probs: np.ndarray, position: int) -> float:
+    """Examination probability of a 1-based position (past the curve's end: its last value)."""
     if exam_probs.size == 0:
         raise BehaviorError("exam_probs must not be empty")
-    if n <= exam_probs.size:
-        return exam_probs[:n]
-    return np.concatenate([exam_probs, np.full(n - exam_probs.size, exam_probs[-1])])
+    return float(exam_probs[min(max(position, 1), exam_probs.size) - 1])
+
+
+def decay_factor(age_s: float, half_life_s: float) -> float:
+    """Recency weight 0.5 ** (age / half_life); a future time counts as age 0."""
+    return float(0.5 ** (max(age_s, 0.0) / half_life_s))
+
+
+# A tally: the aggregates of one (level, query, doc) key as a mutable row
+# [impressions, clicks, examinations, decayed_clicks, decayed_impressions, ref_ts]; the
+# decayed sums are relative to ref_ts, the newest contributing time, and decayed to "now"
+# when read: value(now) = value(ref) * 0.5 ** ((now - ref) / half_life).
+Tally = list[float]
+
+
+def new_tally(ref_ts: float = -math.inf) -> Tally:
+    """An empty tally (``ref_ts``: the time its decayed sums start relative to)."""
+    return [0.0, 0.0, 0.0, 0.0, 0.0, ref_ts]
+
+
+def add_to_tally(
+    row: Tally, ts: float, impressions: float, clicks: float, exam: float, half_life_s: float
+) -> None:
+    """Add a contribution made at ``ts`` (an impression, a click or both) to ``row``."""
+    row[0] += impressions
+    row[1] += clicks
+    row[2] += exam
+    if ts >= row[5]:
+        f = 0.0 if row[5] == -math.inf else decay_factor(ts - row[5], half_life_s)
+        row[3] = row[3] * f + clicks
+        row[4] = row[4] * f + impressions
+        row[5] = ts
+    else:  # a contribution older than the reference time: decay it to ref
+        f = decay_factor(row[5] - ts, half_life_s)
+        row[3] += clicks * f
+        row[4] += impressions * f
+
+
+def tally_values(row: Tally, now: float, half_life_s: float) -> tuple[float, ...]:
+    """The five aggregates of ``row`` (STATS order), the decayed ones decayed to ``now``."""
+    f = decay_factor(now - row[5], half_life_s)
+    return row[0], row[1], row[2], row[3] * f, row[4] * f
 
 
 def aggregate_sessions(
@@ -104,14 +157,16 @@ def aggregate_sessions(
 
     ``sessions`` items need ``query`` (the key, e.g. query_key(text) or a query id),
     ``docs`` (served order, position 1 first), ``clicks`` (aligned 0/1) and optionally
-    ``ts`` (epoch seconds; missing = ``now``). Returns key -> {(query, doc) or (doc,): value}.
+    ``ts`` (epoch seconds; missing or later than ``now`` = ``now``). Returns key ->
+    {(query, doc) or (doc,): value}. Every tally starts at ``now``, so each contribution
+    is decayed once, from its own time to ``now``.
     """
     probs = examination_probs(100) if exam_probs is None else np.asarray(exam_probs, np.float64)
     if probs.ndim != 1 or not np.all(np.isfinite(probs)) or np.any(probs < 0):
         raise BehaviorError("exam_probs must be a 1-D array of finite probabilities >= 0")
     if not math.isfinite(half_life_s) or half_life_s <= 0:
         raise BehaviorError(f"half_life_s must be > 0, got {half_life_s!r}")
-    out: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in AGGREGATE_KEYS}
+    rows: dict[tuple[str, tuple[str, ...]], Tally] = {}
     for s in sessions:
         ids = _session_docs(s)
         clicks = np.asarray(s.clicks, dtype=np.float64)
@@ -120,16 +175,19 @@ def aggregate_sessions(
                 f"session clicks have shape {clicks.shape}, expected ({len(ids)},) for its docs"
             )
         ts = getattr(s, "ts", None)
-        w = float(decay_weights([now - (now if ts is None else float(ts))], half_life_s)[0])
-        exam = _exam_at(probs, len(ids))
+        at = now if ts is None else min(float(ts), now)
         q = str(s.query)
         for i, d in enumerate(ids):
-            c = float(clicks[i])
-            for lvl, key in (("qd", (q, d)), ("d", (d,))):
-                vals = (1.0, c, float(exam[i]), w * c, w)
-                for stat, v in zip(STATS, vals, strict=True):
-                    table = out[f"{lvl}_{stat}"]
-                    table[key] = table.get(key, 0.0) + v
+            c, ex = float(clicks[i]), exam_at(probs, i + 1)
+            for key in (("qd", (q, d)), ("d", (d,))):
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = new_tally(now)
+                add_to_tally(row, at, 1.0, c, ex, half_life_s)
+    out: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in AGGREGATE_KEYS}
+    for (lvl, of), row in rows.items():
+        for stat, v in zip(STATS, tally_values(row, now, half_life_s), strict=True):
+            out[f"{lvl}_{stat}"][of] = v
     return out
 
 

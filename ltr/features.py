@@ -24,18 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ltr.behavior import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, smoothed_rate
 from ltr.derived import Derived, derived
 from ltr.errors import LTRError, unknown_name
 from ltr.types import BM25, DENSE, CandidateSet
 
 FeatureFn = Callable[[CandidateSet], np.ndarray]
-
-# Beta(alpha, beta) prior for smoothed click-through rates: a prior mean of 0.1 with the
-# weight of 10 impressions. CTR on a handful of impressions is mostly noise; the prior pulls
-# it towards a typical CTR until evidence accumulates. Changing it changes the features'
-# math, so it is part of the behavior features' version string.
-CTR_PRIOR_ALPHA = 1.0
-CTR_PRIOR_BETA = 9.0
 
 
 @dataclass(frozen=True)
@@ -376,16 +370,6 @@ def _beh_count(level: str, key: str, log: bool = True) -> FeatureFn:
         return np.log1p(np.maximum(v, 0.0)) if log else v
 
     return fn
-
-
-def smoothed_rate(
-    clicks: np.ndarray,
-    trials: np.ndarray,
-    alpha: float = CTR_PRIOR_ALPHA,
-    beta: float = CTR_PRIOR_BETA,
-) -> np.ndarray:
-    """Posterior mean of a Beta(alpha, beta) prior after ``clicks`` out of ``trials``."""
-    return (clicks + alpha) / (trials + alpha + beta)
 
 
 def _beh_rate(level: str, num: str, den: str) -> FeatureFn:

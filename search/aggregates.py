@@ -10,11 +10,12 @@ committed since (SQLite's ``data_version``) first pulls the rows with a newer ``
 the mirror, so it never adds to a stale row; and every process pulls new rows periodically
 (``refresh``, polled by the API) for serving.
 
-The numbers are those of ltr.behavior.aggregate_sessions over the logged sessions: the same
-keys, the same examination curve, the same half-life decay (a click decays from the time
-its page was served, as offline), and a hit counts as clicked once however many click
-events name it. Decayed sums are stored relative to the newest contributing time ``ref``
-and decayed to "now" when read: value(now) = value(ref) * 0.5 ** ((now - ref) / half_life).
+The math is ltr.behavior's, the one definition the offline aggregate_sessions uses too:
+every (level, query, doc) row is a tally (``add_to_tally``: the examination probability
+of the shown position from ``exam_at``, decayed sums relative to the newest contributing
+time, ``decay_factor``) read with ``tally_values``. Online, a page's impressions are added
+when it is served and its clicks when they arrive, both at the time the page was served
+(as offline); a hit counts as clicked once however many click events name it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,20 @@ from typing import Any
 
 import numpy as np
 
-from ltr.behavior import AGGREGATE_KEYS, DEFAULT_EXAM_ETA, DEFAULT_HALF_LIFE_S, query_key
+from ltr.behavior import (
+    AGGREGATE_KEYS,
+    DEFAULT_EXAM_ETA,
+    DEFAULT_HALF_LIFE_S,
+    STATS,
+    Tally,
+    add_to_tally,
+    decay_factor,
+    exam_at,
+    examination_probs,
+    new_tally,
+    query_key,
+    tally_values,
+)
 from search.events import Event, Impression, SqliteEventStore
 
 # One row per (level, query, doc); for level "d" the query is "".
@@ -55,8 +69,6 @@ _COLUMNS = (
     "decayed_impressions, ref_ts"
 )
 
-# impressions, clicks, examinations, decayed_clicks, decayed_impressions, ref_ts
-_Row = list[float]
 _Key = tuple[str, str, str]
 
 
@@ -73,12 +85,10 @@ class BehaviorAggregates:
             raise ValueError(f"half_life_s must be > 0, got {half_life_s!r}")
         if exam_positions < 1:
             raise ValueError("exam_positions must be >= 1")
-        from ltr.behavior import examination_probs
-
         self.half_life_s = half_life_s
         self._exam = examination_probs(exam_positions, exam_eta)
-        self._rows: dict[_Key, _Row] = {}
-        self._staged: dict[_Key, _Row] = {}
+        self._rows: dict[_Key, Tally] = {}
+        self._staged: dict[_Key, Tally] = {}
         self._lock = threading.Lock()
         self._seen = -1  # the highest seq mirrored (rows of an old store have seq 0)
         self._seq: int | None = None  # the seq of the open write transaction
@@ -122,15 +132,6 @@ class BehaviorAggregates:
             self._seen = max(self._seen, int(got[-1][-1]))
         return len(got)
 
-    # -- math -----------------------------------------------------------------------------
-    def exam_prob(self, position: int) -> float:
-        """Examination probability of a 1-based position (past the curve: its last value)."""
-        i = min(max(position, 1), self._exam.size) - 1
-        return float(self._exam[i])
-
-    def _decay(self, age_s: float) -> float:
-        return float(0.5 ** (max(age_s, 0.0) / self.half_life_s))
-
     def _sync(self, conn: sqlite3.Connection) -> None:
         """Inside a write transaction: bring the mirror up to the database if another
         connection (a worker process) committed since ours last did. SQLite's data_version
@@ -140,27 +141,13 @@ class BehaviorAggregates:
             self._pull(conn)
             self._data_version = v
 
-    def _current(self, conn: sqlite3.Connection, key: _Key) -> _Row:
+    def _current(self, conn: sqlite3.Connection, key: _Key) -> Tally:
         row = self._staged.get(key)
         if row is None:
             cached = self._rows.get(key)
-            row = list(cached) if cached is not None else [0.0, 0.0, 0.0, 0.0, 0.0, -math.inf]
+            row = list(cached) if cached is not None else new_tally()
             self._staged[key] = row
         return row
-
-    def _add(self, row: _Row, ts: float, imp: float, clk: float, exam: float) -> None:
-        row[0] += imp
-        row[1] += clk
-        row[2] += exam
-        if ts >= row[5]:
-            f = 0.0 if row[5] == -math.inf else self._decay(ts - row[5])
-            row[3] = row[3] * f + clk
-            row[4] = row[4] * f + imp
-            row[5] = ts
-        else:  # a contribution older than the reference time: decay it to ref
-            f = self._decay(row[5] - ts)
-            row[3] += clk * f
-            row[4] += imp * f
 
     # -- listener -------------------------------------------------------------------------
     def on_impressions(self, conn: sqlite3.Connection, impressions: Sequence[Impression]) -> None:
@@ -169,9 +156,9 @@ class BehaviorAggregates:
         for imp in impressions:
             q = query_key(imp.query)
             for doc, pos in zip(imp.doc_ids, imp.positions, strict=True):
-                ex = self.exam_prob(int(pos))
+                ex = exam_at(self._exam, int(pos))
                 for key in (("qd", q, doc), ("d", "", doc)):
-                    self._add(self._current(conn, key), imp.ts, 1.0, 0.0, ex)
+                    add_to_tally(self._current(conn, key), imp.ts, 1.0, 0.0, ex, self.half_life_s)
                     touched.add(key)
         self._write(conn, touched)
 
@@ -187,7 +174,9 @@ class BehaviorAggregates:
         for rid, doc in first_clicks:
             query, _pos, req_ts = shown[(rid, doc)]
             for key in (("qd", query_key(query), doc), ("d", "", doc)):
-                self._add(self._current(conn, key), float(req_ts), 0.0, 1.0, 0.0)
+                add_to_tally(
+                    self._current(conn, key), float(req_ts), 0.0, 1.0, 0.0, self.half_life_s
+                )
                 touched.add(key)
         self._write(conn, touched)
 
@@ -224,8 +213,8 @@ class BehaviorAggregates:
 
         The dict lookups run in C (map over zipped keys) and the values are scattered as
         one [k, 6] array per level; only the decay factor of a row with history is computed
-        in Python, with the same expression as ``_decay`` (bit-identical values; numpy's
-        vectorized power may differ in the last bit from the libm one).
+        in Python, by ``decay_factor`` as ``tally_values`` does (bit-identical values;
+        numpy's vectorized power may differ in the last bit from the libm one).
         """
         now = time.time() if now is None else now
         q = query_key(query)
@@ -239,7 +228,8 @@ class BehaviorAggregates:
                 continue
             rows = list(compress(got, have))
             vals = np.array(rows, dtype=np.float64).reshape(len(rows), 6)
-            f = np.array([self._decay(now - t) for t in vals[:, 5].tolist()], dtype=np.float64)
+            hl = self.half_life_s
+            f = np.array([decay_factor(now - t, hl) for t in vals[:, 5].tolist()], np.float64)
             out[f"{level}_impressions"][have] = vals[:, 0]
             out[f"{level}_clicks"][have] = vals[:, 1]
             out[f"{level}_examinations"][have] = vals[:, 2]
@@ -255,11 +245,8 @@ class BehaviorAggregates:
             items = list(self._rows.items())
         for (level, q, doc), row in items:
             key: tuple[str, ...] = (q, doc) if level == "qd" else (doc,)
-            f = self._decay(now - row[5])
-            for j, stat in enumerate(("impressions", "clicks", "examinations")):
-                out[f"{level}_{stat}"][key] = row[j]
-            out[f"{level}_decayed_clicks"][key] = row[3] * f
-            out[f"{level}_decayed_impressions"][key] = row[4] * f
+            for stat, v in zip(STATS, tally_values(row, now, self.half_life_s), strict=True):
+                out[f"{level}_{stat}"][key] = v
         return out
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltr.behavior import AGGREGATE_KEYS, query_key
+from ltr.behavior import AGGREGATE_KEYS, decay_factor, query_key
 from search.aggregates import BehaviorAggregates
 from search.events import Event, Impression, SqliteEventStore
 
@@ -31,7 +31,7 @@ def reference_arrays(
             row = rows.get(key)
             if row is None:
                 continue
-            f = agg._decay(now - row[5])
+            f = decay_factor(now - row[5], agg.half_life_s)
             out[f"{level}_impressions"][i] = row[0]
             out[f"{level}_clicks"][i] = row[1]
             out[f"{level}_examinations"][i] = row[2]

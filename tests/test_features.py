@@ -153,7 +153,7 @@ def test_aggregate_sessions_and_behavior_features() -> None:
     arrays = bh.behavior_arrays(agg, "q", ["d1", "d2", "d3"])
     assert arrays["qd_clicks"][2] != arrays["qd_clicks"][2]  # NaN: no history
     cs = make_cs().with_behavior(arrays)
-    a, b = F.CTR_PRIOR_ALPHA, F.CTR_PRIOR_BETA
+    a, b = bh.CTR_PRIOR_ALPHA, bh.CTR_PRIOR_BETA
     np.testing.assert_allclose(
         col(cs, "qd_ctr"), [(2 + a) / (2 + a + b), (1 + a) / (2 + a + b), NAN], rtol=1e-6
     )
@@ -167,7 +167,9 @@ def test_aggregate_sessions_and_behavior_features() -> None:
 
 def test_behavior_validation_errors() -> None:
     with pytest.raises(bh.BehaviorError, match="half_life_s"):
-        bh.decay_weights([1.0], 0.0)
+        bh.aggregate_sessions([], now=0.0, half_life_s=0.0)
+    with pytest.raises(bh.BehaviorError, match="empty"):
+        bh.aggregate_sessions([S("q", ("a",), (1,))], now=0.0, exam_probs=[])
     from ltr.click_models import Session
 
     agg = bh.aggregate_sessions([Session("q", ("a", "b"), (True, False), ts=5.0)], now=5.0)
