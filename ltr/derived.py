@@ -166,10 +166,9 @@ class Derived:
         return a
 
     def rrf(self) -> np.ndarray:
-        """rrf_scores of the set, computed once (read-only)."""
+        """rrf_scores of the set, computed once (read-only; the array ltr.fusion keeps)."""
         if self._rrf is None:
             self._rrf = rrf_scores(self.cs)
-            self._rrf.flags.writeable = False
         return self._rrf
 
     def presence(self) -> dict[str, np.ndarray]:

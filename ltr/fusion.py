@@ -25,9 +25,30 @@ FusionFn = Callable[..., np.ndarray]
 
 RRF_K = 60.0
 
+# The RRF (k = RRF_K) of the set asked for last: one request asks for its set's RRF up to
+# four times (the rrf features and the feedback vocabulary, the base margin, the ranking
+# without a model, the rerank-depth order) and computes it once. Identity-keyed with a
+# strong reference, so an id() cannot be reused while it is kept; one tuple read is atomic.
+_LAST_RRF: tuple[CandidateSet, np.ndarray] | None = None
+
 
 def rrf_scores(cs: CandidateSet, k: float = RRF_K) -> np.ndarray:
-    """Reciprocal rank fusion over the retrievers' 1-based ranks (a missing rank adds 0)."""
+    """Reciprocal rank fusion over the retrievers' 1-based ranks (a missing rank adds 0).
+
+    Read-only; with k = RRF_K computed once per set (the last set's is kept).
+    """
+    global _LAST_RRF
+    last = _LAST_RRF
+    if k == RRF_K and last is not None and last[0] is cs:
+        return last[1]
+    out = _rrf(cs, k)
+    out.flags.writeable = False
+    if k == RRF_K:
+        _LAST_RRF = (cs, out)
+    return out
+
+
+def _rrf(cs: CandidateSet, k: float) -> np.ndarray:
     out = np.zeros(len(cs.ids), dtype=np.float64)
     for r in cs.ranks.values():
         rr = np.asarray(r, dtype=np.float64)

@@ -186,3 +186,33 @@ async def test_rerank_depth_reorders_only_the_fusion_top(
         assert top == sorted(top, reverse=True)
     finally:
         await p.close()
+
+
+async def test_one_rrf_per_request(
+    encoder: Any, small_index: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rrf features, the feedback vocabulary, the base margin and the rerank-depth order
+    of one request share one RRF computation."""
+    from ltr import fusion
+
+    computed: list[int] = []
+    real = fusion._rrf
+
+    def counting(cs: Any, k: float) -> np.ndarray:
+        computed.append(len(cs))
+        return real(cs, k)
+
+    monkeypatch.setattr(fusion, "_rrf", counting)
+    backend = LocalBackend.open(small_index, encoder)
+    model = ModelRegistry(model_dir).load()
+    assert model.manifest.base_margin is not None
+    assert model.manifest.base_margin["name"] == "rrf"
+    assert {"rrf", "rrf_norm", "prf_title"} <= set(model.feature_names)
+    cfg = PipelineConfig(rerank_depth=5)
+    p = Pipeline(backend, encoder, DEFAULT_FEATURES, backend.version, model=model, config=cfg)
+    try:
+        res = await p.search(SearchRequest(q="compressible flow around cones", k=8))
+        assert res.hits and res.model_version == model.version and res.candidates > 5
+        assert computed == [res.candidates]
+    finally:
+        await p.close()
