@@ -13,6 +13,10 @@ Groups:
   across queries whose raw score scales differ.
 - ``static``: numeric document attributes (rating, review_count, price, popularity).
 - ``behavior``: click history aggregates (see ltr.behavior and docs/contracts.md).
+
+What several features derive alike from one set (term matches by term id, lengths, RRF)
+is computed once per set by ltr.derived; the smoothed rates and their prior are
+ltr.behavior's.
 """
 
 from __future__ import annotations
