@@ -9,21 +9,16 @@ Layout under ``root``::
     .tmp-*/ .trash-*/   # in-flight saves / deletions: never listed, never loaded
 
 A save writes everything into a hidden temp directory and renames it into place, so a
-killed save never leaves a half-written version visible. Nothing is pickled: the booster
-is XGBoost's own UBJ/JSON, the manifest JSON, the reference sample Parquet.
+killed save never leaves a half-written version visible (the mechanism is
+ltr.versions.VersionedDir, shared with the index). Nothing is pickled: the booster is
+XGBoost's own UBJ/JSON, the manifest JSON, the reference sample Parquet.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import re
 import shutil
-import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -36,30 +31,13 @@ from ltr.dataset import RankingData
 from ltr.errors import FeaturesetMismatchError, LTRError, ModelNotFoundError
 from ltr.model import MANIFEST_FILE, Manifest, RankModel
 from ltr.train import TrainedModel
+from ltr.versions import VersionedDir, write_atomic
 
 PROMOTED_FILE = "PROMOTED"
 HISTORY_FILE = "PROMOTIONS.json"
 REFERENCE_FILE = "reference.parquet"
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
+VERSION_PREFIX = "v"  # versions are v0001, v0002, ...
 _STALE_TMP_SECONDS = 3600.0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class ModelRegistry:
@@ -78,38 +56,22 @@ class ModelRegistry:
         self.root = Path(root)
         self.keep_versions = keep_versions
         self.model_format = model_format
-
-    # --- locking -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        """Serialise writers (save numbering, promote, retention) across processes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        self.dirs = VersionedDir(
+            self.root,
+            pointer=PROMOTED_FILE,
+            staging_prefix=".tmp-",
+            marker=MANIFEST_FILE,
+            numbered=VERSION_PREFIX,
+        )
 
     # --- listing -----------------------------------------------------------------------
     def list_versions(self) -> list[str]:
         """Complete versions, oldest first (temp and trash directories are invisible)."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for p in self.root.iterdir():
-            m = _VERSION_RE.match(p.name)
-            if m and p.is_dir() and (p / MANIFEST_FILE).is_file():
-                found.append((int(m.group(1)), p.name))
-        return [name for _, name in sorted(found)]
+        return self.dirs.names()
 
     def promoted(self) -> str | None:
         """The promoted (served) version, or None."""
-        try:
-            name = (self.root / PROMOTED_FILE).read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        return name or None
+        return self.dirs.current()
 
     def history(self) -> list[str]:
         """Promotion history, oldest first (the last entry is the promoted version)."""
@@ -123,9 +85,9 @@ class ModelRegistry:
 
     def path(self, version: str) -> Path:
         """Directory of an existing version; ModelNotFoundError lists the known ones."""
-        if not _VERSION_RE.match(str(version)):
+        if not self.dirs.is_name(str(version)):
             raise ModelNotFoundError(self._missing_msg(version))
-        p = self.root / version
+        p = self.dirs.path(version)
         if not (p / MANIFEST_FILE).is_file():
             raise ModelNotFoundError(self._missing_msg(version))
         return p
@@ -191,16 +153,14 @@ class ModelRegistry:
         ref = self._reference_frame(reference_rows, names, reference_max_rows, seed)
 
         model_file = f"model.{self.model_format}"
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        tmp = self.dirs.stage()
         try:
             trained.booster.save_model(str(tmp / model_file))
             if ref is not None:
                 ref.to_parquet(tmp / REFERENCE_FILE, index=False)
-            with self._lock():
-                self._cleanup_stale()
-                version = self._next_version()
+            with self.dirs.lock():
+                self.dirs.clear_stale(_STALE_TMP_SECONDS)
+                version = self.dirs.new_name()
                 manifest = Manifest(
                     version=version,
                     feature_names=tuple(names),
@@ -224,30 +184,13 @@ class ModelRegistry:
                     extra=dict(extra or {}),
                 )
                 text = json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=False)
-                with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                for p in tmp.iterdir():
-                    if p.name != MANIFEST_FILE:
-                        with open(p, "rb") as fh:
-                            os.fsync(fh.fileno())
-                _fsync_dir(tmp)
-                os.rename(tmp, self.root / version)  # the version appears complete or not at all
-                _fsync_dir(self.root)
+                (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
+                self.dirs.publish(tmp, version)  # appears complete or not at all
                 self._apply_retention(keep={version})
             return version
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-
-    def _next_version(self) -> str:
-        nums = [0]
-        for p in self.root.iterdir():
-            m = _VERSION_RE.match(p.name)
-            if m:
-                nums.append(int(m.group(1)))
-        return f"v{max(nums) + 1:04d}"
 
     @staticmethod
     def _reference_frame(
@@ -277,15 +220,6 @@ class ModelRegistry:
             frame = frame.iloc[idx].reset_index(drop=True)
         return frame
 
-    def _cleanup_stale(self) -> None:
-        """Remove temp/trash directories left by killed processes (older than an hour)."""
-        now = time.time()
-        for p in self.root.iterdir():
-            if p.name.startswith((".tmp-", ".trash-")) and p.is_dir():
-                with contextlib.suppress(OSError):
-                    if p.name.startswith(".trash-") or now - p.stat().st_mtime > _STALE_TMP_SECONDS:
-                        shutil.rmtree(p, ignore_errors=True)
-
     def _apply_retention(self, keep: set[str]) -> list[str]:
         """Delete the oldest versions beyond keep_versions; never the promoted one or the
         rollback target (previous promotion). Caller holds the lock."""
@@ -304,9 +238,7 @@ class ModelRegistry:
                 break
             if v in protected:
                 continue
-            trash = self.root / f".trash-{v}-{uuid.uuid4().hex}"
-            os.rename(self.root / v, trash)  # disappears atomically, then is deleted
-            shutil.rmtree(trash, ignore_errors=True)
+            self.dirs.discard(v)  # disappears atomically, then is deleted
             removed.append(v)
             excess -= 1
         return removed
@@ -314,31 +246,31 @@ class ModelRegistry:
     # --- promotion ---------------------------------------------------------------------
     def promote(self, version: str) -> None:
         """Make ``version`` the served one (atomic pointer swap) and record the history."""
-        with self._lock():
+        with self.dirs.lock():
             self.path(version)
             hist = self.history()
             if not hist or hist[-1] != version:
                 hist.append(version)
-            _write_atomic(self.root / HISTORY_FILE, json.dumps(hist))
-            _write_atomic(self.root / PROMOTED_FILE, version + "\n")
+            write_atomic(self.root / HISTORY_FILE, json.dumps(hist))
+            self.dirs.point_to(version)
 
     def rollback(self) -> str:
         """Re-promote the previously promoted version; returns it."""
-        with self._lock():
+        with self.dirs.lock():
             hist = self.history()
             current = self.promoted()
             if current is not None and hist and hist[-1] == current:
                 hist = hist[:-1]
             # skip versions deleted since (by hand)
-            while hist and not (self.root / hist[-1] / MANIFEST_FILE).is_file():
+            while hist and not (self.dirs.path(hist[-1]) / MANIFEST_FILE).is_file():
                 hist.pop()
             if not hist:
                 raise ModelNotFoundError(
                     f"nothing to roll back to in {self.root}: no earlier promoted version"
                 )
             target = hist[-1]
-            _write_atomic(self.root / HISTORY_FILE, json.dumps(hist))
-            _write_atomic(self.root / PROMOTED_FILE, target + "\n")
+            write_atomic(self.root / HISTORY_FILE, json.dumps(hist))
+            self.dirs.point_to(target)
             return target
 
     # --- loading -----------------------------------------------------------------------
