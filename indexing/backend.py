@@ -2,8 +2,9 @@
 
 Small on purpose: BM25 (combined or one field), kNN, fetch by id, plus the per-candidate
 lookups the feature code needs so that features are identical whichever backend served
-the candidates. All methods are async; implementations keep CPU-bound work off the
-event loop (asyncio.to_thread) and raise indexing.errors.BackendError subclasses.
+the candidates (each one separately, and all of them at once as ``Lookups``, which is
+what search.candidates calls). All methods are async; implementations keep CPU-bound work
+off the event loop (asyncio.to_thread) and raise indexing.errors.BackendError subclasses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from indexing.documents import Document
+from ltr.types import TermIds
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,23 @@ class IndexInfo:
     attr_names: tuple[str, ...]
     model_id: str
     dim: int
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """Every per-candidate lookup the features need, each aligned with the candidate ids.
+
+    The same values as the separate RetrievalBackend methods: ``cosine`` is NaN for an
+    unknown id and for every id when there was no query vector.
+    """
+
+    query_terms: tuple[str, ...]  # the query analyzed with the index's analyzer
+    field_bm25: Mapping[str, np.ndarray]  # text field -> BM25 per id (field_scores)
+    cosine: np.ndarray
+    doc_terms: Mapping[str, tuple[tuple[str, ...], ...]]  # text field -> terms per id
+    idf: Mapping[str, float]  # of the distinct query terms (absent terms omitted)
+    static: Mapping[str, np.ndarray]  # numeric attribute -> value per id (static_attrs)
+    term_ids: TermIds | None = None  # doc_terms as vocabulary ids, where the index has them
 
 
 def check_query_vector(vector: np.ndarray, dim: int) -> np.ndarray:
@@ -115,6 +134,14 @@ class RetrievalBackend(Protocol):
 
     async def idf(self, terms: Sequence[str]) -> dict[str, float]:
         """Lucene BM25 IDF of each term in the combined field (absent terms omitted)."""
+        ...
+
+    async def static_attrs(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Numeric attribute -> value per id (NaN where missing or the id is unknown)."""
+        ...
+
+    async def lookups(self, query: str, ids: Sequence[str], vector: np.ndarray | None) -> Lookups:
+        """Every per-candidate lookup at once (``vector`` None: cosine is all NaN)."""
         ...
 
     async def close(self) -> None: ...

@@ -1,4 +1,5 @@
-"""The Document every loader produces and every backend indexes."""
+"""The Document every loader produces and every backend indexes, and the one text of it
+that every backend embeds."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ class Document:
             category=None if obj.get("category") is None else str(obj["category"]),
             attrs={str(k): float(v) for k, v in dict(obj.get("attrs") or {}).items()},  # type: ignore[call-overload]
         )
+
+
+def embedding_text(doc: Document) -> str:
+    """The one text embedded per document: title, body and extra fields, blank ones skipped."""
+    return "\n".join(t for t in doc.text_fields().values() if t)
 
 
 def check_unique_ids(docs: Sequence[Document]) -> None:

@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from indexing import elastic_requests as rq
-from indexing.backend import Filters, Hits, IndexInfo, check_query_vector
+from indexing.backend import Filters, Hits, IndexInfo, Lookups, check_query_vector
 from indexing.config import ElasticsearchConfig, IndexConfig
-from indexing.documents import Document, check_unique_ids
+from indexing.documents import Document, check_unique_ids, embedding_text
 from indexing.embedding_cache import EmbeddingCache, embed_texts
 from indexing.encoders import Encoder
 from indexing.errors import (
@@ -42,7 +42,6 @@ from indexing.errors import (
     InvalidRequestError,
     ValidationError,
 )
-from indexing.local import embedding_text
 from ltr.errors import unknown_name
 
 log = logging.getLogger(__name__)
@@ -622,7 +621,7 @@ class ElasticBackend:
         return [None if i not in found else Document.from_json(found[i]) for i in ids]
 
     async def static_attrs(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Numeric attributes per id (NaN = missing); cheaper than fetch (not in the Protocol)."""
+        """Numeric attributes per id (NaN = missing); an mget of ``attrs`` only."""
         found = await self._mget(ids, attrs_only=True) if ids else {}
         out: dict[str, np.ndarray] = {}
         for name in self.attr_names:
@@ -727,6 +726,26 @@ class ElasticBackend:
             if df > 0 and n > 0:
                 out[t] = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
         return out
+
+    async def lookups(self, query: str, ids: Sequence[str], vector: np.ndarray | None) -> Lookups:
+        """The separate lookups, concurrently: analyze first (idf needs the terms), then
+        field scores, cosine, doc terms, idf and static attributes in one gather."""
+        query_terms = await self.analyze(query)
+        n = len(ids)
+
+        async def cosine() -> np.ndarray:
+            if vector is None:  # dense degraded: cosine unknown, not 0
+                return np.full(n, np.nan, dtype=np.float64)
+            return np.asarray(await self.cosine(vector, ids), dtype=np.float64)
+
+        field_bm25, cos, doc_terms, idf, static = await asyncio.gather(
+            self.field_scores(query, ids),
+            cosine(),
+            self.doc_terms(ids),
+            self.idf(list(dict.fromkeys(query_terms))),
+            self.static_attrs(ids),
+        )
+        return Lookups(query_terms, field_bm25, cos, doc_terms, idf, static)
 
     async def close(self) -> None:
         if self._closed:

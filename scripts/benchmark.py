@@ -44,12 +44,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from indexing.bm25 import top_k
+from indexing.build import build_local_index
 from indexing.config import EmbeddingConfig, IndexConfig
-from indexing.documents import Document
+from indexing.documents import Document, embedding_text
 from indexing.embedding_cache import EmbeddingCache
 from indexing.encoders import Encoder, load_encoder
-from indexing.local import LocalBackend, build_local_index, embedding_text
-from indexing.local_store import Snapshot, top_k
+from indexing.local import LocalBackend
+from indexing.local_store import Snapshot
 
 # --- a deterministic product catalog ------------------------------------------------------
 CATEGORIES: dict[str, list[str]] = {

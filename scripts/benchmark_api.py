@@ -74,12 +74,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def prepare(work: Path, n_docs: int, n_queries: int, with_model: bool) -> dict[str, Any]:
     """Catalog -> index -> model, each step skipped when its output already exists."""
+    from indexing.build import build_local_index
     from indexing.config import EmbeddingConfig
     from indexing.demo_catalog import build_demo_catalog, write_beir
     from indexing.embedding_cache import EmbeddingCache
     from indexing.encoders import load_encoder
+    from indexing.layout import current_version
     from indexing.loaders import load_beir
-    from indexing.local import build_local_index, current_version
 
     data = work / f"catalog-{n_docs}"
     index = work / f"index-{n_docs}"

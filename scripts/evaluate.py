@@ -59,9 +59,10 @@ def _fingerprint(dataset: Path, extra: dict[str, Any]) -> str:
 
 def prepare_index(dataset: Path, work: Path, corpus: Any, encoder: Any, log: Any) -> Path:
     """The local index for this corpus in ``work`` (rebuilt only when the corpus changed)."""
+    from indexing.build import build_local_index
     from indexing.config import IndexConfig
     from indexing.embedding_cache import EmbeddingCache
-    from indexing.local import build_local_index, current_version
+    from indexing.layout import current_version
 
     cfg = IndexConfig()
     index_dir = work / "index"

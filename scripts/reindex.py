@@ -62,7 +62,7 @@ def _load_inputs(args: argparse.Namespace, s: Settings) -> tuple[list[Any], Any,
 
 def _reindex_local(args: argparse.Namespace, settings: Settings) -> str:
     """Load, embed (through the cache), build, validate and swap; returns the closing line."""
-    from indexing.local import build_local_index
+    from indexing.build import build_local_index
 
     s = settings
     index_dir = Path(args.index_dir or s.index.dir)

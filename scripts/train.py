@@ -162,8 +162,9 @@ def _encoder(settings: Any, log: Log) -> Any:
 
 
 def _ensure_index(index_dir: Path, dataset: Any, settings: Any, encoder: Any, log: Log) -> None:
+    from indexing.build import build_local_index
     from indexing.embedding_cache import EmbeddingCache
-    from indexing.local import build_local_index, current_version
+    from indexing.layout import current_version
 
     if current_version(index_dir):
         return

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from indexing.backend import Filters, Hits, RetrievalBackend
+from indexing.backend import Filters, Hits, Lookups, RetrievalBackend
 from indexing.encoders import Encoder
 from indexing.errors import BackendError, BackendTimeoutError
-from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query, TermIds
+from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query
 from search.config import RetrievalConfig
 from search.timings import measure, measure_await
 
@@ -203,76 +203,31 @@ class CandidateGenerator:
             ranks[name] = r
 
         lookups = await self._timed("lookup", self._lookups(text, ids, vector))
-        query_terms, field_bm25, cosine, doc_terms, idf, static, term_ids = lookups
         cs = CandidateSet(
             query_text=text,
-            query_terms=query_terms,
+            query_terms=lookups.query_terms,
             ids=ids,
             scores=scores,
             ranks=ranks,
-            field_bm25=field_bm25,
-            dense_cosine=cosine,
-            doc_terms=doc_terms,
-            idf=idf,
-            static=static,
+            field_bm25=lookups.field_bm25,
+            dense_cosine=lookups.cosine,
+            doc_terms=lookups.doc_terms,
+            idf=lookups.idf,
+            static=lookups.static,
             query_id=query_id,
-            term_ids=term_ids,
+            term_ids=lookups.term_ids,
         )
         return cs, degraded
 
-    async def _lookups(
-        self, text: str, ids: tuple[str, ...], vector: np.ndarray | None
-    ) -> tuple[Any, Any, np.ndarray, Any, Any, dict[str, np.ndarray], TermIds | None]:
-        """(query terms, field BM25, cosine, doc terms, idf, static attrs, the doc terms as
-        vocabulary ids or None: only the batched LocalBackend call has them)."""
-        backend = self.backend
-        batch = getattr(backend, "lookups", None)
-        if batch is not None:  # one call for everything (LocalBackend)
-            got = await batch(text, ids, vector)
-            query_terms, field_bm25, cos, doc_terms, idf, static, term_ids = got
-            return (
-                query_terms,
-                {k: np.asarray(v, dtype=np.float64) for k, v in field_bm25.items()},
-                np.asarray(cos, dtype=np.float64),
-                doc_terms,
-                idf,
-                {k: np.asarray(v, dtype=np.float64) for k, v in static.items()},
-                term_ids,
-            )
-        query_terms = await backend.analyze(text)
-        n = len(ids)
-
-        async def cosine() -> np.ndarray:
-            if vector is None:  # dense degraded: cosine unknown, not 0
-                return np.full(n, np.nan, dtype=np.float64)
-            return np.asarray(await backend.cosine(vector, ids), dtype=np.float64)
-
-        field_bm25, cos, doc_terms, idf, static = await asyncio.gather(
-            backend.field_scores(text, ids),
-            cosine(),
-            backend.doc_terms(ids),
-            backend.idf(list(dict.fromkeys(query_terms))),
-            self._static(ids),
+    async def _lookups(self, text: str, ids: tuple[str, ...], vector: np.ndarray | None) -> Lookups:
+        """The backend's lookups of the candidates, with every score column float64."""
+        got = await self.backend.lookups(text, ids, vector)
+        return replace(
+            got,
+            field_bm25={k: np.asarray(v, dtype=np.float64) for k, v in got.field_bm25.items()},
+            cosine=np.asarray(got.cosine, dtype=np.float64),
+            static={k: np.asarray(v, dtype=np.float64) for k, v in got.static.items()},
         )
-        field_bm25 = {k: np.asarray(v, dtype=np.float64) for k, v in field_bm25.items()}
-        return query_terms, field_bm25, cos, doc_terms, idf, static, None
-
-    async def _static(self, ids: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """Numeric attrs per candidate: the backend's cheap lookup if it has one, else fetch."""
-        cheap = getattr(self.backend, "static_attrs", None)
-        if cheap is not None:
-            got = await cheap(ids)
-            return {k: np.asarray(v, dtype=np.float64) for k, v in got.items()}
-        info = await self.backend.info()
-        docs = await self.backend.fetch(ids)
-        out: dict[str, np.ndarray] = {}
-        for name in info.attr_names:
-            col = np.full(len(ids), np.nan, dtype=np.float64)
-            for i, doc in enumerate(docs):
-                if doc is not None and name in doc.attrs:
-                    col[i] = float(doc.attrs[name])
-            out[name] = col
-        return out
 
 
 def _union(per_retriever: Mapping[str, Hits | None]) -> tuple[str, ...]:

@@ -222,7 +222,8 @@ async def reload_index(state: ServerState) -> bool:
     index_dir = state.spec.index_dir
     if index_dir is None or state.pipeline is None:
         return False
-    from indexing.local import LocalBackend, current_version
+    from indexing.layout import current_version
+    from indexing.local import LocalBackend
 
     cur = await asyncio.to_thread(current_version, index_dir)
     if cur is None or cur == state.pipeline.index_version:

@@ -72,7 +72,7 @@ def write_small_beir(cranfield: Path, out: Path, n_queries: int = 20, extra_docs
 
 
 def build_index(beir_dir: Path, index_dir: Path, encoder: Encoder) -> str:
-    from indexing.local import build_local_index
+    from indexing.build import build_local_index
 
     ds = load_beir(beir_dir)
     return build_local_index(ds.corpus, index_dir, encoder)

@@ -2,7 +2,7 @@
 
 Subclass ``BackendContract`` in a module whose class name starts with ``Test`` and provide
 an async ``backend`` fixture that indexes ``CONTRACT_DOCS`` (embedding each document's
-``indexing.local.embedding_text`` with the session ``encoder``). The expected values come
+``indexing.documents.embedding_text`` with the session ``encoder``). The expected values come
 from the corpus itself (brute force over ``Filters.matches``, Lucene IDF from document
 frequencies) or from consistency between methods, so the same file checks any backend.
 The tests run on the session event loop (``loop_scope="session"``): declare the fixture with
@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexing.backend import Filters, Hits, IndexInfo, RetrievalBackend
-from indexing.documents import Document
+from indexing.backend import Filters, Hits, IndexInfo, Lookups, RetrievalBackend
+from indexing.documents import Document, embedding_text
 from indexing.errors import InvalidRequestError
-from indexing.local import embedding_text
 from ltr.errors import UnknownNameError
 
 _ROWS: list[tuple[str, str, str, str | None, dict[str, float], dict[str, str]]] = [
@@ -286,6 +285,13 @@ def lucene_idf(df: int, n: int) -> float:
     return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
 
+def assert_same_columns(got: Any, want: Any) -> None:
+    """Two name -> per-id column mappings hold the same names and values (NaN == NaN)."""
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
+
+
 def assert_ranked(hits: Hits, k: int) -> None:
     """Scores descending, at most k, aligned with ids, no duplicates."""
     assert isinstance(hits, Hits)
@@ -506,3 +512,47 @@ class BackendContract:
             assert df > 0
             assert got[t] == pytest.approx(lucene_idf(df, N), rel=1e-6)
         assert got["espresso"] > got["laptop"] > 0
+
+    async def test_static_attrs(self, backend: Any) -> None:
+        info = await backend.info()
+        ids = ["d28", "d30", "unknown-id", "d01", "d28"]
+        got = await backend.static_attrs(ids)
+        assert set(got) == set(info.attr_names)
+        for name in info.attr_names:
+            want = [
+                DOCS_BY_ID[i].attrs.get(name, math.nan) if i in DOCS_BY_ID else math.nan
+                for i in ids
+            ]
+            np.testing.assert_array_equal(np.asarray(got[name], dtype=np.float64), want)
+        empty = await backend.static_attrs([])
+        assert set(empty) == set(info.attr_names) and all(len(c) == 0 for c in empty.values())
+
+    # --- lookups: every per-candidate lookup at once ----------------------------
+    @pytest.mark.parametrize("query", [*QUERIES[:2], "the"])
+    async def test_lookups_equal_the_separate_methods(
+        self, backend: Any, encoder: Any, query: str
+    ) -> None:
+        ids = ["d03", "unknown-id", "d14", "d01", "d22", "d01"]
+        v = encoder.encode([query])[0]
+        got = await backend.lookups(query, ids, v)
+        assert isinstance(got, Lookups)
+        terms = await backend.analyze(query)
+        assert got.query_terms == terms
+        assert_same_columns(got.field_bm25, await backend.field_scores(query, ids))
+        np.testing.assert_array_equal(np.asarray(got.cosine), await backend.cosine(v, ids))
+        assert got.doc_terms == await backend.doc_terms(ids)
+        assert got.idf == await backend.idf(list(dict.fromkeys(terms)))
+        assert_same_columns(got.static, await backend.static_attrs(ids))
+        if got.term_ids is not None:  # vocabulary ids of doc_terms, where the index has them
+            assert got.term_ids.fields == tuple(got.doc_terms)
+            assert len(got.term_ids.lengths) == len(got.doc_terms) * len(ids)
+            for j, field in enumerate(got.term_ids.fields):
+                lengths = got.term_ids.lengths[j * len(ids) : (j + 1) * len(ids)]
+                assert list(lengths) == [len(t) for t in got.doc_terms[field]]
+
+    async def test_lookups_without_a_query_vector(self, backend: Any) -> None:
+        """A degraded dense retriever: cosine is unknown (NaN), not 0; the rest as usual."""
+        ids = ["d01", "unknown-id", "d05"]
+        got = await backend.lookups("laptop battery", ids, None)
+        assert np.asarray(got.cosine).shape == (3,) and np.isnan(got.cosine).all()
+        assert_same_columns(got.field_bm25, await backend.field_scores("laptop battery", ids))

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from indexing.build import build_local_index
 from indexing.config import IndexConfig
-from indexing.documents import Document
+from indexing.documents import Document, embedding_text
 from indexing.embedding_cache import EmbeddingCache
-from indexing.local import LocalBackend, build_local_index, embedding_text
+from indexing.local import LocalBackend
 from indexing.local_store import Snapshot
 
 CFG = IndexConfig(ann_threshold=50, keep_versions=10)

@@ -31,8 +31,8 @@ async def serve(app: web.Application) -> AsyncIterator[TestClient]:
 
 
 def write_current(index_dir: Path, version: str) -> None:
-    """Swap CURRENT the way indexing.local does (rollback to a named version)."""
-    from indexing.local import rollback
+    """Swap CURRENT the way indexing.build does (rollback to a named version)."""
+    from indexing.build import rollback
 
     rollback(index_dir, version)
 
@@ -421,7 +421,8 @@ async def test_concurrent_searches_during_model_reload_and_index_swap(
     reg.promote(v1)
     ds = load_beir(beir_small)
     queries = [q.text for q in ds.queries]
-    from indexing.local import current_version, rollback
+    from indexing.build import rollback
+    from indexing.layout import current_version
 
     # a second index version, built beforehand; CURRENT goes back to the first one
     new_version = await asyncio.to_thread(build_index, beir_small, index, encoder)

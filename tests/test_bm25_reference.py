@@ -31,7 +31,7 @@ import pytest
 from rank_bm25 import BM25L, BM25Okapi
 
 from indexing.analysis import Analyzer
-from indexing.local_store import FieldIndex
+from indexing.bm25 import FieldIndex
 from tests.contract import CONTRACT_DOCS
 
 ANALYZER = Analyzer("en", "english")

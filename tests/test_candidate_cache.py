@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from indexing.backend import Filters
+from indexing.build import build_local_index, rollback
 from indexing.config import IndexConfig
 from indexing.embedding_cache import EmbeddingCache
-from indexing.local import LocalBackend, build_local_index, rollback
+from indexing.local import LocalBackend
 from ltr.registry import ModelRegistry
 from ltr.types import DENSE
 from search.aggregates import BehaviorAggregates

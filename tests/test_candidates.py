@@ -12,10 +12,11 @@ import pytest
 import pytest_asyncio
 
 from indexing.backend import Filters, Hits
+from indexing.build import build_local_index
 from indexing.config import IndexConfig
 from indexing.embedding_cache import EmbeddingCache
 from indexing.errors import BackendError
-from indexing.local import LocalBackend, build_local_index
+from indexing.local import LocalBackend
 from ltr.types import BM25, DENSE, CandidateSet, Query
 from search.candidates import CandidateGenerator, QueryVectorCache
 from search.config import RetrievalConfig

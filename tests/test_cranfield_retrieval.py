@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from indexing.build import build_local_index
 from indexing.embedding_cache import EmbeddingCache
 from indexing.loaders import BeirDataset, load_beir
-from indexing.local import LocalBackend, build_local_index
+from indexing.local import LocalBackend
 
 pytestmark = pytest.mark.slow
 

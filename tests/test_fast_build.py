@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from indexing.analysis import Analyzer
-from indexing.local_store import FieldIndex, build_field_indexes
+from indexing.bm25 import FieldIndex, build_field_indexes
 from tests.contract import CONTRACT_DOCS
 
 
@@ -160,10 +160,11 @@ def test_parallel_build_equals_inline(
 ) -> None:
     """The BM25 side built in a child process gives the same index as built inline (term
     ids may differ between processes, as bm25s' did: compared per term)."""
+    from indexing.build import build_local_index
     from indexing.config import IndexConfig
     from indexing.embedding_cache import EmbeddingCache
-    from indexing.local import build_local_index
-    from indexing.local_store import COMBINED, Snapshot
+    from indexing.layout import COMBINED, bm25_field
+    from indexing.local_store import Snapshot, load_field_index
     from tests.contract import contract_cache_path
 
     snaps = []
@@ -179,7 +180,10 @@ def test_parallel_build_equals_inline(
     # term ids index the combined vocabulary, whose order is per process: compare terms
     assert [a.term_row(r) for r in range(a.n)] == [b.term_row(r) for r in range(b.n)]
     for name in (*a.text_fields, COMBINED):
-        fa, fb = FieldIndex.load(a.path / "bm25" / name), FieldIndex.load(b.path / "bm25" / name)
+        fa, fb = (
+            load_field_index(bm25_field(a.path, name)),
+            load_field_index(bm25_field(b.path, name)),
+        )
         assert set(fa.vocab) == set(fb.vocab)
         for t, i in fa.vocab.items():
             j = fb.vocab[t]
@@ -195,9 +199,9 @@ def test_parallel_build_equals_inline(
 def test_failed_bm25_process_raises(tmp_path: Path) -> None:
     """A BM25 process that fails surfaces as IndexingError with its error text (the
     build then publishes nothing, like any failed build)."""
+    from indexing.build import _BM25Build
     from indexing.config import IndexConfig
     from indexing.errors import IndexingError
-    from indexing.local import _BM25Build
 
     (tmp_path / "bm25").mkdir()  # the child's mkdir of bm25/ fails: FileExistsError
     job = _BM25Build(tmp_path, CONTRACT_DOCS[:5], IndexConfig(), parallel=True)

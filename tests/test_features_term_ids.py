@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from indexing.backend import Lookups
+from indexing.build import build_local_index
 from indexing.config import IndexConfig
 from indexing.documents import Document
 from indexing.embedding_cache import EmbeddingCache
-from indexing.local import LocalBackend, build_local_index
+from indexing.local import LocalBackend
 from indexing.local_store import Snapshot
 from ltr import derived as D
 from ltr import features as F
@@ -136,9 +138,8 @@ def _check_ids(snap: Snapshot, cs: CandidateSet) -> None:
     assert tid.bound == len(vocab) and (tid.ids < tid.bound).all()
 
 
-def _from_lookups(q: str, ids: list[str], lk: Any, rng: np.random.Generator) -> CandidateSet:
+def _from_lookups(q: str, ids: list[str], lk: Lookups, rng: np.random.Generator) -> CandidateSet:
     """A CandidateSet as generate() builds it, with random ranks (ties, NaNs)."""
-    terms, fbm25, cos, doc_terms, idf, static, term_ids = lk
     n = len(ids)
     rb = rng.integers(1, 8, n).astype(np.float64)
     rd = rng.integers(1, 8, n).astype(np.float64)
@@ -146,16 +147,16 @@ def _from_lookups(q: str, ids: list[str], lk: Any, rng: np.random.Generator) -> 
     rd[rng.random(n) < 0.3] = np.nan
     return CandidateSet(
         query_text=q,
-        query_terms=terms,
+        query_terms=lk.query_terms,
         ids=tuple(ids),
         scores={BM25: 10 / rb, DENSE: 1 / rd},
         ranks={BM25: rb, DENSE: rd},
-        field_bm25=fbm25,
-        dense_cosine=cos,
-        doc_terms=doc_terms,
-        idf=idf,
-        static=static,
-        term_ids=term_ids,
+        field_bm25=lk.field_bm25,
+        dense_cosine=lk.cosine,
+        doc_terms=lk.doc_terms,
+        idf=lk.idf,
+        static=lk.static,
+        term_ids=lk.term_ids,
     )
 
 
@@ -226,15 +227,18 @@ def test_ids_of_other_fields_are_ignored(snap: Snapshot) -> None:
 
 
 class _Unbatched:
-    """The real backend without its batched ``lookups`` (as the Elasticsearch backend)."""
+    """The real backend whose lookups carry no vocabulary ids (as the Elasticsearch
+    backend's)."""
 
     def __init__(self, inner: LocalBackend) -> None:
         self._inner = inner
 
     def __getattr__(self, name: str) -> Any:
-        if name == "lookups":
-            raise AttributeError(name)
         return getattr(self._inner, name)
+
+    async def lookups(self, query: str, ids: Sequence[str], vector: np.ndarray | None) -> Lookups:
+        got = await self._inner.lookups(query, ids, vector)
+        return dataclasses.replace(got, term_ids=None)
 
 
 @ASYNC

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from indexing.build import build_local_index
 from indexing.config import IndexConfig
 from indexing.embedding_cache import EmbeddingCache
-from indexing.local import LocalBackend, build_local_index
+from indexing.local import LocalBackend
 from tests.contract import (
     CONTRACT_DOCS,
     BackendContract,

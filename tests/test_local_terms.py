@@ -1,7 +1,7 @@
 """The format-3 term store returns exactly the analyzer's terms; older versions still load.
 
 Format 3 stores each version's analyzed terms as int32 ids of deduplicated sequences
-(indexing.local_store.TermStore) instead of terms.jsonl. Whatever the storage, doc_terms
+(indexing.term_store.TermStore) instead of terms.jsonl. Whatever the storage, doc_terms
 must hand out the same tuples the analyzer produced at build time.
 """
 
@@ -16,20 +16,14 @@ import numpy as np
 import pytest
 
 from indexing.analysis import Analyzer
+from indexing.bm25 import _postings
+from indexing.build import build_local_index, text_field_names
 from indexing.config import IndexConfig
 from indexing.documents import Document
 from indexing.embedding_cache import EmbeddingCache
-from indexing.local import LocalBackend, build_local_index, text_field_names
-from indexing.local_store import (
-    ANN_ROWS,
-    TERM_IDS,
-    TERM_OFFSETS,
-    TERM_SEQS,
-    Snapshot,
-    _postings,
-    json_line,
-    write_lines,
-)
+from indexing.layout import ANN_ROWS, TERM_IDS, TERM_OFFSETS, TERM_SEQS
+from indexing.local import LocalBackend
+from indexing.local_store import Snapshot, json_line, write_lines
 from tests.contract import CONTRACT_DOCS, contract_cache_path
 
 # Repeated sequences across rows and fields, empty fields, an extra field only some
@@ -140,13 +134,14 @@ def test_older_formats_load_and_return_the_same(built: Path, tmp_path: Path, fmt
         q = "red shoes laptop"
         vec = new.vectors[3]
         a, b = new.lookups(q, ids, vec), prev.lookups(q, ids, vec)
-        assert a[0] == b[0] and a[3] == b[3] and a[4] == b[4]
-        for x, y in ((a[1], b[1]), (a[5], b[5])):
+        assert a.query_terms == b.query_terms and a.doc_terms == b.doc_terms
+        assert a.idf == b.idf
+        for x, y in ((a.field_bm25, b.field_bm25), (a.static, b.static)):
             assert list(x) == list(y)
             for k in x:
                 np.testing.assert_array_equal(x[k], y[k])
-        np.testing.assert_array_equal(a[2], b[2])
-        assert a[3] == {f: (*v, ()) for f, v in expected_terms(DOCS).items()}
+        np.testing.assert_array_equal(a.cosine, b.cosine)
+        assert a.doc_terms == {f: (*v, ()) for f, v in expected_terms(DOCS).items()}
     finally:
         new.close()
         prev.close()

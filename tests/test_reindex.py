@@ -17,17 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from indexing.build import build_local_index, rollback
 from indexing.config import IndexConfig
 from indexing.documents import Document
 from indexing.embedding_cache import EmbeddingCache
 from indexing.errors import IndexingError, IndexNotFoundError, ValidationError
-from indexing.local import (
-    LocalBackend,
-    build_local_index,
-    current_version,
-    list_versions,
-    rollback,
-)
+from indexing.layout import current_version, list_versions
+from indexing.local import LocalBackend
 from scripts.reindex import main
 from tests.contract import CONTRACT_DOCS
 
