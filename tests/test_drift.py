@@ -261,27 +261,6 @@ def _labelled_ids(df: pd.DataFrame, labels: np.ndarray) -> list[str]:
     return [str(r) for r in has_pos.index if has_pos[r]]
 
 
-@pytest.mark.slow
-def test_ranking_quality_matches_ranx() -> None:
-    from ranx import Qrels, Run, evaluate
-
-    df, labels = served_log(200, 11, graded=True)
-    q = ranking_quality(df, labels, k=10)
-    qrels: dict[str, dict[str, int]] = {}
-    run: dict[str, dict[str, float]] = {}
-    for r, d, p, g in zip(df["request_id"], df["doc_id"], df["position"], labels, strict=True):
-        run.setdefault(r, {})[d] = float(-p)
-        if g > 0:
-            qrels.setdefault(r, {})[d] = int(g)
-    run = {r: v for r, v in run.items() if r in qrels}
-    res = evaluate(Qrels(qrels), Run(run), ["ndcg_burges@10", "mrr@10"], return_mean=False)
-    order = list(Run(run).keys())  # ranx's query order
-    ndcg = dict(zip(_labelled_ids(df, labels), q.ndcg, strict=True))
-    rr = dict(zip(_labelled_ids(df, labels), q.rr, strict=True))
-    np.testing.assert_allclose([ndcg[r] for r in order], res["ndcg_burges@10"], atol=1e-6)
-    np.testing.assert_allclose([rr[r] for r in order], res["mrr@10"], atol=1e-6)
-
-
 def test_page_two_requests_are_left_out() -> None:
     df, _ = served_log(50, 3)
     page2 = df.copy()

@@ -1,4 +1,4 @@
-"""ltr.metrics against ranx (an outside implementation) on random graded runs."""
+"""ltr.metrics against ir-measures (pytrec_eval, an outside implementation) on random runs."""
 
 from __future__ import annotations
 
@@ -30,34 +30,7 @@ def random_case(seed: int, n_queries: int = 30) -> tuple[dict, dict, dict]:
     return qrels, run_scores, rankings
 
 
-@pytest.mark.slow  # importing ranx JIT-compiles numba code: 5-50 s on a cold cache
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_metrics_match_ranx(seed: int) -> None:
-    from ranx import Qrels, Run
-    from ranx import evaluate as rx_evaluate
-
-    qrels, run_scores, rankings = random_case(seed)
-    rq = Qrels({q: {d: int(g) for d, g in r.items()} for q, r in qrels.items()})
-    rr = Run(run_scores)
-    ours = M.evaluate(rankings, qrels, ["ndcg@10", "ndcg@5", "mrr@10", "map@100", "recall@20"])
-    theirs = {
-        "ndcg@10": "ndcg_burges@10",
-        "ndcg@5": "ndcg_burges@5",
-        "mrr@10": "mrr@10",
-        "map@100": "map@100",
-        "recall@20": "recall@20",
-    }
-    for ours_name, rx_name in theirs.items():
-        rx_evaluate(rq, rr, rx_name, make_comparable=True)
-        per_q = rr.scores[rx_name]
-        for qid, v in ours[ours_name].items():
-            assert v == pytest.approx(per_q[qid], abs=1e-9), (ours_name, qid)
-        assert M.mean(ours[ours_name]) == pytest.approx(
-            rx_evaluate(rq, rr, rx_name, make_comparable=True), abs=1e-9
-        )
-
-
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_metrics_match_ir_measures(seed: int) -> None:
     """Fast outside check (pytrec_eval through ir-measures); exponential gains given."""
     import ir_measures
