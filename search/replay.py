@@ -13,13 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ltr.errors import TrainingDataError
 from ltr.types import RETRIEVERS, CandidateSet, Judgment, Query
 from search.featurize import Featurized, Generator, featurize
+
+if TYPE_CHECKING:
+    from indexing.encoders import Encoder
 
 # Offline replay is not latency bound: generous stage timeouts so a busy machine never
 # drops a retriever (which would silently change the training data).
@@ -148,3 +152,25 @@ async def replay(
             )
         )
     return Replay(feature_names=names, queries=out, recall=candidate_recall(out))
+
+
+async def replay_index(
+    index_dir: str | Path,
+    encoder: Encoder,
+    queries: Sequence[Query],
+    judgments: Sequence[Judgment] | Mapping[str, Mapping[str, float]],
+    feature_names: Sequence[str],
+    bm25_k: int = 100,
+    knn_k: int = 100,
+) -> Replay:
+    """``replay`` over the local index in ``index_dir`` (opened and closed here), with the
+    offline timeouts: what training (search.training) and scripts/evaluate.py replay."""
+    from indexing.local import LocalBackend
+    from search.candidates import CandidateGenerator
+
+    backend = LocalBackend.open(index_dir, encoder)
+    try:
+        gen = CandidateGenerator(backend, encoder, bm25_k, knn_k, timeouts=REPLAY_TIMEOUTS_MS)
+        return await replay(gen, queries, judgments, feature_names, encoder=encoder)
+    finally:
+        await backend.close()

@@ -596,8 +596,8 @@ def test_train_command_bad_input_is_one_line_and_exit_2(
 
 def test_feature_spec_resolution() -> None:
     from ltr import features as F
-    from ltr.errors import UnknownNameError
-    from scripts.train import CliError, resolve_features
+    from ltr.errors import TrainingDataError, UnknownNameError
+    from ltr.training_run import resolve_features
 
     assert resolve_features("text") == F.TEXT_FEATURES
     assert resolve_features("text,static") == F.TEXT_FEATURES + F.STATIC_FEATURES
@@ -606,7 +606,7 @@ def test_feature_spec_resolution() -> None:
     assert resolve_features("rrf,bm25,rrf") == ("rrf", "bm25")
     with pytest.raises(UnknownNameError, match="valid:"):
         resolve_features("text,nope")
-    with pytest.raises(CliError):
+    with pytest.raises(TrainingDataError):
         resolve_features(" , ")
 
 
@@ -740,39 +740,23 @@ def test_recipe_inner_splits_keep_units_and_cold_copies_together(data: RankingDa
 def test_a_model_trained_by_the_command_serves_its_training_scores(
     beir_small: Path, small_index: Path, encoder: object, tmp_path: Path
 ) -> None:
-    """Parity: scripts/train.py --dataset -> ltr.registry -> search.pipeline. The served
-    score of every hit equals the trained model's score of that candidate's training row
-    (features + base margin as training computed them), bit for bit: the manifest's
-    base_margin spec is exactly what the pipeline applies."""
+    """Parity: search.training.train (scripts/train.py --dataset) -> ltr.registry ->
+    search.pipeline. The served score of every hit equals the trained model's score of that
+    candidate's training row (features + base margin as training computed them), bit for
+    bit: the manifest's base_margin spec is exactly what the pipeline applies."""
     import asyncio
 
     from indexing.local import LocalBackend
     from ltr import features as F
     from ltr.registry import ModelRegistry
-    from scripts.settings import load_settings
-    from scripts.train import _parser, replay_dataset, run
     from search.pipeline import Pipeline, SearchRequest
+    from search.training import ReplaySource, replay_dataset, train
 
-    def quiet(_: str) -> None:
-        return None
-
-    argv = [
-        "--dataset",
-        str(beir_small),
-        "--index-dir",
-        str(small_index),
-        "--model-dir",
-        str(tmp_path / "models"),
-        "--features",
-        "text",
-        "--quiet",
-    ]
-    result = run(_parser().parse_args(argv), quiet, encoder)
-    model = ModelRegistry(tmp_path / "models").load(result["version"])
+    source = ReplaySource(beir_small, small_index, F.TEXT_FEATURES)
+    result = train(source, TrainConfig(), tmp_path / "models", verbose=False, encoder=encoder)  # type: ignore[arg-type]
+    model = ModelRegistry(tmp_path / "models").load(result.version)
     assert dict(model.manifest.base_margin or {}) == TrainConfig().base_margin_spec()
-    data, _, _ = replay_dataset(
-        beir_small, small_index, F.TEXT_FEATURES, load_settings(None), "test", quiet, encoder
-    )
+    data = replay_dataset(source, TrainConfig(), encoder=encoder).data  # type: ignore[arg-type]
     assert data.base_margin is not None
     trained = model.predict(data.X, data.base_margin)
     unscaled = model.predict(data.X, data.base_margin / 20.0)  # the old, unscaled spec

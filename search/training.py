@@ -1,0 +1,228 @@
+"""Training data from the two sources the product has, and ``train``: a source in, a model out.
+
+- ``ReplaySource``: a BEIR directory's judged queries replayed through the serving code
+  (search.replay) on a local index, built from the corpus when the directory holds none,
+  so the training rows are exactly what the API would compute;
+- ``EventsSource``: the API's impression log (search.events): the click model (``auto`` =
+  lowest held-out perplexity) grades the logged (query, doc) pairs and the grades join
+  the EXACT served feature vectors.
+
+The run itself (split, fit, held-out report, registry save) is ltr.training_run, which
+needs nothing of search; the sources live here because one replays through search's
+candidate generation and the other reads the log search wrote. scripts/train.py is the
+command line over ``train``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexing.config import EmbeddingConfig, IndexConfig
+from indexing.documents import Document
+from indexing.encoders import Encoder
+from ltr.config import RegistryConfig, TrainConfig
+from ltr.errors import TrainingDataError
+from ltr.features import featureset_id
+from ltr.training_run import Log, TrainingSet, TrainResult, run_training, silent
+from search.config import RetrievalConfig
+
+
+@dataclass(frozen=True)
+class ReplaySource:
+    """Judged queries of a BEIR directory, replayed on the local index in ``index_dir``."""
+
+    dataset: Path
+    index_dir: Path
+    features: tuple[str, ...]  # ltr.training_run.resolve_features
+    split: str = "test"  # qrels/<split>.tsv
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)  # when the index is built here
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)  # bm25_k, knn_k
+
+
+@dataclass(frozen=True)
+class EventsSource:
+    """The impression log of the API, graded by a click model."""
+
+    db: Path
+    click_model: str = "auto"  # "auto" or a name of ltr.click_models.CLICK_MODELS
+
+
+def _encoder(cfg: EmbeddingConfig, log: Log) -> Encoder:
+    import torch
+
+    torch.set_num_threads(2)  # shared 2-core machine: deliberate and small
+    from indexing.encoders import load_encoder
+
+    t0 = time.perf_counter()
+    enc = load_encoder(cfg)
+    log(f"loaded encoder {enc.model_id} in {time.perf_counter() - t0:.1f}s")
+    return enc
+
+
+def _ensure_index(
+    source: ReplaySource, corpus: Sequence[Document], encoder: Encoder, log: Log
+) -> None:
+    from indexing.build import build_local_index
+    from indexing.embedding_cache import EmbeddingCache
+    from indexing.layout import current_version
+
+    index_dir = source.index_dir
+    if current_version(index_dir):
+        return
+    log(f"no index in {index_dir}: building one from {len(corpus)} documents")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    cache = EmbeddingCache(index_dir.parent / f"{index_dir.name}.embeddings.sqlite")
+    try:
+        build_local_index(corpus, index_dir, encoder, source.index, cache)
+    finally:
+        cache.close()
+
+
+def replay_dataset(
+    source: ReplaySource, cfg: TrainConfig, log: Log = silent, encoder: Encoder | None = None
+) -> TrainingSet:
+    """Judged queries -> rows with the base margin of ``cfg.base_margin_spec()`` and the
+    RRF baseline. ``encoder``: an already loaded one (else loaded from the source's
+    embedding settings)."""
+    from indexing.loaders import load_beir
+    from ltr.dataset import RankingData
+    from ltr.fusion import fusion_score
+    from search.replay import replay_index
+
+    ds = load_beir(source.dataset, split=source.split)
+    if encoder is None:
+        encoder = _encoder(source.embedding, log)
+    _ensure_index(source, ds.corpus, encoder, log)
+    t0 = time.perf_counter()
+    rep = asyncio.run(
+        replay_index(
+            source.index_dir,
+            encoder,
+            ds.queries,
+            ds.qrels,
+            source.features,
+            source.retrieval.bm25_k,
+            source.retrieval.knn_k,
+        )
+    )
+    log(f"replayed {len(rep.queries)} judged queries in {time.perf_counter() - t0:.1f}s")
+    groups = []
+    rrf: list[np.ndarray] = []
+    qrels: dict[str, dict[str, float]] = {}
+    for rq in rep.queries:
+        if not rq.ids:
+            continue
+        spec = cfg.base_margin_spec()
+        # exactly what search.pipeline computes from the manifest's spec at serve time
+        margin = None if spec is None else fusion_score(rq.cs, spec["name"], spec["params"])
+        groups.append((rq.query.id, rq.X, rq.labels, rq.ids, margin))
+        rrf.append(fusion_score(rq.cs, "rrf"))
+        qrels[rq.query.id] = dict(rq.qrels)
+    return TrainingSet(
+        data=RankingData.from_groups(groups, source.features),
+        qrels=qrels,
+        # the RRF baseline of every row, aligned with ``data`` (kept beside it, by row)
+        baseline=np.concatenate(rrf) if rrf else np.zeros(0),
+        label_source="qrels",
+        featureset_id=featureset_id(list(source.features)),
+        source=str(source.dataset),
+        info={"queries_replayed": len(rep.queries), "candidate_recall": rep.recall},
+    )
+
+
+def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) -> TrainingSet:
+    """Impression log + click-model grades -> rows on the exact served vectors, trained on
+    the featureset served last (the one the next model will serve)."""
+    from ltr import click_models as cm
+    from ltr.dataset import from_served_log
+    from ltr.training_run import choose_click_model
+    from search.events import SqliteEventStore
+
+    db = source.db
+    if not db.is_file():
+        raise TrainingDataError(f"{db}: no such event store")
+    store = SqliteEventStore(db)
+    try:
+        frame = store.served_features()
+        sessions = store.sessions()
+        if frame.empty or not sessions:
+            raise TrainingDataError(f"{db}: the event store has no impressions to train on")
+        fid = str(frame["featureset_id"].iloc[-1])
+        names = tuple(store.feature_names(fid))
+    finally:
+        store.close()
+    n_clicks = int(frame["clicked"].sum())
+    log(f"{len(sessions)} sessions, {len(frame)} served rows, {n_clicks} clicked")
+    if n_clicks == 0:
+        raise TrainingDataError(f"{db}: no clicks logged; nothing to learn from")
+    model = choose_click_model(sessions, source.click_model, cfg.seed, log)
+    labels = {(j.query_id, j.doc_id): float(j.grade) for j in cm.labels(model)}
+    log(f"click model {model.name}: {len(labels)} graded (query, doc) pairs")
+    margin_col = None
+    if cfg.use_base_margin:
+        if "base_margin" in frame.columns:
+            margin_col = "base_margin"
+        elif cfg.base_margin == "rrf" and "rrf" in names:
+            margin_col = "rrf"  # the logged RRF feature is the fusion score itself (k = 60)
+        else:
+            log(f"the log has no {cfg.base_margin!r} score: training without a base margin")
+    data = from_served_log(
+        frame, labels, key="query", feature_names=names, featureset_id=fid, margin_column=margin_col
+    )
+    if margin_col is not None and data.base_margin is None:
+        log(f"logged {margin_col!r} has missing values: training without a base margin")
+    elif margin_col == "rrf" and data.base_margin is not None:
+        # the logged feature is raw RRF; the served margin is rrf * scale (base_margin_spec)
+        data = dataclasses.replace(data, base_margin=data.base_margin * cfg.base_margin_scale)
+    # qrels per group (request): the grades of its served rows
+    qrels: dict[str, dict[str, float]] = {}
+    for q, d, y in zip(data.qids, data.doc_ids, data.y, strict=True):  # type: ignore[arg-type]
+        qrels.setdefault(str(q), {})[str(d)] = float(y)
+    rrf = (
+        data.X[:, names.index("rrf")].astype(np.float64)
+        if "rrf" in names
+        else np.nan_to_num(
+            data.base_margin if data.base_margin is not None else np.zeros(len(data))
+        )
+    )
+    return TrainingSet(
+        data=data,
+        qrels=qrels,
+        baseline=rrf,
+        label_source=f"clicks:{model.name}",
+        featureset_id=fid,
+        source=str(db),
+        served=True,
+        # groups are requests; split units are query texts (all requests of a query together)
+        units=dict(zip(frame["request_id"].astype(str), frame["query"].astype(str), strict=True)),
+        info={"click_model": model.name, "sessions": len(sessions), "featureset_id": fid},
+    )
+
+
+def train(
+    source: ReplaySource | EventsSource,
+    cfg: TrainConfig,
+    model_dir: Path,
+    registry: RegistryConfig | None = None,
+    *,
+    promote: bool = False,
+    log: Log = silent,
+    verbose: bool | int = 25,
+    encoder: Encoder | None = None,
+) -> TrainResult:
+    """Train on ``source`` with ``cfg`` (the settings' ltr section), evaluate on the held-out
+    queries, save to the registry at ``model_dir`` (promote with ``promote``).
+    ``encoder``: reuse a loaded one for a ReplaySource (else loaded from its settings)."""
+    if isinstance(source, ReplaySource):
+        ts = replay_dataset(source, cfg, log, encoder)
+    else:
+        ts = events_dataset(source, cfg, log)
+    return run_training(ts, cfg, model_dir, registry, promote=promote, log=log, verbose=verbose)
