@@ -6,7 +6,8 @@ Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad settings or arg
 ``--workers N`` (settings api.workers) runs N server processes on the port, each with its
 own SO_REUSEPORT socket, under this process as supervisor: it restarts a worker that dies
 after it was serving, stops them all on SIGTERM/SIGINT, and exits 2 if one cannot start.
-How the workers stay consistent: search.workers.
+The supervisor and how the workers stay consistent: search.workers; this module parses
+the arguments, sets up logging and runs one server or the supervisor.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import gc
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -144,16 +144,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, ValueError) as e:
         print(f"ltrsearch-serve: {e}", file=sys.stderr)
         return 2
-    from search.workers import group_from_env
+    from search import workers
 
-    group = group_from_env()
+    group = workers.group_from_env()
     if group is None and api.workers > 1:
         try:
-            init_event_store(args.events)
+            workers.init_event_store(args.events)
         except Exception as e:
             print(f"ltrsearch-serve: {e}", file=sys.stderr)
             return 2
-        return supervise(api.host, api.port, api.workers, sys.argv[1:] if argv is None else argv)
+        try:
+            socks = workers.listen(api.host, api.port, api.workers)
+        except OSError as e:
+            print(f"ltrsearch-serve: cannot listen on {api.host}:{api.port}: {e}", file=sys.stderr)
+            return 2
+        worker = [sys.executable, "-m", "scripts.serve", *(sys.argv[1:] if argv is None else argv)]
+        return workers.supervise(api.host, socks, worker)
 
     import asyncio
 
@@ -174,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.on_startup.append(_tune_gc)  # after the cleanup contexts loaded index and model
     sock = None
     if group is not None:
-        sock = socket.socket(fileno=int(os.environ["LTRSEARCH_WORKER_FD"]))
+        sock = workers.worker_socket()
         wid = str(group.worker_id)
 
         async def worker_header(request: Any, response: Any) -> None:
@@ -225,128 +231,6 @@ async def _tune_gc(app: Any) -> None:
 
 
 GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
-
-
-def _listen(host: str, port: int, n: int) -> list[socket.socket]:
-    """n listening sockets on one address with SO_REUSEPORT: the kernel spreads new
-    connections over them. Port 0: the first one picks the port, the others join it."""
-    family, _, _, _, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind(addr)
-            addr = s.getsockname()
-            s.listen(1024)
-            s.set_inheritable(True)
-    except OSError:
-        for s in socks:
-            s.close()
-        raise
-    return socks
-
-
-def init_event_store(path: str | None) -> None:
-    """Create or migrate the event store (WAL mode, tables, aggregates) once, before N
-    workers open it at the same moment: two first opens would both try the schema change
-    of an old store (the switch to WAL alone is retried by the store itself)."""
-    if not path:
-        return
-    from search.aggregates import BehaviorAggregates
-    from search.events import SqliteEventStore
-
-    store = SqliteEventStore(path)
-    try:
-        BehaviorAggregates.attach(store)
-    finally:
-        store.close()
-
-
-def supervise(host: str, port: int, workers: int, argv: Sequence[str]) -> int:
-    """Run ``workers`` copies of this command as worker processes (see the module doc)."""
-    import shutil
-    import signal
-    import subprocess
-    import tempfile
-
-    log = logging.getLogger("ltrsearch.serve")
-    try:
-        socks = _listen(host, port, workers)
-    except OSError as e:
-        print(f"ltrsearch-serve: cannot listen on {host}:{port}: {e}", file=sys.stderr)
-        return 2
-    bound = socks[0].getsockname()[1]
-    group_dir = tempfile.mkdtemp(prefix="ltrsearch-workers-")
-    stopping: list[int] = []
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    def spawn(i: int) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
-        env.update(
-            LTRSEARCH_WORKER_GROUP=group_dir,
-            LTRSEARCH_WORKER_ID=str(i),
-            LTRSEARCH_WORKERS=str(workers),
-            LTRSEARCH_WORKER_FD=str(socks[i].fileno()),
-            LTRSEARCH_WORKER_PARENT=str(os.getpid()),
-        )
-        cmd = [sys.executable, "-m", "scripts.serve", *argv]
-        return subprocess.Popen(cmd, env=env, pass_fds=(socks[i].fileno(),))
-
-    def serving(i: int) -> bool:
-        return os.path.exists(os.path.join(group_dir, f"state-{i}.json"))
-
-    procs = [spawn(i) for i in range(workers)]
-    announced = False
-    restarts: list[float] = []
-    code = 0
-    try:
-        while not stopping:
-            time.sleep(0.1)
-            if not announced and all(serving(i) for i in range(workers)):
-                announced = True
-                log.info("serving", extra={"host": host, "port": bound, "workers": workers})
-            for i, p in enumerate(procs):
-                rc = p.poll()
-                if rc is None or stopping:
-                    continue
-                if not serving(i):  # died before it served: bad index, settings...
-                    log.error("worker %d exited with %d before serving; stopping", i, rc)
-                    return 2
-                now = time.monotonic()
-                restarts = [t for t in restarts if now - t < 60.0] + [now]
-                if len(restarts) > 5:
-                    log.error("workers keep dying (%d restarts in 60 s); stopping", len(restarts))
-                    return 1
-                log.error("worker %d (pid %d) exited with %d; restarting it", i, p.pid, rc)
-                os.remove(os.path.join(group_dir, f"state-{i}.json"))
-                procs[i] = spawn(i)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20.0
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.returncode not in (0, -signal.SIGTERM):
-                code = code or 1
-        for s in socks:
-            s.close()
-        shutil.rmtree(group_dir, ignore_errors=True)
-    return code
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ others must follow:
 The group directory (created by the parent, removed on exit) holds small JSON files written
 atomically: ``request-<kind>.json`` ({"gen", ...}), ``state-<i>.json`` (worker i's last
 handled gen per kind, its model and index versions) and ``metrics-<i>.json``.
+
+Both sides of the protocol live here: ``supervise`` (the parent: sockets, the group
+directory, the LTRSEARCH_WORKER_* environment, restarts) and ``WorkerGroup`` /
+``group_from_env`` / ``worker_socket`` (a worker's view). scripts/serve.py only chooses
+which side to run.
 """
 
 from __future__ import annotations
@@ -26,13 +31,27 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 REQUEST_KINDS = ("reload", "flush")
+# the environment a worker process is started with (set by supervise, read by a worker)
+ENV_GROUP = "LTRSEARCH_WORKER_GROUP"  # the group directory
+ENV_ID = "LTRSEARCH_WORKER_ID"  # this worker's index, 0..N-1
+ENV_WORKERS = "LTRSEARCH_WORKERS"  # N
+ENV_FD = "LTRSEARCH_WORKER_FD"  # the inherited listening socket
+ENV_PARENT = "LTRSEARCH_WORKER_PARENT"  # the supervisor's pid (a worker stops without it)
+
+log = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -157,12 +176,158 @@ class WorkerGroup:
 
 
 def group_from_env() -> WorkerGroup | None:
-    """The group a worker process was started in (scripts/serve.py sets these)."""
-    directory = os.environ.get("LTRSEARCH_WORKER_GROUP")
+    """The group a worker process was started in (None: not started by ``supervise``)."""
+    directory = os.environ.get(ENV_GROUP)
     if not directory:
         return None
-    return WorkerGroup(
-        directory,
-        int(os.environ["LTRSEARCH_WORKER_ID"]),
-        int(os.environ["LTRSEARCH_WORKERS"]),
-    )
+    return WorkerGroup(directory, int(os.environ[ENV_ID]), int(os.environ[ENV_WORKERS]))
+
+
+def worker_socket() -> socket.socket:
+    """The listening socket ``supervise`` passed to this worker process."""
+    return socket.socket(fileno=int(os.environ[ENV_FD]))
+
+
+# -- the supervisor ---------------------------------------------------------------------
+
+
+def listen(host: str, port: int, n: int) -> list[socket.socket]:
+    """n listening sockets on one address with SO_REUSEPORT: the kernel spreads new
+    connections over them. Port 0: the first one picks the port, the others join it."""
+    family, _, _, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(addr)
+            addr = s.getsockname()
+            s.listen(1024)
+            s.set_inheritable(True)
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def init_event_store(path: str | None) -> None:
+    """Create or migrate the event store (WAL mode, tables, aggregates) once, before N
+    workers open it at the same moment: two first opens would both try the schema change
+    of an old store (the switch to WAL alone is retried by the store itself)."""
+    if not path:
+        return
+    from search.aggregates import BehaviorAggregates
+    from search.events import SqliteEventStore
+
+    store = SqliteEventStore(path)
+    try:
+        BehaviorAggregates.attach(store)
+    finally:
+        store.close()
+
+
+class _Workers:
+    """The worker processes of one group: start, watch, restart, stop."""
+
+    def __init__(self, socks: Sequence[socket.socket], command: Sequence[str]) -> None:
+        self.socks = socks
+        self.command = list(command)
+        self.n = len(socks)
+        self.dir = tempfile.mkdtemp(prefix="ltrsearch-workers-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.restarts: list[float] = []
+
+    def spawn(self, i: int) -> subprocess.Popen[bytes]:
+        fd = self.socks[i].fileno()
+        env = dict(os.environ)
+        env.update(
+            {
+                ENV_GROUP: self.dir,
+                ENV_ID: str(i),
+                ENV_WORKERS: str(self.n),
+                ENV_FD: str(fd),
+                ENV_PARENT: str(os.getpid()),
+            }
+        )
+        return subprocess.Popen(self.command, env=env, pass_fds=(fd,))
+
+    def serving(self, i: int) -> bool:
+        return os.path.exists(os.path.join(self.dir, f"state-{i}.json"))
+
+    def check(self) -> int | None:
+        """Restart a worker that died after it was serving; an exit code when the group
+        must stop (one died before serving: 2; too many restarts: 1), else None."""
+        for i, p in enumerate(self.procs):
+            rc = p.poll()
+            if rc is None:
+                continue
+            if not self.serving(i):  # died before it served: bad index, settings...
+                log.error("worker %d exited with %d before serving; stopping", i, rc)
+                return 2
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < 60.0] + [now]
+            if len(self.restarts) > 5:
+                log.error("workers keep dying (%d restarts in 60 s); stopping", len(self.restarts))
+                return 1
+            log.error("worker %d (pid %d) exited with %d; restarting it", i, p.pid, rc)
+            os.remove(os.path.join(self.dir, f"state-{i}.json"))
+            self.procs[i] = self.spawn(i)
+        return None
+
+    def stop(self) -> int:
+        """SIGTERM every worker, wait (kill after 20 s), clean up; 1 if one exited badly."""
+        code = 0
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20.0
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.returncode not in (0, -signal.SIGTERM):
+                code = code or 1
+        for s in self.socks:
+            s.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return code
+
+
+def supervise(host: str, socks: Sequence[socket.socket], command: Sequence[str]) -> int:
+    """Run one process of ``command`` per socket of ``listen(host, ...)`` (a server that
+    serves on ``worker_socket`` when ``group_from_env`` finds its group): restart one that
+    dies after it was serving, stop them all on SIGTERM/SIGINT. Returns the exit code
+    (2: a worker could not start; 1: they keep dying or one exited badly at the end)."""
+    workers = len(socks)
+    group = _Workers(socks, command)
+    bound = group.socks[0].getsockname()[1]
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    group.procs = [group.spawn(i) for i in range(workers)]
+    announced = False
+    try:
+        while not stopping:
+            time.sleep(0.1)
+            if not announced and all(group.serving(i) for i in range(workers)):
+                announced = True
+                log.info("serving", extra={"host": host, "port": bound, "workers": workers})
+            if stopping:
+                break
+            code = group.check()
+            if code is not None:
+                return code
+    finally:
+        stop_code = group.stop()
+    return stop_code
