@@ -12,10 +12,11 @@ then the clicks are POSTed to /events. Bounded by ``--sessions`` and ``--max-sec
 Only loopback servers are accepted: this is a test tool, never pointed at production.
 
 With ``--train``: NDCG@10 of the served ranking is measured on every judged query, the
-traffic runs, ``scripts/train.py --events DB --promote`` trains on the logged impressions,
-``POST /admin/reload`` loads the new model, and NDCG@10 is measured again, separately on the
-queries that had traffic and on ``--holdout`` queries that had none.
-Exit codes: 0 ok, 2 bad input or a failure (one line on stderr).
+traffic runs, search.training.train (what ``scripts/train.py --events DB --promote`` runs)
+trains on the logged impressions, ``POST /admin/reload`` loads the new model, and NDCG@10
+is measured again, separately on the queries that had traffic and on ``--holdout`` queries
+that had none. Exit codes: 0 ok, 2 bad input or a failure (one line on stderr).
+The demo and the tests call ``run(SimOptions(...))``, the demo drift step ``simulate``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -74,9 +76,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="the server's event store (with --train)")
     p.add_argument("--model-dir", help="the server's model registry (with --train)")
     p.add_argument("--admin-token", default="", help="bearer token for /admin/reload")
-    p.add_argument("--settings", help="settings file passed to scripts/train.py")
+    p.add_argument("--settings", help="settings file of the training (scripts/train.py --settings)")
     p.add_argument("--out", help="write the results here as JSON")
     return p
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """The command's options (field = flag, same defaults)."""
+
+    url: str
+    dataset: str
+    sessions: int = 2000
+    max_seconds: float = 120.0
+    concurrency: int = 4
+    k: int = 10
+    noise: float = 0.1
+    exam_eta: float = 1.0
+    seed: int = 0
+    holdout: float = 0.2
+    train: bool = False
+    events: str | None = None
+    model_dir: str | None = None
+    admin_token: str = ""
+    settings: str | None = None
+    out: str | None = None
 
 
 def load_judged(dataset: Path) -> tuple[list[tuple[str, str]], dict[str, dict[str, float]]]:
@@ -197,32 +221,30 @@ async def reload_model(url: str, token: str) -> dict[str, Any]:
 
 
 def train_from_events(events: str, model_dir: str, settings: str | None) -> dict[str, Any]:
-    """scripts/train.py --events DB --model-dir DIR --promote (in this process)."""
-    import contextlib
-    import io
-    import tempfile
+    """search.training.train on the event store, promoted (what ``scripts/train.py --events DB
+    --model-dir DIR --promote`` does), in this process; the result as ``--json`` writes it."""
+    from indexing.errors import IndexingError
+    from ltr.errors import LTRError
+    from scripts.settings import SettingsError, load_settings
+    from search.training import EventsSource, train
 
-    from scripts import train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "train.json"
-        argv = ["--events", events, "--model-dir", model_dir, "--promote", "--quiet"]
-        argv += ["--json", str(out)]
-        if settings:
-            argv += ["--settings", settings]
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            code = train.main(argv)
-        if code != 0:
-            raise SimError(f"training from events failed: {err.getvalue().strip()[-300:]}")
-        return dict(json.loads(out.read_text()))
+    try:
+        s = load_settings(settings)
+        source = EventsSource(Path(events), s.ltr.click_model)
+        result = train(source, s.ltr, Path(model_dir), s.registry, promote=True, verbose=False)
+    except (LTRError, IndexingError, SettingsError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SimError(f"training from events failed: error: {msg}") from None
+    return result.as_dict()
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: SimOptions) -> dict[str, Any]:
     url = check_loopback(args.url)
-    for name in ("sessions", "concurrency", "k"):
-        if getattr(args, name) < 1:
+    for name, value in (("sessions", args.sessions), ("concurrency", args.concurrency)):
+        if value < 1:
             raise SimError(f"--{name} must be >= 1")
+    if args.k < 1:
+        raise SimError("--k must be >= 1")
     if not 0 <= args.holdout < 1 or not 0 <= args.noise <= 1 or args.max_seconds <= 0:
         raise SimError("--holdout in [0, 1), --noise in [0, 1], --max-seconds > 0")
     if args.train and not (args.events and args.model_dir and args.admin_token):
@@ -252,6 +274,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         args.seed,
     )
     if args.train:
+        assert args.events is not None and args.model_dir is not None  # checked above
         out["train"] = await asyncio.to_thread(
             train_from_events, args.events, args.model_dir, args.settings
         )
@@ -263,7 +286,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _report(out: dict[str, Any]) -> str:
+def report(out: dict[str, Any]) -> str:
     t = out["traffic"]
     lines = [
         f"traffic: {t['searches']} searches, {t['clicks']} clicks, {t['errors']} errors "
@@ -282,7 +305,7 @@ def _report(out: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = SimOptions(**vars(_parser().parse_args(argv)))
     try:
         out = asyncio.run(run(args))
     except SimError as e:
@@ -291,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # connection refused, unreadable dataset
         print(f"simulate_traffic: {e}", file=sys.stderr)
         return 2
-    print(_report(out))
+    print(report(out))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2, default=str))
     return 0

@@ -1,5 +1,6 @@
 """Shared builders for the API tests (engineer F): a small real BEIR subset, a real local
-index over it, and a real LambdaMART model trained through the serving pipeline.
+index over it, a real LambdaMART model trained through the serving pipeline, and a real
+server process with the tests' settings (scripts.serverproc).
 
 Not a test module (no test functions); imported by tests/test_api*.py and test_pipeline.py.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from ltr.fusion import fusion_score
 from ltr.metrics import ndcg_at_k
 from ltr.registry import ModelRegistry
 from ltr.train import Trainer
+from scripts.serverproc import start_server
 from search.config import ApiConfig
 
 # what the API serves without a model: every feature (text, static, behavior)
@@ -87,6 +90,37 @@ def api_config(**kw: Any) -> ApiConfig:
     }
     base.update(kw)
     return ApiConfig(**base)
+
+
+def start_test_server(
+    index_dir: Path,
+    events: Path,
+    port: int,
+    log: Path,
+    model_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
+    **env_extra: str,
+) -> subprocess.Popen[bytes]:
+    """``scripts/serve.py`` as its own process with the tests' settings (admin token ADMIN,
+    no timer flush, no model required; ``env_extra``: more LTRSEARCH_* settings)."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LTRSEARCH_API__ADMIN_TOKEN": ADMIN,
+        "LTRSEARCH_API__IMPRESSION_FLUSH_MS": "60000",  # acks must not rely on the timer
+        "LTRSEARCH_API__REQUIRE_MODEL": "false",
+        **env_extra,
+    }
+    return start_server(
+        index_dir,
+        port=port,
+        log=log,
+        events=events,
+        model_dir=model_dir,
+        extra_args=extra_args,
+        env=env,
+    )
 
 
 async def train_model_via_pipeline(

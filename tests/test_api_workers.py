@@ -17,16 +17,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from scripts.serverproc import free_port, wait_ready
 from search.events import SqliteEventStore
-from tests.api_support import ADMIN, DEFAULT_FEATURES, build_model_sync
-from tests.test_api_faults import _free_port, _start_server
+from tests.api_support import ADMIN, DEFAULT_FEATURES, build_model_sync, start_test_server
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def _start(index_dir: Path, models: Path, events: Path, port: int, log: Path) -> Any:
-    return _start_server(
+    return start_test_server(
         index_dir,
         events,
         port,
@@ -77,7 +76,7 @@ async def test_two_workers_share_events_reloads_metrics_and_stop_with_the_superv
         build_model_sync, small_index, beir_small, models, encoder, DEFAULT_FEATURES
     )
     assert second != first  # promoted: the workers start on it
-    port, db, log = _free_port(), tmp_path / "events.db", tmp_path / "serve.log"
+    port, db, log = free_port(), tmp_path / "events.db", tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     proc = _start(small_index, models, db, port, log)
     acked: list[tuple[str, str, str]] = []
@@ -175,23 +174,15 @@ async def test_two_workers_share_events_reloads_metrics_and_stop_with_the_superv
 async def test_supervisor_stops_cleanly_and_exits_2_when_a_worker_cannot_start(
     small_index: Path, tmp_path: Path
 ) -> None:
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     proc = _start(tmp_path / "no-index", tmp_path / "models", tmp_path / "e.db", port, log)
     assert proc.wait(timeout=180) == 2, log.read_text()[-3000:]
     assert "before serving" in log.read_text()
     # and a healthy group exits 0 on SIGTERM
     proc = _start(small_index, tmp_path / "models", tmp_path / "e.db", port, log)
-    try:
-
-        async def up() -> Any:
-            try:
-                st, _, _ = await _call("GET", f"http://127.0.0.1:{port}/health")
-                return st if st == 200 else None
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.5)
-                return None
-
-        await _until(up, "a healthy worker", tries=400)
+    try:  # /health: no model is promoted, so /ready stays 503 (require_model)
+        url = f"http://127.0.0.1:{port}"
+        await asyncio.to_thread(wait_ready, url, proc, log, 200, "/health", 0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
