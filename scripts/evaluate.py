@@ -83,20 +83,6 @@ def prepare_index(dataset: Path, work: Path, corpus: Any, encoder: Any, log: Any
     return index_dir
 
 
-async def _replay(index_dir: Path, encoder: Any, ds: Any) -> Any:
-    from indexing.local import LocalBackend
-    from ltr.evaluation import EvalConfig
-    from search.candidates import CandidateGenerator
-    from search.replay import REPLAY_TIMEOUTS_MS, replay
-
-    backend = LocalBackend.open(index_dir, encoder)
-    try:
-        gen = CandidateGenerator(backend, encoder, 100, 100, timeouts=REPLAY_TIMEOUTS_MS)
-        return await replay(gen, ds.queries, ds.qrels, EvalConfig().features, encoder=encoder)
-    finally:
-        await backend.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         from indexing.encoders import load_encoder
         from indexing.loaders import load_beir
         from ltr.evaluation import EvalConfig, EvalData, markdown_table, run_evaluation
+        from search.replay import replay_index
 
         t0 = time.perf_counter()
         ds = load_beir(dataset)
@@ -135,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             work = work / dataset.resolve().name
         encoder = load_encoder(EmbeddingConfig())
         index_dir = prepare_index(dataset, work, ds.corpus, encoder, log)
-        rep = asyncio.run(_replay(index_dir, encoder, ds))
+        features = EvalConfig().features
+        rep = asyncio.run(replay_index(index_dir, encoder, ds.queries, ds.qrels, features))
         log(
             f"replayed {len(rep.queries)} queries in {time.perf_counter() - t0:.1f}s; "
             f"candidate recall {rep.recall}"
