@@ -1253,6 +1253,14 @@ class DemoCatalog:
             "grades": per_grade,
         }
 
+    def describe(self) -> str:
+        """One line for logs: products, queries per type, judgments per grade."""
+        s = self.summary()
+        return (
+            f"{s['products']} products, {s['queries']} queries {s['query_types']}, "
+            f"{s['judgments']} judgments {s['grades']}"
+        )
+
 
 def build_demo_catalog(
     n_products: int = DEFAULT_PRODUCTS,

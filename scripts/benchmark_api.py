@@ -4,9 +4,10 @@
         [--concurrency 32] [--soak-seconds 0] [--work-dir var/bench_api] [--out F.json]
 
 Builds (once, cached in the work dir) the demo product catalog of ``--docs`` documents, its
-local index (embeddings cached) and a LambdaMART model over all features (scripts/train.py
-on the catalog's judgments), starts ``scripts/serve.py`` as a separate process on 127.0.0.1
-with an event store, and drives it with ``--concurrency`` keep-alive connections: searches
+local index (embeddings cached) and a LambdaMART model over all features (search.training
+on the catalog's judgments, as ``scripts/train.py --features all``), starts
+``scripts/serve.py`` as a separate process on 127.0.0.1 (scripts.serverproc) with an event
+store, and drives it with ``--concurrency`` keep-alive connections: searches
 drawn Zipf-like from the catalog's queries (so the query-vector LRU sees a realistic mix of
 repeats), explain off, k=10. Reports end-to-end client latency p50/p99, the server's
 per-stage timings (embed, bm25, knn, candidates, features, model, total) p50/p99 from the
@@ -23,8 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts import serverproc
+
 STAGES = ("embed", "bm25", "knn", "candidates", "features", "model", "total")
 
 
@@ -97,22 +97,19 @@ def prepare(work: Path, n_docs: int, n_queries: int, with_model: bool) -> dict[s
         build_local_index(ds.corpus, index, enc, cache=EmbeddingCache(work / "emb-cache.db"))
         info["index_s"] = round(time.perf_counter() - t0, 1)
     if with_model and not (models / "PROMOTED").is_file():
-        from scripts import train
+        from ltr.training_run import resolve_features
+        from scripts.settings import load_settings
+        from search.training import ReplaySource, train
 
         t0 = time.perf_counter()
-        argv = ["--dataset", str(data), "--index-dir", str(index), "--model-dir", str(models)]
-        code = train.main([*argv, "--features", "all", "--promote", "--quiet"])
-        if code != 0:
-            raise SystemExit(f"benchmark_api: training the model failed (exit {code})")
+        s = load_settings()
+        source = ReplaySource(
+            data, index, resolve_features("all"), "test", s.embedding, s.index, s.retrieval
+        )
+        train(source, s.ltr, models, s.registry, promote=True, verbose=False)
         info["train_s"] = round(time.perf_counter() - t0, 1)
     info.update(data=str(data), index=str(index), models=str(models) if with_model else None)
     return info
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tree(pid: int) -> list[int]:
@@ -162,42 +159,28 @@ def start_server(
     workers: int = 1,
     candidate_cache: int = -1,
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
+    """The server under test (scripts.serverproc) with the benchmark's settings."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LTRSEARCH_API__REQUIRE_MODEL": "false",
+        "LTRSEARCH_API__ACCESS_LOG": "false",  # one log line per request would dominate
+    }
     if blas_threads > 0:
         env["OPENBLAS_NUM_THREADS"] = str(blas_threads)
     if candidate_cache >= 0:
         env["LTRSEARCH_RETRIEVAL__CANDIDATE_CACHE_SIZE"] = str(candidate_cache)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        LTRSEARCH_API__REQUIRE_MODEL="false",
-        LTRSEARCH_API__ACCESS_LOG="false",  # one log line per request would dominate
+    log.write_bytes(b"")  # this run's log only
+    return serverproc.start_server(
+        info["index"],
+        port=port,
+        log=log,
+        events=events,
+        model_dir=info.get("models"),
+        extra_args=["--workers", str(workers)],
+        env=env,
     )
-    cmd = [sys.executable, "-m", "scripts.serve", "--index-dir", info["index"]]
-    cmd += ["--events", str(events), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", str(workers)]
-    if info.get("models"):
-        cmd += ["--model-dir", info["models"]]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + 600
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
-            try:
-                async with s.get(f"{url}/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise SystemExit("server did not start in 600 s")
 
 
 class Recorder:
@@ -290,7 +273,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     info = await asyncio.to_thread(prepare, work, args.docs, args.queries, not args.no_model)
     queries = [q.text for q in load_beir(Path(info["data"])).queries]
     events = work / f"events-{os.getpid()}.db"
-    port = args.port or _free_port()
+    port = args.port or serverproc.free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
     proc = start_server(
@@ -304,7 +287,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "blas_threads": args.blas_threads,
     }
     try:
-        await wait_ready(url, proc, log)
+        try:
+            await asyncio.to_thread(serverproc.wait_ready, url, proc, log, 600.0, "/health", 0.5)
+        except serverproc.ServerStartError as e:
+            raise SystemExit(f"benchmark_api: {e}") from None
         out["rss_mb_start"] = round(rss_mb(proc.pid), 1)
         await drive(url, queries, args.warmup, args.concurrency, args.max_seconds, Recorder(), 1)
         rec = Recorder()
@@ -352,12 +338,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(json.dumps(samples[-1]), file=sys.stderr)
             out["soak"] = samples
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out["server_exit"] = proc.returncode
+        out["server_exit"] = serverproc.stop_server(proc, timeout_s=60)
     return out
 
 

@@ -18,17 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
-import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from indexing.encoders import Encoder
+    from scripts.settings import Settings
 
 SAMPLE_QUERIES = ("running shoes", "wireless noise cancelling headphones", "couch", "hedphones")
 
@@ -41,15 +43,18 @@ def _fmt(x: float) -> str:
     return "   -   " if math.isnan(x) else f"{x:7.3f}"
 
 
-async def show_candidates(index_dir: Path, queries: Sequence[str], top: int = 5) -> None:
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def show_candidates(
+    index_dir: Path, encoder: Encoder, queries: Sequence[str], top: int = 5
+) -> None:
     """Print each query's best hybrid candidates (by RRF) with every retriever's score/rank."""
-    from indexing.config import EmbeddingConfig
-    from indexing.encoders import load_encoder
     from indexing.local import LocalBackend
     from ltr.fusion import rrf
     from search.candidates import CandidateGenerator
 
-    encoder = load_encoder(EmbeddingConfig())
     backend = LocalBackend.open(index_dir, encoder)
     try:
         gen = CandidateGenerator(backend, encoder)
@@ -73,34 +78,97 @@ async def show_candidates(index_dir: Path, queries: Sequence[str], top: int = 5)
         await backend.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def make_catalog(out: Path, products: int, queries: int) -> None:
+    """The seeded demo catalog in BEIR layout (what scripts/make_demo_data.py writes)."""
+    from indexing.demo_catalog import build_demo_catalog, write_beir
+
+    t0 = time.perf_counter()
+    catalog = build_demo_catalog(products, queries)
+    write_beir(catalog, out)
+    print(f"wrote {out}: {catalog.describe()} in {time.perf_counter() - t0:.1f} s")
 
 
-def start_server(
-    index_dir: Path, model_dir: Path, events: Path, port: int, token: str, log: Path
-) -> subprocess.Popen[bytes]:
-    """scripts/serve.py in a child process; returns once /ready answers 200."""
-    env = dict(os.environ, LTRSEARCH_API__ADMIN_TOKEN=token)
-    cmd = [sys.executable, "-m", "scripts.serve", "--index-dir", str(index_dir),
-           "--model-dir", str(model_dir), "--events", str(events),
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError(f"the server was not ready within 300 s; see {log}")
+def reindex(source: Path, index_dir: Path, settings: Settings, encoder: Encoder) -> None:
+    """Load, embed (through the settings' embedding cache), build, validate and swap (what
+    ``ltrsearch-reindex --source SOURCE --index-dir DIR`` does on the local backend)."""
+    from indexing.build import build_local_index
+    from indexing.embedding_cache import EmbeddingCache
+    from indexing.loaders import load_documents
+
+    result = load_documents(source, settings.loader)
+    for err in result.skipped:
+        _stderr(f"skipped {err}")
+    docs = list(result.documents)
+    cache = EmbeddingCache(settings.embedding.cache_path) if settings.embedding.cache else None
+    try:
+        t0 = time.perf_counter()
+        version = build_local_index(
+            docs, index_dir, encoder, settings.index, cache=cache, progress=True
+        )
+        seconds = time.perf_counter() - t0
+    finally:
+        if cache is not None:
+            cache.close()
+    rate = len(docs) / seconds if seconds > 0 else float("inf")
+    print(
+        f"indexed {len(docs)} documents in {seconds:.1f} s ({rate:.0f} docs/s), version {version}"
+    )
+
+
+def prepare(args: argparse.Namespace, work: Path) -> None:
+    """Steps 1-4: catalog, index, candidates, a reranker trained from the judgments."""
+    from indexing.encoders import load_encoder
+    from ltr.training_run import resolve_features
+    from scripts.settings import load_settings
+    from search.training import ReplaySource, train
+
+    settings = load_settings()
+    data, index_dir = work / "catalog", work / "index"
+    _banner("1. demo catalog")
+    make_catalog(data, args.products, args.queries)
+    _banner("2. reindex (local backend)")
+    encoder = load_encoder(settings.embedding)
+    reindex(data, index_dir, settings, encoder)
+    _banner("3. hybrid candidates")
+    asyncio.run(show_candidates(index_dir, encoder, SAMPLE_QUERIES))
+    _banner("4. train the reranker from the judgments")
+    # all features, behavior included: they are NaN until users click, but then the served
+    # log carries them and step 5's retraining can learn from the click history
+    source = ReplaySource(
+        data, index_dir, resolve_features("all"),
+        embedding=settings.embedding, index=settings.index, retrieval=settings.retrieval,
+    )  # fmt: skip
+    result = train(
+        source, settings.ltr, work / "models", settings.registry,
+        promote=True, log=_stderr, encoder=encoder,
+    )  # fmt: skip
+    print(result.summary())
+
+
+def learn_from_clicks(args: argparse.Namespace, work: Path, url: str, token: str) -> bool:
+    """Steps 5-6 against the running server: simulated users, retraining from their clicks
+    and hot reload (scripts/simulate_traffic.py --train), then the drift demo."""
+    from scripts.demo_drift import demo_drift
+    from scripts.simulate_traffic import SimError, SimOptions, report, run
+
+    data, model_dir, events = work / "catalog", work / "models", work / "events.db"
+    opts = SimOptions(
+        url=url, dataset=str(data), sessions=args.sessions, max_seconds=600.0, train=True,
+        events=str(events), model_dir=str(model_dir), admin_token=token,
+    )  # fmt: skip
+    try:
+        out = asyncio.run(run(opts))
+    except (SimError, OSError) as e:
+        print(f"simulate_traffic: {e}", file=sys.stderr)
+        return False
+    print(report(out))
+    (work / "loop.json").write_text(json.dumps(out, indent=2, default=str))
+    _banner("6. shift the traffic: the drift report catches it")
+    try:
+        asyncio.run(demo_drift(url, events, model_dir, data, out_dir=work / "drift"))
+    except Exception as e:  # a demo step: one line, not a traceback
+        print(f"demo-drift: error: {type(e).__name__}: {e}", file=sys.stderr)
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,53 +180,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-serve", action="store_true", help="stop after the drift step")
     args = ap.parse_args(argv)
     work = Path(args.work_dir)
-    data, index_dir = work / "catalog", work / "index"
     t0 = time.perf_counter()
 
-    from scripts import make_demo_data, reindex
+    from indexing.errors import IndexingError
+    from ltr.errors import LTRError
+    from scripts import serverproc
+    from scripts.settings import SettingsError
 
-    _banner("1. demo catalog")
-    if (
-        make_demo_data.main(
-            ["--out", str(data), "--products", str(args.products), "--queries", str(args.queries)]
-        )
-        != 0
-    ):
-        return 1
-    _banner("2. reindex (local backend)")
-    if reindex.main(["--source", str(data), "--index-dir", str(index_dir)]) != 0:
-        return 1
-    _banner("3. hybrid candidates")
-    asyncio.run(show_candidates(index_dir, SAMPLE_QUERIES))
-
-    from scripts import demo_drift, simulate_traffic, train
-
-    model_dir, events = work / "models", work / "events.db"
-    _banner("4. train the reranker from the judgments")
-    # all features, behavior included: they are NaN until users click, but then the served
-    # log carries them and step 5's retraining can learn from the click history
-    if train.main(["--dataset", str(data), "--index-dir", str(index_dir),
-                   "--model-dir", str(model_dir), "--features", "all",
-                   "--promote"]) != 0:  # fmt: skip
+    try:
+        prepare(args, work)
+    except (IndexingError, LTRError, SettingsError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"demo: error: {msg}", file=sys.stderr)
         return 1
 
     _banner("5. serve, simulate users, retrain from their clicks, hot-reload")
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = serverproc.free_port(), secrets.token_hex(16)
     url = f"http://127.0.0.1:{port}"
     log = work / "server.log"
-    server = start_server(index_dir, model_dir, events, port, token, log)
+    server = serverproc.start_server(
+        work / "index",
+        port=port,
+        log=log,
+        events=work / "events.db",
+        model_dir=work / "models",
+        env={"LTRSEARCH_API__ADMIN_TOKEN": token},
+    )
     try:
-        rc = simulate_traffic.main([
-            "--url", url, "--dataset", str(data), "--sessions", str(args.sessions),
-            "--max-seconds", "600", "--train", "--events", str(events),
-            "--model-dir", str(model_dir), "--admin-token", token,
-            "--out", str(work / "loop.json"),
-        ])  # fmt: skip
-        if rc != 0:
+        serverproc.wait_ready(url, server, log, timeout_s=300, interval_s=0.5)
+        if not learn_from_clicks(args, work, url, token):
             return 1
-        _banner("6. shift the traffic: the drift report catches it")
-        demo_drift.main(["--url", url, "--events", str(events), "--model-dir", str(model_dir),
-                         "--dataset", str(data), "--out", str(work / "drift")])  # fmt: skip
         print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
         if args.no_serve:
             return 0
@@ -171,13 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             server.wait()
         return 0
+    except serverproc.ServerStartError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        serverproc.stop_server(server, timeout_s=30, sig=signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -69,12 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DemoCatalogError as e:
         print(f"make_demo_data: error: {e}", file=sys.stderr)
         return 2
-    s = catalog.summary()
-    print(
-        f"wrote {out}: {s['products']} products, {s['queries']} queries "
-        f"{s['query_types']}, {s['judgments']} judgments {s['grades']} "
-        f"in {time.perf_counter() - t0:.1f} s"
-    )
+    print(f"wrote {out}: {catalog.describe()} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
