@@ -46,6 +46,7 @@ __all__ = [
     "DemoCatalogError",
     "DemoQuery",
     "Product",
+    "attribute_vocabulary",
     "build_demo_catalog",
     "generate_products",
     "generate_queries",
@@ -108,6 +109,19 @@ class CategorySpec:
     price: tuple[float, float]  # typical (low, high) price
     synonyms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     size_label: str = "Size"
+
+
+def attribute_vocabulary() -> list[str]:
+    """The words of every category's attribute values (names, nouns, types, brands, colors,
+    materials, features, uses, synonyms), sorted: the words that carry a product's meaning;
+    descriptions put generic sentences around them. Defined after CATEGORIES is built."""
+    words: set[str] = set()
+    for c in CATEGORIES.values():
+        for value in (c.name, c.noun, *c.types, *c.brands, *c.colors, *c.materials):
+            words.update(tokens(value))
+        for value in (*c.features, *c.uses, *c.synonyms):
+            words.update(tokens(value))
+    return sorted(words)
 
 
 _APPAREL_SIZES = ("XS", "S", "M", "L", "XL", "XXL")

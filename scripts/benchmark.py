@@ -2,7 +2,13 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m scripts.benchmark [--docs 100000] [--embed-docs 1000]
 
-Measures, on a deterministic catalog of product-like ~60-token documents:
+The catalog is the demo catalog's (indexing.demo_catalog, the one generator of the demo,
+the benchmarks and the tests): its products as title + description documents (~65 words)
+with category, price and rating, and its queries of every type. Runs recorded before
+2026-12-04 used this benchmark's own generator (~63 words per document, six categories,
+queries of a product type plus 1-2 qualifiers): same sizes, not the same documents.
+
+Measures, on that catalog:
 - reindex throughput: a cold build that embeds (real MiniLM, ``--embed-docs`` documents,
   because embedding 100K texts on a shared 2-core CPU takes hours), the same build again
   from the embedding cache, and cached builds of the whole ``--docs`` catalog: exact kNN
@@ -16,11 +22,12 @@ Measures, on a deterministic catalog of product-like ~60-token documents:
 - kNN top-100 latency p50/p99, exact (numpy matmul + argpartition) vs hnswlib, and the
   ANN's recall@100 against exact, for a few ef_search values.
 
-The vectors of the full catalog are *composed*, not embedded: every vocabulary word is
-embedded with the real model once, a document's vector is the normalized weighted sum of
-its words' vectors plus noise, and those vectors are put in the embedding cache under the
-model's id. This keeps the clustered structure of real embeddings (what ANN recall depends
-on) without hours of encoding; it is said so wherever the numbers are reported.
+The vectors of the full catalog are *composed*, not embedded: every attribute word of the
+catalog (and every query word) is embedded with the real model once, a document's vector
+is the normalized weighted sum of its words' vectors plus noise, and those vectors are put
+in the embedding cache under the model's id. This keeps the clustered structure of real
+embeddings (what ANN recall depends on) without hours of encoding; it is said so wherever
+the numbers are reported.
 Prints a JSON report (also written to ``--out``).
 """
 
@@ -47,285 +54,58 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from indexing.bm25 import top_k
 from indexing.build import build_local_index
 from indexing.config import EmbeddingConfig, IndexConfig
+from indexing.demo_catalog import (
+    Product,
+    attribute_vocabulary,
+    generate_products,
+    generate_queries,
+    tokens,
+)
 from indexing.documents import Document, embedding_text
 from indexing.embedding_cache import EmbeddingCache
 from indexing.encoders import Encoder, load_encoder
 from indexing.local import LocalBackend
 from indexing.local_store import Snapshot
 
-# --- a deterministic product catalog ------------------------------------------------------
-CATEGORIES: dict[str, list[str]] = {
-    "electronics": [
-        "laptop",
-        "tablet",
-        "monitor",
-        "keyboard",
-        "mouse",
-        "speaker",
-        "headphones",
-        "charger",
-        "router",
-        "webcam",
-        "smartwatch",
-        "earbuds",
-    ],
-    "kitchen": [
-        "kettle",
-        "blender",
-        "toaster",
-        "pan",
-        "knife",
-        "mug",
-        "grinder",
-        "skillet",
-        "mixer",
-        "juicer",
-        "teapot",
-        "colander",
-    ],
-    "outdoor": [
-        "tent",
-        "backpack",
-        "lantern",
-        "hammock",
-        "stove",
-        "compass",
-        "jacket",
-        "boots",
-        "poles",
-        "cooler",
-        "tarp",
-        "headlamp",
-    ],
-    "home": [
-        "lamp",
-        "rug",
-        "curtain",
-        "pillow",
-        "blanket",
-        "shelf",
-        "clock",
-        "vase",
-        "mirror",
-        "basket",
-        "candle",
-        "frame",
-    ],
-    "sports": [
-        "racket",
-        "ball",
-        "mat",
-        "dumbbell",
-        "bicycle",
-        "helmet",
-        "gloves",
-        "skates",
-        "rope",
-        "bottle",
-        "bag",
-        "shoes",
-    ],
-    "office": [
-        "chair",
-        "desk",
-        "notebook",
-        "pen",
-        "stapler",
-        "organizer",
-        "binder",
-        "calculator",
-        "whiteboard",
-        "printer",
-        "scanner",
-        "shredder",
-    ],
-}
-BRANDS = [
-    "acme",
-    "northwind",
-    "contoso",
-    "fabrikam",
-    "globex",
-    "initech",
-    "umbrella",
-    "hooli",
-    "vandelay",
-    "wonka",
-    "stark",
-    "wayne",
-    "tyrell",
-    "cyberdyne",
-    "soylent",
-    "oscorp",
-]
-ADJECTIVES = [
-    "lightweight",
-    "durable",
-    "waterproof",
-    "ergonomic",
-    "compact",
-    "premium",
-    "wireless",
-    "stainless",
-    "breathable",
-    "adjustable",
-    "rechargeable",
-    "foldable",
-    "insulated",
-    "portable",
-    "quiet",
-    "heavy",
-    "sturdy",
-    "classic",
-    "modern",
-    "smart",
-]
-MATERIALS = [
-    "aluminium",
-    "steel",
-    "bamboo",
-    "leather",
-    "cotton",
-    "wool",
-    "plastic",
-    "glass",
-    "ceramic",
-    "carbon",
-    "nylon",
-    "oak",
-    "silicone",
-    "copper",
-    "linen",
-    "rubber",
-]
-COLORS = ["black", "white", "red", "blue", "green", "grey", "silver", "gold", "orange", "navy"]
-FEATURES = [
-    "battery",
-    "warranty",
-    "grip",
-    "handle",
-    "display",
-    "bluetooth",
-    "usb",
-    "cable",
-    "lid",
-    "strap",
-    "pocket",
-    "zipper",
-    "filter",
-    "sensor",
-    "timer",
-    "light",
-    "frame",
-    "cushion",
-    "wheel",
-    "blade",
-    "coating",
-    "button",
-    "motor",
-    "speed",
-    "capacity",
-    "storage",
-    "design",
-    "finish",
-    "fabric",
-    "base",
-]
-USES = [
-    "travel",
-    "camping",
-    "cooking",
-    "office",
-    "gaming",
-    "studying",
-    "running",
-    "hiking",
-    "gifts",
-    "kids",
-    "beginners",
-    "professionals",
-    "winter",
-    "summer",
-    "home",
-    "outdoors",
-]
-FILLER = ["with", "and", "for", "the", "a", "of", "in", "to", "is", "that", "your", "this"]
-VOCAB: list[str] = sorted(
-    {w for ws in CATEGORIES.values() for w in ws}
-    | set(BRANDS)
-    | set(ADJECTIVES)
-    | set(MATERIALS)
-    | set(COLORS)
-    | set(FEATURES)
-    | set(USES)
-)
-ALL_TYPES = [(c, t) for c, ts in CATEGORIES.items() for t in ts]
+
+# --- the catalog: the demo catalog's products (indexing.demo_catalog) -----------------------
+def document(p: Product) -> Document:
+    """A product as this benchmark indexes it: title, description, category, price and rating
+    (the corpus rows' attribute text fields are left out: ~65 words per document, like the
+    catalog this benchmark measured before it used the demo catalog)."""
+    attrs = {"price": p.price}
+    if p.rating is not None:
+        attrs["rating"] = p.rating
+    return Document(id=p.id, title=p.title, body=p.text, category=p.category, attrs=attrs)
 
 
-def synthetic_catalog(n: int, seed: int = 0) -> list[Document]:
-    """n product-like documents, ~60 tokens each, identical for a given (n, seed)."""
-    rng = np.random.default_rng(seed)
-    docs = []
-    for i in range(n):
-        cat, typ = ALL_TYPES[int(rng.integers(len(ALL_TYPES)))]
-        brand = BRANDS[int(rng.integers(len(BRANDS)))]
-        adj = rng.choice(ADJECTIVES, 2, replace=False)
-        mat, col = (
-            MATERIALS[int(rng.integers(len(MATERIALS)))],
-            COLORS[int(rng.integers(len(COLORS)))],
-        )
-        title = f"{brand} {adj[0]} {col} {typ} {mat} {rng.integers(100, 999)}"
-        body_words: list[str] = []
-        while len(body_words) < 52:
-            pick = rng.random()
-            if pick < 0.35:
-                body_words.append(str(rng.choice(FILLER)))
-            elif pick < 0.55:
-                body_words.append(str(rng.choice(FEATURES)))
-            elif pick < 0.65:
-                body_words.append(str(rng.choice(USES)))
-            elif pick < 0.75:
-                body_words.append(typ)
-            elif pick < 0.85:
-                body_words.append(str(rng.choice(ADJECTIVES)))
-            else:
-                body_words.append(str(rng.choice(MATERIALS + COLORS)))
-        body = f"The {adj[1]} {typ} by {brand}: " + " ".join(body_words) + "."
-        attrs = {"price": round(float(rng.lognormal(3.5, 1.0)), 2)}
-        if rng.random() < 0.8:
-            attrs["rating"] = round(float(rng.uniform(1, 5)), 1)
-        docs.append(Document(id=f"p{i:06d}", title=title, body=body, category=cat, attrs=attrs))
-    return docs
-
-
-def synthetic_queries(n: int, seed: int = 1) -> list[str]:
-    """Short shopper queries: a product type plus 1-2 qualifiers."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        _, typ = ALL_TYPES[int(rng.integers(len(ALL_TYPES)))]
-        extra = rng.choice(ADJECTIVES + MATERIALS + COLORS + USES + BRANDS, int(rng.integers(1, 3)))
-        out.append(" ".join([*map(str, extra), typ]))
-    return out
+def catalog(n: int, n_queries: int) -> tuple[list[Document], list[str]]:
+    """n documents and n_queries distinct query texts (every demo query type: head, torso,
+    tail, misspelled, synonym), identical for a given (n, n_queries)."""
+    products = generate_products(n)
+    queries = [q.text for q in generate_queries(products, n_queries)]
+    return [document(p) for p in products], queries
 
 
 class Composer:
-    """Vectors composed from real word embeddings (see the module docstring)."""
+    """Vectors composed from real word embeddings (see the module docstring): the catalog's
+    attribute words, plus the query words (misspellings, sizes) so no query is empty."""
 
-    def __init__(self, encoder: Encoder, seed: int = 2) -> None:
-        self.words = {w: i for i, w in enumerate(VOCAB)}
-        self.table = encoder.encode(VOCAB)
+    def __init__(self, encoder: Encoder, queries: Sequence[str], seed: int = 2) -> None:
+        vocab = sorted(set(attribute_vocabulary()) | {w for q in queries for w in tokens(q)})
+        self.words = {w: i for i, w in enumerate(vocab)}
+        self.table = encoder.encode(vocab)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, texts: Sequence[str], noise: float = 0.02) -> np.ndarray:
         out = np.zeros((len(texts), self.table.shape[1]), dtype=np.float32)
         for i, text in enumerate(texts):
             head, _, tail = text.partition("\n")
-            for w in head.lower().split():
+            for w in tokens(head):
                 j = self.words.get(w)
                 if j is not None:
                     out[i] += 2.0 * self.table[j]
-            for w in tail.lower().replace(":", " ").replace(".", " ").split():
+            for w in tokens(tail):
                 j = self.words.get(w)
                 if j is not None:
                     out[i] += 0.3 * self.table[j]
@@ -400,7 +180,7 @@ def changed_catalog(docs: list[Document], every: int = 50) -> list[Document]:
     """A reindex's input after a day of catalog edits: 1/every of the documents get a new
     body (so a new vector), 1/every are removed and 1/every new ones are added."""
     n = len(docs)
-    fresh = synthetic_catalog(n + n // every, seed=7)[n:]
+    fresh = [document(p) for p in generate_products(n + n // every, seed=7)[n:]]
     out = []
     for i, d in enumerate(docs):
         if i % every == 1:
@@ -444,10 +224,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     encoder = load_encoder(EmbeddingConfig(backend=args.embedding_backend, threads=args.threads))
     report["model_id"] = encoder.model_id
-    docs = synthetic_catalog(args.docs)
-    tokens = [len((d.title + " " + d.body).split()) for d in docs[:1000]]
-    report["mean_tokens_per_doc"] = round(statistics.fmean(tokens), 1)
-    queries = synthetic_queries(args.queries)
+    docs, queries = catalog(args.docs, args.queries)
+    words = [len((d.title + " " + d.body).split()) for d in docs[:1000]]
+    report["mean_tokens_per_doc"] = round(statistics.fmean(words), 1)
     work = Path(tempfile.mkdtemp(prefix="ltrsearch-bench-"))
     print(f"workdir {work}", flush=True)
 
@@ -463,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return report
 
     # 2. the whole catalog from a cache filled with composed vectors
-    composer = Composer(encoder)
+    composer = Composer(encoder, queries)
     changed = changed_catalog(docs)
     texts = [embedding_text(d) for d in docs]
     all_texts = list(dict.fromkeys(texts + [embedding_text(d) for d in changed]))

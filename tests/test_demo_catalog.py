@@ -23,8 +23,10 @@ from indexing.demo_catalog import (
     QUERY_TYPES,
     DemoCatalog,
     DemoCatalogError,
+    attribute_vocabulary,
     build_demo_catalog,
     grade,
+    tokens,
     write_beir,
 )
 from indexing.loaders import load_beir
@@ -317,3 +319,14 @@ def test_script_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "400 products" in capsys.readouterr().out
     assert main(["--out", str(tmp_path / "bad"), "--products", "1"]) == 2
     assert "n_products must be >=" in capsys.readouterr().err
+
+
+def test_attribute_vocabulary_covers_every_attribute_and_describe_counts() -> None:
+    cat = build_demo_catalog(n_products=300, n_queries=20, seed=4)
+    vocab = set(attribute_vocabulary())
+    for p in cat.products:
+        for value in (p.category, p.type, p.brand, p.color, p.material, *p.features):
+            assert set(tokens(value)) <= vocab, (p.id, value)
+    line = cat.describe()
+    assert line.startswith("300 products, 20 queries {")
+    assert f", {len(cat.judgments)} judgments {{" in line
