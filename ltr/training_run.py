@@ -279,6 +279,43 @@ def _held_out_metrics(
     return metrics
 
 
+def _save(
+    reg: ModelRegistry,
+    trained: TrainedModel,
+    ts: TrainingSet,
+    cfg: TrainConfig,
+    train: RankingData,
+    metrics: Mapping[str, float],
+    sizes: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Any],
+) -> str:
+    """Save the version with its manifest facts and the drift reference rows."""
+    return reg.save(
+        trained,
+        featureset_id=ts.featureset_id,
+        base_margin=cfg.base_margin_spec() if trained.uses_base_margin else None,
+        metrics=metrics,
+        data_sizes=sizes,
+        label_source=ts.label_source,
+        extra={
+            "source": ts.source,
+            "train_seconds": run["train_seconds"],
+            "rounds": trained.best_iteration + 1,
+            "continued_from": run["continued_from"],
+            **{k: v for k, v in ts.info.items() if isinstance(v, str | int | float | dict)},
+        },
+        # replayed judgments hold whole candidate lists: keep what the model would serve;
+        # logged impressions are served rows already.
+        reference_rows=(
+            train
+            if ts.served
+            else train.top_k_rows(trained.predict_data(train), cfg.reference_top_k)
+        ),
+        reference_max_rows=cfg.reference_rows,
+        seed=cfg.seed,
+    )
+
+
 def run_training(
     ts: TrainingSet,
     cfg: TrainConfig,
@@ -328,30 +365,8 @@ def run_training(
     reg = ModelRegistry(
         model_dir, keep_versions=registry.keep_versions, model_format=registry.model_format
     )
-    version = reg.save(
-        trained,
-        featureset_id=ts.featureset_id,
-        base_margin=cfg.base_margin_spec() if trained.uses_base_margin else None,
-        metrics=metrics,
-        data_sizes=sizes,
-        label_source=ts.label_source,
-        extra={
-            "source": ts.source,
-            "train_seconds": round(fit_s, 2),
-            "rounds": trained.best_iteration + 1,
-            "continued_from": p.version,
-            **{k: v for k, v in ts.info.items() if isinstance(v, str | int | float | dict)},
-        },
-        # replayed judgments hold whole candidate lists: keep what the model would serve;
-        # logged impressions are served rows already.
-        reference_rows=(
-            train
-            if ts.served
-            else train.top_k_rows(trained.predict_data(train), cfg.reference_top_k)
-        ),
-        reference_max_rows=cfg.reference_rows,
-        seed=cfg.seed,
-    )
+    extra = {"train_seconds": round(fit_s, 2), "continued_from": p.version}
+    version = _save(reg, trained, ts, cfg, train, metrics, sizes, extra)
     if promote:
         reg.promote(version)
     return TrainResult(

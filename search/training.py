@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from indexing.config import EmbeddingConfig, IndexConfig
 from indexing.documents import Document
 from indexing.encoders import Encoder
 from ltr.config import RegistryConfig, TrainConfig
+from ltr.dataset import RankingData
 from ltr.errors import TrainingDataError
 from ltr.features import featureset_id
 from ltr.training_run import Log, TrainingSet, TrainResult, run_training, silent
@@ -93,7 +94,6 @@ def replay_dataset(
     RRF baseline. ``encoder``: an already loaded one (else loaded from the source's
     embedding settings)."""
     from indexing.loaders import load_beir
-    from ltr.dataset import RankingData
     from ltr.fusion import fusion_score
     from search.replay import replay_index
 
@@ -138,6 +138,37 @@ def replay_dataset(
     )
 
 
+def _margin_column(
+    columns: Iterable[str], names: Sequence[str], cfg: TrainConfig, log: Log
+) -> str | None:
+    """The logged column the base margin comes from (None: train without one)."""
+    if not cfg.use_base_margin:
+        return None
+    if "base_margin" in columns:
+        return "base_margin"
+    if cfg.base_margin == "rrf" and "rrf" in names:
+        return "rrf"  # the logged RRF feature is the fusion score itself (k = 60)
+    log(f"the log has no {cfg.base_margin!r} score: training without a base margin")
+    return None
+
+
+def _grades_and_baseline(
+    data: RankingData, names: Sequence[str]
+) -> tuple[dict[str, dict[str, float]], np.ndarray]:
+    """Per group (request) the grades of its served rows, and the RRF baseline per row."""
+    qrels: dict[str, dict[str, float]] = {}
+    for q, d, y in zip(data.qids, data.doc_ids, data.y, strict=True):  # type: ignore[arg-type]
+        qrels.setdefault(str(q), {})[str(d)] = float(y)
+    rrf = (
+        data.X[:, list(names).index("rrf")].astype(np.float64)
+        if "rrf" in names
+        else np.nan_to_num(
+            data.base_margin if data.base_margin is not None else np.zeros(len(data))
+        )
+    )
+    return qrels, rrf
+
+
 def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) -> TrainingSet:
     """Impression log + click-model grades -> rows on the exact served vectors, trained on
     the featureset served last (the one the next model will serve)."""
@@ -166,14 +197,7 @@ def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) ->
     model = choose_click_model(sessions, source.click_model, cfg.seed, log)
     labels = {(j.query_id, j.doc_id): float(j.grade) for j in cm.labels(model)}
     log(f"click model {model.name}: {len(labels)} graded (query, doc) pairs")
-    margin_col = None
-    if cfg.use_base_margin:
-        if "base_margin" in frame.columns:
-            margin_col = "base_margin"
-        elif cfg.base_margin == "rrf" and "rrf" in names:
-            margin_col = "rrf"  # the logged RRF feature is the fusion score itself (k = 60)
-        else:
-            log(f"the log has no {cfg.base_margin!r} score: training without a base margin")
+    margin_col = _margin_column(frame.columns, names, cfg, log)
     data = from_served_log(
         frame, labels, key="query", feature_names=names, featureset_id=fid, margin_column=margin_col
     )
@@ -182,17 +206,7 @@ def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) ->
     elif margin_col == "rrf" and data.base_margin is not None:
         # the logged feature is raw RRF; the served margin is rrf * scale (base_margin_spec)
         data = dataclasses.replace(data, base_margin=data.base_margin * cfg.base_margin_scale)
-    # qrels per group (request): the grades of its served rows
-    qrels: dict[str, dict[str, float]] = {}
-    for q, d, y in zip(data.qids, data.doc_ids, data.y, strict=True):  # type: ignore[arg-type]
-        qrels.setdefault(str(q), {})[str(d)] = float(y)
-    rrf = (
-        data.X[:, names.index("rrf")].astype(np.float64)
-        if "rrf" in names
-        else np.nan_to_num(
-            data.base_margin if data.base_margin is not None else np.zeros(len(data))
-        )
-    )
+    qrels, rrf = _grades_and_baseline(data, names)
     return TrainingSet(
         data=data,
         qrels=qrels,
