@@ -41,7 +41,7 @@ def product_texts(n: int) -> list[str]:
     generator of the demo, the benchmarks and the tests), deterministic: about 78 word-piece
     tokens each. Runs recorded before 2026-12-04 embedded this script's own texts (59.5
     tokens), so their docs/s are not directly comparable (encoding cost grows with length)."""
-    return [p.text for p in generate_products(n)]
+    return [p.text for p in generate_products(max(n, 20))[:n]]  # the generator's minimum: 20
 
 
 def mean_tokens(texts: list[str]) -> float:
