@@ -33,7 +33,7 @@ from search.config import ApiConfig, EventsConfig
 from search.events import ImpressionWriter, SqliteEventStore
 from search.metrics import ApiMetrics
 from search.pipeline import GeneratorFactory, Pipeline
-from search.workers import WorkerGroup
+from search.workers import ENV_PARENT, WorkerGroup
 
 if TYPE_CHECKING:
     from ltr.registry import ModelRegistry
@@ -298,7 +298,7 @@ async def _follow_group(state: ServerState, every_s: float = 0.05) -> None:
     worker's metrics, and stop when the parent supervisor is gone."""
     group = state.group
     assert group is not None
-    parent = int(os.environ.get("LTRSEARCH_WORKER_PARENT", "0"))
+    parent = int(os.environ.get(ENV_PARENT, "0"))
     attempted = dict(group.handled)  # a failed request is not retried every tick
     last_metrics = 0.0
     seen: tuple[tuple[int, int], ...] | None = None
