@@ -1,11 +1,11 @@
 """Ranking metrics: NDCG@k (exponential gain), MRR@k, MAP@k, recall@k, per query and mean.
 
-Conventions (those of trec_eval / ranx, which the tests check against):
+Conventions (checked in the tests against trec_eval through ir-measures, gains mapped):
 - a ranking is a list of doc ids, best first; ``qrels`` maps doc id -> graded relevance;
 - relevant means grade > 0; unjudged documents have grade 0;
 - NDCG gain is 2**grade - 1 (Burges et al.), discount 1/log2(rank + 1), the ideal DCG is
   computed from ALL judged documents of the query, retrieved or not;
-- MAP@k divides by the number of relevant documents (capped at k is NOT applied, as ranx);
+- MAP@k divides by the number of relevant documents (capped at k is NOT applied, as trec_eval);
 - a query without any relevant document has no defined value: NaN (means skip it).
 Scores are turned into rankings by ``rank_ids`` with a deterministic tie-break (the input
 order), so evaluations are reproducible.

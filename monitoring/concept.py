@@ -10,7 +10,7 @@ NDCG is computed here, vectorized over the log's (request, position) rows with n
 (exponential gain 2^g - 1, log2 discount, the same definition as ltr.metrics), rather than
 through Evidently 0.7's ranking metrics or a per-query dict API: it needs no re-sorting by
 score (the log already holds the served order), it is ~10 ms for 50K rows, and
-tests/test_drift.py checks it against ranx.
+tests/test_drift.py checks it against ir-measures.
 
 The decision: feature drift (from monitoring.drift) -> "covariate_drift" (the inputs moved;
 the model is out of its training distribution); a quality drop without feature drift ->
