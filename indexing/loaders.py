@@ -1,6 +1,8 @@
 """Read catalogs (JSONL, CSV, BEIR directories) into Documents, line by line.
 
-Every malformed line becomes a LoaderError naming the file and line. With
+Every malformed line becomes a LoaderError naming the file and line (bytes that are not
+UTF-8, text that is not valid Unicode such as a lone ``\\ud800`` escape, JSON nested
+deeper than the parser allows or with an integer too long to convert included). With
 ``cfg.on_error == "fail"`` the first one is raised; with ``"skip"`` the line is dropped and
 the error is returned in ``LoadResult.skipped`` so nothing is lost silently. Problems that
 concern the whole file (missing file, no header, a mapped column the file does not have,
@@ -24,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +100,10 @@ def _number(value: Any, name: str) -> float | None:
     if isinstance(value, bool):
         raise _Skip(f"field {name!r}: expected a number, got a boolean")
     if isinstance(value, int | float):
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise _Skip(f"field {name!r}: not a finite number ({len(str(value))} digits)") from None
     elif isinstance(value, str):
         s = value.strip()
         if not s:
@@ -190,6 +196,32 @@ def _required_fields(cfg: LoaderConfig) -> list[str]:
 # --------------------------------------------------------------------------- readers
 
 
+# a JSON \u escape of a UTF-16 surrogate: the cheap test before the exact one
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _parse_json_line(text: str) -> Any:
+    """json.loads of one line; _Skip for invalid JSON, nesting too deep, integers too long
+    and lone surrogates (valid JSON, but not Unicode: nothing downstream can encode it)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _Skip(f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise _Skip("invalid JSON: nested too deep") from None
+    except ValueError as e:  # e.g. an integer literal over sys.get_int_max_str_digits()
+        raise _Skip(f"invalid JSON: {e}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _Skip(
+                f"not valid Unicode: a lone surrogate {e.object[e.start : e.end]!a}"
+            ) from None
+    return obj
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise LoaderError(str(path), None, "file not found")
@@ -197,8 +229,8 @@ def _check_file(path: Path) -> None:
         raise LoaderError(str(path), None, "not a regular file")
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON or _Skip) for each non-blank line; streams the file."""
+def _text_lines(path: Path) -> Iterator[tuple[int, str | _Skip]]:
+    """(line number, text or _Skip when not UTF-8) for each non-blank line; streams."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -206,17 +238,25 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             except UnicodeDecodeError as e:
                 yield lineno, _Skip(f"not valid UTF-8 ({e.reason} at byte {e.start})")
                 continue
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield lineno, _Skip(f"invalid JSON: {e.msg} (column {e.colno})")
-                continue
-            if not isinstance(obj, dict):
-                yield lineno, _Skip(f"expected a JSON object, got {type(obj).__name__}")
-                continue
-            yield lineno, obj
+            if text.strip():
+                yield lineno, text
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON or _Skip) for each non-blank line; streams the file."""
+    for lineno, text in _text_lines(path):
+        if isinstance(text, _Skip):
+            yield lineno, text
+            continue
+        try:
+            obj = _parse_json_line(text)
+        except _Skip as e:
+            yield lineno, e
+            continue
+        if not isinstance(obj, dict):
+            yield lineno, _Skip(f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield lineno, obj
 
 
 def _iter_jsonl(
@@ -246,47 +286,49 @@ def _iter_jsonl(
 
 
 def _iter_csv(path: Path, cfg: LoaderConfig) -> Iterator[tuple[int, Document | _Skip]]:
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+    # bytes that are not UTF-8 become lone surrogates (surrogateescape), so a bad line is
+    # found and skipped by itself instead of ending the read
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         reader = csv.reader(fh, delimiter=cfg.csv_delimiter, strict=True)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise LoaderError(str(path), None, "empty file (no header line)")
-            header = [h.strip() for h in header]
-            dupes = sorted({h for h in header if header.count(h) > 1})
-            if dupes:
-                raise LoaderError(str(path), 1, f"duplicate column(s) {', '.join(dupes)}")
-            unknown = [k for k in _required_fields(cfg) if k not in header]
-            if unknown:
-                raise LoaderError(
-                    str(path),
-                    1,
-                    f"mapped column(s) {', '.join(map(repr, unknown))} not in header "
-                    f"(columns: {', '.join(header)})",
-                )
-            width = len(header)
-            while True:
-                try:
-                    values = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as e:
-                    # The reader cannot resynchronize after a broken quote: fatal in both modes.
-                    raise LoaderError(str(path), reader.line_num, f"bad CSV: {e}") from None
-                lineno = reader.line_num
-                if not values or (len(values) == 1 and not values[0].strip()):
-                    continue  # blank line
-                if len(values) != width:
-                    yield lineno, _Skip(f"expected {width} columns, got {len(values)}")
-                    continue
-                try:
-                    yield lineno, _mapped_row(dict(zip(header, values, strict=True)), cfg)
-                except _Skip as e:
-                    yield lineno, e
-        except UnicodeDecodeError as e:
+        header = next(reader, None)
+        if header is None:
+            raise LoaderError(str(path), None, "empty file (no header line)")
+        if any(_SURROGATE.search(h) for h in header):
+            raise LoaderError(str(path), 1, "not valid UTF-8 (in the header line)")
+        header = [h.strip() for h in header]
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:
+            raise LoaderError(str(path), 1, f"duplicate column(s) {', '.join(dupes)}")
+        unknown = [k for k in _required_fields(cfg) if k not in header]
+        if unknown:
             raise LoaderError(
-                str(path), reader.line_num + 1, f"not valid UTF-8 ({e.reason})"
-            ) from None
+                str(path),
+                1,
+                f"mapped column(s) {', '.join(map(repr, unknown))} not in header "
+                f"(columns: {', '.join(header)})",
+            )
+        width = len(header)
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                # The reader cannot resynchronize after a broken quote: fatal in both modes.
+                raise LoaderError(str(path), reader.line_num, f"bad CSV: {e}") from None
+            lineno = reader.line_num
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue  # blank line
+            if any(_SURROGATE.search(v) for v in values):
+                yield lineno, _Skip("not valid UTF-8")
+                continue
+            if len(values) != width:
+                yield lineno, _Skip(f"expected {width} columns, got {len(values)}")
+                continue
+            try:
+                yield lineno, _mapped_row(dict(zip(header, values, strict=True)), cfg)
+            except _Skip as e:
+                yield lineno, e
 
 
 def _rows(path: Path, cfg: LoaderConfig) -> Iterator[tuple[int, Document | _Skip]]:
@@ -400,39 +442,36 @@ def _load_qrels(
     _check_file(path)
     out: list[Judgment] = []
     seen: dict[tuple[str, str], int] = {}
-    with path.open("r", encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    for lineno, line in _text_lines(path):
+        try:
+            if isinstance(line, _Skip):
+                raise line
             cols = line.rstrip("\r\n").split("\t")
+            if len(cols) != 3:
+                raise _Skip(f"expected 3 tab-separated columns, got {len(cols)}")
+            qid, did, raw = (c.strip() for c in cols)
             try:
-                if len(cols) != 3:
-                    raise _Skip(f"expected 3 tab-separated columns, got {len(cols)}")
-                qid, did, raw = (c.strip() for c in cols)
-                try:
-                    grade = float(raw)
-                except ValueError:
-                    if lineno == 1 and not out:
-                        continue  # header line
-                    raise _Skip(f"score is not a number: {raw!r}") from None
-                if not math.isfinite(grade):
-                    raise _Skip(f"score is not finite: {raw!r}")
-                if qid not in query_ids:
-                    raise _Skip(f"unknown query id {qid!r}")
-                if did not in doc_ids:
-                    raise _Skip(f"unknown corpus id {did!r}")
-                if (qid, did) in seen:
-                    raise _Skip(
-                        f"duplicate judgment ({qid}, {did}) (first on line {seen[qid, did]})"
-                    )
-            except _Skip as e:
-                err = LoaderError(str(path), lineno, str(e))
-                if on_error == "fail":
-                    raise err from None
-                skipped.append(err)
-                continue
-            seen[qid, did] = lineno
-            out.append(Judgment(qid, did, grade))
+                grade = float(raw)
+            except ValueError:
+                if lineno == 1 and not out:
+                    continue  # header line
+                raise _Skip(f"score is not a number: {raw!r}") from None
+            if not math.isfinite(grade):
+                raise _Skip(f"score is not finite: {raw!r}")
+            if qid not in query_ids:
+                raise _Skip(f"unknown query id {qid!r}")
+            if did not in doc_ids:
+                raise _Skip(f"unknown corpus id {did!r}")
+            if (qid, did) in seen:
+                raise _Skip(f"duplicate judgment ({qid}, {did}) (first on line {seen[qid, did]})")
+        except _Skip as e:
+            err = LoaderError(str(path), lineno, str(e))
+            if on_error == "fail":
+                raise err from None
+            skipped.append(err)
+            continue
+        seen[qid, did] = lineno
+        out.append(Judgment(qid, did, grade))
     if not out and not skipped:
         raise LoaderError(str(path), None, "empty file (no judgments)")
     return out

@@ -122,8 +122,21 @@ def test_iter_documents_streams(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- line errors
 
+DEEP = "[" * 5000 + "]" * 5000  # deeper than json.loads can recurse
+
 LINE_ERRORS = [
     ("bad_json", '{"id": "a"}\n{"id": "b",\n', 2, "invalid JSON"),
+    # valid JSON but not Unicode: nothing downstream (BM25, the doc store) can encode it
+    ("lone_surrogate", '{"id": "a"}\n{"id": "b", "title": "x \\ud800 y"}\n', 2, "lone surrogate"),
+    ("lone_low_surrogate_key", '{"id": "a"}\n{"id": "b", "\\udfff": "x"}\n', 2, "lone surrogate"),
+    ("nested_5000_deep", '{"id": "a"}\n{"id": "b", "x": ' + DEEP + "}\n", 2, "nested too deep"),
+    ("int_too_long", '{"id": "a"}\n{"id": ' + "7" * 5000 + "}\n", 2, "invalid JSON"),
+    (
+        "int_beyond_float",
+        '{"id": "a", "price": 1}\n{"id": "b", "price": 1' + "0" * 400 + "}\n",
+        2,
+        "not a finite number",
+    ),
     ("not_object", '{"id": "a"}\n[1, 2]\n', 2, "expected a JSON object"),
     ("missing_id", '{"id": "a"}\n{"title": "no id"}\n', 2, "missing id"),
     ("empty_id", '{"id": "a"}\n{"id": "  "}\n', 2, "missing id"),
@@ -193,6 +206,28 @@ def test_invalid_utf8_line(tmp_path: Path) -> None:
         load_documents(p, LoaderConfig())
     res = load_documents(p, SKIP)
     assert [d.id for d in res.documents] == ["a", "c"] and res.skipped[0].line == 2
+
+
+def test_a_surrogate_pair_is_valid_unicode(tmp_path: Path) -> None:
+    p = _write(tmp_path / "c.jsonl", '{"id": "a", "title": "smile \\ud83d\\ude00"}\n')
+    assert load_documents(p, LoaderConfig()).documents[0].title == "smile \U0001f600"
+
+
+def test_csv_line_not_utf8_follows_on_error(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"  # line 3 holds an encoded surrogate (ED A0 80), line 4 a 0xFF
+    p.write_bytes(b"id,title\na,A\nb,x \xed\xa0\x80 y\nc,\xff\nd,D\n")
+    with pytest.raises(LoaderError, match=r"c\.csv:3: not valid UTF-8"):
+        load_documents(p, LoaderConfig())
+    res = load_documents(p, SKIP)
+    assert [d.id for d in res.documents] == ["a", "d"]
+    assert [(e.line, e.reason) for e in res.skipped] == [
+        (3, "not valid UTF-8"),
+        (4, "not valid UTF-8"),
+    ]
+    p.write_bytes(b"id,t\xffitle\na,A\n")  # a bad header is fatal in both modes
+    for cfg in (LoaderConfig(), SKIP):
+        with pytest.raises(LoaderError, match=r"c\.csv:1: not valid UTF-8"):
+            load_documents(p, cfg)
 
 
 def test_csv_wrong_column_count(tmp_path: Path) -> None:
@@ -339,6 +374,41 @@ def test_beir_query_errors(tmp_path: Path) -> None:
     assert [q.text for q in ds.queries] == ["x"] and [e.line for e in ds.skipped] == [2, 3]
     _write(root / "queries.jsonl", "")
     with pytest.raises(LoaderError, match="no queries"):
+        load_beir(root)
+
+
+def test_beir_hostile_lines_follow_on_error(tmp_path: Path) -> None:
+    """A lone surrogate, nesting 5,000 deep and bytes that are not UTF-8, in the corpus, the
+    queries and the qrels of a BEIR directory: a LoaderError naming file and line, or
+    skipped and reported."""
+    root = _beir(tmp_path, "q1\td1\t1\n")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(
+        '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b"}\n'
+        '{"_id": "d3", "metadata": ' + DEEP + "}\n"
+    )
+    with pytest.raises(LoaderError, match=r"corpus\.jsonl:3: invalid JSON: nested too deep"):
+        load_beir(root)
+    ds = load_beir(root, on_error="skip")
+    assert [d.id for d in ds.corpus] == ["d1", "d2"] and [e.line for e in ds.skipped] == [3]
+    _write(
+        root / "queries.jsonl",
+        '{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "\\ud800"}\n',
+    )
+    (root / "qrels" / "test.tsv").write_bytes(b"q1\td1\t1\nq1\td\xed\xa0\x802\t1\n")
+    ds = load_beir(root, on_error="skip")
+    assert [q.id for q in ds.queries] == ["q1"] and len(ds.qrels) == 1
+    assert [(Path(e.path).name, e.line) for e in ds.skipped] == [
+        ("corpus.jsonl", 3),
+        ("queries.jsonl", 2),
+        ("test.tsv", 2),
+    ]
+    assert "not valid UTF-8" in ds.skipped[-1].reason
+    corpus.write_text('{"_id": "d1", "text": "a"}\n')
+    with pytest.raises(LoaderError, match=r"queries\.jsonl:2: not valid Unicode"):
+        load_beir(root)
+    _write(root / "queries.jsonl", '{"_id": "q1", "text": "first"}\n')
+    with pytest.raises(LoaderError, match=r"test\.tsv:2: not valid UTF-8"):
         load_beir(root)
 
 

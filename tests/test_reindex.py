@@ -233,6 +233,34 @@ def test_cli_errors_are_one_line(
     assert current_version(idx) is None
 
 
+def test_cli_hostile_catalog_lines_follow_on_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A lone surrogate escape and JSON nested 5,000 deep: exit 1 with one line naming the
+    file and line (on_error fail), or skipped and reported while the rest is indexed."""
+    cli_env(tmp_path, monkeypatch)
+    idx = str(tmp_path / "idx")
+    good = "".join(json.dumps({"id": d.id, "title": d.title, "body": d.body}) + "\n" for d in DOCS)
+    for name, line in (
+        ("surrogate", '{"id": "x", "title": "wing \\ud800 flutter"}\n'),
+        ("deep", '{"id": "x", "title": "t", "body": ' + "[" * 5000 + "]" * 5000 + "}\n"),
+    ):
+        src = tmp_path / f"{name}.jsonl"
+        src.write_text(good[: good.index("\n") + 1] + line + good[good.index("\n") + 1 :])
+        assert main(["--source", str(src), "--index-dir", idx, "--quiet"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{name}.jsonl:2: " in err, err
+        assert "Traceback" not in err
+    assert current_version(idx) is None
+    monkeypatch.setenv("LTRSEARCH_LOADER__ON_ERROR", "skip")
+    assert main(["--source", str(src), "--index-dir", idx, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"ltrsearch-reindex: skipped {src}:2: invalid JSON: nested too deep"
+    ]
+    assert f"indexed {len(DOCS)} documents" in captured.out
+
+
 def synthetic_docs(n: int) -> list[Document]:
     rng = np.random.default_rng(7)
     words = [f"w{i}" for i in range(3000)]
