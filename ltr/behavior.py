@@ -35,6 +35,13 @@ AGGREGATE_KEYS: tuple[str, ...] = tuple(f"{lvl}_{s}" for lvl in LEVELS for s in 
 DEFAULT_EXAM_ETA = 1.0
 DEFAULT_HALF_LIFE_S = 14 * 24 * 3600.0  # clicks lose half their weight in two weeks
 
+# Click caps (online, docs/contracts.md "Events: trust model"): of the clicks one client id
+# makes on one (query, document), the aggregates count at most DEFAULT_CLICK_CAP per window
+# of DEFAULT_CLICK_WINDOW_S seconds (fixed windows of the page's serve time, see
+# click_window); a hit counts as clicked at most once per request in any case.
+DEFAULT_CLICK_CAP = 1
+DEFAULT_CLICK_WINDOW_S = 24 * 3600.0
+
 # Beta(alpha, beta) prior for smoothed click-through rates: a prior mean of 0.1 with the
 # weight of 10 impressions. CTR on a handful of impressions is mostly noise; the prior pulls
 # it towards a typical CTR until evidence accumulates. Changing it changes the features'
@@ -104,6 +111,14 @@ def exam_at(exam_probs: np.ndarray, position: int) -> float:
     if exam_probs.size == 0:
         raise BehaviorError("exam_probs must not be empty")
     return float(exam_probs[min(max(position, 1), exam_probs.size) - 1])
+
+
+def click_window(ts: float, window_s: float) -> int:
+    """The fixed click-cap window ``ts`` falls in (windows of ``window_s`` from the epoch):
+    at most the cap counts per window, so at most twice the cap in any span of that length."""
+    if not math.isfinite(window_s) or window_s <= 0:
+        raise BehaviorError(f"window_s must be > 0, got {window_s!r}")
+    return math.floor(ts / window_s)
 
 
 def decay_factor(age_s: float, half_life_s: float) -> float:

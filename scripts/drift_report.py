@@ -109,7 +109,7 @@ def run_once(args: argparse.Namespace, cfg: MonitoringConfig, now: float) -> Dri
     from search.events import SqliteEventStore
 
     events = Path(args.events)
-    if not events.is_file():  # SqliteEventStore would create an empty one
+    if not events.is_file():
         raise ReferenceNotFoundError(f"no event store at {events}")
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
@@ -118,7 +118,7 @@ def run_once(args: argparse.Namespace, cfg: MonitoringConfig, now: float) -> Dri
     manifest = registry.manifest(args.model_version)
     window = Window(now - cfg.window_s, now)
     prev = window.previous()
-    store = SqliteEventStore(events)
+    store = SqliteEventStore(events, read_only=True)  # a report never writes the store
     try:
         current = store.served_features(window.since, window.until)
         previous = store.served_features(prev.since, prev.until)

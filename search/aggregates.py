@@ -16,6 +16,13 @@ of the shown position from ``exam_at``, decayed sums relative to the newest cont
 time, ``decay_factor``) read with ``tally_values``. Online, a page's impressions are added
 when it is served and its clicks when they arrive, both at the time the page was served
 (as offline); a hit counts as clicked once however many click events name it.
+
+Click caps (docs/contracts.md, "Events: trust model"): a click that carries a
+``client_id`` counts only while that client has fewer than ``click_cap`` counted clicks on
+the same (query, document) in the same window (ltr.behavior.click_window of the page's
+serve time); the counts live in the ``click_caps`` table, read and written in the event
+transaction, so workers share them. The event log keeps every click; only the aggregates
+(the served behavior features) are capped.
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ import numpy as np
 
 from ltr.behavior import (
     AGGREGATE_KEYS,
+    DEFAULT_CLICK_CAP,
+    DEFAULT_CLICK_WINDOW_S,
     DEFAULT_EXAM_ETA,
     DEFAULT_HALF_LIFE_S,
     STATS,
     Tally,
     add_to_tally,
+    click_window,
     decay_factor,
     exam_at,
     examination_probs,
@@ -63,6 +73,16 @@ CREATE TABLE IF NOT EXISTS behavior (
     PRIMARY KEY (level, query, doc_id)
 ) WITHOUT ROWID;
 """
+_CAPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS click_caps (
+    client_id TEXT NOT NULL,
+    query TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    window_no INTEGER NOT NULL,
+    clicks INTEGER NOT NULL,
+    PRIMARY KEY (client_id, query, doc_id, window_no)
+) WITHOUT ROWID;
+"""
 _SEQ_INDEX = "CREATE INDEX IF NOT EXISTS behavior_seq ON behavior(seq)"
 _COLUMNS = (
     "level, query, doc_id, impressions, clicks, examinations, decayed_clicks, "
@@ -80,12 +100,18 @@ class BehaviorAggregates:
         half_life_s: float = DEFAULT_HALF_LIFE_S,
         exam_eta: float = DEFAULT_EXAM_ETA,
         exam_positions: int = 100,
+        click_cap: int = DEFAULT_CLICK_CAP,
+        click_window_s: float = DEFAULT_CLICK_WINDOW_S,
     ) -> None:
         if not math.isfinite(half_life_s) or half_life_s <= 0:
             raise ValueError(f"half_life_s must be > 0, got {half_life_s!r}")
         if exam_positions < 1:
             raise ValueError("exam_positions must be >= 1")
+        if click_cap < 1 or not math.isfinite(click_window_s) or click_window_s <= 0:
+            raise ValueError("click_cap must be >= 1 and click_window_s > 0")
         self.half_life_s = half_life_s
+        self.click_cap = click_cap
+        self.click_window_s = click_window_s
         self._exam = examination_probs(exam_positions, exam_eta)
         self._rows: dict[_Key, Tally] = {}
         self._staged: dict[_Key, Tally] = {}
@@ -102,7 +128,7 @@ class BehaviorAggregates:
         agg = cls(half_life_s, **kw)
         with store.lock:
             conn = store.connection
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + _CAPS_SCHEMA)
             if "seq" not in {r[1] for r in conn.execute("PRAGMA table_info(behavior)")}:
                 # a store written before seq existed: its rows are all "old" (seq 0)
                 conn.execute("ALTER TABLE behavior ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
@@ -171,14 +197,41 @@ class BehaviorAggregates:
     ) -> None:
         touched: set[_Key] = set()
         self._sync(conn)
+        clients: dict[tuple[str, str], str | None] = {}
+        for e in events:  # the client of a hit's first click in the batch
+            if e.type == "click":
+                clients.setdefault((e.request_id, e.doc_id), e.client_id)
         for rid, doc in first_clicks:
             query, _pos, req_ts = shown[(rid, doc)]
+            client = clients.get((rid, doc))
+            if client is not None and not self._count_capped(
+                conn, client, query_key(query), doc, float(req_ts)
+            ):
+                continue  # over this client's cap: logged, not counted
             for key in (("qd", query_key(query), doc), ("d", "", doc)):
                 add_to_tally(
                     self._current(conn, key), float(req_ts), 0.0, 1.0, 0.0, self.half_life_s
                 )
                 touched.add(key)
         self._write(conn, touched)
+
+    def _count_capped(
+        self, conn: sqlite3.Connection, client: str, query: str, doc: str, ts: float
+    ) -> bool:
+        """Count one click of ``client`` on (query, doc) if it is under the cap of the
+        window of ``ts``; False when the cap is reached (inside the event transaction)."""
+        window = click_window(ts, self.click_window_s)
+        key = (client, query, doc, window)
+        row = conn.execute(
+            "SELECT clicks FROM click_caps WHERE client_id = ? AND query = ? AND doc_id = ? "
+            "AND window_no = ?",
+            key,
+        ).fetchone()
+        n = 0 if row is None else int(row[0])
+        if n >= self.click_cap:
+            return False
+        conn.execute("INSERT OR REPLACE INTO click_caps VALUES (?, ?, ?, ?, ?)", (*key, n + 1))
+        return True
 
     def _write(self, conn: sqlite3.Connection, keys: set[_Key]) -> None:
         if not keys:

@@ -119,6 +119,11 @@ class EventsConfig:
     half_life_s: float = 14 * 24 * 3600.0  # = ltr.behavior.DEFAULT_HALF_LIFE_S
     exam_eta: float = 1.0  # examination curve 1 / position ** eta (ltr.behavior)
     exam_positions: int = 100  # positions past this share the last examination probability
+    # clicks of one client_id on one (query, document) the aggregates count per window of
+    # click_window_s (by the time the page was served); = ltr.behavior.DEFAULT_CLICK_CAP
+    click_cap: int = 1
+    click_window_s: float = 24 * 3600.0  # = ltr.behavior.DEFAULT_CLICK_WINDOW_S
+    max_size_mb: float = 0.0  # the event store's size cap (PRAGMA max_page_count); 0 = none
 
     def validate(self) -> None:
         if self.half_life_s <= 0:
@@ -127,3 +132,14 @@ class EventsConfig:
             raise ValueError(f"exam_eta must be >= 0, got {self.exam_eta}")
         if self.exam_positions < 1:
             raise ValueError(f"exam_positions must be >= 1, got {self.exam_positions}")
+        if self.click_cap < 1:
+            raise ValueError(f"click_cap must be >= 1, got {self.click_cap}")
+        if not self.click_window_s > 0:
+            raise ValueError(f"click_window_s must be > 0, got {self.click_window_s}")
+        if not self.max_size_mb >= 0:
+            raise ValueError(f"max_size_mb must be >= 0, got {self.max_size_mb}")
+
+    @property
+    def max_bytes(self) -> int:
+        """``max_size_mb`` in bytes (0 = no cap), what SqliteEventStore takes."""
+        return int(self.max_size_mb * 1024 * 1024)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -74,12 +75,14 @@ class Impression:
 
 @dataclass(frozen=True)
 class Event:
-    """A user action on a served hit."""
+    """A user action on a served hit; ``client_id`` (optional) names the user or session
+    the front end vouches for, and bounds how many of its clicks the aggregates count."""
 
     type: str
     request_id: str
     doc_id: str
     ts: float
+    client_id: str | None = None
 
 
 @runtime_checkable
@@ -156,10 +159,12 @@ CREATE TABLE IF NOT EXISTS events (
     request_id TEXT NOT NULL REFERENCES requests(request_id),
     doc_id TEXT NOT NULL,
     ts REAL NOT NULL,
-    received_ts REAL NOT NULL
+    received_ts REAL NOT NULL,
+    client_id TEXT
 );
 CREATE INDEX IF NOT EXISTS events_request ON events(request_id);
 """
+_TABLES = ("featuresets", "requests", "impressions", "events")
 
 
 def _ts(bound: TimeBound, default: float) -> float:
@@ -186,31 +191,78 @@ def _to_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
 
 
 class SqliteEventStore:
-    """EventStore on one SQLite file (WAL, synchronous=FULL), safe to call from threads."""
+    """EventStore on one SQLite file (WAL, synchronous=FULL), safe to call from threads.
 
-    def __init__(self, path: str | Path, listeners: Sequence[StoreListener] = ()) -> None:
+    ``read_only`` opens an existing store for reports (SQLite URI ``mode=ro``): nothing is
+    created, migrated or written, and a missing file or one without the event tables is
+    an EventStoreError. ``max_bytes`` (0 = unbounded) caps the file (PRAGMA
+    max_page_count): past it writes fail with "database or disk is full" and serving goes
+    on. ``write_error`` is the last failed write's reason until a write succeeds again.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        listeners: Sequence[StoreListener] = (),
+        *,
+        read_only: bool = False,
+        max_bytes: int = 0,
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._listeners = list(listeners)
         self._featuresets: dict[str, tuple[str, ...]] = {}
+        self.write_error: str | None = None
         try:
-            self._conn = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
-            )
-            _to_wal(self._conn)
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            # 64 MiB of page cache (default 2 MiB): inserts and aggregate updates then hit
-            # memory, not the OS, as the log grows (every SQLite read releases the GIL).
-            self._conn.execute("PRAGMA cache_size=-65536")
-            self._conn.executescript(_SCHEMA)
+            self._conn = self._open_read_only() if read_only else self._open(max_bytes)
             for fid, names in self._conn.execute(
                 "SELECT featureset_id, feature_names FROM featuresets"
             ):
                 self._featuresets[fid] = tuple(json.loads(names))
         except sqlite3.Error as e:
             raise EventStoreError(f"{self.path}: cannot open the event store: {e}") from e
+
+    def _open(self, max_bytes: int) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        _to_wal(conn)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # 64 MiB of page cache (default 2 MiB): inserts and aggregate updates then hit
+        # memory, not the OS, as the log grows (every SQLite read releases the GIL).
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.executescript(_SCHEMA)
+        if "client_id" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
+            conn.execute("ALTER TABLE events ADD COLUMN client_id TEXT")  # a store from before
+        if max_bytes > 0:  # never below the current size (SQLite keeps that as the floor)
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA max_page_count={max(1, max_bytes // page)}")
+        return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise EventStoreError(f"{self.path}: no event store (no such file)")
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        try:
+            query = "SELECT name FROM sqlite_master WHERE type='table'"
+            tables = {r[0] for r in conn.execute(query)}
+        except sqlite3.Error:  # not a database at all
+            conn.close()
+            raise
+        missing = [t for t in _TABLES if t not in tables]
+        if missing:
+            conn.close()
+            raise EventStoreError(
+                f"{self.path}: not an event store (no {', '.join(missing)} table"
+                f"{'s' if len(missing) > 1 else ''})"
+            )
+        return conn
 
     # -- plumbing -------------------------------------------------------------------------
     def add_listener(self, listener: StoreListener) -> None:
@@ -233,12 +285,15 @@ class SqliteEventStore:
                 self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as e:
+                if isinstance(e, sqlite3.Error):
+                    self.write_error = str(e)
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
                 for li in self._listeners:
                     li.after_rollback()
                 raise
+            self.write_error = None
             for li in self._listeners:
                 li.after_commit()
 
@@ -347,9 +402,9 @@ class SqliteEventStore:
                     ).fetchone():
                         first_clicks.append(pair)
                 conn.executemany(
-                    "INSERT INTO events (type, request_id, doc_id, ts, received_ts) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(e.type, e.request_id, e.doc_id, e.ts, received) for e in events],
+                    "INSERT INTO events (type, request_id, doc_id, ts, received_ts, client_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.type, e.request_id, e.doc_id, e.ts, received, e.client_id) for e in events],
                 )
                 for li in self._listeners:
                     li.on_events(conn, events, shown, first_clicks)
@@ -386,7 +441,8 @@ class SqliteEventStore:
         lo, hi = _ts(since, -math.inf), _ts(until, math.inf)
         with self._lock:
             rows = self._conn.execute(
-                "SELECT type, request_id, doc_id, ts FROM events WHERE ts >= ? AND ts < ? "
+                "SELECT type, request_id, doc_id, ts, client_id FROM events "
+                "WHERE ts >= ? AND ts < ? "
                 "ORDER BY id",
                 (lo, hi),
             ).fetchall()

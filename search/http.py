@@ -290,7 +290,7 @@ def parse_events(raw: Any, now: float | None = None, max_events: int = 1000) -> 
     if len(raw) > max_events:
         raise InvalidEventError(f"too many events in one batch: {len(raw)} > {max_events}")
     now = time.time() if now is None else now
-    allowed = {"type", "request_id", "doc_id", "ts"}
+    allowed = {"type", "request_id", "doc_id", "ts", "client_id"}
     out = []
     for i, ev in enumerate(raw):
         where = f"events[{i}]"
@@ -314,7 +314,10 @@ def parse_events(raw: Any, now: float | None = None, max_events: int = 1000) -> 
             raise InvalidEventError(f"{where}.ts: expected unix seconds, got {ts!r}")
         if ts <= 0 or ts > now + 300:
             raise InvalidEventError(f"{where}.ts: {ts!r} is not a plausible unix time")
-        out.append(Event(typ, ev["request_id"], ev["doc_id"], float(ts)))
+        client = ev.get("client_id")
+        if client is not None and (not isinstance(client, str) or not client or len(client) > 200):
+            raise InvalidEventError(f"{where}.client_id: expected a non-empty string or null")
+        out.append(Event(typ, ev["request_id"], ev["doc_id"], float(ts), client))
     return out
 
 

@@ -89,12 +89,14 @@ async def event_store_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     path, ecfg = state.spec.events_path, state.events_config
     if path is not None:
-        state.store = await asyncio.to_thread(SqliteEventStore, path)
+        state.store = await asyncio.to_thread(SqliteEventStore, path, max_bytes=ecfg.max_bytes)
         state.aggregates = BehaviorAggregates.attach(
             state.store,
             half_life_s=ecfg.half_life_s,
             exam_eta=ecfg.exam_eta,
             exam_positions=ecfg.exam_positions,
+            click_cap=ecfg.click_cap,
+            click_window_s=ecfg.click_window_s,
         )
     yield
     if state.store is not None:

@@ -26,6 +26,7 @@ from ltr.registry import ModelRegistry
 from ltr.train import Trainer
 from monitoring.report import EXIT_DRIFT, EXIT_ERROR, EXIT_OK
 from scripts.drift_report import main
+from search.errors import EventStoreError
 from search.events import Event, Impression, SqliteEventStore
 
 NAMES = (
@@ -351,6 +352,43 @@ def test_missing_inputs_exit_2(
         p.unlink()
     assert main(run(no_ref, events, out)) == EXIT_ERROR
     assert "no reference sample" in _error_line(capsys)
+
+
+def test_the_report_opens_the_event_store_read_only(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty file or another SQLite database is not an event store: exit 2 with one
+    line, and the file is left exactly as it was (no tables, no WAL files)."""
+    import sqlite3
+
+    out = tmp_path / "r"
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert main(run(model_dir, empty, out)) == EXIT_ERROR
+    assert "not an event store" in _error_line(capsys)
+    assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    before = other.read_bytes()
+    assert main(run(model_dir, other, out)) == EXIT_ERROR
+    assert "not an event store" in _error_line(capsys)
+    assert other.read_bytes() == before
+    # a real store: the report reads it through a connection that cannot write
+    events = make_log(tmp_path / "events.db", model_dir, n=20)
+    assert main(run(model_dir, events, out)) == EXIT_OK
+    assert "drift" in capsys.readouterr().out
+    reader = SqliteEventStore(events, read_only=True)
+    try:
+        served = reader.served_features()
+        assert len(served) == 400
+        rid, doc = served["request_id"].iloc[0], served["doc_id"].iloc[0]
+        with pytest.raises(EventStoreError, match="readonly"):
+            reader.add_events([Event("click", rid, doc, T0)])
+    finally:
+        reader.close()
 
 
 @pytest.mark.parametrize(
