@@ -20,6 +20,11 @@ class ModelNotFoundError(LTRError):
     """No model (or no promoted model) where one was asked for."""
 
 
+class CorruptModelError(LTRError):
+    """A model version's files are unreadable: a broken manifest, or a booster file that
+    fails its checksum or that XGBoost cannot parse. Such a version is never served."""
+
+
 class TrainingDataError(LTRError):
     """Training data is empty, degenerate or inconsistent."""
 

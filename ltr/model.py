@@ -2,13 +2,16 @@
 
 Separate from the trainer (architecture principle 9) so the API loads only what it needs,
 and never a pickle. The manifest ties the booster to the exact ordered feature list
-(featureset id) and says which fusion score it was boosted from (base margin).
+(featureset id), says which fusion score it was boosted from (base margin) and carries the
+booster file's SHA-256, verified on the very bytes XGBoost parses: a truncated, emptied or
+overwritten model file is a CorruptModelError at load, never a model that serves.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from ltr.errors import FeaturesetMismatchError, LTRError, ModelNotFoundError
+from ltr.errors import CorruptModelError, FeaturesetMismatchError, LTRError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class Manifest:
     label_source: str = "qrels"  # "qrels" or "clicks:<click model>"
     extra: Mapping[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
+    # hex SHA-256 of the booster file; None in manifests written before checksums (such a
+    # model loads with a warning: refusing it would take down every existing registry)
+    model_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Strict-JSON dict: NaN metrics (e.g. no validation set) become null."""
@@ -86,6 +92,23 @@ class Manifest:
     @property
     def base_margin_name(self) -> str | None:
         return None if self.base_margin is None else str(self.base_margin["name"])
+
+
+def sha256_hex(data: bytes) -> str:
+    """The checksum a manifest records for its booster file (hex SHA-256)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse one version's manifest; CorruptModelError when it is not a valid manifest."""
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(obj, dict):
+            raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+        return Manifest.from_json(obj)
+    except (ValueError, TypeError, KeyError, LTRError, RecursionError) as e:
+        # ValueError covers JSONDecodeError and UnicodeDecodeError
+        raise CorruptModelError(f"{path}: unreadable manifest: {e}") from None
 
 
 def _array_interface(a: np.ndarray) -> bytes:
@@ -247,23 +270,45 @@ class RankModel:
     # --- files -------------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path, nthread: int = 1) -> RankModel:
-        """Load ``manifest.json`` and the booster file it names from one version directory."""
+        """Load ``manifest.json`` and the booster file it names from one version directory.
+
+        ModelNotFoundError without a manifest; CorruptModelError (naming the file and the
+        reason) for a broken manifest, a missing booster file, a checksum mismatch or a
+        booster XGBoost cannot parse. The checksum is verified on the bytes XGBoost reads.
+        """
         d = Path(directory)
         mpath = d / MANIFEST_FILE
         if not mpath.is_file():
             raise ModelNotFoundError(f"no model at {d} (missing {MANIFEST_FILE})")
-        try:
-            manifest = Manifest.from_json(json.loads(mpath.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise LTRError(f"{mpath}: unreadable manifest: {e}") from None
+        manifest = read_manifest(mpath)
         if manifest.model_file not in MODEL_FILES:
-            raise LTRError(f"{mpath}: model_file must be one of {MODEL_FILES}")
+            raise CorruptModelError(f"{mpath}: model_file must be one of {MODEL_FILES}")
         booster_path = d / manifest.model_file
-        if not booster_path.is_file():
-            raise ModelNotFoundError(f"no booster file {booster_path}")
+        try:
+            data = booster_path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptModelError(f"{booster_path}: the booster file is missing") from None
+        if manifest.model_sha256 is None:
+            log.warning(
+                "model %s: its manifest has no model_sha256 (saved before checksums); "
+                "loading %s unverified",
+                manifest.version,
+                booster_path,
+            )
+        elif sha256_hex(data) != manifest.model_sha256:
+            raise CorruptModelError(
+                f"{booster_path}: checksum mismatch ({len(data)} bytes with sha256 "
+                f"{sha256_hex(data)[:12]}..., the manifest says {manifest.model_sha256[:12]}...): "
+                "the file is truncated or was changed"
+            )
         booster = xgb.Booster()
-        booster.load_model(str(booster_path))
-        return cls(booster, manifest, nthread=nthread)
+        try:
+            booster.load_model(bytearray(data))
+            return cls(booster, manifest, nthread=nthread)
+        except (xgb.core.XGBoostError, ValueError, LTRError) as e:
+            # UnicodeDecodeError (random bytes) is a ValueError
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CorruptModelError(f"{booster_path}: not a loadable booster: {reason}") from None
 
     def save_booster(self, path: str | Path) -> None:
         """Write the booster in XGBoost's own format (.ubj or .json by suffix)."""

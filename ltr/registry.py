@@ -9,7 +9,8 @@ Layout under ``root``::
     .tmp-*/ .trash-*/   # in-flight saves / deletions: never listed, never loaded
 
 A save writes everything into a hidden temp directory and renames it into place, so a
-killed save never leaves a half-written version visible (the mechanism is
+killed save never leaves a half-written version visible; the manifest records the booster
+file's SHA-256, which every load verifies (ltr.model) (the mechanism is
 ltr.versions.VersionedDir, shared with the index). Nothing is pickled: the booster is
 XGBoost's own UBJ/JSON, the manifest JSON, the reference sample Parquet.
 """
@@ -29,7 +30,7 @@ import xgboost as xgb
 
 from ltr.dataset import RankingData
 from ltr.errors import FeaturesetMismatchError, LTRError, ModelNotFoundError
-from ltr.model import MANIFEST_FILE, Manifest, RankModel
+from ltr.model import MANIFEST_FILE, Manifest, RankModel, read_manifest, sha256_hex
 from ltr.train import TrainedModel
 from ltr.versions import VersionedDir, write_atomic
 
@@ -114,7 +115,7 @@ class ModelRegistry:
 
     def manifest(self, version: str | None = None) -> Manifest:
         p = self.path(self._resolve(version))
-        return Manifest.from_json(json.loads((p / MANIFEST_FILE).read_text(encoding="utf-8")))
+        return read_manifest(p / MANIFEST_FILE)
 
     # --- saving ------------------------------------------------------------------------
     def save(
@@ -182,6 +183,7 @@ class ModelRegistry:
                     model_file=model_file,
                     label_source=label_source,
                     extra=dict(extra or {}),
+                    model_sha256=sha256_hex((tmp / model_file).read_bytes()),
                 )
                 text = json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=False)
                 (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")

@@ -19,11 +19,12 @@ from aiohttp import web
 
 from indexing.backend import RetrievalBackend
 from indexing.encoders import Encoder
-from ltr.errors import FeaturesetMismatchError, ModelNotFoundError
+from ltr.errors import CorruptModelError, FeaturesetMismatchError
 from ltr.features import BEHAVIOR_FEATURES, STATIC_FEATURES, TEXT_FEATURES
 from search.config import ApiConfig, EventsConfig
 from search.errors import (
     ConflictError,
+    CorruptModelRefusedError,
     EventStoreError,
     InvalidParameterError,
     MalformedJSONError,
@@ -50,8 +51,10 @@ from search.server import (
     STATE,
     ServerSpec,
     ServerState,
+    degraded,
     load_model,
     reload_index,
+    reload_outcome,
     update_gauges,
 )
 from search.workers import WorkerGroup
@@ -163,6 +166,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """200 while searches are served as configured (503 with ``problems`` otherwise);
+    ``degraded`` names what serves in a reduced way (a refused model replaced, event store
+    writes failing, dropped impressions, workers restarting) without making it unready."""
     state = request.app[STATE]
     p = state.pipeline
     index = p.index_version if p is not None else None
@@ -175,6 +181,9 @@ async def ready(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"ready": not problems, "index_version": index, "model_version": model}
     if problems:
         body["problems"] = problems
+    body["degraded"] = await asyncio.to_thread(degraded, state)
+    fallback = state.model_fallback
+    body["model_fallback"] = fallback.to_json() if fallback is not None else None
     return web.json_response(body, status=503 if problems else 200)
 
 
@@ -213,13 +222,17 @@ async def get_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = _model_json(state.pipeline)
     body["index_version"] = state.pipeline.index_version if state.pipeline else None
+    fallback = state.model_fallback
+    body["model_fallback"] = fallback.to_json() if fallback is not None else None
     return web.json_response(body)
 
 
 async def admin_reload(request: web.Request) -> web.Response:
     """Load the promoted (or a named) model and pick up a swapped index version.
 
-    A model for another featureset is refused with 409 and the serving model stays.
+    A model for another featureset is refused with 409, one with corrupt files (checksum,
+    unreadable manifest or booster) with 422; the serving model stays. Every attempt is
+    counted in ltrsearch_reloads_total by outcome.
     """
     state = request.app[STATE]
     check_admin(request, state.config.admin_token)
@@ -240,11 +253,12 @@ async def admin_reload(request: web.Request) -> web.Response:
             raise NotFoundError("no model directory is configured")
         try:
             model = await load_model(state, version)
-        except FeaturesetMismatchError as e:
-            state.metrics.reloads.inc("refused")
-            raise ConflictError(f"{e}; still serving model {previous}") from None
-        except ModelNotFoundError:
-            state.metrics.reloads.inc("not_found")
+        except Exception as e:
+            state.metrics.reloads.inc(reload_outcome(e))
+            if isinstance(e, FeaturesetMismatchError):
+                raise ConflictError(f"{e}; still serving model {previous}") from None
+            if isinstance(e, CorruptModelError):
+                raise CorruptModelRefusedError(f"{e}; still serving model {previous}") from None
             raise
         state.metrics.reloads.inc("ok")
     log.info("model %s -> %s", previous, model.version, extra={"request_id": request[REQUEST_ID]})

@@ -116,6 +116,13 @@ class ConflictError(SearchError):
     code = "conflict"
 
 
+class CorruptModelRefusedError(SearchError):
+    """A model version's files are corrupt (checksum, manifest, booster); it was not loaded."""
+
+    status = 422
+    code = "corrupt_model"
+
+
 class NotReadyError(SearchError):
     """The index or the model is not loaded (yet); retry later."""
 

@@ -22,7 +22,13 @@ from typing import Any
 from aiohttp import web
 
 from indexing.errors import BackendError, IndexingError, IndexNotFoundError
-from ltr.errors import FeaturesetMismatchError, LTRError, ModelNotFoundError, UnknownNameError
+from ltr.errors import (
+    CorruptModelError,
+    FeaturesetMismatchError,
+    LTRError,
+    ModelNotFoundError,
+    UnknownNameError,
+)
 from search.config import ApiConfig
 from search.errors import (
     BadRequestError,
@@ -68,6 +74,8 @@ def _status_of(exc: BaseException) -> tuple[int, str]:
         return 409, "featureset_mismatch"
     if isinstance(exc, ModelNotFoundError):
         return 404, "model_not_found"
+    if isinstance(exc, CorruptModelError):
+        return 422, "corrupt_model"
     if isinstance(exc, UnknownNameError):
         return 400, "unknown_name"
     if isinstance(exc, IndexNotFoundError):

@@ -7,6 +7,10 @@ and the background tasks (index and aggregates pollers, following the worker gro
 Each reads what to open from the app's ``ServerState.spec`` (search.api.make_app fills
 it from explicit arguments; only scripts read settings). ``load_model`` is the one way a
 model starts serving: at startup, on /admin/reload and when another worker asks.
+
+A promoted model this server cannot serve (corrupt files, another featureset) never stops
+it: startup logs one line, serves the newest earlier promotion that loads (or RRF) and
+says so in ``ServerState.model_fallback``; ``degraded`` lists what /ready reports.
 """
 
 from __future__ import annotations
@@ -20,13 +24,19 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from indexing.backend import RetrievalBackend
 from indexing.encoders import Encoder
-from ltr.errors import FeaturesetMismatchError, ModelNotFoundError, UnknownNameError
+from ltr.errors import (
+    CorruptModelError,
+    FeaturesetMismatchError,
+    LTRError,
+    ModelNotFoundError,
+    UnknownNameError,
+)
 from ltr.model import RankModel
 from search.aggregates import BehaviorAggregates
 from search.config import ApiConfig, EventsConfig
@@ -59,6 +69,23 @@ class ServerSpec:
     events_path: str | Path | None = None
 
 
+@dataclass(frozen=True)
+class ModelFallback:
+    """A model this server was asked to serve and refused, and what serves instead."""
+
+    refused: str | None  # the version (None: the promoted one could not be named)
+    reason: str
+    serving: str | None  # None: RRF
+
+    def to_json(self) -> dict[str, Any]:
+        return {"refused": self.refused, "reason": self.reason, "serving": self.serving}
+
+    def describe(self) -> str:
+        return (
+            f"model {self.refused} refused ({self.reason}); serving {self.serving or 'RRF ranking'}"
+        )
+
+
 @dataclass
 class ServerState:
     """Everything the handlers share; filled by the cleanup contexts."""
@@ -73,6 +100,7 @@ class ServerState:
     aggregates: BehaviorAggregates | None = None
     writer: ImpressionWriter | None = None
     group: WorkerGroup | None = None  # the other server processes (--workers N)
+    model_fallback: ModelFallback | None = None  # set while a refused model is replaced
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
 
@@ -156,7 +184,8 @@ async def index_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def model_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The model registry and its promoted model (none, or a refused one: RRF ranking)."""
+    """The model registry and its promoted model (none: RRF ranking; a refused one: the
+    newest earlier promotion that loads, else RRF, reported as ``model_fallback``)."""
     state = app[STATE]
     if state.spec.model_dir is not None:
         from ltr.registry import ModelRegistry
@@ -166,10 +195,43 @@ async def model_ctx(app: web.Application) -> AsyncIterator[None]:
             await load_model(state, None)
         except ModelNotFoundError as e:
             log.warning("serving without a model (RRF ranking): %s", e)
-        except (FeaturesetMismatchError, UnknownNameError) as e:
-            log.error("promoted model refused, serving RRF: %s", e)
+        except (CorruptModelError, FeaturesetMismatchError, UnknownNameError) as e:
+            await _fall_back(state, str(e))
     set_model_metric(state)
     yield
+
+
+_REFUSED = (ModelNotFoundError, CorruptModelError, FeaturesetMismatchError, UnknownNameError)
+
+
+async def _fall_back(state: ServerState, reason: str) -> None:
+    """The promoted model was refused: serve the newest earlier promotion that loads.
+
+    Only versions that were promoted before are candidates (a version never promoted was
+    never approved to serve); none loads -> RRF. One log line says all of it.
+    """
+    registry = state.registry
+    assert registry is not None
+    try:
+        promoted, history = registry.promoted(), registry.history()
+    except LTRError as e:  # an unreadable promotion history: nothing to fall back to
+        promoted, history = None, []
+        reason = f"{reason}; {e}"
+    serving, skipped = None, []
+    for version in reversed(dict.fromkeys(history)):
+        if version == promoted:
+            continue
+        try:
+            await load_model(state, version)
+        except _REFUSED as e:
+            skipped.append(f"{version}: {e}")
+            continue
+        serving = version
+        break
+    state.model_fallback = ModelFallback(promoted, reason, serving)
+    set_model_metric(state)
+    also = f" (earlier promotions refused too: {'; '.join(skipped)})" if skipped else ""
+    log.error("promoted %s%s", state.model_fallback.describe(), also)
 
 
 async def background_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -209,12 +271,14 @@ CLEANUP_CONTEXTS = (event_store_ctx, impression_writer_ctx, index_ctx, model_ctx
 async def load_model(state: ServerState, version: str | None) -> RankModel:
     """Serve ``version`` of the registry (None = the promoted one) from the next request on.
 
-    Raises ModelNotFoundError, or FeaturesetMismatchError / UnknownNameError for a model
-    this code cannot serve (the serving model stays).
+    Raises ModelNotFoundError, CorruptModelError (unreadable or checksum-failing files), or
+    FeaturesetMismatchError / UnknownNameError for a model this code cannot serve; the
+    serving model then stays. A model that loads clears ``state.model_fallback``.
     """
     assert state.registry is not None and state.pipeline is not None
     model = await asyncio.to_thread(state.registry.load, version, None, state.config.model_threads)
     state.pipeline.set_model(model)  # refuses a featureset mismatch; old model stays
+    state.model_fallback = None  # the model asked for serves
     set_model_metric(state)
     return model
 
@@ -251,6 +315,40 @@ def set_model_metric(state: ServerState) -> None:
         state.metrics.model_info.set(1, model.version, model.featureset_id)
     else:
         state.metrics.model_info.set(1, "none", "none")
+
+
+def reload_outcome(exc: BaseException) -> str:
+    """The ``outcome`` label of ltrsearch_reloads_total for a model that did not load."""
+    if isinstance(exc, CorruptModelError):
+        return "corrupt"
+    if isinstance(exc, ModelNotFoundError):
+        return "not_found"
+    if isinstance(exc, FeaturesetMismatchError | UnknownNameError):
+        return "refused"
+    return "error"
+
+
+def degraded(state: ServerState) -> dict[str, str]:
+    """What serves in a reduced way, by component (what /ready reports; blocking: reads
+    the worker group's state files)."""
+    out: dict[str, str] = {}
+    if state.model_fallback is not None:
+        out["model"] = state.model_fallback.describe()
+    store = state.store
+    if store is not None and store.write_error is not None:
+        out["event_store"] = f"writes failing: {store.write_error}"
+    writer = state.writer
+    if writer is not None and writer.dropped:
+        out["impressions"] = f"{writer.dropped} served pages dropped from the impression log"
+    group = state.group
+    if group is not None:
+        missing = [i for i in range(group.workers) if i not in group.states()]
+        if missing:
+            out["workers"] = (
+                f"{group.workers - len(missing)} of {group.workers} workers serving "
+                f"(not serving: {', '.join(map(str, missing))}; starting or restarting)"
+            )
+    return out
 
 
 def update_gauges(state: ServerState) -> None:
@@ -348,9 +446,16 @@ async def _follow_reload(
         if version is not None and version != current and state.registry is not None:
             try:
                 await load_model(state, version)
-            except Exception:
-                state.metrics.reloads.inc("refused")
-                log.exception("worker %d cannot load model %s", group.worker_id, version)
+            except Exception as e:
+                state.metrics.reloads.inc(reload_outcome(e))
+                log.error(
+                    "worker %d cannot load model %s: %s",
+                    group.worker_id,
+                    version,
+                    e,
+                    exc_info=not isinstance(e, LTRError),  # a known refusal: one line
+                )
+                state.model_fallback = ModelFallback(version, str(e), current)
                 return
             state.metrics.reloads.inc("ok")
             log.info("model %s -> %s (requested by another worker)", current, version)
