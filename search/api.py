@@ -181,7 +181,7 @@ async def ready(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"ready": not problems, "index_version": index, "model_version": model}
     if problems:
         body["problems"] = problems
-    body["degraded"] = await asyncio.to_thread(degraded, state)
+    body["degraded"] = degraded(state)  # on the loop: a busy thread pool must not delay it
     fallback = state.model_fallback
     body["model_fallback"] = fallback.to_json() if fallback is not None else None
     return web.json_response(body, status=503 if problems else 200)

@@ -329,8 +329,9 @@ def reload_outcome(exc: BaseException) -> str:
 
 
 def degraded(state: ServerState) -> dict[str, str]:
-    """What serves in a reduced way, by component (what /ready reports; blocking: reads
-    the worker group's state files)."""
+    """What serves in a reduced way, by component (what /ready reports). Reads the worker
+    group's small state files (one per worker) on the calling thread: /ready must answer
+    when the thread pool is busy with a failing store."""
     out: dict[str, str] = {}
     if state.model_fallback is not None:
         out["model"] = state.model_fallback.describe()
