@@ -175,12 +175,16 @@ def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) ->
     from ltr import click_models as cm
     from ltr.dataset import from_served_log
     from ltr.training_run import choose_click_model
+    from search.errors import EventStoreError
     from search.events import SqliteEventStore
 
     db = source.db
     if not db.is_file():
         raise TrainingDataError(f"{db}: no such event store")
-    store = SqliteEventStore(db)
+    try:
+        store = SqliteEventStore(db, read_only=True)  # training never writes the log
+    except EventStoreError as e:  # an empty or foreign file: not an event store
+        raise TrainingDataError(str(e)) from None
     try:
         frame = store.served_features()
         sessions = store.sessions()

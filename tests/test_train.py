@@ -594,6 +594,19 @@ def test_train_command_bad_input_is_one_line_and_exit_2(
     assert err.startswith("error: ") and needle in err and "\n" not in err
 
 
+def test_train_opens_the_event_store_read_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scripts.train import main
+
+    empty = tmp_path / "events.db"
+    empty.touch()
+    assert main(["--events", str(empty), "--model-dir", str(tmp_path / "m"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not an event store" in err and "\n" not in err
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["events.db"]
+
+
 def test_feature_spec_resolution() -> None:
     from ltr import features as F
     from ltr.errors import TrainingDataError, UnknownNameError
