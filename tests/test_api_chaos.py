@@ -27,9 +27,9 @@ import aiohttp
 import pytest
 
 from ltr.registry import ModelRegistry
+from scripts.serverproc import free_port
 from search.events import SqliteEventStore
-from tests.api_support import ADMIN
-from tests.test_api_faults import _free_port, _start_server
+from tests.api_support import ADMIN, start_test_server
 from tests.test_api_workers import _children
 
 pytestmark = pytest.mark.slow
@@ -122,9 +122,9 @@ async def test_chaos_keeps_acknowledged_events_and_reports_what_is_degraded(
     manifest = json.loads((models / cand / "manifest.json").read_text())
     (models / cand / "manifest.json").write_text(json.dumps({**manifest, "version": cand}))
 
-    port, db, log = _free_port(), tmp_path / "events.db", tmp_path / "serve.log"
+    port, db, log = free_port(), tmp_path / "events.db", tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
-    proc = _start_server(
+    proc = start_test_server(
         small_index,
         db,
         port,
