@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from search.featurize import Featurized, Generator, featurize
 
 if TYPE_CHECKING:
     from indexing.encoders import Encoder
+    from search.candidates import QueryVectorCache
 
 # Offline replay is not latency bound: generous stage timeouts so a busy machine never
 # drops a retriever (which would silently change the training data).
@@ -114,13 +115,14 @@ async def replay(
     feature_names: Sequence[str],
     *,
     only_judged: bool = True,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
+    query_cache: QueryVectorCache | None = None,
 ) -> Replay:
     """Featurize every (judged) query; labels from the judgments.
 
-    ``encoder``: when given and the generator has a ``query_cache`` (search.candidates),
-    the query vectors are encoded in one batch first -- the same vectors, far faster than
-    one model call per query.
+    ``encoder`` and ``query_cache`` (the generator's query-vector LRU, search.candidates):
+    when both are given, the query vectors are encoded in one batch into the cache first --
+    the same vectors, far faster than one model call per query.
     """
     qrels = (
         {q: dict(r) for q, r in judgments.items()}
@@ -130,12 +132,11 @@ async def replay(
     todo = [q for q in queries if not only_judged or q.id in qrels]
     if not todo:
         raise TrainingDataError("no judged queries to replay")
-    cache = getattr(generator, "query_cache", None)
-    if encoder is not None and cache is not None:
+    if encoder is not None and query_cache is not None:
         texts = list(dict.fromkeys(q.text for q in todo))
         vecs = encoder.encode(texts)
         for t, v in zip(texts, vecs, strict=True):
-            cache.put(t, v)
+            query_cache.put(t, v)
     out: list[ReplayedQuery] = []
     names = tuple(feature_names)
     for q in todo:
@@ -171,6 +172,8 @@ async def replay_index(
     backend = LocalBackend.open(index_dir, encoder)
     try:
         gen = CandidateGenerator(backend, encoder, bm25_k, knn_k, timeouts=REPLAY_TIMEOUTS_MS)
-        return await replay(gen, queries, judgments, feature_names, encoder=encoder)
+        return await replay(
+            gen, queries, judgments, feature_names, encoder=encoder, query_cache=gen.query_cache
+        )
     finally:
         await backend.close()
