@@ -1,9 +1,16 @@
-"""Session-scoped fixtures shared by every test module: real data, one real model load."""
+"""Session-scoped fixtures shared by every test module: real data, one real model load, one
+embedding cache, and each index and model that several modules read built once per run.
+
+Read-only users take these; a test that reindexes, rolls back, promotes or otherwise writes
+builds (or copies) its own.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +37,30 @@ def encoder():  # type: ignore[no-untyped-def]
     from indexing.encoders import load_encoder
 
     return load_encoder(EmbeddingConfig())
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One EmbeddingCache per test run (in the session's temp dir, not pytest's cache
+    plugin): every index built through it embeds each text once per run."""
+    from indexing.embedding_cache import EmbeddingCache
+
+    with EmbeddingCache(tmp_path_factory.getbasetemp() / "embeddings.sqlite") as cache:
+        yield cache
+
+
+@pytest.fixture(scope="session")
+def contract_index(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: Any
+) -> Path:
+    """tests.contract.CONTRACT_DOCS as a local index with the default settings (exact kNN)."""
+    from indexing.build import build_local_index
+    from indexing.config import IndexConfig
+    from tests.contract import CONTRACT_DOCS
+
+    root = tmp_path_factory.mktemp("contract-index")
+    build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(), cache=embedding_cache)
+    return root
 
 
 # --- search API fixtures (engineer F): a Cranfield subset with category/year, its local

@@ -12,7 +12,6 @@ The tests run on the session event loop (``loop_scope="session"``): declare the 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -274,11 +273,6 @@ FILTERS = [
     Filters(ranges={"weight": (0.0, None)}),  # an attribute no document has: nothing matches
 ]
 N = len(CONTRACT_DOCS)
-
-
-def contract_cache_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One embedding-cache file per test session, so CONTRACT_DOCS is embedded only once."""
-    return tmp_path_factory.getbasetemp() / "contract-embeddings.sqlite"
 
 
 def lucene_idf(df: int, n: int) -> float:

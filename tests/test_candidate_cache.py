@@ -11,7 +11,6 @@ import pytest
 from indexing.backend import Filters
 from indexing.build import build_local_index, rollback
 from indexing.config import IndexConfig
-from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend
 from ltr.registry import ModelRegistry
 from ltr.types import DENSE
@@ -21,7 +20,7 @@ from search.config import RetrievalConfig
 from search.events import SqliteEventStore
 from search.pipeline import Pipeline, SearchRequest, default_generator_factory
 from tests.api_support import DEFAULT_FEATURES, serve_and_click
-from tests.contract import CONTRACT_DOCS, contract_cache_path
+from tests.contract import CONTRACT_DOCS
 
 Q = "flow over a flat plate"
 
@@ -140,15 +139,14 @@ async def test_an_index_swap_starts_an_empty_cache(encoder: Any, small_index: Pa
 
 
 async def test_the_backend_version_is_part_of_the_key(
-    encoder: Any, tmp_path_factory: pytest.TempPathFactory
+    encoder: Any, embedding_cache: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # LocalBackend.reload() moves one backend object to a newer version: no entry of the
     # old version may answer for it
     root = tmp_path_factory.mktemp("two-versions")
     half = CONTRACT_DOCS[: len(CONTRACT_DOCS) // 2]
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as emb:
-        v1 = build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(), cache=emb)
-        v2 = build_local_index(half, root, encoder, IndexConfig(), cache=emb)
+    v1 = build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(), cache=embedding_cache)
+    v2 = build_local_index(half, root, encoder, IndexConfig(), cache=embedding_cache)
     rollback(root, v1)
     backend = LocalBackend.open(root, encoder)
     try:

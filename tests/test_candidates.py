@@ -12,34 +12,19 @@ import pytest
 import pytest_asyncio
 
 from indexing.backend import Filters, Hits
-from indexing.build import build_local_index
-from indexing.config import IndexConfig
-from indexing.embedding_cache import EmbeddingCache
 from indexing.errors import BackendError
 from indexing.local import LocalBackend
 from ltr.types import BM25, DENSE, CandidateSet, Query
 from search.candidates import CandidateGenerator, QueryVectorCache
 from search.config import RetrievalConfig
-from tests.contract import (
-    CONTRACT_DOCS,
-    DOCS_BY_ID,
-    contract_cache_path,
-)
+from tests.contract import DOCS_BY_ID
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture(scope="session")
-def cand_index(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
-    root = tmp_path_factory.mktemp("cand-index")
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
-        build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(), cache=cache)
-    return root
-
-
 @pytest_asyncio.fixture(loop_scope="session")
-async def backend(cand_index: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
-    b = LocalBackend.open(cand_index, encoder)
+async def backend(contract_index: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
+    b = LocalBackend.open(contract_index, encoder)
     yield b
     await b.close()
 
@@ -190,8 +175,8 @@ async def test_both_failing_raises(backend: LocalBackend, encoder: Any) -> None:
 
 
 @ASYNC
-async def test_closed_backend_raises(cand_index: Path, encoder: Any) -> None:
-    b = LocalBackend.open(cand_index, encoder)
+async def test_closed_backend_raises(contract_index: Path, encoder: Any) -> None:
+    b = LocalBackend.open(contract_index, encoder)
     await b.close()
     with pytest.raises(BackendError):
         await CandidateGenerator(b, encoder).generate("laptop")
@@ -222,8 +207,8 @@ def test_retrieval_config_validate() -> None:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def threaded(cand_index: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
-    b = LocalBackend.open(cand_index, encoder, inline=False)
+async def threaded(contract_index: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
+    b = LocalBackend.open(contract_index, encoder, inline=False)
     yield b
     await b.close()
 

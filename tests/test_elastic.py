@@ -47,7 +47,7 @@ from indexing.errors import (
     IndexNotFoundError,
     ValidationError,
 )
-from tests.contract import CONTRACT_DOCS, FILTERS, BackendContract, contract_cache_path
+from tests.contract import CONTRACT_DOCS, FILTERS, BackendContract
 from tests.es_standin import Standin
 
 DIM = 384
@@ -310,18 +310,12 @@ def cfg_for(standin: Standin, **kw: Any) -> ElasticsearchConfig:
     return ElasticsearchConfig(**(base | kw))
 
 
-@pytest.fixture(scope="session")
-def cache_path(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return contract_cache_path(tmp_path_factory)
-
-
 async def build(
-    standin: Standin, encoder: Any, cache_path: Any, docs: Any = None, **kw: Any
+    standin: Standin, encoder: Any, cache: EmbeddingCache, docs: Any = None, **kw: Any
 ) -> str:
-    with EmbeddingCache(cache_path) as cache:
-        return await build_elastic_index(
-            docs or CONTRACT_DOCS, encoder, cfg_for(standin, **kw), cache=cache
-        )
+    return await build_elastic_index(
+        docs or CONTRACT_DOCS, encoder, cfg_for(standin, **kw), cache=cache
+    )
 
 
 async def alias_target(standin: Standin) -> str | None:
@@ -333,8 +327,10 @@ async def alias_target(standin: Standin) -> str | None:
 
 
 @aio
-async def test_build_publishes_behind_alias(fresh: Standin, encoder: Any, cache_path: Any) -> None:
-    name = await build(fresh, encoder, cache_path)
+async def test_build_publishes_behind_alias(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
+    name = await build(fresh, encoder, embedding_cache)
     assert rq.parse_index_name("shop", name) == 1
     assert fresh.aliases == {"shop": {name}}
     idx = fresh.indices[name]
@@ -352,9 +348,9 @@ async def test_build_publishes_behind_alias(fresh: Standin, encoder: Any, cache_
 
 @aio
 async def test_swap_is_one_aliases_call_and_retention(
-    fresh: Standin, encoder: Any, cache_path: Any
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
 ) -> None:
-    names = [await build(fresh, encoder, cache_path, keep_indices=2) for _ in range(3)]
+    names = [await build(fresh, encoder, embedding_cache, keep_indices=2) for _ in range(3)]
     assert [rq.parse_index_name("shop", n) for n in names] == [1, 2, 3]
     swaps = [r for r in fresh.requests if r[1] == "/_aliases"]
     assert len(swaps) == 3
@@ -368,9 +364,9 @@ async def test_swap_is_one_aliases_call_and_retention(
 
 
 @aio
-async def test_rollback(fresh: Standin, encoder: Any, cache_path: Any) -> None:
-    v1 = await build(fresh, encoder, cache_path)
-    v2 = await build(fresh, encoder, cache_path)
+async def test_rollback(fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache) -> None:
+    v1 = await build(fresh, encoder, embedding_cache)
+    v2 = await build(fresh, encoder, embedding_cache)
     client = make_client(cfg_for(fresh))
     try:
         assert await list_elastic_versions(client, "shop") == [v1, v2]
@@ -405,45 +401,55 @@ async def test_rollback(fresh: Standin, encoder: Any, cache_path: Any) -> None:
 )
 @aio
 async def test_validation_failure_keeps_alias(
-    fresh: Standin, encoder: Any, cache_path: Any, fault: dict[str, Any], message: str
+    fresh: Standin,
+    encoder: Any,
+    embedding_cache: EmbeddingCache,
+    fault: dict[str, Any],
+    message: str,
 ) -> None:
-    v1 = await build(fresh, encoder, cache_path)
+    v1 = await build(fresh, encoder, embedding_cache)
     fresh.faults.update(fault)
     with pytest.raises(ValidationError, match=message):
-        await build(fresh, encoder, cache_path)
+        await build(fresh, encoder, embedding_cache)
     assert fresh.aliases == {"shop": {v1}}
     assert set(fresh.indices) == {v1}  # the failed version was deleted
 
 
 @aio
-async def test_bm25_smoke_failure(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_bm25_smoke_failure(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     fresh.faults["match_empty"] = True
     with pytest.raises(ValidationError, match="BM25 smoke query failed"):
-        await build(fresh, encoder, cache_path)
+        await build(fresh, encoder, embedding_cache)
     assert fresh.indices == {} and fresh.aliases == {}
     # titles of only stopwords are skipped by the smoke query, not a failure
     fresh.faults.clear()
     docs = [Document(id="x1", title="the of and", body="alpha"), *CONTRACT_DOCS[:3]]
-    name = await build(fresh, encoder, cache_path, docs=docs)
+    name = await build(fresh, encoder, embedding_cache, docs=docs)
     assert len(fresh.indices[name].docs) == 4
 
 
 @aio
-async def test_bulk_retries_429(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_bulk_retries_429(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     fresh.faults["bulk_429"] = {"d03": 2, "d17": 1}
-    name = await build(fresh, encoder, cache_path)
+    name = await build(fresh, encoder, embedding_cache)
     assert len(fresh.indices[name].docs) == len(CONTRACT_DOCS)
     resent = [r for r in fresh.requests if r[1] == "/_bulk" and len(r[3]) <= 4]
     assert resent  # the retries carried only the rejected documents
 
 
 @aio
-async def test_bulk_failures_listed(fresh: Standin, encoder: Any, cache_path: Any) -> None:
-    v1 = await build(fresh, encoder, cache_path)
+async def test_bulk_failures_listed(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
+    v1 = await build(fresh, encoder, embedding_cache)
     fresh.faults["bulk_400"] = {"d05", "d22"}
     fresh.faults["bulk_429"] = {"d09": 99}  # still rejected after bulk_max_retries
     with pytest.raises(IndexingError, match="3 of 30 documents failed") as exc:
-        await build(fresh, encoder, cache_path, bulk_max_retries=2)
+        await build(fresh, encoder, embedding_cache, bulk_max_retries=2)
     for doc_id in ("d05", "d22", "d09"):
         assert doc_id in str(exc.value)
     assert "document_parsing_exception" in str(exc.value) and "429" in str(exc.value)
@@ -452,44 +458,48 @@ async def test_bulk_failures_listed(fresh: Standin, encoder: Any, cache_path: An
 
 @aio
 async def test_alias_swap_failure_deletes_new_index(
-    fresh: Standin, encoder: Any, cache_path: Any
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
 ) -> None:
-    v1 = await build(fresh, encoder, cache_path)
+    v1 = await build(fresh, encoder, embedding_cache)
     fresh.faults["aliases_500"] = True
     with pytest.raises(BackendError, match="HTTP 500"):
-        await build(fresh, encoder, cache_path)
+        await build(fresh, encoder, embedding_cache)
     assert fresh.aliases == {"shop": {v1}} and set(fresh.indices) == {v1}
 
 
 @aio
-async def test_alias_name_taken_by_an_index(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_alias_name_taken_by_an_index(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     from tests.es_standin import Index
 
     fresh.indices["shop"] = Index("shop", {}, {})
     with pytest.raises(IndexingError, match="concrete index"):
-        await build(fresh, encoder, cache_path)
+        await build(fresh, encoder, embedding_cache)
     assert set(fresh.indices) == {"shop"}
 
 
 @aio
 async def test_bad_documents_refused_before_any_request(
-    fresh: Standin, encoder: Any, cache_path: Any
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
 ) -> None:
     with pytest.raises(ValidationError, match="duplicate"):
-        await build(fresh, encoder, cache_path, docs=[CONTRACT_DOCS[0], CONTRACT_DOCS[0]])
+        await build(fresh, encoder, embedding_cache, docs=[CONTRACT_DOCS[0], CONTRACT_DOCS[0]])
     bad = Document(id="z", title="t", attrs={"price.usd": 1.0})
     with pytest.raises(ValidationError, match=r"price\.usd"):
-        await build(fresh, encoder, cache_path, docs=[bad])
+        await build(fresh, encoder, embedding_cache, docs=[bad])
     assert fresh.requests == []
 
 
 @aio
-async def test_errors_map_to_backend_errors(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_errors_map_to_backend_errors(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     with pytest.raises(IndexNotFoundError, match="does not exist"):
         await ElasticBackend.open(cfg_for(fresh))
     with pytest.raises(IndexingError, match="num_candidates"):
         await ElasticBackend.open(cfg_for(fresh, num_candidates=0))
-    await build(fresh, encoder, cache_path)
+    await build(fresh, encoder, embedding_cache)
     b = await ElasticBackend.open(cfg_for(fresh, request_timeout_s=0.3), encoder)
     try:
         fresh.faults["delay_s"] = 1.0
@@ -510,8 +520,10 @@ async def test_errors_map_to_backend_errors(fresh: Standin, encoder: Any, cache_
 
 
 @aio
-async def test_encoder_dim_mismatch(fresh: Standin, encoder: Any, cache_path: Any) -> None:
-    await build(fresh, encoder, cache_path)
+async def test_encoder_dim_mismatch(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
+    await build(fresh, encoder, embedding_cache)
 
     class Small:
         model_id, dim = "small", 8
@@ -521,11 +533,13 @@ async def test_encoder_dim_mismatch(fresh: Standin, encoder: Any, cache_path: An
 
 
 @aio
-async def test_static_attrs_and_candidates(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_static_attrs_and_candidates(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     """The search pipeline's CandidateGenerator runs unchanged over ElasticBackend."""
     from search.candidates import CandidateGenerator
 
-    await build(fresh, encoder, cache_path)
+    await build(fresh, encoder, embedding_cache)
     b = await ElasticBackend.open(cfg_for(fresh), encoder)
     try:
         got = await b.static_attrs(["d28", "d30", "unknown", "d01"])
@@ -554,12 +568,11 @@ class TestStandinBackendContract(BackendContract):
 
     @pytest_asyncio.fixture(loop_scope="session")
     async def backend(
-        self, standin: Standin, encoder: Any, cache_path: Any
+        self, standin: Standin, encoder: Any, embedding_cache: EmbeddingCache
     ) -> AsyncIterator[ElasticBackend]:
         cfg = cfg_for(standin, alias="contract")
         if not await _has_alias(cfg):
-            with EmbeddingCache(cache_path) as cache:
-                await build_elastic_index(CONTRACT_DOCS, encoder, cfg, cache=cache)
+            await build_elastic_index(CONTRACT_DOCS, encoder, cfg, cache=embedding_cache)
         b = await ElasticBackend.open(cfg, encoder)
         yield b
         await b.close()
@@ -578,7 +591,7 @@ LIVE_URL = os.environ.get("ELASTICSEARCH_URL")
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def live_cfg(encoder: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+async def live_cfg(encoder: Any, embedding_cache: EmbeddingCache) -> AsyncIterator[Any]:
     """CONTRACT_DOCS indexed once into a throwaway alias on the live server; deleted after."""
     if not LIVE_URL:
         pytest.skip("ELASTICSEARCH_URL is not set")
@@ -588,8 +601,7 @@ async def live_cfg(encoder: Any, tmp_path_factory: pytest.TempPathFactory) -> As
         api_key_env="ELASTICSEARCH_API_KEY" if os.environ.get("ELASTICSEARCH_API_KEY") else "",
         vector_index_type=os.environ.get("ELASTICSEARCH_VECTOR_TYPE", "int8_hnsw"),  # type: ignore[arg-type]
     )
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
-        await build_elastic_index(CONTRACT_DOCS, encoder, cfg, cache=cache)
+    await build_elastic_index(CONTRACT_DOCS, encoder, cfg, cache=embedding_cache)
     yield cfg
     client = make_client(cfg)
     try:
@@ -677,11 +689,13 @@ async def test_unreachable_server_fails_before_embedding(encoder: Any) -> None:
 
 
 @aio
-async def test_wire_bodies_are_typed(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_wire_bodies_are_typed(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     """What the real client actually sent (recorded by the stand-in) passes the same checks."""
     from elasticsearch.dsl.query import Knn
 
-    await build(fresh, encoder, cache_path)
+    await build(fresh, encoder, embedding_cache)
     b = await ElasticBackend.open(cfg_for(fresh), encoder)
     try:
         v = encoder.encode(["waterproof boots"])[0]
@@ -712,17 +726,21 @@ async def test_wire_bodies_are_typed(fresh: Standin, encoder: Any, cache_path: A
 
 
 @aio
-async def test_swap_applied_but_answer_lost(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_swap_applied_but_answer_lost(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     """An _aliases error after the server applied the swap must not delete the serving index."""
-    v1 = await build(fresh, encoder, cache_path)
+    v1 = await build(fresh, encoder, embedding_cache)
     fresh.faults["aliases_applied_then_500"] = True
-    v2 = await build(fresh, encoder, cache_path)
+    v2 = await build(fresh, encoder, embedding_cache)
     assert fresh.aliases == {"shop": {v2}}
     assert set(fresh.indices) == {v1, v2}
 
 
 @aio
-async def test_serve_over_elasticsearch(fresh: Standin, encoder: Any, cache_path: Any) -> None:
+async def test_serve_over_elasticsearch(
+    fresh: Standin, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
     """ltrsearch-serve --backend elasticsearch: the API answers /search from the ES backend."""
     import argparse
     import dataclasses
@@ -732,7 +750,7 @@ async def test_serve_over_elasticsearch(fresh: Standin, encoder: Any, cache_path
     from scripts.serve import build_app
     from scripts.settings import load_settings
 
-    await build(fresh, encoder, cache_path)
+    await build(fresh, encoder, embedding_cache)
     settings = load_settings(env={})
     api = dataclasses.replace(settings.api, require_model=False)
     args = argparse.Namespace(

@@ -155,27 +155,22 @@ def test_analyzer_matches_bm25s_tokenize() -> None:
     assert [list(ANALYZER.terms(t)) for t in texts] == [list(t) for t in ref]
 
 
-def test_parallel_build_equals_inline(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, encoder: Any
-) -> None:
+def test_parallel_build_equals_inline(tmp_path: Path, encoder: Any, embedding_cache: Any) -> None:
     """The BM25 side built in a child process gives the same index as built inline (term
     ids may differ between processes, as bm25s' did: compared per term)."""
     from indexing.build import build_local_index
     from indexing.config import IndexConfig
-    from indexing.embedding_cache import EmbeddingCache
     from indexing.layout import COMBINED, bm25_field
     from indexing.local_store import Snapshot, load_field_index
-    from tests.contract import contract_cache_path
 
     snaps = []
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
-        for parallel in (False, True):
-            root = tmp_path / f"p{parallel}"
-            v = build_local_index(
-                CONTRACT_DOCS, root, encoder, IndexConfig(), cache, parallel=parallel
-            )
-            assert not list((root / "versions" / v).glob(".bm25-job*"))
-            snaps.append(Snapshot(root / "versions" / v))
+    for parallel in (False, True):
+        root = tmp_path / f"p{parallel}"
+        v = build_local_index(
+            CONTRACT_DOCS, root, encoder, IndexConfig(), embedding_cache, parallel=parallel
+        )
+        assert not list((root / "versions" / v).glob(".bm25-job*"))
+        snaps.append(Snapshot(root / "versions" / v))
     a, b = snaps
     # term ids index the combined vocabulary, whose order is per process: compare terms
     assert [a.term_row(r) for r in range(a.n)] == [b.term_row(r) for r in range(b.n)]

@@ -31,7 +31,7 @@ from ltr import derived as D
 from ltr import features as F
 from ltr.types import BM25, DENSE, CandidateSet, TermIds
 from search.candidates import CandidateGenerator
-from tests.contract import CONTRACT_DOCS, QUERIES, contract_cache_path
+from tests.contract import CONTRACT_DOCS, QUERIES
 from tests.test_local_terms import _downgrade
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
@@ -77,10 +77,11 @@ ALL_QUERIES = [*QUERIES, *SPECIAL_QUERIES, *_queries(0, 60)]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
+def root(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
+) -> Path:
     d = tmp_path_factory.mktemp("term-ids")
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
-        build_local_index(DOCS, d, encoder, IndexConfig(), cache, parallel=False)
+    build_local_index(DOCS, d, encoder, IndexConfig(), embedding_cache, parallel=False)
     return d
 
 

@@ -14,29 +14,19 @@ from indexing.build import build_local_index
 from indexing.config import IndexConfig
 from indexing.embedding_cache import EmbeddingCache
 from indexing.local import LocalBackend
-from tests.contract import (
-    CONTRACT_DOCS,
-    BackendContract,
-    N,
-    contract_cache_path,
-)
+from tests.contract import CONTRACT_DOCS, BackendContract, N
 
 
-@pytest.fixture(scope="session")
-def contract_index(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
-    """CONTRACT_DOCS indexed once per session (exact kNN)."""
-    root = tmp_path_factory.mktemp("contract-index")
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
-        build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(), cache=cache)
-    return root
-
-
-@pytest.fixture(scope="session")
-def contract_index_ann(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
-    """The same corpus with the hnswlib index forced on (threshold below the corpus size)."""
+@pytest.fixture(scope="module")
+def contract_index_ann(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
+) -> Path:
+    """The session's contract corpus with the hnswlib index forced on (threshold below the
+    corpus size); ``contract_index`` (conftest) is the same corpus with exact kNN."""
     root = tmp_path_factory.mktemp("contract-index-ann")
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
-        build_local_index(CONTRACT_DOCS, root, encoder, IndexConfig(ann_threshold=5), cache=cache)
+    build_local_index(
+        CONTRACT_DOCS, root, encoder, IndexConfig(ann_threshold=5), cache=embedding_cache
+    )
     return root
 
 

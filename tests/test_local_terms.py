@@ -24,7 +24,7 @@ from indexing.embedding_cache import EmbeddingCache
 from indexing.layout import ANN_ROWS, TERM_IDS, TERM_OFFSETS, TERM_SEQS
 from indexing.local import LocalBackend
 from indexing.local_store import Snapshot, json_line, write_lines
-from tests.contract import CONTRACT_DOCS, contract_cache_path
+from tests.contract import CONTRACT_DOCS
 
 # Repeated sequences across rows and fields, empty fields, an extra field only some
 # documents have, a text whose only words are stopwords, and non-ASCII text.
@@ -47,10 +47,13 @@ def expected_terms(docs: list[Document]) -> dict[str, list[tuple[str, ...]]]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Path:
+def built(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
+) -> Path:
     root = tmp_path_factory.mktemp("terms")
-    with EmbeddingCache(contract_cache_path(tmp_path_factory)) as cache:
-        v = build_local_index(DOCS, root / "idx", encoder, IndexConfig(), cache, parallel=False)
+    v = build_local_index(
+        DOCS, root / "idx", encoder, IndexConfig(), embedding_cache, parallel=False
+    )
     return root / "idx" / "versions" / v
 
 
