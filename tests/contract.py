@@ -1,7 +1,12 @@
-"""The RetrievalBackend contract: one test suite every backend must pass.
+"""The RetrievalBackend contract, one mixin per method: a test suite every backend passes.
 
-Subclass ``BackendContract`` in a module whose class name starts with ``Test`` and provide
-an async ``backend`` fixture that indexes ``CONTRACT_DOCS`` (embedding each document's
+Modelled on Haystack's per-method document-store test mixins: ``InfoContract``,
+``BM25Contract``, ``KnnContract``, ``FetchContract``, ``FieldScoresContract``,
+``CosineContract``, ``AnalyzeContract``, ``DocTermsContract``, ``IdfContract``,
+``StaticAttrsContract`` and ``LookupsContract`` each check one method (using others only to
+derive expected values); ``BackendContract`` is all of them. Subclass the ones a backend
+implements in a module whose class name starts with ``Test`` and provide an async
+``backend`` fixture that indexes ``CONTRACT_DOCS`` (embedding each document's
 ``indexing.documents.embedding_text`` with the session ``encoder``). The expected values come
 from the corpus itself (brute force over ``Filters.matches``, Lucene IDF from document
 frequencies) or from consistency between methods, so the same file checks any backend.
@@ -309,16 +314,18 @@ def assert_same_ranking(got: Hits, want_ids: list[str], want_scores: list[float]
 
 
 @pytest.mark.asyncio(loop_scope="session")
-class BackendContract:
-    """Every RetrievalBackend method's contract over CONTRACT_DOCS."""
+class _Contract:
+    """What every per-method contract shares: the session event loop and the helpers."""
 
-    # --- helpers ------------------------------------------------------------------
     @staticmethod
     async def all_scores(backend: Any, query: str, field: str | None = None) -> dict[str, float]:
         hits = await backend.bm25(query, N, field)
         return dict(zip(hits.ids, map(float, hits.scores), strict=True))
 
-    # --- info -------------------------------------------------------------------
+
+class InfoContract(_Contract):
+    """``info()``, and that the backend is a ``RetrievalBackend`` at all."""
+
     async def test_is_a_retrieval_backend(self, backend: Any) -> None:
         assert isinstance(backend, RetrievalBackend)
 
@@ -331,7 +338,10 @@ class BackendContract:
         assert info.dim == encoder.dim
         assert info.version
 
-    # --- bm25 -------------------------------------------------------------------
+
+class BM25Contract(_Contract):
+    """``bm25()``: ranking, k, field restriction, empty and unknown queries, filters."""
+
     @pytest.mark.parametrize("query", QUERIES)
     async def test_bm25_ordering_and_k(self, backend: Any, query: str) -> None:
         full = await backend.bm25(query, N)
@@ -392,7 +402,10 @@ class BackendContract:
             assert_ranked(got, k)
             assert_same_ranking(got, [d for d, _ in want[:k]], [s for _, s in want[:k]])
 
-    # --- knn --------------------------------------------------------------------
+
+class KnnContract(_Contract):
+    """``knn()``: self-retrieval, semantics, filters, k and bad vectors."""
+
     async def test_knn_self_retrieval(self, backend: Any, encoder: Any) -> None:
         docs = CONTRACT_DOCS[::7]
         vectors = encoder.encode([embedding_text(d) for d in docs])
@@ -434,7 +447,10 @@ class BackendContract:
         with pytest.raises(InvalidRequestError):
             await backend.knn(bad, 3)
 
-    # --- fetch ------------------------------------------------------------------
+
+class FetchContract(_Contract):
+    """``fetch()``: documents in the order asked, ``None`` for unknown ids."""
+
     async def test_fetch_order_and_unknown(self, backend: Any) -> None:
         ids = ["d05", "nope", "d01", "d30", "d05"]
         got = await backend.fetch(ids)
@@ -444,7 +460,10 @@ class BackendContract:
             assert got[i] == DOCS_BY_ID[ids[i]]
         assert await backend.fetch([]) == []
 
-    # --- per-candidate lookups --------------------------------------------------
+
+class FieldScoresContract(_Contract):
+    """``field_scores()``: per-field BM25 aligned with the ids asked."""
+
     @pytest.mark.parametrize("query", QUERIES)
     async def test_field_scores_alignment(self, backend: Any, query: str) -> None:
         info = await backend.info()
@@ -464,6 +483,10 @@ class BackendContract:
         for col in got.values():
             np.testing.assert_array_equal(col, [0.0, 0.0])
 
+
+class CosineContract(_Contract):
+    """``cosine()``: aligned with the ids asked, equal to the dot product."""
+
     async def test_cosine_alignment(self, backend: Any, encoder: Any) -> None:
         v = encoder.encode(["fast laptop"])[0]
         hits = await backend.knn(v, 6)
@@ -474,11 +497,19 @@ class BackendContract:
         doc_vecs = encoder.encode([embedding_text(DOCS_BY_ID[i]) for i in ids[:-1]])
         np.testing.assert_allclose(cos[:-1], doc_vecs @ v, atol=1e-4)
 
+
+class AnalyzeContract(_Contract):
+    """``analyze()``: stopwords out, stems in."""
+
     async def test_analyze(self, backend: Any) -> None:
         terms = await backend.analyze("The Running DOGS of the hiking trails")
         assert "the" not in terms and "of" not in terms
         assert "run" in terms and "dog" in terms and "hike" in terms and "trail" in terms
         assert await backend.analyze("") == ()
+
+
+class DocTermsContract(_Contract):
+    """``doc_terms()``: each field's analyzed terms, aligned with the ids asked."""
 
     async def test_doc_terms(self, backend: Any) -> None:
         info = await backend.info()
@@ -494,6 +525,10 @@ class BackendContract:
                 assert got[field][i] == await backend.analyze(text)
         assert got["brand"][2] == ()  # d30 has no brand
 
+
+class IdfContract(_Contract):
+    """``idf()``: Lucene IDF from document frequencies."""
+
     async def test_idf(self, backend: Any) -> None:
         combined = [
             set(await backend.analyze(" ".join(d.text_fields().values()))) for d in CONTRACT_DOCS
@@ -506,6 +541,10 @@ class BackendContract:
             assert df > 0
             assert got[t] == pytest.approx(lucene_idf(df, N), rel=1e-6)
         assert got["espresso"] > got["laptop"] > 0
+
+
+class StaticAttrsContract(_Contract):
+    """``static_attrs()``: numeric attributes, NaN where absent."""
 
     async def test_static_attrs(self, backend: Any) -> None:
         info = await backend.info()
@@ -521,7 +560,10 @@ class BackendContract:
         empty = await backend.static_attrs([])
         assert set(empty) == set(info.attr_names) and all(len(c) == 0 for c in empty.values())
 
-    # --- lookups: every per-candidate lookup at once ----------------------------
+
+class LookupsContract(_Contract):
+    """``lookups()``: every per-candidate lookup at once, equal to the separate methods."""
+
     @pytest.mark.parametrize("query", [*QUERIES[:2], "the"])
     async def test_lookups_equal_the_separate_methods(
         self, backend: Any, encoder: Any, query: str
@@ -550,3 +592,19 @@ class BackendContract:
         got = await backend.lookups("laptop battery", ids, None)
         assert np.asarray(got.cosine).shape == (3,) and np.isnan(got.cosine).all()
         assert_same_columns(got.field_bm25, await backend.field_scores("laptop battery", ids))
+
+
+class BackendContract(
+    InfoContract,
+    BM25Contract,
+    KnnContract,
+    FetchContract,
+    FieldScoresContract,
+    CosineContract,
+    AnalyzeContract,
+    DocTermsContract,
+    IdfContract,
+    StaticAttrsContract,
+    LookupsContract,
+):
+    """Every RetrievalBackend method's contract over CONTRACT_DOCS."""
