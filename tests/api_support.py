@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from indexing.embedding_cache import EmbeddingCache
 from indexing.encoders import Encoder
 from indexing.loaders import load_beir
 from ltr.config import TrainConfig
@@ -74,11 +75,13 @@ def write_small_beir(cranfield: Path, out: Path, n_queries: int = 20, extra_docs
     return out
 
 
-def build_index(beir_dir: Path, index_dir: Path, encoder: Encoder) -> str:
+def build_index(
+    beir_dir: Path, index_dir: Path, encoder: Encoder, cache: EmbeddingCache | None = None
+) -> str:
     from indexing.build import build_local_index
 
     ds = load_beir(beir_dir)
-    return build_local_index(ds.corpus, index_dir, encoder)
+    return build_local_index(ds.corpus, index_dir, encoder, cache=cache)
 
 
 def api_config(**kw: Any) -> ApiConfig:

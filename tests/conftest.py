@@ -8,6 +8,7 @@ builds (or copies) its own.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,33 @@ def contract_index(
     return root
 
 
+@pytest.fixture(scope="session")
+def cranfield_work(
+    cranfield_dir: Path,
+    encoder: Any,
+    embedding_cache: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The whole Cranfield collection indexed once per run, laid out as the work directory
+    of scripts/evaluate.py (``index/`` and its fingerprint), so ``--work-dir`` reuses it.
+    Its embedding cache is the session's: the same texts embedded for another index
+    (the Cranfield subsets) are not embedded again."""
+    from indexing.loaders import load_beir
+    from scripts.evaluate import prepare_index
+
+    work = tmp_path_factory.mktemp("cranfield-work")
+    (work / "embeddings.sqlite").symlink_to(embedding_cache.path)
+    corpus = load_beir(cranfield_dir).corpus
+    prepare_index(cranfield_dir, work, corpus, encoder, lambda _msg: None)
+    return work
+
+
+@pytest.fixture(scope="session")
+def cranfield_index(cranfield_work: Path) -> Path:
+    """The local index of the whole Cranfield collection (default settings)."""
+    return cranfield_work / "index"
+
+
 # --- search API fixtures (engineer F): a Cranfield subset with category/year, its local
 # index and a promoted model trained through the serving pipeline (builders in
 # tests/api_support.py). Session-scoped so test_api*.py and test_pipeline.py share them.
@@ -76,11 +104,13 @@ def beir_small(cranfield_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def small_index(beir_small: Path, encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+def small_index(
+    beir_small: Path, encoder: Any, embedding_cache: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     from tests.api_support import build_index
 
     d = tmp_path_factory.mktemp("index")
-    build_index(beir_small, d, encoder)
+    build_index(beir_small, d, encoder, embedding_cache)
     return d
 
 
@@ -92,5 +122,23 @@ def model_dir(
     from tests.api_support import DEFAULT_FEATURES, build_model_sync
 
     d = tmp_path_factory.mktemp("models")
+    build_model_sync(small_index, beir_small, d, encoder, DEFAULT_FEATURES)
+    return d
+
+
+@pytest.fixture(scope="session")
+def two_models_dir(
+    model_dir: Path,
+    small_index: Path,
+    beir_small: Path,
+    encoder: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """``model_dir``'s registry plus a second model over the same features, trained the
+    same way and promoted: for tests that switch between two versions (copy it first)."""
+    from tests.api_support import DEFAULT_FEATURES, build_model_sync
+
+    d = tmp_path_factory.mktemp("two-models") / "models"
+    shutil.copytree(model_dir, d)
     build_model_sync(small_index, beir_small, d, encoder, DEFAULT_FEATURES)
     return d

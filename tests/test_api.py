@@ -403,8 +403,9 @@ async def test_admin_disabled_without_token(encoder: Any, small_index: Path) -> 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "threaded"])
 async def test_concurrent_searches_during_model_reload_and_index_swap(
     encoder: Any,
+    embedding_cache: Any,
     small_index: Path,
-    model_dir: Path,
+    two_models_dir: Path,
     beir_small: Path,
     tmp_path: Path,
     inline: bool,
@@ -412,12 +413,11 @@ async def test_concurrent_searches_during_model_reload_and_index_swap(
     index = tmp_path / "index"
     shutil.copytree(small_index, index)
     models = tmp_path / "models"
-    shutil.copytree(model_dir, models)
-    await asyncio.to_thread(build_model_sync, index, beir_small, models, encoder, DEFAULT_FEATURES)
+    shutil.copytree(two_models_dir, models)
     from ltr.registry import ModelRegistry
 
     reg = ModelRegistry(models)
-    v1, v2 = reg.list_versions()[:2]
+    v1, v2 = reg.list_versions()
     reg.promote(v1)
     ds = load_beir(beir_small)
     queries = [q.text for q in ds.queries]
@@ -425,7 +425,7 @@ async def test_concurrent_searches_during_model_reload_and_index_swap(
     from indexing.layout import current_version
 
     # a second index version, built beforehand; CURRENT goes back to the first one
-    new_version = await asyncio.to_thread(build_index, beir_small, index, encoder)
+    new_version = await asyncio.to_thread(build_index, beir_small, index, encoder, embedding_cache)
     await asyncio.to_thread(rollback, index)
     assert current_version(index) != new_version
     app = _app(encoder, index, models, tmp_path / "e.db", local_inline=inline)

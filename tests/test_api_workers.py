@@ -17,9 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ltr.registry import ModelRegistry
 from scripts.serverproc import free_port, wait_ready
 from search.events import SqliteEventStore
-from tests.api_support import ADMIN, DEFAULT_FEATURES, build_model_sync, start_test_server
+from tests.api_support import ADMIN, start_test_server
 
 pytestmark = pytest.mark.slow
 
@@ -64,18 +65,14 @@ def _children(pid: int) -> list[int]:
 
 async def test_two_workers_share_events_reloads_metrics_and_stop_with_the_supervisor(
     small_index: Path,
-    beir_small: Path,
-    model_dir: Path,
-    encoder: Any,
+    two_models_dir: Path,
     tmp_path: Path,
 ) -> None:
     models = tmp_path / "models"
-    shutil.copytree(model_dir, models)
-    first = sorted(p.name for p in models.iterdir() if p.name.startswith("v"))[0]
-    second = await asyncio.to_thread(
-        build_model_sync, small_index, beir_small, models, encoder, DEFAULT_FEATURES
-    )
-    assert second != first  # promoted: the workers start on it
+    shutil.copytree(two_models_dir, models)
+    reg = ModelRegistry(models)
+    first, second = reg.list_versions()
+    assert reg.promoted() == second  # the newer one: the workers start on it
     port, db, log = free_port(), tmp_path / "events.db", tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     proc = _start(small_index, models, db, port, log)

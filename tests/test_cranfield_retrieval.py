@@ -7,13 +7,12 @@ regression in analysis, BM25 scoring or the dense path fails here.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from indexing.build import build_local_index
-from indexing.embedding_cache import EmbeddingCache
 from indexing.loaders import BeirDataset, load_beir
 from indexing.local import LocalBackend
 
@@ -37,18 +36,11 @@ def cranfield(cranfield_dir: Path) -> BeirDataset:
 
 
 @pytest.fixture(scope="module")
-def cranfield_backend(
-    cranfield: BeirDataset,
-    encoder: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-    pytestconfig: Any,
-) -> LocalBackend:
-    """Cranfield indexed once; embeddings persist in pytest's cache dir between runs."""
-    cache_dir = Path(pytestconfig.cache.mkdir("ltrsearch-embeddings"))
-    root = tmp_path_factory.mktemp("cranfield-index")
-    with EmbeddingCache(cache_dir / "embeddings.sqlite") as cache:
-        build_local_index(cranfield.corpus, root, encoder, cache=cache)
-    return LocalBackend.open(root, encoder)
+def cranfield_backend(cranfield_index: Path, encoder: Any) -> Iterator[LocalBackend]:
+    """The session's Cranfield index (conftest: built once per run, default settings)."""
+    backend = LocalBackend.open(cranfield_index, encoder)
+    yield backend
+    asyncio.run(backend.close())
 
 
 def without_judged_zero(

@@ -68,7 +68,7 @@ def true_relevance(X: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def drift_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A promoted real LambdaMART model whose training rows are the drift reference."""
     rng = np.random.default_rng(0)
     n_q = 150
@@ -94,7 +94,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve_window(
     store: SqliteEventStore,
-    model_dir: Path,
+    drift_model_dir: Path,
     start: float,
     n_requests: int,
     seed: int,
@@ -107,7 +107,7 @@ def serve_window(
     attractiveness of the document. ``users_changed``: users now want the opposite of what
     the model learned (same features, same scores, other clicks) -- concept drift.
     """
-    reg = ModelRegistry(model_dir)
+    reg = ModelRegistry(drift_model_dir)
     model = reg.load()
     rng = np.random.default_rng(seed)
     imps, events = [], []
@@ -145,21 +145,21 @@ def serve_window(
 
 
 def make_log(
-    path: Path, model_dir: Path, current: dict[str, Any] | None = None, n: int = 150
+    path: Path, drift_model_dir: Path, current: dict[str, Any] | None = None, n: int = 150
 ) -> Path:
     """Previous window [T0-2h, T0-1h) as trained; current [T0-1h, T0) with ``current``."""
     store = SqliteEventStore(path)
     try:
-        serve_window(store, model_dir, T0 - 2 * HOUR, n, seed=1)
-        serve_window(store, model_dir, T0 - HOUR, n, seed=2, **(current or {}))
+        serve_window(store, drift_model_dir, T0 - 2 * HOUR, n, seed=1)
+        serve_window(store, drift_model_dir, T0 - HOUR, n, seed=2, **(current or {}))
     finally:
         store.close()
     return path
 
 
-def run(model_dir: Path, events: Path, out: Path, *extra: str) -> list[str]:
+def run(drift_model_dir: Path, events: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--model-dir", str(model_dir), "--events", str(events), "--window", "1h",
+        "--model-dir", str(drift_model_dir), "--events", str(events), "--window", "1h",
         "--out", str(out), "--now", str(T0), *extra,
     ]  # fmt: skip
 
@@ -178,11 +178,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_no_drift_control(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    events = make_log(tmp_path / "events.db", model_dir)
+    events = make_log(tmp_path / "events.db", drift_model_dir)
     out = tmp_path / "reports"
-    assert main(run(model_dir, events, out)) == EXIT_OK
+    assert main(run(drift_model_dir, events, out)) == EXIT_OK
     line = capsys.readouterr().out.strip()
     assert line.startswith("drift-report: decision=no_drift ")
     assert len(line.splitlines()) == 1
@@ -200,12 +200,12 @@ def test_no_drift_control(
 
 
 def test_covariate_drift_flags_exactly_the_shifted_features(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shifted = frozenset({"bm25", "dense_cosine"})
-    events = make_log(tmp_path / "events.db", model_dir, {"shift": shifted})
+    events = make_log(tmp_path / "events.db", drift_model_dir, {"shift": shifted})
     out = tmp_path / "reports"
-    assert main(run(model_dir, events, out)) == EXIT_DRIFT
+    assert main(run(drift_model_dir, events, out)) == EXIT_DRIFT
     s = summary_of(out)
     assert set(s["feature_drift"]["drifted_features"]) == shifted
     assert s["feature_drift"]["drifted"] is True  # 2 of 7 tested > 25%
@@ -214,11 +214,11 @@ def test_covariate_drift_flags_exactly_the_shifted_features(
 
 
 def test_concept_drift_is_not_reported_as_feature_drift(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    events = make_log(tmp_path / "events.db", model_dir, {"users_changed": True})
+    events = make_log(tmp_path / "events.db", drift_model_dir, {"users_changed": True})
     out = tmp_path / "reports"
-    assert main(run(model_dir, events, out)) == EXIT_DRIFT
+    assert main(run(drift_model_dir, events, out)) == EXIT_DRIFT
     s = summary_of(out)
     assert s["decision"] == "concept_drift"
     assert s["feature_drift"]["drifted_features"] == []
@@ -230,14 +230,14 @@ def test_concept_drift_is_not_reported_as_feature_drift(
 
 
 def test_click_change_dragging_behavior_features_is_still_concept_drift(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    drift_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Users changed, and their clicks moved the click-derived qd_ctr too: concept drift."""
     monkeypatch.setenv("LTRSEARCH_MONITORING__DRIFT_SHARE", "0.1")
     current = {"users_changed": True, "shift": frozenset({"qd_ctr"})}
-    events = make_log(tmp_path / "events.db", model_dir, current)
+    events = make_log(tmp_path / "events.db", drift_model_dir, current)
     out = tmp_path / "reports"
-    assert main(run(model_dir, events, out, "--no-html")) == EXIT_DRIFT
+    assert main(run(drift_model_dir, events, out, "--no-html")) == EXIT_DRIFT
     s = summary_of(out)
     assert s["feature_drift"]["drifted_features"] == ["qd_ctr"]
     assert s["feature_drift"]["drifted"] is True  # 1/7 > 10%
@@ -246,15 +246,17 @@ def test_click_change_dragging_behavior_features_is_still_concept_drift(
 
 
 def test_settings_file_and_manifest_reference(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    events = make_log(tmp_path / "events.db", model_dir, {"shift": frozenset({"bm25"})})
+    events = make_log(tmp_path / "events.db", drift_model_dir, {"shift": frozenset({"bm25"})})
     settings = tmp_path / "s.toml"
     settings.write_text(
         '[monitoring]\ndrift_share = 0.1\nconcept_reference = "manifest"\nhtml = false\n'
     )
     out = tmp_path / "reports"
-    args = run(model_dir, events, out, "--settings", str(settings), "--model-version", "v0001")
+    args = run(
+        drift_model_dir, events, out, "--settings", str(settings), "--model-version", "v0001"
+    )
     assert main(args) == EXIT_DRIFT
     s = summary_of(out)
     assert s["feature_drift"]["drifted_features"] == ["bm25"]
@@ -265,7 +267,7 @@ def test_settings_file_and_manifest_reference(
 
 
 async def test_webhook_receives_the_summary_on_drift(
-    model_dir: Path, tmp_path: Path, aiohttp_server: Any
+    drift_model_dir: Path, tmp_path: Path, aiohttp_server: Any
 ) -> None:
     from aiohttp import web
 
@@ -279,13 +281,20 @@ async def test_webhook_receives_the_summary_on_drift(
     app.router.add_post("/hook", hook)
     server = await aiohttp_server(app, host="127.0.0.1")
     url = f"http://127.0.0.1:{server.port}/hook"
-    ok_log = await asyncio.to_thread(make_log, tmp_path / "ok.db", model_dir)
-    code = await asyncio.to_thread(main, run(model_dir, ok_log, tmp_path / "a", "--webhook", url))
+    ok_log = await asyncio.to_thread(make_log, tmp_path / "ok.db", drift_model_dir)
+    code = await asyncio.to_thread(
+        main, run(drift_model_dir, ok_log, tmp_path / "a", "--webhook", url)
+    )
     assert code == EXIT_OK and received == []  # no drift, no call
     bad_log = await asyncio.to_thread(
-        make_log, tmp_path / "bad.db", model_dir, {"shift": frozenset({"bm25", "dense_cosine"})}
+        make_log,
+        tmp_path / "bad.db",
+        drift_model_dir,
+        {"shift": frozenset({"bm25", "dense_cosine"})},
     )
-    code = await asyncio.to_thread(main, run(model_dir, bad_log, tmp_path / "b", "--webhook", url))
+    code = await asyncio.to_thread(
+        main, run(drift_model_dir, bad_log, tmp_path / "b", "--webhook", url)
+    )
     assert code == EXIT_DRIFT
     (payload,) = received
     assert payload == summary_of(tmp_path / "b")
@@ -293,10 +302,12 @@ async def test_webhook_receives_the_summary_on_drift(
 
 
 def test_unreachable_webhook_warns_but_keeps_the_drift_exit_code(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    events = make_log(tmp_path / "e.db", model_dir, {"shift": frozenset({"bm25", "dense_cosine"})})
-    args = run(model_dir, events, tmp_path / "r", "--webhook", "http://127.0.0.1:9/none")
+    events = make_log(
+        tmp_path / "e.db", drift_model_dir, {"shift": frozenset({"bm25", "dense_cosine"})}
+    )
+    args = run(drift_model_dir, events, tmp_path / "r", "--webhook", "http://127.0.0.1:9/none")
     assert main(args) == EXIT_DRIFT
     err = capsys.readouterr().err
     assert "warning: webhook http://127.0.0.1:9/none unreachable" in err
@@ -311,28 +322,28 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_empty_window_exits_2(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    events = make_log(tmp_path / "events.db", model_dir, n=20)
-    args = run(model_dir, events, tmp_path / "r")
+    events = make_log(tmp_path / "events.db", drift_model_dir, n=20)
+    args = run(drift_model_dir, events, tmp_path / "r")
     args[args.index("--now") + 1] = "2030-01-01T00:00:00Z"
     assert main(args) == EXIT_ERROR
     assert "no served rows for featureset" in _error_line(capsys)
 
 
 def test_too_few_rows_exits_2(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    events = make_log(tmp_path / "events.db", model_dir, n=15)  # 150 rows < min_rows 200
-    assert main(run(model_dir, events, tmp_path / "r")) == EXIT_ERROR
+    events = make_log(tmp_path / "events.db", drift_model_dir, n=15)  # 150 rows < min_rows 200
+    assert main(run(drift_model_dir, events, tmp_path / "r")) == EXIT_ERROR
     assert "150 served rows; min_rows is 200" in _error_line(capsys)
     assert not (tmp_path / "r").exists()
 
 
 def test_missing_inputs_exit_2(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    events = make_log(tmp_path / "events.db", model_dir, n=20)
+    events = make_log(tmp_path / "events.db", drift_model_dir, n=20)
     out = tmp_path / "r"
     assert main(run(tmp_path / "nomodels", events, out)) == EXIT_ERROR
     assert "no model registry at" in _error_line(capsys)
@@ -340,15 +351,15 @@ def test_missing_inputs_exit_2(
     empty_reg.mkdir()
     assert main(run(empty_reg, events, out)) == EXIT_ERROR
     assert "no promoted model" in _error_line(capsys)
-    assert main(run(model_dir, tmp_path / "none.db", out)) == EXIT_ERROR
+    assert main(run(drift_model_dir, tmp_path / "none.db", out)) == EXIT_ERROR
     assert "no event store at" in _error_line(capsys)
     assert not (tmp_path / "none.db").exists()
-    assert main(run(model_dir, events, out, "--model-version", "v0099")) == EXIT_ERROR
+    assert main(run(drift_model_dir, events, out, "--model-version", "v0099")) == EXIT_ERROR
     assert "no model version 'v0099'" in _error_line(capsys)
     # a model saved without a reference sample
     no_ref = tmp_path / "noref"
-    shutil.copytree(model_dir, no_ref)
-    for p in (no_ref / str(ModelRegistry(model_dir).promoted())).glob("reference*"):
+    shutil.copytree(drift_model_dir, no_ref)
+    for p in (no_ref / str(ModelRegistry(drift_model_dir).promoted())).glob("reference*"):
         p.unlink()
     assert main(run(no_ref, events, out)) == EXIT_ERROR
     assert "no reference sample" in _error_line(capsys)
@@ -400,30 +411,30 @@ def test_the_report_opens_the_event_store_read_only(
     ],
 )
 def test_bad_arguments_exit_2(
-    model_dir: Path,
+    drift_model_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     extra: list[str],
     message: str,
 ) -> None:
-    assert main([*run(model_dir, tmp_path / "e.db", tmp_path / "r"), *extra]) == EXIT_ERROR
+    assert main([*run(drift_model_dir, tmp_path / "e.db", tmp_path / "r"), *extra]) == EXIT_ERROR
     assert message in _error_line(capsys)
 
 
 def test_bad_setting_from_environment_exits_2(
-    model_dir: Path,
+    drift_model_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LTRSEARCH_MONITORING__TEXT_METHOD", "magic")
-    assert main(run(model_dir, tmp_path / "e.db", tmp_path / "r")) == EXIT_ERROR
+    assert main(run(drift_model_dir, tmp_path / "e.db", tmp_path / "r")) == EXIT_ERROR
     assert "monitoring: text_method: unknown drift method 'magic'" in _error_line(capsys)
 
 
 @pytest.mark.slow  # three full reports
 def test_loop_backfills_windows_and_applies_retention(
-    model_dir: Path,
+    drift_model_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -431,12 +442,12 @@ def test_loop_backfills_windows_and_applies_retention(
     store = SqliteEventStore(tmp_path / "events.db")
     try:
         for h in range(4):  # four hours of traffic: [T0-2h, T0+2h)
-            serve_window(store, model_dir, T0 + (h - 2) * HOUR, 40, seed=10 + h)
+            serve_window(store, drift_model_dir, T0 + (h - 2) * HOUR, 40, seed=10 + h)
     finally:
         store.close()
     out = tmp_path / "reports"
     monkeypatch.setenv("LTRSEARCH_MONITORING__KEEP_REPORTS", "2")
-    args = run(model_dir, tmp_path / "events.db", out, "--every", "1h", "--max-runs", "3")
+    args = run(drift_model_dir, tmp_path / "events.db", out, "--every", "1h", "--max-runs", "3")
     assert main(args) == EXIT_OK
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all("decision=no_drift" in ln for ln in lines)
@@ -448,41 +459,42 @@ def test_loop_backfills_windows_and_applies_retention(
 
 
 def test_previous_window_as_feature_reference(
-    model_dir: Path,
+    drift_model_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LTRSEARCH_MONITORING__FEATURE_REFERENCE", "previous_window")
     shifted = frozenset({"bm25", "dense_cosine"})
-    events = make_log(tmp_path / "e.db", model_dir, {"shift": shifted})
+    events = make_log(tmp_path / "e.db", drift_model_dir, {"shift": shifted})
     out = tmp_path / "r"
-    assert main(run(model_dir, events, out, "--no-html")) == EXIT_DRIFT
+    assert main(run(drift_model_dir, events, out, "--no-html")) == EXIT_DRIFT
     s = summary_of(out)
     assert set(s["feature_drift"]["drifted_features"]) == shifted
     assert s["feature_drift"]["reference_rows"] == 150 * DEPTH  # the previous window's rows
     # nothing before the first window: a clear error, not a comparison with nothing
-    args = run(model_dir, events, out)
+    args = run(drift_model_dir, events, out)
     args[args.index("--now") + 1] = str(T0 - HOUR)
     assert main(args) == EXIT_ERROR
     assert "feature_reference is previous_window but" in _error_line(capsys)
 
 
-@pytest.mark.slow  # builds a real index (MiniLM), trains a model, serves ~450 searches
+@pytest.mark.slow  # a real index (MiniLM) and model, serves ~450 searches
 async def test_demo_drift_catches_shifted_live_traffic(
-    cranfield_dir: Path, encoder: Any, tmp_path: Path
+    beir_small: Path, small_index: Path, model_dir: Path, encoder: Any, tmp_path: Path
 ) -> None:
-    """The demo step end to end: a real API on 127.0.0.1 over a Cranfield subset."""
+    """The demo step end to end: a real API on 127.0.0.1 over a Cranfield subset (the
+    session's: its 20 queries, its index and its model over every feature)."""
     from aiohttp.test_utils import TestServer
 
     from scripts.demo_drift import demo_drift
     from search.api import DEFAULT_FEATURES, make_app
-    from tests.api_support import api_config, build_index, build_model_sync, write_small_beir
+    from tests.api_support import api_config
 
-    beir = write_small_beir(cranfield_dir, tmp_path / "beir", n_queries=20)
-    index_dir, models, events = tmp_path / "index", tmp_path / "models", tmp_path / "events.db"
-    await asyncio.to_thread(build_index, beir, index_dir, encoder)
-    await asyncio.to_thread(build_model_sync, index_dir, beir, models, encoder, DEFAULT_FEATURES)
+    beir, index_dir, events = beir_small, small_index, tmp_path / "events.db"
+    models = tmp_path / "models"
+    shutil.copytree(model_dir, models)
+    assert ModelRegistry(models).manifest().feature_names == DEFAULT_FEATURES
     app = make_app(
         api_config(impression_flush_ms=100.0), encoder,
         index_dir=index_dir, model_dir=models, events_path=events,
@@ -508,7 +520,7 @@ async def test_demo_drift_catches_shifted_live_traffic(
 
 
 @pytest.mark.slow  # a subprocess importing Evidently
-def test_loop_stops_on_sigterm_while_waiting(model_dir: Path, tmp_path: Path) -> None:
+def test_loop_stops_on_sigterm_while_waiting(drift_model_dir: Path, tmp_path: Path) -> None:
     """--every without --now: one run now, then a wait that SIGTERM ends promptly."""
     import signal
     import subprocess
@@ -517,11 +529,11 @@ def test_loop_stops_on_sigterm_while_waiting(model_dir: Path, tmp_path: Path) ->
 
     store = SqliteEventStore(tmp_path / "events.db")
     try:
-        serve_window(store, model_dir, time.time() - HOUR, 60, seed=5)
+        serve_window(store, drift_model_dir, time.time() - HOUR, 60, seed=5)
     finally:
         store.close()
     cmd = [
-        sys.executable, "-m", "scripts.drift_report", "--model-dir", str(model_dir),
+        sys.executable, "-m", "scripts.drift_report", "--model-dir", str(drift_model_dir),
         "--events", str(tmp_path / "events.db"), "--window", "1h", "--every", "1h",
         "--out", str(tmp_path / "r"), "--no-html",
     ]  # fmt: skip
@@ -559,14 +571,16 @@ def test_retention_keeps_newest_and_drops_old(tmp_path: Path) -> None:
 
 
 def test_loop_reports_a_failed_run_and_goes_on(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = SqliteEventStore(tmp_path / "events.db")
     try:
-        serve_window(store, model_dir, T0 - HOUR, 40, seed=3)  # traffic only in the 2nd window
+        serve_window(
+            store, drift_model_dir, T0 - HOUR, 40, seed=3
+        )  # traffic only in the 2nd window
     finally:
         store.close()
-    args = run(model_dir, tmp_path / "events.db", tmp_path / "r", "--every", "1h",
+    args = run(drift_model_dir, tmp_path / "events.db", tmp_path / "r", "--every", "1h",
                "--max-runs", "2", "--no-html")  # fmt: skip
     args[args.index("--now") + 1] = str(T0 - HOUR)
     assert main(args) == EXIT_OK  # the last run's code

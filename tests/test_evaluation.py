@@ -208,13 +208,15 @@ def test_cli_end_to_end_on_tiny_collection(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cranfield_acceptance(cranfield_dir: Path, request: pytest.FixtureRequest) -> None:
+def test_cranfield_acceptance(cranfield_dir: Path, cranfield_work: Path, tmp_path: Path) -> None:
     """5-fold query-level CV on Cranfield: LTR beats every baseline and the best single
     retriever by >= 10% NDCG@10; floors catch broken retrieval or features."""
+    from indexing.layout import current_version
     from scripts.evaluate import main
 
-    work = Path(request.config.cache.mkdir("ltrsearch_eval_cranfield"))  # embeddings reused
-    out = work / "report.json"
+    work = cranfield_work  # the session's Cranfield index, which the command reuses
+    version = current_version(work / "index")
+    out = tmp_path / "report.json"
     assert (
         main(
             [
@@ -231,6 +233,7 @@ def test_cranfield_acceptance(cranfield_dir: Path, request: pytest.FixtureReques
         )
         == 0
     )
+    assert current_version(work / "index") == version  # reused, not rebuilt
     rep = json.loads(out.read_text())
     m = {k: v["ndcg@10"] for k, v in rep["methods"].items()}
     assert rep["queries"] == 225

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import ir_measures
 import numpy as np
@@ -625,7 +626,7 @@ def test_feature_spec_resolution() -> None:
 
 @pytest.mark.slow
 def test_train_command_on_a_cranfield_subset(
-    cranfield_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cranfield_dir: Path, embedding_cache: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Real replay through the serving code (index build, bm25s, MiniLM) on 30 queries."""
     from ltr.features import featureset_id
@@ -646,6 +647,9 @@ def test_train_command_on_a_cranfield_subset(
     queries = (cranfield_dir / "queries.jsonl").read_text().splitlines()
     (sub / "queries.jsonl").write_text("\n".join(queries[:30]))
 
+    # the command builds its index with the embedding cache beside it: the session's, so
+    # texts another test already embedded (the whole Cranfield index) are not embedded again
+    (tmp_path / "index.embeddings.sqlite").symlink_to(embedding_cache.path)
     out = tmp_path / "r.json"
     argv = [
         "--dataset",
