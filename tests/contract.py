@@ -9,7 +9,8 @@ implements in a module whose class name starts with ``Test`` and provide an asyn
 ``backend`` fixture that indexes ``CONTRACT_DOCS`` (embedding each document's
 ``indexing.documents.embedding_text`` with the session ``encoder``). The expected values come
 from the corpus itself (brute force over ``Filters.matches``, Lucene IDF from document
-frequencies) or from consistency between methods, so the same file checks any backend.
+frequencies), are read off the rows (``MATCHING``, ``DF``) or come from consistency between
+methods, so the same file checks any backend.
 The tests run on the session event loop (``loop_scope="session"``): declare the fixture with
 ``@pytest_asyncio.fixture(loop_scope="session")`` so a loop-bound client (aiohttp) works.
 """
@@ -278,6 +279,15 @@ FILTERS = [
     Filters(ranges={"weight": (0.0, None)}),  # an attribute no document has: nothing matches
 ]
 N = len(CONTRACT_DOCS)
+# Read off the rows above (any text field, after stemming and stopwords): the documents each
+# query shares a term with, and the document frequency of a few terms.
+MATCHING = {
+    "laptop battery": {"d01", "d02", "d03", "d04", "d05", "d08", "d10"},
+    "waterproof hiking": {"d08", "d12", "d15", "d22", "d24", "d25"},
+    "fast phone charger": {"d02", "d07", "d08", "d09", "d10", "d19", "d26"},
+    "italian pasta recipes": {"d14"},
+}
+DF = {"laptop": 5, "waterproof": 4, "hike": 5, "espresso": 1}
 
 
 def lucene_idf(df: int, n: int) -> float:
@@ -346,7 +356,7 @@ class BM25Contract(_Contract):
     async def test_bm25_ordering_and_k(self, backend: Any, query: str) -> None:
         full = await backend.bm25(query, N)
         assert_ranked(full, N)
-        assert len(full) > 0 and np.all(full.scores > 0)
+        assert set(full.ids) == MATCHING[query] and np.all(full.scores > 0)
         for k in (1, 3):
             top = await backend.bm25(query, k)
             assert_ranked(top, k)
@@ -533,12 +543,10 @@ class IdfContract(_Contract):
         combined = [
             set(await backend.analyze(" ".join(d.text_fields().values()))) for d in CONTRACT_DOCS
         ]
-        terms = ["laptop", "waterproof", "hike", "espresso", "no-such-term-xyz"]
-        got = await backend.idf(terms)
+        got = await backend.idf([*DF, "no-such-term-xyz"])
         assert "no-such-term-xyz" not in got
-        for t in terms[:4]:
-            df = sum(t in c for c in combined)
-            assert df > 0
+        for t, df in DF.items():
+            assert sum(t in c for c in combined) == df
             assert got[t] == pytest.approx(lucene_idf(df, N), rel=1e-6)
         assert got["espresso"] > got["laptop"] > 0
 

@@ -99,7 +99,8 @@ async def test_degraded_results_are_not_kept(encoder: Any, small_index: Path) ->
         gen = CandidateGenerator(backend, encoder, timeouts={"embed": 0.001})
         cache = CandidateCache(gen, 4, backend)
         cs, degraded = await cache.generate("supersonic inlet, not cached yet")
-        assert degraded == [DENSE] and len(cs) > 0
+        bm25 = await backend.bm25("supersonic inlet, not cached yet", gen.bm25_k)
+        assert degraded == [DENSE] and len(bm25) > 0 and list(cs.ids) == list(bm25.ids)
         assert len(cache) == 0
         _, degraded = await cache.generate("supersonic inlet, not cached yet")
         assert degraded == [DENSE] and cache.hits == 0  # retried, not served from the cache

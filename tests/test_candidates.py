@@ -93,7 +93,11 @@ async def test_query_object_and_filters(backend: LocalBackend, encoder: Any) -> 
     filters = Filters(category="outdoor", ranges={"price": (None, 200.0)})
     cs, degraded = await gen.generate(Query("q7", "waterproof hiking"), filters=filters)
     assert cs.query_id == "q7" and degraded == []
-    assert len(cs) > 0
+    bm25 = await backend.bm25("waterproof hiking", 10, filters=filters)
+    knn = await backend.knn(encoder.encode(["waterproof hiking"])[0], 10, filters=filters)
+    check_consistent(cs, bm25, knn)  # both retrievers were asked with the filters
+    # the outdoor products under 200 are d23-d25 (d22 costs 219): kNN's 10 take all three
+    assert set(cs.ids) == {"d23", "d24", "d25"}
     assert all(filters.matches(DOCS_BY_ID[d]) for d in cs.ids)
 
 
@@ -155,7 +159,9 @@ async def test_dense_timeout_degrades(backend: LocalBackend, encoder: Any) -> No
 async def test_knn_error_degrades(backend: LocalBackend, encoder: Any) -> None:
     gen = CandidateGenerator(FailingKnn(backend, ["knn"]), encoder, bm25_k=5)  # type: ignore[arg-type]
     cs, degraded = await gen.generate("laptop")
-    assert degraded == [DENSE] and len(cs) > 0
+    bm25 = await backend.bm25("laptop", 5)
+    assert degraded == [DENSE] and list(cs.ids) == list(bm25.ids)  # BM25's top 5 alone
+    assert set(cs.ids) == {"d01", "d02", "d03", "d04", "d10"}  # every document with "laptop"
 
 
 @ASYNC

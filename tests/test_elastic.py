@@ -47,7 +47,7 @@ from indexing.errors import (
     IndexNotFoundError,
     ValidationError,
 )
-from tests.contract import CONTRACT_DOCS, FILTERS, BackendContract
+from tests.contract import CONTRACT_DOCS, DF, FILTERS, BackendContract, N, lucene_idf
 from tests.es_standin import Standin
 
 DIM = 384
@@ -551,7 +551,9 @@ async def test_static_attrs_and_candidates(
         assert degraded == [] and "d24" in cs.ids
         assert set(cs.field_bm25) == {"title", "body", "brand"}
         assert np.all(np.isfinite(cs.dense_cosine))
-        assert cs.idf and all(v > 0 for v in cs.idf.values())
+        # Lucene IDF of the query's terms; "boot" is in d24 alone
+        df = {"waterproof": DF["waterproof"], "hike": DF["hike"], "boot": 1}
+        assert cs.idf == pytest.approx({t: lucene_idf(n, N) for t, n in df.items()}, rel=1e-6)
         # no candidate cache over an alias, which a reindex moves under the same backend
         from search.config import RetrievalConfig
         from search.pipeline import default_generator_factory

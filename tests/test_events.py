@@ -264,7 +264,9 @@ def test_two_writer_processes_lose_no_count_and_mirrors_converge(tmp_path: Path)
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    assert agg.refresh(reader) > 0
+    # one row per level ("qd" with the one query, "d") and document: all six were shown
+    assert agg.refresh(reader) == 2 * 6 == len(agg)
+    assert agg.refresh(reader) == 0  # nothing new since
     now = T0 + 100.0
     offline = aggregate_sessions(
         [_KeyedSession(s) for s in reader.sessions()], now=now, half_life_s=3600.0
