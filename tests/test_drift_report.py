@@ -366,7 +366,7 @@ def test_missing_inputs_exit_2(
 
 
 def test_the_report_opens_the_event_store_read_only(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An empty file or another SQLite database is not an event store: exit 2 with one
     line, and the file is left exactly as it was (no tables, no WAL files)."""
@@ -375,7 +375,7 @@ def test_the_report_opens_the_event_store_read_only(
     out = tmp_path / "r"
     empty = tmp_path / "empty.db"
     empty.touch()
-    assert main(run(model_dir, empty, out)) == EXIT_ERROR
+    assert main(run(drift_model_dir, empty, out)) == EXIT_ERROR
     assert "not an event store" in _error_line(capsys)
     assert empty.stat().st_size == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
@@ -384,12 +384,12 @@ def test_the_report_opens_the_event_store_read_only(
         conn.execute("CREATE TABLE t (x)")
     conn.close()
     before = other.read_bytes()
-    assert main(run(model_dir, other, out)) == EXIT_ERROR
+    assert main(run(drift_model_dir, other, out)) == EXIT_ERROR
     assert "not an event store" in _error_line(capsys)
     assert other.read_bytes() == before
     # a real store: the report reads it through a connection that cannot write
-    events = make_log(tmp_path / "events.db", model_dir, n=20)
-    assert main(run(model_dir, events, out)) == EXIT_OK
+    events = make_log(tmp_path / "events.db", drift_model_dir, n=20)
+    assert main(run(drift_model_dir, events, out)) == EXIT_OK
     assert "drift" in capsys.readouterr().out
     reader = SqliteEventStore(events, read_only=True)
     try:
