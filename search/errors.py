@@ -137,6 +137,14 @@ class EventStoreError(SearchError):
     code = "event_store_unavailable"
 
 
+class ImpressionRejectedError(EventStoreError):
+    """A served page the event store cannot keep (a value SQLite cannot bind, a request id
+    already stored): retrying cannot help, so the impression writer dead-letters it."""
+
+    status = 500
+    code = "impression_rejected"
+
+
 class WorkersNotConfirmedError(SearchError):
     """Some server workers did not confirm a change within the timeout (``--workers``)."""
 

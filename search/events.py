@@ -31,7 +31,13 @@ import numpy as np
 import pandas as pd
 
 from ltr.types import SERVED_LOG_COLUMNS
-from search.errors import EventStoreError, InvalidEventError, UnknownRequestIdError
+from search.errors import (
+    EventStoreError,
+    ImpressionRejectedError,
+    InvalidEventError,
+    SearchError,
+    UnknownRequestIdError,
+)
 
 if TYPE_CHECKING:
     from ltr.click_models import Session
@@ -41,6 +47,20 @@ log = logging.getLogger(__name__)
 EVENT_TYPES: tuple[str, ...] = ("click", "add_to_cart", "purchase")
 
 TimeBound = float | datetime | None
+# an event's ts must lie in [its page's ts - skew, now + skew]: clients' clocks differ
+# from the server's by this much at most (events without ts take the server's time)
+EVENT_CLOCK_SKEW_S = 300.0
+# what writing a row raises when its VALUES cannot be stored (retrying cannot help): a str
+# holding a lone surrogate, an int over 64 bits, an unsupported type, a constraint
+_ROW_ERRORS = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +109,10 @@ class Event:
 class EventStore(Protocol):
     """Where impressions and events live. Blocking calls: run them off the event loop."""
 
-    def add_impressions(self, impressions: Sequence[Impression]) -> None: ...
+    def add_impressions(self, impressions: Sequence[Impression]) -> None:
+        """Store served pages, all or nothing: ImpressionRejectedError when a page holds
+        what the store cannot keep, EventStoreError when the store itself fails."""
+        ...
 
     def add_events(self, events: Sequence[Event]) -> int:
         """Durably store a validated batch (all or nothing); return the number stored."""
@@ -286,8 +309,8 @@ class SqliteEventStore:
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException as e:
-                if isinstance(e, sqlite3.Error):
-                    self.write_error = str(e)
+                if isinstance(e, sqlite3.Error) and not isinstance(e, _ROW_ERRORS):
+                    self.write_error = str(e)  # the store failing, not one row's values
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
                 for li in self._listeners:
@@ -303,7 +326,8 @@ class SqliteEventStore:
 
     # -- writes ---------------------------------------------------------------------------
     def add_impressions(self, impressions: Sequence[Impression]) -> None:
-        """Store served pages (one transaction); a request id already stored is an error."""
+        """Store served pages (one transaction); a request id already stored, or a value
+        SQLite cannot bind, is an ImpressionRejectedError (nothing of the batch is stored)."""
         if not impressions:
             return
         try:
@@ -315,7 +339,7 @@ class SqliteEventStore:
                             (imp.featureset_id, json.dumps(list(imp.feature_names))),
                         )
                     elif self._featuresets[imp.featureset_id] != imp.feature_names:
-                        raise EventStoreError(
+                        raise ImpressionRejectedError(
                             f"featureset {imp.featureset_id} logged with other feature names"
                         )
                     conn.execute(
@@ -351,8 +375,10 @@ class SqliteEventStore:
                     li.on_impressions(conn, impressions)
             for imp in impressions:
                 self._featuresets.setdefault(imp.featureset_id, imp.feature_names)
-        except sqlite3.Error as e:
-            raise EventStoreError(f"{self.path}: writing impressions failed: {e}") from e
+        except ImpressionRejectedError:
+            raise
+        except Exception as e:
+            raise _impression_write_error(self.path, e) from e
 
     def add_events(self, events: Sequence[Event]) -> int:
         """Validate against the log and commit durably, all or nothing.
@@ -386,10 +412,16 @@ class SqliteEventStore:
                 if unknown:
                     raise UnknownRequestIdError(unknown)
                 for i, e in enumerate(events):
-                    if (e.request_id, e.doc_id) not in shown:
+                    hit = shown.get((e.request_id, e.doc_id))
+                    if hit is None:
                         raise InvalidEventError(
                             f"events[{i}]: doc_id {e.doc_id!r} was not shown in request "
                             f"{e.request_id!r}"
+                        )
+                    if e.ts < hit[2] - EVENT_CLOCK_SKEW_S:
+                        raise InvalidEventError(
+                            f"events[{i}].ts: {e.ts!r} is before its page was served at "
+                            f"{hit[2]!r} (less {EVENT_CLOCK_SKEW_S:g} s for clock skew)"
                         )
                 first_clicks: list[tuple[str, str]] = []
                 for pair in dict.fromkeys(
@@ -408,6 +440,8 @@ class SqliteEventStore:
                 )
                 for li in self._listeners:
                     li.on_events(conn, events, shown, first_clicks)
+        except _ROW_ERRORS as e:
+            raise InvalidEventError(f"an event holds a value the store cannot keep: {e}") from e
         except sqlite3.Error as e:
             raise EventStoreError(f"{self.path}: writing events failed: {e}") from e
         return len(events)
@@ -531,6 +565,15 @@ def _session(cls: Any, query: str, docs: list[str], clicks: list[bool], ts: floa
         return cls(query=query, docs=tuple(docs), clicks=tuple(clicks))
 
 
+def _impression_write_error(path: Path, e: Exception) -> SearchError:
+    """A failed impression write: the store failed (EventStoreError: disk full, locked,
+    I/O; worth retrying) or a page holds what it cannot keep (ImpressionRejectedError:
+    _ROW_ERRORS, or any other exception that is not SQLite's or the OS's)."""
+    if isinstance(e, _ROW_ERRORS) or not isinstance(e, sqlite3.Error | OSError | MemoryError):
+        return ImpressionRejectedError(f"{path}: a served page cannot be stored: {e!r}")
+    return EventStoreError(f"{path}: writing impressions failed: {e}")
+
+
 def _chunks(seq: Sequence[str], n: int) -> Iterable[Sequence[str]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -544,6 +587,9 @@ class ImpressionWriter:
     a click right after its search is accepted), and on ``close()``. A failed write keeps
     the batch for the next attempt up to ``max_pending`` pages, then drops the oldest and
     counts them in ``dropped`` (serving must not stop because the log disk is full).
+    A batch the store rejects (ImpressionRejectedError) is written again page by page, and
+    each page it still rejects is dead-lettered: logged, counted in ``dead_lettered`` and
+    skipped, so one bad page never blocks the others.
     """
 
     def __init__(
@@ -560,6 +606,7 @@ class ImpressionWriter:
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
         self._buf: list[Impression] = []
+        self._writing: list[Impression] = []  # the batch being written (out of _buf)
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -567,6 +614,7 @@ class ImpressionWriter:
         self._closed = False
         self.written = 0
         self.dropped = 0
+        self.dead_lettered = 0
         self.failures = 0
 
     async def start(self) -> None:
@@ -594,22 +642,59 @@ class ImpressionWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        """Pages queued or being written."""
+        return len(self._buf) + len(self._writing)
 
     async def flush(self) -> None:
-        """Write everything queued so far; raises EventStoreError if the write fails."""
+        """Write everything queued so far; raises EventStoreError if the store fails (the
+        pages not written stay queued, first in line)."""
         async with self._flush_lock:
             while self._buf:
-                batch = self._buf[: self.batch_size * 4]
+                batch = self._writing = self._buf[: self.batch_size * 4]
+                del self._buf[: len(batch)]  # out of reach of submit's backlog trimming
                 try:
-                    await asyncio.to_thread(self.store.add_impressions, batch)
-                except Exception:
+                    await self._write(batch)
+                except BaseException:
                     self.failures += 1
                     raise
-                del self._buf[: len(batch)]
-                for imp in batch:
-                    self._pending.discard(imp.request_id)
-                self.written += len(batch)
+                finally:
+                    self._writing = []
+
+    async def _write(self, batch: list[Impression]) -> None:
+        """Store ``batch``; when the store rejects it, page by page, dead-lettering the
+        pages it rejects alone. On any other failure the pages not stored are requeued."""
+        try:
+            await asyncio.to_thread(self.store.add_impressions, batch)
+        except ImpressionRejectedError:
+            pass
+        except BaseException:
+            self._buf[:0] = batch
+            raise
+        else:
+            self._stored(batch)
+            return
+        for i, imp in enumerate(batch):
+            try:
+                await asyncio.to_thread(self.store.add_impressions, [imp])
+            except ImpressionRejectedError as e:
+                self._pending.discard(imp.request_id)
+                self.dead_lettered += 1
+                log.error(
+                    "impression %s dead-lettered: %s",
+                    imp.request_id,
+                    e,
+                    extra={"request_id": imp.request_id, "query": ascii(imp.query)},
+                )
+            except BaseException:
+                self._buf[:0] = batch[i:]
+                raise
+            else:
+                self._stored([imp])
+
+    def _stored(self, pages: list[Impression]) -> None:
+        for imp in pages:
+            self._pending.discard(imp.request_id)
+        self.written += len(pages)
 
     async def _run(self) -> None:
         while not self._closed:

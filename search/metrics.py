@@ -266,6 +266,10 @@ class ApiMetrics:
         self.impressions_dropped = r.gauge(
             "ltrsearch_impressions_dropped", "Served pages dropped (log backlog full)."
         )
+        self.impressions_dead_lettered = r.gauge(
+            "ltrsearch_impressions_dead_lettered",
+            "Served pages the event store could not keep (logged and skipped).",
+        )
         self.model_info = r.gauge(
             "ltrsearch_model_info", "The serving model (1).", ("version", "featureset_id")
         )

@@ -148,7 +148,9 @@ async def impression_writer_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await state.writer.close()
         except Exception:
-            log.exception("final impression flush failed")
+            log.exception(
+                "final impression flush failed; %d pages not logged", state.writer.pending
+            )
 
 
 async def index_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -358,6 +360,7 @@ def update_gauges(state: ServerState) -> None:
         state.metrics.impressions_pending.set(state.writer.pending)
         state.metrics.impressions_written.set(state.writer.written)
         state.metrics.impressions_dropped.set(state.writer.dropped)
+        state.metrics.impressions_dead_lettered.set(state.writer.dead_lettered)
     cache = state.pipeline.candidate_cache if state.pipeline is not None else None
     if cache is not None:
         stats = {"hits": cache.hits, "misses": cache.misses, "entries": len(cache)}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -15,8 +17,9 @@ import pytest
 from ltr.behavior import aggregate_sessions, behavior_arrays, query_key
 from ltr.types import SERVED_LOG_COLUMNS
 from search.aggregates import BehaviorAggregates
-from search.errors import InvalidEventError, UnknownRequestIdError
+from search.errors import EventStoreError, InvalidEventError, UnknownRequestIdError
 from search.events import (
+    EVENT_CLOCK_SKEW_S,
     Event,
     Impression,
     ImpressionWriter,
@@ -392,3 +395,76 @@ def test_sqlite_file_is_plain_sqlite(tmp_path: Path) -> None:
     con = sqlite3.connect(tmp_path / "e.db")
     assert con.execute("SELECT COUNT(*) FROM impressions").fetchone()[0] == 1
     con.close()
+
+
+# --------------------------------------------------------------------------------------
+# hostile rows (issue 15): a page the store cannot keep never blocks the others
+
+
+async def test_writer_dead_letters_a_page_the_store_cannot_keep(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteEventStore(tmp_path / "e.db")
+    w = ImpressionWriter(store, batch_size=4, flush_interval_s=60.0)
+    await w.start()
+    w.submit(_imp("ok1", ["d1"]))
+    w.submit(dataclasses.replace(_imp("bad1", ["d1"]), query_id="\udfff"))  # cannot bind
+    w.submit(_imp("ok2", ["d1"]))
+    w.submit(_imp("ok1", ["d9"]))  # a request id already stored
+    with caplog.at_level(logging.ERROR, logger="search.events"):
+        await w.flush()
+    assert store.known_request_ids(["ok1", "ok2", "bad1"]) == {"ok1", "ok2"}
+    assert w.dead_lettered == 2 and w.pending == 0 and not w.is_pending("bad1")
+    assert "bad1" in caplog.text and "dead-lettered" in caplog.text
+    # later pages keep flowing; at shutdown a poisoned page does not take valid ones along
+    w.submit(_imp("ok3", ["d1"]))
+    w.submit(dataclasses.replace(_imp("bad2", ["d1"]), query="wing \ud800"))
+    w.submit(_imp("ok4", ["d1"]))
+    await w.close()
+    assert store.counts()["requests"] == 4 and w.dead_lettered == 3
+    assert w.written == 4 and w.failures == 0
+    store.close()
+
+
+class _FailingStore:
+    """The real store, whose next ``fail`` impression writes fail like a full disk."""
+
+    def __init__(self, inner: SqliteEventStore, fail: int) -> None:
+        self.inner = inner
+        self.fail = fail
+
+    def add_impressions(self, impressions: Any) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise EventStoreError("database or disk is full")
+        self.inner.add_impressions(impressions)
+
+
+async def test_writer_keeps_pages_while_the_store_fails(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "e.db")
+    flaky = _FailingStore(store, fail=1)
+    w = ImpressionWriter(flaky, batch_size=4, flush_interval_s=60.0)  # type: ignore[arg-type]
+    w.submit(_imp("a", ["d1"]))
+    w.submit(_imp("b", ["d1"]))
+    with pytest.raises(EventStoreError):
+        await w.flush()
+    assert w.pending == 2 and w.dead_lettered == 0 and w.is_pending("a")
+    await w.flush()
+    assert store.counts()["requests"] == 2 and w.pending == 0
+    store.close()
+
+
+def test_event_before_its_page_was_served_is_refused(store: SqliteEventStore) -> None:
+    store.add_impressions([_imp("r1", ["d1"], ts=T0)])
+    early = T0 - EVENT_CLOCK_SKEW_S - 1
+    with pytest.raises(InvalidEventError, match=r"events\[0\]\.ts: .*before its page was served"):
+        store.add_events([Event("click", "r1", "d1", early)])
+    assert store.add_events([Event("click", "r1", "d1", T0 - EVENT_CLOCK_SKEW_S + 1)]) == 1
+
+
+def test_event_values_the_store_cannot_bind_are_invalid_events(store: SqliteEventStore) -> None:
+    store.add_impressions([_imp("r1", ["d1"])])
+    for ev in (Event("click", "\udfff", "d1", T0), Event("click", "r1", "d\ud800", T0)):
+        with pytest.raises(InvalidEventError):
+            store.add_events([ev])
+    assert store.counts()["events"] == 0
