@@ -38,6 +38,7 @@ from search.http import (
     REQUEST_ID,
     ErrorMiddleware,
     check_admin,
+    handler_args,
     json_body,
     json_response,
     opt_str,
@@ -93,9 +94,23 @@ async def _run_search(request: web.Request, data: Mapping[str, Any]) -> web.Resp
             log.warning("impression not logged (writer closed)")
         state.metrics.impressions_pending.set(state.writer.pending)
     body = result.to_json()
-    if req.explain and result.model_version is None:
-        body["explain"] = "no model is serving: hits are ranked by RRF, no contributions"
+    if req.explain:
+        note = _explain_note(result.model_version, len(result.hits), state.config)
+        if note:
+            body["explain"] = note
     return json_response(body)
+
+
+def _explain_note(model_version: str | None, hits: int, config: ApiConfig) -> str | None:
+    """Why some or all hits of an explain=true page carry no contributions."""
+    if model_version is None:
+        return "no model is serving: hits are ranked by RRF, no contributions"
+    if config.explain_max_hits == 0:
+        return "explain is disabled (api.explain_max_hits = 0): no contributions"
+    if hits > config.explain_max_hits:
+        n = config.explain_max_hits
+        return f"contributions for the first {n} hits only (api.explain_max_hits)"
+    return None
 
 
 async def search_get(request: web.Request) -> web.Response:
@@ -110,7 +125,7 @@ async def search_get(request: web.Request) -> web.Response:
 
 async def search_post(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    data = await json_body(request, state.config.max_body_bytes)
+    data = await json_body(request, state.config)
     if not isinstance(data, dict):
         raise MalformedJSONError("expected a JSON object")
     return await _run_search(request, data)
@@ -121,7 +136,7 @@ async def post_events(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.store is None:
         raise EventStoreError("no event store is configured")
-    data = await json_body(request, state.config.max_body_bytes)
+    data = await json_body(request, state.config, list_name="events")
     events = parse_events(data, max_events=state.config.max_events_per_batch)
     writer = state.writer
     if writer is not None and any(writer.is_pending(e.request_id) for e in events):
@@ -238,7 +253,7 @@ async def admin_reload(request: web.Request) -> web.Response:
     check_admin(request, state.config.admin_token)
     version: str | None = None
     if request.can_read_body:
-        data = await json_body(request, state.config.max_body_bytes)
+        data = await json_body(request, state.config)
         if not isinstance(data, dict):
             raise MalformedJSONError('expected a JSON object like {"version": "v3"}')
         unknown = set(data) - {"version"}
@@ -338,6 +353,7 @@ def make_app(
     app = web.Application(
         middlewares=[ErrorMiddleware(config, state.metrics)],
         client_max_size=config.max_body_bytes,
+        handler_args=handler_args(config),
     )
     app[STATE] = state
     app.cleanup_ctx.extend(CLEANUP_CONTEXTS)

@@ -59,12 +59,21 @@ class ApiConfig:
     max_offset: int = 1000
     max_body_bytes: int = 65536
     max_events_per_batch: int = 1000
+    # slow and oversized clients: a connection that has not sent a whole request head this
+    # long after it opened or after its last response is closed (aiohttp's keep-alive
+    # timeout, so an idle keep-alive connection closes after it too); a body must arrive
+    # within body_timeout_s (else 408); longer request lines / header fields get 414 / 431
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 15.0
+    max_request_line_bytes: int = 8190
+    max_header_bytes: int = 8190
     admin_token: str = ""  # "" disables /admin/* (403); set via LTRSEARCH_API__ADMIN_TOKEN
     require_model: bool = True  # /ready is 503 while no model serves (search still ranks by RRF)
     candidates_timeout_ms: float = 2000.0  # candidates + features for one request
     model_timeout_ms: float = 500.0  # then the page is ranked by fusion, "model" degraded
     body_chars: int = 300  # body characters returned per hit
     rerank_depth: int = 0  # the model reorders the RRF top-R only (0 = every candidate)
+    explain_max_hits: int = 10  # explain=true: SHAP contributions for the top N hits (0 = off)
     impression_batch_size: int = 256  # pages per impression-log write
     impression_flush_ms: float = 500.0  # ... or this often
     impression_max_pending: int = 100_000  # backlog bound before dropping (counted)
@@ -89,6 +98,8 @@ class ApiConfig:
             "max_k",
             "max_body_bytes",
             "max_events_per_batch",
+            "max_request_line_bytes",
+            "max_header_bytes",
             "impression_batch_size",
             "model_threads",
             "workers",
@@ -97,6 +108,8 @@ class ApiConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.max_offset, self.body_chars, self.index_poll_s, self.rerank_depth) < 0:
             raise ValueError("max_offset, body_chars, index_poll_s and rerank_depth must be >= 0")
+        if self.explain_max_hits < 0:
+            raise ValueError(f"explain_max_hits must be >= 0, got {self.explain_max_hits}")
         if self.aggregates_poll_s < 0:
             raise ValueError(f"aggregates_poll_s must be >= 0, got {self.aggregates_poll_s}")
         for name in (
@@ -104,6 +117,8 @@ class ApiConfig:
             "model_timeout_ms",
             "impression_flush_ms",
             "workers_timeout_s",
+            "header_timeout_s",
+            "body_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -44,6 +44,20 @@ class InvalidParameterError(BadRequestError):
         self.name = name
 
 
+class InvalidUnicodeError(BadRequestError):
+    """A text field holds code points that are not Unicode text (lone surrogates): they
+    cannot be stored, encoded or tokenized, so they are refused where they come in."""
+
+    code = "invalid_unicode"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name}: not valid Unicode text (an unpaired surrogate such as \\udfff, "
+            "escaped or as raw bytes)"
+        )
+        self.name = name
+
+
 class MalformedJSONError(BadRequestError):
     """The body is not valid JSON (or not the expected JSON shape)."""
 
@@ -80,9 +94,30 @@ class UnknownRequestIdError(SearchError):
         self.request_ids = tuple(ids)
 
 
+class RequestTimeoutError(SearchError):
+    """The client did not send its body within ``api.body_timeout_s``."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(SearchError):
     status = 413
     code = "payload_too_large"
+
+
+class UriTooLongError(SearchError):
+    """The request line is longer than ``api.max_request_line_bytes``."""
+
+    status = 414
+    code = "uri_too_long"
+
+
+class HeaderTooLargeError(SearchError):
+    """A header name or value is longer than ``api.max_header_bytes``."""
+
+    status = 431
+    code = "header_too_large"
 
 
 class UnsupportedMediaTypeError(SearchError):

@@ -5,6 +5,12 @@ Every error leaves as ``{"error": {"code", "message"}}`` with the status its cla
 exception is a 500 whose body names the request id, never a traceback. Request bodies and
 query strings become typed values here (SearchRequest, Events) or an InvalidParameterError
 naming the parameter, so the handlers (search.api) see only validated input.
+
+Hostile input stops here: a body that does not arrive in time (408), JSON nested deeper than
+MAX_JSON_DEPTH or holding an integer literal Python refuses (400), text that is not valid
+Unicode (lone surrogates: 400 naming the field), request lines and header fields over their
+limits (414 / 431; ``handler_args`` gives aiohttp the same limits, with headroom, and the
+timeout that closes a connection slow to send its request head).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,16 +40,20 @@ from search.config import ApiConfig
 from search.errors import (
     BadRequestError,
     ForbiddenError,
+    HeaderTooLargeError,
     InvalidEventError,
     InvalidParameterError,
+    InvalidUnicodeError,
     MalformedJSONError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     SearchError,
     UnauthorizedError,
     UnknownFieldError,
     UnsupportedMediaTypeError,
+    UriTooLongError,
 )
-from search.events import EVENT_TYPES, Event
+from search.events import EVENT_CLOCK_SKEW_S, EVENT_TYPES, Event
 from search.metrics import ApiMetrics
 from search.pipeline import SearchRequest
 
@@ -56,6 +67,8 @@ log = logging.getLogger("search.api")  # one logger for the API, whichever modul
 
 SEARCH_FIELDS = ("q", "k", "offset", "category", "filters", "explain", "query_id")
 RANGE_OPS = ("gte", "lte")
+MAX_JSON_DEPTH = 32  # the deepest body of the API nests 3 levels (filters.year.gte)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a surrogate left in a str is unpaired
 
 REQUEST_ID = web.RequestKey("ltrsearch_request_id", str)
 
@@ -94,6 +107,39 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+
+def handler_args(config: ApiConfig) -> dict[str, Any]:
+    """aiohttp RequestHandler settings (``web.Application(handler_args=...)``).
+
+    The keep-alive timeout closes a connection that has not sent a whole request head this
+    long after it opened (or after its last response). The parser limits are 4x / 2x the
+    API's own: a request line or header field between the two gets the JSON 414 / 431 of
+    ``check_head``; past the parser's limit aiohttp answers its own plain-text 400 (it has
+    no hook for that response) and closes the connection.
+    """
+    return {
+        "keepalive_timeout": config.header_timeout_s,
+        "max_line_size": 4 * config.max_request_line_bytes,
+        "max_field_size": 2 * config.max_header_bytes,
+    }
+
+
+def check_head(request: web.Request, config: ApiConfig) -> None:
+    """Refuse a request line over ``max_request_line_bytes`` (414) or a header name or
+    value over ``max_header_bytes`` (431)."""
+    target = request.raw_path.encode("utf-8", "surrogateescape")
+    line = len(request.method) + len(target) + len(" HTTP/1.1") + 1
+    if line > config.max_request_line_bytes:
+        raise UriTooLongError(
+            f"the request line is {line} bytes, over {config.max_request_line_bytes}"
+        )
+    for name, value in request.raw_headers:
+        if max(len(name), len(value)) > config.max_header_bytes:
+            shown = name[:64].decode("latin-1")
+            raise HeaderTooLargeError(
+                f"header {shown}: name or value over {config.max_header_bytes} bytes"
+            )
 
 
 def error_response(status: int, code: str, message: str, request_id: str) -> web.Response:
@@ -138,6 +184,7 @@ class ErrorMiddleware:
         route = _route_of(request)
         status = 500
         try:
+            check_head(request, self.config)
             resp = await handler(request)
             status = resp.status
             resp.headers.setdefault("X-Request-ID", rid)
@@ -169,7 +216,10 @@ class ErrorMiddleware:
                 msg = f"internal error (request id {rid}); see the server log"
             else:
                 msg = e.message if isinstance(e, SearchError) else str(e)
-            return error_response(status, code, msg, rid)
+            resp = error_response(status, code, msg, rid)
+            if isinstance(e, RequestTimeoutError):
+                resp.force_close()  # the rest of a slow body is not waited for
+            return resp
         finally:
             dt = time.perf_counter() - t0
             self.metrics.requests.inc(route, str(status))
@@ -188,21 +238,82 @@ class ErrorMiddleware:
 # request parsing
 
 
-async def json_body(request: web.Request, max_bytes: int) -> Any:
-    """The request's JSON body, refused when too large, not JSON or of another type."""
+async def json_body(request: web.Request, config: ApiConfig, list_name: str = "") -> Any:
+    """The request's JSON body, refused when too large, too slow, not JSON, of another
+    type, nested too deep or holding text that is not Unicode (``check_json``; the items
+    of a top-level list are named ``list_name[i]``)."""
+    max_bytes = config.max_body_bytes
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLargeError(f"the body is larger than {max_bytes} bytes")
     if request.content_type != "application/json":
         raise UnsupportedMediaTypeError(
             f"expected Content-Type application/json, got {request.content_type or 'none'}"
         )
-    raw = await request.read()  # client_max_size raises 413 on a chunked oversized body
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            raw = await request.read()  # client_max_size: 413 on a chunked oversized body
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the body did not arrive within {config.body_timeout_s:g} s"
+        ) from None
     if len(raw) > max_bytes:
         raise PayloadTooLargeError(f"the body is larger than {max_bytes} bytes")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(raw)
+    except RecursionError:
+        raise MalformedJSONError(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
         raise MalformedJSONError(f"the body is not valid JSON: {e}") from None
+    check_json(data, list_name if isinstance(data, list) else "")
+    return data
+
+
+def check_json(value: Any, root: str = "") -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH (MalformedJSONError) or holding text
+    that is not valid Unicode, in a key or a value (InvalidUnicodeError naming where:
+    ``query_id``, ``filters.year``, ``events[0].request_id``)."""
+    stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if isinstance(v, str):
+            text(path or "the body", v)
+        elif isinstance(v, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise MalformedJSONError(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, list):
+                stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v))
+                continue
+            for k, x in v.items():
+                if _SURROGATE.search(k):
+                    raise InvalidUnicodeError(f"{path}: a key" if path else "a field name")
+                stack.append((x, f"{path}.{k}" if path else k, depth + 1))
+
+
+def text(name: str, value: str) -> str:
+    """``value``, refused (InvalidUnicodeError naming ``name``) when it holds a surrogate:
+    an unpaired one from a ``\\ud800`` escape or raw ED A0 80 bytes, which json.loads
+    and aiohttp's header and URL decoding let through and no encoder can write."""
+    if _SURROGATE.search(value):
+        raise InvalidUnicodeError(name)
+    return value
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A short repr of a client's value for an error message."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float; None when it is not a number (bool, str) or no float
+    holds it (an int of hundreds of digits, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _int(name: str, value: Any) -> int:
@@ -215,7 +326,7 @@ def _int(name: str, value: Any) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise InvalidParameterError(name, f"expected an integer, got {value!r}")
+    raise InvalidParameterError(name, f"expected an integer, got {_show(value)}")
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -223,7 +334,7 @@ def _bool(name: str, value: Any) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no", ""):
         return value.lower() in ("1", "true", "yes")
-    raise InvalidParameterError(name, f"expected true or false, got {value!r}")
+    raise InvalidParameterError(name, f"expected true or false, got {_show(value)}")
 
 
 def opt_str(name: str, value: Any, max_len: int = 200) -> str | None:
@@ -231,7 +342,7 @@ def opt_str(name: str, value: Any, max_len: int = 200) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > max_len:
         raise InvalidParameterError(name, f"expected a string of at most {max_len} characters")
-    return value
+    return text(name, value)
 
 
 def _filters(raw: Any, attr_names: Sequence[str]) -> dict[str, tuple[float | None, float | None]]:
@@ -251,11 +362,10 @@ def _filters(raw: Any, attr_names: Sequence[str]) -> dict[str, tuple[float | Non
         bounds: list[float | None] = []
         for op in RANGE_OPS:
             v = spec.get(op)
-            if v is not None and (
-                isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-            ):
+            bound = None if v is None else _finite(v)
+            if v is not None and bound is None:
                 raise InvalidParameterError(f"filters.{attr}.{op}", "expected a finite number")
-            bounds.append(None if v is None else float(v))
+            bounds.append(bound)
         lo, hi = bounds
         if lo is not None and hi is not None and lo > hi:
             raise InvalidParameterError(f"filters.{attr}", "gte is greater than lte")
@@ -274,7 +384,7 @@ def search_request(data: Mapping[str, Any], attr_names: Sequence[str]) -> Search
     if not isinstance(q, str):
         raise InvalidParameterError("q", "expected a string")
     return SearchRequest(
-        q=q,
+        q=text("q", q),
         k=_int("k", data.get("k", 10)),
         offset=_int("offset", data.get("offset", 0)),
         category=opt_str("category", data.get("category")),
@@ -312,20 +422,27 @@ def parse_events(raw: Any, now: float | None = None, max_events: int = 1000) -> 
             )
         typ = ev.get("type")
         if typ not in EVENT_TYPES:
-            raise InvalidEventError(f"{where}.type: {typ!r} is not one of {', '.join(EVENT_TYPES)}")
+            raise InvalidEventError(
+                f"{where}.type: {_show(typ)} is not one of {', '.join(EVENT_TYPES)}"
+            )
         for key in ("request_id", "doc_id"):
             val = ev.get(key)
             if not isinstance(val, str) or not val or len(val) > 200:
                 raise InvalidEventError(f"{where}.{key}: expected a non-empty string")
-        ts = ev.get("ts", now)
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            raise InvalidEventError(f"{where}.ts: expected unix seconds, got {ts!r}")
-        if ts <= 0 or ts > now + 300:
+            text(f"{where}.{key}", val)
+        raw_ts = ev.get("ts", now)
+        ts = _finite(raw_ts)
+        if ts is None:
+            raise InvalidEventError(f"{where}.ts: expected unix seconds, got {_show(raw_ts)}")
+        # the lower bound is the time its page was served: SqliteEventStore.add_events
+        if ts <= 0 or ts > now + EVENT_CLOCK_SKEW_S:
             raise InvalidEventError(f"{where}.ts: {ts!r} is not a plausible unix time")
         client = ev.get("client_id")
-        if client is not None and (not isinstance(client, str) or not client or len(client) > 200):
-            raise InvalidEventError(f"{where}.client_id: expected a non-empty string or null")
-        out.append(Event(typ, ev["request_id"], ev["doc_id"], float(ts), client))
+        if client is not None:
+            if not isinstance(client, str) or not client or len(client) > 200:
+                raise InvalidEventError(f"{where}.client_id: expected a non-empty string or null")
+            text(f"{where}.client_id", client)
+        out.append(Event(typ, ev["request_id"], ev["doc_id"], ts, client))
     return out
 
 
@@ -339,7 +456,8 @@ def check_admin(request: web.Request, token: str) -> None:
         raise UnauthorizedError("expected Authorization: Bearer <admin token>")
     if not token:
         raise ForbiddenError("the admin API is disabled (no admin token configured)")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # aiohttp decodes header bytes that are not UTF-8 to surrogates: encode them back
+    if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode()):
         raise ForbiddenError("wrong admin token")
 
 

@@ -79,6 +79,8 @@ class PipelineSettings(Protocol):
     def max_offset(self) -> int: ...
     @property
     def rerank_depth(self) -> int: ...
+    @property
+    def explain_max_hits(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class PipelineConfig:
     max_k: int = 100
     max_offset: int = 1000
     rerank_depth: int = 0  # the model reorders the fusion top-R only (0 = every candidate)
+    explain_max_hits: int = 10  # explain: SHAP contributions for the top N hits (0 = none)
 
 
 @dataclass(frozen=True)
@@ -340,8 +343,9 @@ class Pipeline:
             ranked = _one_per_id(cs, self._order(cs, scores, used_model))
             page = ranked[req.offset : req.offset + req.k]
             hits = await self._hits(state, cs, page, scores, req.offset)
-            if req.explain and used_model is not None and page:
-                self._explain(used_model, X, base_margin, page, hits)
+            if req.explain and used_model is not None:
+                top = page[: self.config.explain_max_hits]
+                await self._explain(used_model, X, base_margin, top, hits)
             impression = None
             if page:
                 impression = Impression(
@@ -486,17 +490,23 @@ class Pipeline:
         out.update({k: _num(v) for k, v in doc.attrs.items() if k not in out})
         return out
 
-    def _explain(
+    async def _explain(
         self,
         model: RankModel,
         X: np.ndarray,
         base_margin: np.ndarray | None,
-        page: list[int],
+        top: list[int],
         hits: list[dict[str, Any]],
     ) -> None:
-        contribs = model.contributions(X[page], None if base_margin is None else base_margin[page])
+        """SHAP contributions of the ``top`` hits (the first explain_max_hits of the page),
+        computed in a thread like predict: exact TreeSHAP costs ~1 ms per row, and a page of
+        100 explained on the event loop stalled every other request, /health included."""
+        if not top:
+            return
+        bm = None if base_margin is None else base_margin[top]
+        contribs = await asyncio.to_thread(model.contributions, X[top], bm)
         names = model.feature_names
-        for h, row in zip(hits, contribs, strict=True):
+        for h, row in zip(hits[: len(top)], contribs, strict=True):
             c = {names[j]: float(row[j]) for j in range(len(names))}
             c["_bias"] = float(row[-1])  # includes the base margin (the fusion score)
             h["contributions"] = c
