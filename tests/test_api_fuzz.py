@@ -253,6 +253,7 @@ def test_fuzz_post_events(server: ThreadServer) -> None:
             "request_id": st.one_of(st.just(rid), TEXT, JSON),
             "doc_id": st.one_of(st.sampled_from(docs), TEXT, JSON),
             "ts": st.one_of(NUMBERS, TEXT, JSON),
+            "client_id": st.one_of(TEXT, JSON),
         },
     )
     valid = st.fixed_dictionaries(
@@ -261,7 +262,7 @@ def test_fuzz_post_events(server: ThreadServer) -> None:
             "request_id": st.just(rid),
             "doc_id": st.sampled_from(docs),
         },
-        optional={"ts": NUMBERS},
+        optional={"ts": NUMBERS, "client_id": st.text(min_size=1, max_size=8)},
     )
     batch = st.lists(st.one_of(valid, event, event, JSON), min_size=1, max_size=4)
     wrapped = batch.map(lambda evs: {"events": evs})
