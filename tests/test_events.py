@@ -351,8 +351,8 @@ async def test_writer_flushes_on_size_interval_and_close(tmp_path: Path) -> None
     await w.start()
     for i in range(3):
         w.submit(_imp(f"s{i}", ["d1"]))
-    for _ in range(100):  # size-triggered flush happens in the background task
-        if store.counts()["requests"] == 3:
+    for _ in range(1000):  # size-triggered flush happens in the background task
+        if store.counts()["requests"] == 3 and w.pending == 0:  # rows land, then the count
             break
         await asyncio.sleep(0.01)
     assert store.counts()["requests"] == 3 and w.pending == 0
@@ -364,7 +364,7 @@ async def test_writer_flushes_on_size_interval_and_close(tmp_path: Path) -> None
     w2 = ImpressionWriter(store, batch_size=100, flush_interval_s=0.05)
     await w2.start()
     w2.submit(_imp("t0", ["d1"]))
-    for _ in range(100):
+    for _ in range(1000):
         if store.counts()["requests"] == 5:
             break
         await asyncio.sleep(0.01)
