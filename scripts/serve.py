@@ -25,7 +25,8 @@ from typing import Any
 
 # One BLAS thread: the server's matmuls (exact kNN) are small, and two OpenBLAS threads
 # fight each other and the event loop for 2 cores (kNN 8-10 ms instead of 0.16 ms at 2K
-# docs; docs/history/benchmarks-2026-11.md "Search API latency work"). Must be set before numpy loads.
+# docs; docs/history/benchmarks-2026-11.md "Search API latency work"). Must be set before
+# numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
