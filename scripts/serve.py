@@ -164,10 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import asyncio
 
-    from aiohttp import web
-
     from indexing.encoders import load_encoder
     from indexing.errors import IndexingError
+    from search.server import run_app
 
     t0 = time.perf_counter()
     loop = asyncio.new_event_loop()
@@ -202,16 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     try:
-        web.run_app(
+        run_app(
             app,
+            loop,
             host=None if sock is not None else api.host,
             port=None if sock is not None else api.port,
             sock=sock,
-            access_log=None,
-            print=None,
-            handle_signals=True,
             shutdown_timeout=10.0,
-            loop=loop,
         )
     except IndexingError as e:  # raised by the cleanup context at startup (no index...)
         print(f"ltrsearch-serve: {e}", file=sys.stderr)

@@ -10,7 +10,9 @@ Hostile input stops here: a body that does not arrive in time (408), JSON nested
 MAX_JSON_DEPTH or holding an integer literal Python refuses (400), text that is not valid
 Unicode (lone surrogates: 400 naming the field), request lines and header fields over their
 limits (414 / 431; ``handler_args`` gives aiohttp the same limits, with headroom, and the
-timeout that closes a connection slow to send its request head).
+timeout that closes a connection slow to send its request head). What aiohttp's own parser
+refuses before any handler runs (a request line or header past its limit, a malformed
+request head) gets the same JSON shape from ``JsonErrorRunner``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from indexing.errors import BackendError, IndexingError, IndexNotFoundError
 from ltr.errors import (
@@ -115,8 +119,9 @@ def handler_args(config: ApiConfig) -> dict[str, Any]:
     The keep-alive timeout closes a connection that has not sent a whole request head this
     long after it opened (or after its last response). The parser limits are 4x / 2x the
     API's own: a request line or header field between the two gets the JSON 414 / 431 of
-    ``check_head``; past the parser's limit aiohttp answers its own plain-text 400 (it has
-    no hook for that response) and closes the connection.
+    ``check_head``; past the parser's limit the parser refuses it before any handler runs,
+    and ``JsonErrorRunner`` answers 414 / 431 / 400 in the same JSON shape and closes the
+    connection.
     """
     return {
         "keepalive_timeout": config.header_timeout_s,
@@ -148,6 +153,73 @@ def error_response(status: int, code: str, message: str, request_id: str) -> web
         status=status,
         headers={"X-Request-ID": request_id},
     )
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses in our error shape
+    instead of its plain text (the middleware never sees those requests)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)  # aiohttp's own
+        status, code, text = _parser_error(exc, message)
+        rid = new_request_id()
+        log.warning(  # one line, no traceback: a malformed head is the client's doing
+            "refused request head",
+            extra={"status": status, "code": code, "request_id": rid, "peer": request.remote},
+        )
+        resp = error_response(status, code, text, rid)
+        resp.force_close()
+        return resp
+
+
+def _parser_error(exc: BaseException | None, message: str | None) -> tuple[int, str, str]:
+    """Status, code and message for a request head aiohttp's parser refused.
+
+    ``LineTooLong`` does not say which line: its first bytes do. A request target starts
+    with ``/``, ``*`` or a scheme (the C parser reports the target, the Python one the
+    whole request line, method first); anything else is a header field.
+    """
+    if isinstance(exc, LineTooLong):
+        line, limit = exc.args[0], exc.args[1]
+        head = bytes(line) if isinstance(line, bytes | bytearray) else str(line).encode()
+        if _REQUEST_LINE_START.match(head):
+            return 414, "uri_too_long", f"the request line is over {limit} bytes"
+        return 431, "header_too_large", f"a header field is over {limit} bytes"
+    return 400, "bad_request", f"malformed request: {str(message or exc or '')[:200]}"
+
+
+_REQUEST_LINE_START = re.compile(rb"(?:[A-Z]+ )?(?:/|\*|[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer parser errors in the JSON error shape.
+
+    aiohttp has no public hook for the response to a request its parser refuses; this
+    swaps in a ``RequestHandler`` subclass through the server factory (``scripts/serve.py``
+    and the tests' server both run the app with it).
+    """
+
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()
+        return _JsonErrorServer(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
 
 
 def _route_of(request: web.Request) -> str:

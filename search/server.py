@@ -41,6 +41,7 @@ from ltr.model import RankModel
 from search.aggregates import BehaviorAggregates
 from search.config import ApiConfig, EventsConfig
 from search.events import ImpressionWriter, SqliteEventStore
+from search.http import JsonErrorRunner
 from search.metrics import ApiMetrics
 from search.pipeline import GeneratorFactory, Pipeline
 from search.workers import ENV_PARENT, WorkerGroup
@@ -471,3 +472,50 @@ async def _follow_reload(
             model_version=model_version,
             index_version=pipeline.index_version,
         )
+
+
+def run_app(
+    app: web.Application,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    host: str | None,
+    port: int | None,
+    sock: Any = None,
+    shutdown_timeout: float = 10.0,
+) -> None:
+    """Serve ``app`` on ``loop`` until SIGINT / SIGTERM, like ``web.run_app``, but through
+    ``JsonErrorRunner`` so that what aiohttp's parser refuses (an over-long request line
+    or header field) is answered in the API's JSON error shape, not aiohttp's plain text.
+    Start-up errors (no index, port in use) propagate to the caller."""
+
+    async def serve() -> None:
+        runner = JsonErrorRunner(
+            app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout
+        )
+        await runner.setup()
+        try:
+            site: web.BaseSite = (
+                web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
+            )
+            await site.start()
+            while True:
+                await asyncio.sleep(3600)
+        finally:
+            await runner.cleanup()
+
+    task = loop.create_task(serve())
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        pending = asyncio.all_tasks(loop)
+        for t in pending:
+            t.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

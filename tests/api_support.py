@@ -7,6 +7,7 @@ Not a test module (no test functions); imported by tests/test_api*.py and test_p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -207,3 +208,25 @@ async def serve_and_click(
     doc = str(res.hits[at - 1]["id"])
     store.add_events([Event("click", res.request_id, doc, res.impression.ts + 1)])
     return res, doc
+
+
+async def raw_request(
+    port: int, data: bytes, timeout_s: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` on a fresh connection and read the response until the server closes
+    it (or Content-Length bytes of body): status, headers, body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {
+            k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+        }
+        n = int(headers.get("content-length", -1))
+        body = await asyncio.wait_for(reader.readexactly(n) if n >= 0 else reader.read(), timeout_s)
+        return status, headers, body
+    finally:
+        writer.close()

@@ -20,14 +20,21 @@ from indexing.loaders import load_beir
 from ltr.features import TEXT_FEATURES, featureset_id
 from search.api import DEFAULT_FEATURES, make_app
 from search.events import SqliteEventStore
+from search.http import JsonErrorRunner
 from search.server import STATE
 from tests.api_support import ADMIN, api_config, build_index, build_model_sync
 
 
 @contextlib.asynccontextmanager
 async def serve(app: web.Application) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    """The app on 127.0.0.1 through the runner ``scripts/serve.py`` uses."""
+    async with TestClient(_Server(app, host="127.0.0.1")) as client:
         yield client
+
+
+class _Server(TestServer):
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return JsonErrorRunner(self.app, **kwargs)
 
 
 def write_current(index_dir: Path, version: str) -> None:

@@ -7,6 +7,7 @@ Every request opens its own connection, so the kernel spreads them over both wor
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import pytest
 from ltr.registry import ModelRegistry
 from scripts.serverproc import free_port, wait_ready
 from search.events import SqliteEventStore
-from tests.api_support import ADMIN, start_test_server
+from tests.api_support import ADMIN, raw_request, start_test_server
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +139,13 @@ async def test_two_workers_share_events_reloads_metrics_and_stop_with_the_superv
         assert st == 200
         assert 'worker="0"' in text and 'worker="1"' in text
         assert text.count("# TYPE ltrsearch_http_requests_total counter") == 1
+
+        # a request line past aiohttp's own parser limit: scripts/serve.py runs the app
+        # through JsonErrorRunner, so it is the API's JSON 414, not aiohttp's plain text
+        huge = b"GET /search?q=" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        st, headers, raw = await raw_request(port, huge)
+        assert st == 414 and headers["content-type"].startswith("application/json"), raw
+        assert json.loads(raw)["error"]["code"] == "uri_too_long"
 
         # a worker killed with -9 is replaced; searches keep being answered meanwhile
         os.kill(workers[0], signal.SIGKILL)
