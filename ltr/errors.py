@@ -32,3 +32,8 @@ class TrainingDataError(LTRError):
 def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> UnknownNameError:
     """Build the standard 'unknown X; valid: ...' error of every registry."""
     return UnknownNameError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+class RolloutError(LTRError, ValueError):
+    """A rollout statistic got invalid input (a probability outside (0, 1), a negative
+    count, a clicked position that was not shown, a log without the needed columns)."""
