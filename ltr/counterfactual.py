@@ -43,12 +43,18 @@ CLT, SNIPS by the delta method for a ratio of means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ltr.errors import RolloutError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ltr.model import RankModel
 
 Z95 = 1.959963984540054
 EPS = 1e-9
@@ -294,3 +300,85 @@ def pbm_truth(
     return float((p * topk).sum(1).mean()), float(
         (p * survive * topk / np.arange(1, m + 1)).sum(1).mean()
     )
+
+
+def model_margin(model: RankModel, frame: pd.DataFrame) -> np.ndarray | None:
+    """The base margin ``model`` was boosted from, rebuilt from the logged features.
+
+    The log keeps the raw RRF (k = 60) as the ``rrf`` feature; serving's margin is that
+    times the manifest's scale. Any other fusion is not in the log: refused, not guessed.
+    """
+    spec = model.manifest.base_margin
+    if spec is None:
+        return None
+    params = dict(spec.get("params") or {})
+    if spec.get("name") != "rrf" or float(params.get("k", 60)) != 60 or "rrf" not in frame:
+        raise RolloutError(
+            f"model {model.version} starts from the {spec.get('name')!r} fusion score "
+            f"{params}, which the impression log does not hold (it keeps rrf with k=60)"
+        )
+    margin = frame["rrf"].to_numpy(np.float64) * float(params.get("scale", 1.0))
+    if not np.all(np.isfinite(margin)):
+        raise RolloutError(
+            f"the logged rrf feature has missing values; cannot score {model.version}"
+        )
+    return margin
+
+
+def offline_report(
+    frame: pd.DataFrame, models: Mapping[str, RankModel], k: int = 10
+) -> dict[str, Any]:
+    """Estimate every ranker in ``models`` (label -> model) on the logged first pages of
+    ``frame`` (``EventStore.served_features()``), beside the ranking actually served.
+
+    Only rows served with the models' featureset are used (the served vectors are scored
+    as they are: no recomputation); examination comes from regression-EM on those rows,
+    since the log has no randomized pages. Returns a JSON-ready dict.
+    """
+    if not models:
+        raise RolloutError("no model to estimate")
+    fids = {m.featureset_id for m in models.values()}
+    if len(fids) != 1:
+        raise RolloutError(f"the models were trained on different featuresets: {sorted(fids)}")
+    fid = fids.pop()
+    names = list(next(iter(models.values())).feature_names)
+    rows = frame[frame["featureset_id"] == fid] if "featureset_id" in frame else frame
+    missing = [n for n in names if n not in rows.columns]
+    if missing:
+        raise RolloutError(f"the log lacks feature column(s): {', '.join(missing)}")
+    first = rows.groupby("request_id")["position"].transform("min") == 1
+    rows = rows[first].sort_values(["request_id", "position"], kind="stable")
+    if rows.empty:
+        raise RolloutError(f"no first result pages were served with featureset {fid}")
+    clicks = rows["clicked"].to_numpy(np.float64)
+    positions = rows["position"].to_numpy(np.int64) - 1
+    pages = pages_from_rows(rows["request_id"].to_numpy(), positions, clicks)
+    X = rows[names].to_numpy(np.float32)
+    fit = fit_pbm_regression_em(X, positions, clicks)
+    relevance = pages.to_matrix(fit.relevance if fit.relevance is not None else clicks)
+    rankers: dict[str, Any] = {}
+    served = pages.to_matrix(-positions.astype(np.float64))
+    for label, scores in [("logged", served)] + [
+        (label, pages.to_matrix(m.predict(X, model_margin(m, rows)))) for label, m in models.items()
+    ]:
+        version = models[label].version if label in models else None
+        rankers[label] = {
+            "version": version,
+            "estimates": [
+                asdict(e) for e in estimate(pages, scores, fit.examination, k, relevance)
+            ],
+        }
+    return {
+        "featureset_id": fid,
+        "k": k,
+        "pages": int(pages.valid.shape[0]),
+        "rows": len(rows),
+        "clicks": int(clicks.sum()),
+        "examination": {
+            "method": fit.method,
+            "theta": [round(float(t), 4) for t in fit.examination],
+            "em_iterations": fit.n_iter,
+            "converged": fit.converged,
+        },
+        "rankers": rankers,
+    }
