@@ -382,3 +382,31 @@ def offline_report(
         },
         "rankers": rankers,
     }
+
+
+def simulate_log(
+    seed: int,
+    n_pages: int,
+    examination: np.ndarray,
+    weights: np.ndarray,
+    *,
+    bias: float = -1.0,
+    shuffle: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A logged-pages world with known truth, for the tests and the benchmark.
+
+    Every page shows ``len(examination)`` documents with standard-normal features
+    (``len(weights)`` of them) and attractiveness ``sigmoid(X @ weights + bias)``;
+    production orders them by a noisy, partly wrong score (or uniformly at random with
+    ``shuffle``); clicks follow the PBM. Returns ``(X [P, m, F], gamma [P, m], clicks
+    [P, m])`` in logged order (slot j = position j).
+    """
+    rng = np.random.default_rng(seed)
+    m, f = len(examination), len(weights)
+    X = rng.normal(size=(n_pages, m, f))
+    served = X @ (0.5 * np.asarray(weights)[::-1]) + rng.normal(0, 1.0, (n_pages, m))
+    order = np.argsort(rng.random((n_pages, m)) if shuffle else -served, axis=1)
+    X = X[np.arange(n_pages)[:, None], order]
+    gamma = 1 / (1 + np.exp(-(X @ weights + bias)))
+    clicks = (rng.random((n_pages, m)) < examination * gamma).astype(np.float64)
+    return X, gamma, clicks

@@ -33,6 +33,13 @@ from typing import Any
 import numpy as np
 
 from ltr.click_models_sim import attractiveness_from_grades
+from ltr.counterfactual import (
+    estimate,
+    fit_pbm_regression_em,
+    pages_from_rows,
+    pbm_truth,
+    simulate_log,
+)
 from ltr.interleaving import credit, team_draft
 from ltr.sequential import first_decisions
 
@@ -115,14 +122,14 @@ def scenario(
     grades, attract = _queries(n, rng, user_spread)
     prod, cand = _rank(grades, PRODUCTION_SIGMA, rng), _rank(grades, sigma, rng)
     outcomes = _interleave(attract, prod, cand, rng)
-    # A/B: each arm gets its own queries (different users), as in a real split
-    grades_b, attract_b = _queries(n, rng, user_spread)
-    p_a, p_b = _click_probs(attract, prod), _click_probs(attract_b, _rank(grades_b, sigma, rng))
-    clicks_a = (rng.random(p_a.shape) < p_a).sum(1)
-    clicks_b = (rng.random(p_b.shape) < p_b).sum(1)
+    # A/B pools: both arms on the same query population with common random numbers, so the
+    # pools differ by the rankers only; each simulated experiment then draws its arms'
+    # queries independently from them (different users per arm, as in a real split)
+    p_a, p_b = _click_probs(attract, prod), _click_probs(attract, cand)
+    u = rng.random(p_a.shape)
+    clicks_a, clicks_b = (u < p_a).sum(1), (u < p_b).sum(1)
     mu_o, sd_o = float(outcomes.mean()), float(outcomes.std(ddof=1))
-    # the true difference in expected clicks, on the same queries (no click noise in it)
-    delta = float(_click_probs(attract, cand).sum(1).mean() - p_a.sum(1).mean())
+    delta = float(clicks_b.mean() - clicks_a.mean())
     var_ab = float(clicks_a.var(ddof=1) + clicks_b.var(ddof=1))
     n_il = int(np.ceil(((Z_ALPHA + Z_BETA) * sd_o / mu_o) ** 2))
     n_ab_arm = int(np.ceil((Z_ALPHA + Z_BETA) ** 2 * var_ab / delta**2))
@@ -145,6 +152,10 @@ def scenario(
     return {
         "candidate_sigma": sigma,
         "ndcg10": {"production": _ndcg10(grades, prod), "candidate": _ndcg10(grades, cand)},
+        "expected_clicks10_per_query": {
+            "production": float(p_a.sum(1).mean()),
+            "candidate": float(p_b.sum(1).mean()),
+        },
         "clicks10_per_query": {
             "production": float(clicks_a.mean()),
             "candidate": float(clicks_b.mean()),
@@ -172,6 +183,58 @@ def scenario(
     }
 
 
+def gate_characteristics(runs: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The gate (defaults: alpha 0.05, beta 0.2, effect 0.1, 200 queries minimum) on
+    simulated win/loss/tie streams with 60% ties: promote / reject shares and queries."""
+    out = []
+    for p_win in (0.45, 0.5, 0.55, 0.6, 0.65):
+        decided = rng.random((runs, 5000)) >= 0.6
+        stream = np.where(decided, np.where(rng.random((runs, 5000)) < p_win, 1, -1), 0)
+        decision, stopped = first_decisions(stream)
+        out.append(
+            {
+                "win_rate_of_decided": p_win,
+                "promoted": float((decision == 1).mean()),
+                "rejected": float((decision == -1).mean()),
+                "undecided": float((decision == 0).mean()),
+                "median_queries": float(np.median(stopped)),
+                "p90_queries": float(np.quantile(stopped, 0.9)),
+            }
+        )
+    return out
+
+
+def offline_accuracy(seeds: int, pages: int) -> dict[str, Any]:
+    """ltr.counterfactual on simulated logs with known truth, examination FITTED by
+    regression-EM (the CLI's path): curve error, interval coverage and width."""
+    theta = 1.0 / np.arange(1, 11) ** 0.8
+    weights = np.array([1.2, -0.6, 0.4])
+    errors, covered, widths = [], {}, {}
+    t0 = time.perf_counter()
+    for seed in range(seeds):
+        X, gamma, clicks = simulate_log(1000 + seed, pages, theta, weights)
+        page_ids, positions = np.repeat(np.arange(pages), 10), np.tile(np.arange(10), pages)
+        fit = fit_pbm_regression_em(X.reshape(-1, 3), positions, clicks.ravel())
+        errors.append(float(np.abs(fit.examination - theta).max()))
+        logged = pages_from_rows(page_ids, positions, clicks.ravel())
+        cand = X @ weights
+        truth = dict(zip(("clicks@k", "rr"), pbm_truth(logged, cand, theta, gamma, 5), strict=True))
+        rel = logged.to_matrix(fit.relevance if fit.relevance is not None else clicks.ravel())
+        for e in estimate(logged, cand, fit.examination, 5, rel):
+            key = f"{e.metric} {e.estimator}"
+            covered[key] = covered.get(key, 0) + int(e.low <= truth[e.metric] <= e.high)
+            widths.setdefault(key, []).append(e.high - e.low)
+    return {
+        "seeds": seeds,
+        "pages": pages,
+        "theta_max_abs_error_median": float(np.median(errors)),
+        "theta_max_abs_error_max": float(np.max(errors)),
+        "coverage": {k: v / seeds for k, v in covered.items()},
+        "mean_ci_width": {k: float(np.mean(v)) for k, v in widths.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--queries", type=int, default=100_000, help="population per arm")
@@ -179,12 +242,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigmas", default="1.3,1.0,0.5", help="candidate noise levels")
     p.add_argument("--spreads", default="0,0.9", help="user click-propensity spreads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", default="gate,offline,sensitivity", help="what to measure")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    results = []
+    parts = set(args.parts.split(","))
+    report: dict[str, Any] = {"args": vars(args)}
+    if "gate" in parts:
+        report["gate"] = gate_characteristics(2000, rng)
+        for row in report["gate"]:
+            print("gate", json.dumps(row), flush=True)
+    if "offline" in parts:
+        report["offline"] = offline_accuracy(20, 3000)
+        print("offline", json.dumps(report["offline"]), flush=True)
+    results: list[dict[str, Any]] = []
+    report["sensitivity"] = results
     grid = [(float(u), float(s)) for u in args.spreads.split(",") for s in args.sigmas.split(",")]
-    for spread, sigma in grid:
+    for spread, sigma in grid if "sensitivity" in parts else []:
         r = scenario(sigma, args.queries, args.runs, rng, spread)
         results.append(r)
         il, ab = r["interleaving"], r["ab_split"]
@@ -204,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+            json.dump(report, f, indent=2)
     return 0
 
 

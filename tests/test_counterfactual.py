@@ -12,6 +12,7 @@ from ltr.counterfactual import (
     fit_pbm_regression_em,
     pages_from_rows,
     pbm_truth,
+    simulate_log,
 )
 from ltr.errors import RolloutError
 
@@ -21,18 +22,9 @@ W_TRUE = np.array([1.2, -0.6, 0.4])  # attractiveness = sigmoid(X @ W_TRUE - 1)
 
 
 def _log(seed: int, pages: int, shuffle: bool = False):
-    """Logged pages: production ranks by a noisy, partly wrong score; PBM clicks."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(pages, M, F))
-    noisy = X @ np.array([0.5, -0.2, 0.6]) + rng.normal(0, 1.0, (pages, M))
-    order = np.argsort(rng.random((pages, M)) if shuffle else -noisy, axis=1)
-    rows = np.arange(pages)[:, None]
-    X = X[rows, order]  # slot j = logged position j
-    gamma = 1 / (1 + np.exp(-(X @ W_TRUE - 1.0)))
-    clicks = (rng.random((pages, M)) < THETA * gamma).astype(float)
-    page_ids = np.repeat(np.arange(pages), M)
-    positions = np.tile(np.arange(M), pages)
-    return X, gamma, clicks, page_ids, positions
+    """Logged pages (production ranks by a noisy, partly wrong score) with PBM clicks."""
+    X, gamma, clicks = simulate_log(seed, pages, THETA, W_TRUE, shuffle=shuffle)
+    return X, gamma, clicks, np.repeat(np.arange(pages), M), np.tile(np.arange(M), pages)
 
 
 def test_regression_em_recovers_the_examination_curve() -> None:
