@@ -160,17 +160,15 @@ def _design(X: np.ndarray) -> np.ndarray:
     return np.hstack(cols)
 
 
-def _logistic(D: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, steps: int) -> np.ndarray:
-    """Soft-label logistic regression by Newton steps from ``w`` (ridge ``l2``, no intercept
-    penalty); the soft labels are the E-step's posterior attractiveness."""
-    ridge = np.full(D.shape[1], l2)
-    ridge[0] = 0.0
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-np.clip(D @ w, -30, 30)))
-        grad = D.T @ (p - y) + ridge * w
-        hess = (D * (p * (1 - p))[:, None]).T @ D + np.diag(ridge + 1e-9)
-        w = w - np.linalg.solve(hess, grad)
-    return w
+def _logistic_step(
+    D: np.ndarray, y: np.ndarray, w: np.ndarray, bound: np.ndarray, ridge: np.ndarray
+) -> np.ndarray:
+    """One step of soft-label ridge logistic regression (the soft labels are the E-step's
+    posterior attractiveness) with Boehning's fixed curvature bound ``D'D / 4 + ridge``:
+    never overshoots, so every EM iteration still raises the likelihood (generalized EM),
+    and costs two matrix-vector products instead of a Hessian per step."""
+    p = 1.0 / (1.0 + np.exp(-np.clip(D @ w, -30, 30)))
+    return w - np.linalg.solve(bound, D.T @ (p - y) + ridge * w)
 
 
 def fit_pbm_regression_em(
@@ -197,6 +195,9 @@ def fit_pbm_regression_em(
     theta = np.clip(ctr / max(ctr[0], EPS), 0.05, 1.0)  # CTR decay: a decent start
     w = np.zeros(D.shape[1])
     w[0] = np.log(max(c.mean(), EPS) / max(1 - c.mean(), EPS))
+    ridge = np.full(D.shape[1], l2)
+    ridge[0] = 0.0  # the intercept is not shrunk
+    bound = D.T @ D / 4.0 + np.diag(ridge + 1e-9)
     gamma = np.full(len(c), c.mean())
     it, converged = 0, False
     for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
@@ -205,7 +206,8 @@ def fit_pbm_regression_em(
         examined = c + (1 - c) * t * (1 - gamma) / denom  # P(E=1 | click)
         attractive = c + (1 - c) * (1 - t) * gamma / denom  # P(R=1 | click)
         new_theta = np.clip(np.bincount(positions, examined, m) / np.maximum(shown, 1), EPS, 1)
-        w = _logistic(D, attractive, w, l2, steps=2)
+        for _ in range(3):
+            w = _logistic_step(D, attractive, w, bound, ridge)
         gamma = 1.0 / (1.0 + np.exp(-np.clip(D @ w, -30, 30)))
         delta = float(np.abs(new_theta - theta).max())
         theta = new_theta
