@@ -209,7 +209,9 @@ def offline_accuracy(seeds: int, pages: int) -> dict[str, Any]:
     regression-EM (the CLI's path): curve error, interval coverage and width."""
     theta = 1.0 / np.arange(1, 11) ** 0.8
     weights = np.array([1.2, -0.6, 0.4])
-    errors, covered, widths = [], {}, {}
+    errors: list[float] = []
+    covered: dict[str, int] = {}
+    widths: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for seed in range(seeds):
         X, gamma, clicks = simulate_log(1000 + seed, pages, theta, weights)
