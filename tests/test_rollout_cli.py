@@ -100,8 +100,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     good = Trainer(FAST).fit(RankingData.from_groups(groups_good, NAMES))
     v1 = reg.save(bad, featureset_id=FID)
     v2 = reg.save(good, featureset_id=FID, base_margin={"name": "rrf", "params": {"scale": 20}})
+    # the same booster claiming a fusion the log does not keep: must be refused, not guessed
+    v3 = reg.save(good, featureset_id=FID, base_margin={"name": "linear", "params": {"w": 0.5}})
     reg.promote(v1)
-    return {"root": root, "v1": v1, "v2": v2, "observed": float(np.mean(top_clicks))}
+    return {"root": root, "v1": v1, "v2": v2, "v3": v3, "observed": float(np.mean(top_clicks))}
 
 
 def _run(setup: dict, *extra: str) -> list[str]:
@@ -155,6 +157,7 @@ def test_bad_input_is_one_line_and_exit_2(
         (["--candidate", "v0099"], "v0099"),
         (["--candidate", setup["v2"], "--k", "0"], "--k"),
         (["--candidate", setup["v2"], "--since", str(T0 + 10 * PAGES)], "no impressions"),
+        (["--candidate", setup["v3"]], "does not hold"),
     ]
     for extra, needle in cases:
         assert main(_run(setup, *extra)) == 2
