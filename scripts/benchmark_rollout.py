@@ -156,6 +156,13 @@ def scenario(
             "production": float(p_a.sum(1).mean()),
             "candidate": float(p_b.sum(1).mean()),
         },
+        # what an A/B split fights: the spread of clicks@10 between queries and users
+        # (the expected clicks differ) plus the click noise of each page
+        "ab_variance_production": {
+            "total": float(clicks_a.var(ddof=1)),
+            "between_queries": float(p_a.sum(1).var(ddof=1)),
+            "click_noise": float((p_a * (1 - p_a)).sum(1).mean()),
+        },
         "clicks10_per_query": {
             "production": float(clicks_a.mean()),
             "candidate": float(clicks_b.mean()),
