@@ -33,6 +33,7 @@ better by less than ``effect`` may be rejected.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,11 +94,8 @@ def sign_test_gate(
     of looks); ``beta`` is the chance of rejecting one that is ``effect`` better (wins
     ``0.5 + effect`` of the non-tied queries). Pure and cheap: call it after every query.
     """
-    for name, value in (("wins", wins), ("losses", losses), ("ties", ties)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise RolloutError(f"{name} must be a non-negative integer, got {value!r}")
-    if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 0:
-        raise RolloutError(f"min_queries must be a non-negative integer, got {min_queries!r}")
+    wins, losses, ties = (_count(wins, "wins"), _count(losses, "losses"), _count(ties, "ties"))
+    min_queries = _count(min_queries, "min_queries")
     upper, lower = sprt_thresholds(alpha, beta)
     llr = sign_llr(wins, losses, effect)
     n = wins + losses + ties
@@ -113,6 +111,14 @@ def sign_test_gate(
     else:
         outcome, reason = "continue", f"LLR {llr:.3f} between {lower:.3f} and {upper:.3f}"
     return GateDecision(outcome, wins, losses, ties, n, llr, upper, lower, reason)
+
+
+def _count(value: int, name: str) -> int:
+    """A non-negative integer (numpy integers too, as counts from arrays come); bools and
+    floats are refused rather than truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise RolloutError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def _check_open_unit(value: float, name: str) -> None:

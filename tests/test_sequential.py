@@ -35,6 +35,11 @@ def test_decisions_on_hand_counts() -> None:
     assert sign_test_gate(160, 100, 0).outcome == "promote"
 
 
+def test_numpy_counts_are_accepted() -> None:
+    d = sign_test_gate(np.int64(17), np.int32(0), np.int64(300))
+    assert d.outcome == "promote" and type(d.wins) is int and d.n == 317
+
+
 def test_nothing_is_decided_before_the_minimum_sample() -> None:
     d = sign_test_gate(150, 0, 0, min_queries=200)
     assert d.outcome == "continue" and "minimum" in d.reason
