@@ -4,10 +4,14 @@ known ranker difference at the same error rates (alpha 0.05 two-sided, power 0.8
 World: each query has 20 candidate documents with graded relevance 0-4; the share of
 relevant documents varies a lot between queries (Beta(0.6, 2)), which is what makes
 per-query click counts noisy in an A/B split. Users follow a position-based model on the
-top 10: examination 1/rank, attractiveness from the grade (ltr.click_models_sim). Rankers
-of known quality score ``grade + N(0, sigma^2)``; production has sigma 1.5, candidates
-less noise (their true NDCG@10 is printed, so the difference can be compared with e.g. the
-+0.024 NDCG@10 of the reranker over linear fusion in docs/evaluation.md).
+top 10: examination 1/rank, attractiveness from the grade (ltr.click_models_sim). Two kinds
+of candidate (their true NDCG@10 is printed, so the difference can be compared with e.g. the
++0.024 NDCG@10 of the reranker over linear fusion in docs/evaluation.md):
+- ``sigma=S``: rankers of known quality score ``grade + N(0, S^2)``; production has 1.5;
+- ``clicks=N``: the judgment-trained vs click-trained difference of the issue: production
+  ranks by ``grade + N(0, 1)`` (trained on judgments), the candidate re-orders production's
+  top 10 by the debiased click-through rate of N logged pages per query (retrained on the
+  clicks production's own pages got), like ``ltrsearch-train --events`` does.
 
 For each candidate: per-query outcomes are simulated for a large population (``--queries``
 per arm). Interleaving: the win/loss/tie of the candidate on one interleaved page, tested
@@ -19,7 +23,8 @@ a population with the candidate's sides swapped at random, the false-positive ra
 The sequential gate (ltr.sequential, effect 0.1) is run on the same interleaving streams.
 
     .venv/bin/python -m scripts.benchmark_rollout [--queries 100000] [--runs 400] [--seed 0]
-        [--json PATH]
+        [--parts gate,offline,sensitivity] [--candidates sigma=1.3,clicks=10,...]
+        [--spreads 0,0.9] [--json PATH]
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ EXAMINE = 1.0 / np.arange(1, K + 1)
 Z_ALPHA, Z_BETA = 1.959963984540054, 0.8416212335729143  # alpha 0.05 two-sided, power 0.8
 IDS = [str(i) for i in range(N_DOCS)]
 PRODUCTION_SIGMA = 1.5
+JUDGMENT_SIGMA = 1.0  # the judgment-trained production of the clicks=N scenarios
 GATE_EFFECTS = (0.1, 0.03)
 
 
@@ -114,13 +120,43 @@ def _z_ab(a: np.ndarray, b: np.ndarray) -> float:
     return float((b.mean() - a.mean()) / se) if se > 0 else 0.0
 
 
+def _click_trained(
+    attract: np.ndarray, prod: np.ndarray, sessions: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A ranker learned from production's own clicks: ``sessions`` past pages per query,
+    production's top 10 re-ordered by the PBM-debiased click-through rate (clicks /
+    (shown x examination)); documents never shown keep production's order below them,
+    since the log says nothing about them."""
+    top = prod[:, :K]
+    clicks = rng.binomial(sessions, EXAMINE * np.take_along_axis(attract, top, 1))
+    score = np.empty(prod.shape)
+    np.put_along_axis(score, top, clicks / (sessions * EXAMINE), 1)
+    np.put_along_axis(score, prod[:, K:], -np.arange(1.0, prod.shape[1] - K + 1), 1)
+    return np.argsort(-score, axis=1, kind="stable")
+
+
+def _rankers(
+    candidate: str, grades: np.ndarray, attract: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(production, candidate) orders. ``sigma=S``: production grade + N(0, 1.5^2) vs a
+    candidate with noise S. ``clicks=N``: a judgment-trained production (noise 1.0) vs the
+    model retrained from N of its logged pages per query (``_click_trained``)."""
+    kind, _, value = candidate.partition("=")
+    if kind == "sigma":
+        return _rank(grades, PRODUCTION_SIGMA, rng), _rank(grades, float(value), rng)
+    if kind == "clicks":
+        prod = _rank(grades, JUDGMENT_SIGMA, rng)
+        return prod, _click_trained(attract, prod, int(value), rng)
+    raise SystemExit(f"unknown candidate {candidate!r}: use sigma=S or clicks=N")
+
+
 def scenario(
-    sigma: float, n: int, runs: int, rng: np.random.Generator, user_spread: float = 0.0
+    candidate: str, n: int, runs: int, rng: np.random.Generator, user_spread: float = 0.0
 ) -> dict[str, Any]:
-    """Measure one candidate (noise ``sigma``) against production (PRODUCTION_SIGMA)."""
+    """Measure one candidate (see ``_rankers``) against its production ranker."""
     t0 = time.perf_counter()
     grades, attract = _queries(n, rng, user_spread)
-    prod, cand = _rank(grades, PRODUCTION_SIGMA, rng), _rank(grades, sigma, rng)
+    prod, cand = _rankers(candidate, grades, attract, rng)
     outcomes = _interleave(attract, prod, cand, rng)
     # A/B pools: both arms on the same query population with common random numbers, so the
     # pools differ by the rankers only; each simulated experiment then draws its arms'
@@ -150,7 +186,7 @@ def scenario(
         }
     wins, losses = int((outcomes > 0).sum()), int((outcomes < 0).sum())
     return {
-        "candidate_sigma": sigma,
+        "candidate": candidate,
         "ndcg10": {"production": _ndcg10(grades, prod), "candidate": _ndcg10(grades, cand)},
         "expected_clicks10_per_query": {
             "production": float(p_a.sum(1).mean()),
@@ -248,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--queries", type=int, default=100_000, help="population per arm")
     p.add_argument("--runs", type=int, default=400, help="Monte Carlo experiments per check")
-    p.add_argument("--sigmas", default="1.3,1.0,0.5", help="candidate noise levels")
+    p.add_argument(
+        "--candidates",
+        default="sigma=1.3,sigma=1.0,sigma=0.5,clicks=10,clicks=100",
+        help="sigma=S (noisy relevance order) or clicks=N (retrained from N logged pages)",
+    )
     p.add_argument("--spreads", default="0,0.9", help="user click-propensity spreads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", default="gate,offline,sensitivity", help="what to measure")
@@ -266,16 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         print("offline", json.dumps(report["offline"]), flush=True)
     results: list[dict[str, Any]] = []
     report["sensitivity"] = results
-    grid = [(float(u), float(s)) for u in args.spreads.split(",") for s in args.sigmas.split(",")]
-    for spread, sigma in grid if "sensitivity" in parts else []:
-        r = scenario(sigma, args.queries, args.runs, rng, spread)
+    grid = [(float(u), c) for u in args.spreads.split(",") for c in args.candidates.split(",")]
+    for spread, candidate in grid if "sensitivity" in parts else []:
+        r = scenario(candidate, args.queries, args.runs, rng, spread)
         results.append(r)
         il, ab = r["interleaving"], r["ab_split"]
         nd = r["ndcg10"]
         print(
-            f"spread {spread} sigma {sigma}: NDCG@10 {nd['production']:.4f} -> "
+            f"spread {spread} {candidate}: NDCG@10 {nd['production']:.4f} -> "
             f"{nd['candidate']:.4f} "
-            f"(+{nd['candidate'] - nd['production']:.4f}); interleaving win rate "
+            f"({nd['candidate'] - nd['production']:+.4f}); interleaving win rate "
             f"{il['win_rate_of_decided']:.3f} ({il['tie_share']:.0%} ties) needs "
             f"{il['queries_needed']} queries (power {il['power_at_that_n']:.2f}, FPR "
             f"{il['false_positive_rate_at_that_n']:.3f}); A/B needs "
