@@ -359,6 +359,18 @@ class RankModel:
             return self._fast(X, bm)
         return self._inplace(X, bm)
 
+    def feature_importance(self, kind: str = "total_gain") -> dict[str, float]:
+        """Each feature's share of the booster's ``kind`` importance (XGBoost's
+        ``get_score``; sums to 1, features never split on are 0), for the model card."""
+        raw = self._booster.get_score(importance_type=kind)
+        names = self.feature_names
+        by_name: dict[str, float] = {}
+        for k, v in raw.items():  # a score per feature (lists only for vector leaves)
+            name = names[int(k[1:])] if k not in names and k[1:].isdigit() else k
+            by_name[name] = float(v) if isinstance(v, int | float) else float(sum(v))
+        total = sum(by_name.values())
+        return {n: (by_name.get(n, 0.0) / total if total > 0 else 0.0) for n in names}
+
     def contributions(
         self,
         X: np.ndarray,

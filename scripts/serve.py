@@ -21,7 +21,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.workbench import ReportSource
 
 # One BLAS thread: the server's matmuls (exact kNN) are small, and two OpenBLAS threads
 # fight each other and the event loop for 2 cores (kNN 8-10 ms instead of 0.16 ms at 2K
@@ -114,11 +117,23 @@ async def build_app(
             events_config=settings.events,
             generator_factory=default_generator_factory(settings.retrieval),
             group=group,
+            reports=report_source(settings.monitoring.out_dir),
         )
     except BaseException:
         if backend is not None:
             await backend.close()
         raise
+
+
+def report_source(out_dir: str) -> ReportSource:
+    """The drift reports (monitoring.report's layout) the workbench page serves read only."""
+    from pathlib import Path
+
+    from monitoring.report import CONCEPT_HTML, FEATURES_HTML, REPORT_PREFIX, SUMMARY_FILE
+    from search.workbench import ReportSource
+
+    files = (FEATURES_HTML, CONCEPT_HTML, SUMMARY_FILE)
+    return ReportSource(Path(out_dir), REPORT_PREFIX, files, summary=SUMMARY_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

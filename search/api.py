@@ -43,10 +43,11 @@ from search.http import (
     json_response,
     opt_str,
     parse_events,
+    query_flag,
     search_request,
 )
 from search.metrics import CONTENT_TYPE, STAGES, ApiMetrics
-from search.pipeline import GeneratorFactory, Pipeline, default_generator_factory
+from search.pipeline import SERVING, GeneratorFactory, Pipeline, default_generator_factory
 from search.server import (
     CLEANUP_CONTEXTS,
     STATE,
@@ -58,6 +59,7 @@ from search.server import (
     reload_outcome,
     update_gauges,
 )
+from search.workbench import ReportSource, add_routes, ranking_model
 from search.workers import WorkerGroup
 
 log = logging.getLogger("search.api")
@@ -81,13 +83,16 @@ async def _run_search(request: web.Request, data: Mapping[str, Any]) -> web.Resp
     attrs = await _attr_names(pipeline) if data.get("filters") else ()
     req = search_request(data, attrs)
     pipeline.validate(req, state.config.max_query_chars)
-    result = await pipeline.search(req, request_id=request[REQUEST_ID])
+    model = SERVING if req.model is None else await ranking_model(request, req.model)
+    result = await pipeline.search(req, request_id=request[REQUEST_ID], model=model)
     for stage, ms in result.timings_ms.items():
         if stage in STAGES:
             state.metrics.stage.observe(ms / 1000.0, stage)
     for r in result.degraded:
         state.metrics.degraded.inc(r)
-    if result.impression is not None and state.writer is not None:
+    # a debug page (the workbench) or another model's ranking is not what a user was shown
+    logged = not req.debug and req.model is None
+    if result.impression is not None and state.writer is not None and logged:
         try:
             state.writer.submit(result.impression)
         except EventStoreError:  # shutting down: the page is served, not logged
@@ -132,12 +137,18 @@ async def search_post(request: web.Request) -> web.Response:
 
 
 async def post_events(request: web.Request) -> web.Response:
-    """Store a batch of events; 202 only after the SQLite commit (WAL, synchronous=FULL)."""
+    """Store a batch of events; 202 only after the SQLite commit (WAL, synchronous=FULL).
+
+    ``?debug=true`` (the workbench page): the batch is validated and dropped, never stored.
+    """
     state = request.app[STATE]
-    if state.store is None:
+    debug = query_flag(request, "debug")
+    if state.store is None and not debug:
         raise EventStoreError("no event store is configured")
     data = await json_body(request, state.config, list_name="events")
     events = parse_events(data, max_events=state.config.max_events_per_batch)
+    if debug or state.store is None:  # the workbench's clicks: validated, never stored
+        return web.json_response({"accepted": 0, "debug": True}, status=202)
     writer = state.writer
     if writer is not None and any(writer.is_pending(e.request_id) for e in events):
         await writer.flush()  # the page must be in the log before an event can name it
@@ -321,6 +332,7 @@ def make_app(
     generator_factory: GeneratorFactory | None = None,
     features: Sequence[str] | None = None,
     group: WorkerGroup | None = None,
+    reports: ReportSource | None = None,
 ) -> web.Application:
     """Build the API over explicit resources (opened at startup by search.server).
 
@@ -328,7 +340,8 @@ def make_app(
     ``backend`` (closed with the app). ``model_dir`` is a ltr.registry directory (the
     promoted model serves; none = RRF ranking). ``events_path`` is the SQLite event store
     (impressions, events, behavior aggregates); without it nothing is logged. ``group``
-    makes this app one of several worker processes (search.workers).
+    makes this app one of several worker processes (search.workers). ``reports``: the drift
+    reports the workbench page links to (search.workbench).
     """
     config.validate()
     if (index_dir is None) == (backend is None):
@@ -365,4 +378,5 @@ def make_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/model", get_model)
     app.router.add_post("/admin/reload", admin_reload)
+    add_routes(app, reports)  # the workbench page, /model/card, /reports (read only)
     return app

@@ -69,7 +69,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 log = logging.getLogger("search.api")  # one logger for the API, whichever module logs
 
-SEARCH_FIELDS = ("q", "k", "offset", "category", "filters", "explain", "query_id")
+SEARCH_FIELDS = (
+    "q",
+    "k",
+    "offset",
+    "category",
+    "filters",
+    "explain",
+    "query_id",
+    "debug",
+    "model",
+)
 RANGE_OPS = ("gte", "lte")
 MAX_JSON_DEPTH = 32  # the deepest body of the API nests 3 levels (filters.year.gte)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # a surrogate left in a str is unpaired
@@ -463,7 +473,14 @@ def search_request(data: Mapping[str, Any], attr_names: Sequence[str]) -> Search
         ranges=_filters(data.get("filters"), attr_names),
         explain=_bool("explain", data.get("explain", False)),
         query_id=opt_str("query_id", data.get("query_id")),
+        debug=_bool("debug", data.get("debug", False)),
+        model=opt_str("model", data.get("model"), max_len=64),
     )
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    """A true/false query-string parameter (absent = false), refused when it is not one."""
+    return _bool(name, request.query.get(name, "false"))
 
 
 def parse_events(raw: Any, now: float | None = None, max_events: int = 1000) -> list[Event]:

@@ -14,6 +14,7 @@ backend is closed only when the last request using it has finished.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import time
@@ -105,6 +106,10 @@ class SearchRequest:
     ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     explain: bool = False
     query_id: str | None = None
+    # the workbench: a debug page is not logged (no impression, so no training data) and
+    # ``model`` ranks by another registry version or "rrf" (search.workbench resolves it)
+    debug: bool = False
+    model: str | None = None
 
     def filters(self) -> Filters | None:
         f = Filters(category=self.category, ranges=dict(self.ranges))
@@ -135,6 +140,15 @@ class SearchResult:
             "candidates": self.candidates,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
+
+
+class Serving(enum.Enum):
+    """Pipeline.search's default ranker: the model serving at the request's start."""
+
+    MODEL = "serving"
+
+
+SERVING = Serving.MODEL
 
 
 def _num(x: float) -> float | None:
@@ -315,21 +329,32 @@ class Pipeline:
         if not 0 <= req.offset <= self.config.max_offset:
             raise InvalidParameterError("offset", f"must be between 0 and {self.config.max_offset}")
 
-    async def search(self, req: SearchRequest, request_id: str | None = None) -> SearchResult:
-        """Rank the candidates of ``req.q`` and return one page (+ the impression to log)."""
+    async def search(
+        self,
+        req: SearchRequest,
+        request_id: str | None = None,
+        model: RankModel | Serving | None = SERVING,
+    ) -> SearchResult:
+        """Rank the candidates of ``req.q`` and return one page (+ the impression to log).
+
+        ``model``: rank by this model (checked with ``check_model``) or None = RRF instead of
+        the serving one (the workbench's side-by-side view; such a page is never logged).
+        """
         state = self._index
         state.inflight += 1
         try:
-            return await self._search(req, request_id or uuid.uuid4().hex, state)
+            chosen = self._model if model is SERVING else model
+            return await self._search(req, request_id or uuid.uuid4().hex, state, chosen)
         finally:
             state.inflight -= 1
             await state.maybe_close()
 
-    async def _search(self, req: SearchRequest, rid: str, state: _IndexState) -> SearchResult:
+    async def _search(
+        self, req: SearchRequest, rid: str, state: _IndexState, model: RankModel | None
+    ) -> SearchResult:
         t_start = time.perf_counter()
         now = time.time()
         with collect() as timings:
-            model = self._model
             names = model.feature_names if model is not None else self.default_features
             fsid = model.featureset_id if model is not None else featureset_id(names)
             t0 = time.perf_counter()
@@ -346,6 +371,10 @@ class Pipeline:
             if req.explain and used_model is not None:
                 top = page[: self.config.explain_max_hits]
                 await self._explain(used_model, X, base_margin, top, hits)
+            if req.explain and page:
+                _fusion_ranks(cs, page, hits)
+                if self.aggregates is not None:
+                    self._behavior(req.q, hits, now)
             impression = None
             if page:
                 impression = Impression(
@@ -479,6 +508,14 @@ class Pipeline:
             )
         return hits
 
+    def _behavior(self, query: str, hits: list[dict[str, Any]], now: float) -> None:
+        """The click history of each hit (explain only): the aggregates the behavior
+        features are computed from, for this query (``qd_*``) and the document (``d_*``)."""
+        assert self.aggregates is not None
+        arrays = self.aggregates.arrays(query, [str(h["id"]) for h in hits], now=now)
+        for i, h in enumerate(hits):
+            h["behavior"] = {k: _num(float(arrays[k][i])) for k in AGGREGATE_KEYS}
+
     def _fields(self, doc: Document | None) -> dict[str, Any]:
         if doc is None:  # the index changed under the request; the id is still right
             return {}
@@ -510,6 +547,19 @@ class Pipeline:
             c = {names[j]: float(row[j]) for j in range(len(names))}
             c["_bias"] = float(row[-1])  # includes the base margin (the fusion score)
             h["contributions"] = c
+
+
+def _fusion_ranks(cs: CandidateSet, page: list[int], hits: list[dict[str, Any]]) -> None:
+    """Each hit's RRF score and rank among all candidates (explain only): where fusion
+    alone would have put it, beside each retriever's rank."""
+    from ltr.fusion import fusion_score
+
+    fused = np.asarray(fusion_score(cs, "rrf", {}), dtype=np.float64)
+    order = np.lexsort((np.arange(len(cs)), -fused))
+    rank = np.empty(len(cs), dtype=np.int64)
+    rank[order] = np.arange(1, len(cs) + 1)
+    for i, h in zip(page, hits, strict=True):
+        h["fusion"] = {"name": "rrf", "score": _num(float(fused[i])), "rank": int(rank[i])}
 
 
 def _one_per_id(cs: CandidateSet, order: np.ndarray) -> list[int]:
