@@ -174,7 +174,7 @@ function hitItem(hit, result, pattern, moves) {
     el("div", { class: "hit-head" },
       el("span", { class: "pos", text: String(hit.position) }), moveMark(hit, moves), title,
       el("span", { class: "score", title: "the ranking's score", text: fmt(hit.score) }), toggle),
-    el("div", { class: "doc-id", text: hit.id }),
+    el("div", { class: "doc-id", text: `id ${hit.id}` }),
     highlighted(f.body || "", pattern),
     attributes(f),
     ranks(hit),
@@ -265,12 +265,30 @@ function renderCard(card) {
       ["trained", `${card.created_at} · xgboost ${card.xgboost_version} · best iteration ${card.best_iteration}`],
       ["index", card.index_version || "–"],
     ]),
+    el("p", { id: "card-drift", class: "meta", text: "latest drift report: …" }),
     el("h3", { text: "offline metrics" }),
     kv(metrics.map(([k, v]) => [k, fmt(v, 4)])),
     el("h3", { text: "feature importance (share of total gain)" }),
     el("table", { class: "importance" }, imp.map(([k, v]) => el("tr", {},
       el("td", { text: k }), el("td", { class: "num", text: `${(100 * v).toFixed(1)}%` }),
       el("td", {}, el("span", { class: "bar pos", style: { width: `${Math.round(100 * v)}%` } }))))));
+  latestReport();
+}
+
+async function latestReport() {
+  const box = $("#card-drift");
+  if (!box) return;
+  try {
+    const { reports } = await api("/reports");
+    const r = reports[0];
+    if (!r) { box.textContent = "latest drift report: none yet"; return; }
+    const decision = r.summary ? ` (${r.summary.decision}, model ${r.summary.model_version})` : "";
+    box.replaceChildren(`latest drift report ${r.name}${decision}: `,
+      ...Object.entries(r.files).map(([name, href]) =>
+        el("a", { href, target: "_blank", rel: "noopener noreferrer", text: name })));
+  } catch (e) {
+    box.textContent = `drift reports unavailable: ${e.message}`;
+  }
 }
 
 async function loadCard(version) {
