@@ -334,3 +334,14 @@ async def test_reports_are_listed_and_served_read_only(
         assert (await c.get("/reports/drift-20260102T000000Z/features.html")).status == 404
     async with serve(encoder, small_index, None, reports=_source(tmp_path / "none")) as c:
         assert (await _json(await c.get("/reports"))) == {"reports": []}
+
+
+def test_readme_shows_each_view_in_a_small_screenshot() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    shots = sorted((root / "docs" / "img").glob("workbench-*.png"))
+    views = {"search", "explain", "side-by-side", "model-card", "reports", "drift-report"}
+    assert {p.stem.removeprefix("workbench-") for p in shots} == views
+    for p in shots:
+        assert f"(docs/img/{p.name})" in readme, p.name
+        assert p.stat().st_size < 300_000, p.name

@@ -29,8 +29,6 @@ import pytest
 from scripts.serverproc import free_port, stop_server, wait_ready
 from tests.api_support import ADMIN, start_test_server
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 Q = "shock wave interaction"
@@ -46,9 +44,16 @@ def _missing() -> list[str]:
     return missing
 
 
-def _get(url: str) -> Any:
-    with OPENER.open(url, timeout=30) as r:
-        return json.loads(r.read())
+MISSING = _missing()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason="no browser to test the workbench with; missing: "
+        + ", ".join(MISSING)
+        + " (Debian: apt-get install -y chromium chromium-driver)",
+    ),
+]
 
 
 def _post(url: str, body: Any) -> Any:
@@ -140,13 +145,6 @@ def workbench(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
     """A real server over three models, some logged traffic and one drift report."""
-    missing = _missing()
-    if missing:
-        pytest.skip(
-            "no browser to test the workbench with; missing: "
-            + ", ".join(missing)
-            + " (Debian: apt-get install -y chromium chromium-driver)"
-        )
     tmp = tmp_path_factory.mktemp("workbench")
     models = tmp / "models"
     shutil.copytree(two_models_dir, models)
