@@ -37,6 +37,7 @@ from ltr.versions import VersionedDir, write_atomic
 PROMOTED_FILE = "PROMOTED"
 HISTORY_FILE = "PROMOTIONS.json"
 REFERENCE_FILE = "reference.parquet"
+REFERENCE_INFO_FILE = "reference.json"
 VERSION_PREFIX = "v"  # versions are v0001, v0002, ...
 _STALE_TMP_SECONDS = 3600.0
 
@@ -130,6 +131,7 @@ class ModelRegistry:
         extra: Mapping[str, Any] | None = None,
         reference_rows: RankingData | pd.DataFrame | np.ndarray | None = None,
         reference_max_rows: int = 5000,
+        reference_top_k: int = 0,
         seed: int = 0,
     ) -> str:
         """Write a new version (atomically) and apply retention; returns its name.
@@ -137,7 +139,11 @@ class ModelRegistry:
         ``base_margin`` is the fusion spec ``{"name": ..., "params": {...}}`` the model was
         boosted from; required exactly when the model was trained with a base margin.
         ``reference_rows`` (training feature rows) become the drift-monitoring reference,
-        sampled to at most ``reference_max_rows`` rows.
+        sampled to at most ``reference_max_rows`` rows. The reference must look like what the
+        API logs (served pages), not like whole candidate lists: with ``reference_top_k`` > 0
+        and ``RankingData`` rows, only each query's top-k rows by this model's own score are
+        kept (judged queries replayed through the serving code); pass 0 for rows that were
+        served already (the impression log). What was kept is recorded in reference.json.
         """
         if trained.uses_base_margin and base_margin is None:
             raise ValueError(
@@ -151,6 +157,10 @@ class ModelRegistry:
         if not featureset_id:
             raise ValueError("featureset_id is required (ltr.features.featureset_id(names))")
         names = trained.feature_names
+        if reference_top_k > 0 and isinstance(reference_rows, RankingData):
+            reference_rows = reference_rows.top_k_rows(
+                trained.predict_data(reference_rows), reference_top_k
+            )
         ref = self._reference_frame(reference_rows, names, reference_max_rows, seed)
 
         model_file = f"model.{self.model_format}"
@@ -159,6 +169,8 @@ class ModelRegistry:
             trained.booster.save_model(str(tmp / model_file))
             if ref is not None:
                 ref.to_parquet(tmp / REFERENCE_FILE, index=False)
+                info = reference_info_of(ref, reference_rows, reference_top_k)
+                (tmp / REFERENCE_INFO_FILE).write_text(json.dumps(info, indent=2), "utf-8")
             with self.dirs.lock():
                 self.dirs.clear_stale(_STALE_TMP_SECONDS)
                 version = self.dirs.new_name()
@@ -303,3 +315,33 @@ class ModelRegistry:
         frame = pd.read_parquet(ref)
         names = list(self.manifest(name).feature_names)
         return frame[names]
+
+    def reference_info(self, version: str | None = None) -> dict[str, Any]:
+        """What the reference sample holds (reference.json): ``kind`` ("served_top_k": each
+        training query's top-k as the model ranks it; "rows": rows as given), ``top_k``,
+        ``rows``, ``queries`` and ``click_history`` (any behavior value present). {} for
+        versions saved before reference.json existed."""
+        p = self.path(self._resolve(version)) / REFERENCE_INFO_FILE
+        try:
+            return dict(json.loads(p.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as e:
+            raise LTRError(f"{p}: corrupt reference info: {e}") from None
+
+
+def reference_info_of(
+    frame: pd.DataFrame, rows: RankingData | pd.DataFrame | np.ndarray | None, top_k: int
+) -> dict[str, Any]:
+    """reference.json: how the drift reference was drawn, for the report to say so."""
+    from ltr.features import FEATURES
+
+    behavior = [c for c in frame.columns if c in FEATURES and FEATURES[c].group == "behavior"]
+    queries = len(np.unique(rows.qids)) if isinstance(rows, RankingData) else None
+    return {
+        "kind": "served_top_k" if top_k > 0 and isinstance(rows, RankingData) else "rows",
+        "top_k": int(top_k),
+        "rows": len(frame),
+        "queries": queries,
+        "click_history": bool(behavior) and bool(np.isfinite(frame[behavior].to_numpy()).any()),
+    }

@@ -304,13 +304,10 @@ def _save(
             "continued_from": run["continued_from"],
             **{k: v for k, v in ts.info.items() if isinstance(v, str | int | float | dict)},
         },
-        # replayed judgments hold whole candidate lists: keep what the model would serve;
-        # logged impressions are served rows already.
-        reference_rows=(
-            train
-            if ts.served
-            else train.top_k_rows(trained.predict_data(train), cfg.reference_top_k)
-        ),
+        # replayed judgments hold whole candidate lists: the registry keeps what the model
+        # would serve (its top-k per query); logged impressions are served rows already.
+        reference_rows=train,
+        reference_top_k=0 if ts.served else cfg.reference_top_k,
         reference_max_rows=cfg.reference_rows,
         seed=cfg.seed,
     )

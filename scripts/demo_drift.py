@@ -33,6 +33,9 @@ from typing import Any
 from monitoring.config import MonitoringConfig
 from monitoring.report import DriftSummary, Window, build_report, select_featureset, write_report
 
+WORDS = {"no_drift": "no drift", "covariate_drift": "covariate drift",
+         "concept_drift": "concept drift"}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -104,7 +107,7 @@ def reports(
 ) -> dict[str, DriftSummary]:
     """Each phase after the first against the first: {phase name: DriftSummary}; with
     ``with_training`` also "<first>_vs_training": the first phase against the model's
-    training sample (features only)."""
+    served-like reference sample (features only), what the scheduled report compares."""
     from ltr.registry import ModelRegistry
     from search.events import SqliteEventStore
 
@@ -121,12 +124,13 @@ def reports(
     names = list(manifest.feature_names)
     out: dict[str, DriftSummary] = {}
     if with_training:
-        # for reference only: training rows are every candidate of a judged query, the log
-        # holds the served top 10, so this also measures that selection
+        # the scheduled report's comparison: the baseline's served rows against the model's
+        # served-like reference sample (its top 10 per training query, ltr.registry)
         out[f"{base.name}_vs_training"] = build_report(
             registry.reference_sample(manifest.version), rows[base.name], None, cfg,
             window=Window(base.since, base.until), model_version=manifest.version,
             featureset_id=manifest.featureset_id, feature_names=names, render=False,
+            reference_info=registry.reference_info(manifest.version),
         )  # fmt: skip
     for p in phases[1:]:
         summary = build_report(
@@ -173,7 +177,7 @@ async def demo_drift(
     )  # fmt: skip
     for name, summary in out.items():
         label = name.replace("_vs_", " vs ") if "_vs_" in name else f"{name} vs baseline"
-        echo(f"{label}: {summary.line()}")
+        echo(f"{label}: {WORDS[summary.decision]}: {summary.line()}")
     return out
 
 

@@ -156,6 +156,7 @@ async def train_model_via_pipeline(
         featureset_id=featureset_id(feature_names),
         base_margin={"name": "rrf", "params": {}},
         reference_rows=data,
+        reference_top_k=10,  # served-like: the model's top 10 per query, as the API logs
     )
     if promote:
         reg.promote(version)

@@ -82,6 +82,28 @@ def test_no_pickles_anywhere_in_the_registry(tmp_path: Path, trained: TrainedMod
         assert not (head[:1] == b"\x80" and head[1:2] in bytes(range(2, 6))), p  # pickle protocol
 
 
+def test_reference_sample_is_served_like(
+    tmp_path: Path, trained: TrainedModel, parts: tuple[RankingData, RankingData, RankingData]
+) -> None:
+    """With reference_top_k the registry keeps each query's top-k rows by the model's own
+    score (what the API would serve and log), and reference.json says so."""
+    tr, _, _ = parts
+    reg = ModelRegistry(tmp_path)
+    v = _save(reg, trained, reference_rows=tr, reference_top_k=3)
+    ref = reg.reference_sample(v)
+    top = tr.top_k_rows(trained.predict_data(tr), 3)
+    assert len(ref) == len(top) == 3 * len(np.unique(tr.qids))
+    assert np.array_equal(
+        np.nan_to_num(ref.to_numpy(np.float32), nan=-1), np.nan_to_num(top.X, nan=-1)
+    )
+    info = reg.reference_info(v)
+    assert info == {"kind": "served_top_k", "top_k": 3, "rows": len(top),
+                    "queries": len(np.unique(tr.qids)), "click_history": False}  # fmt: skip
+    # rows given as they are (served rows from the log): kind "rows"
+    v2 = _save(reg, trained, reference_rows=tr)
+    assert reg.reference_info(v2)["kind"] == "rows" and len(reg.reference_sample(v2)) == len(tr)
+
+
 def test_reference_sample_for_monitoring(
     tmp_path: Path, trained: TrainedModel, parts: tuple[RankingData, RankingData, RankingData]
 ) -> None:
