@@ -91,11 +91,28 @@ class ConceptDriftResult:
     click_rate_by_decile: list[dict[str, Any]]
     features_drifted: bool
     inputs_drifted: bool | None = None  # features_drifted without click-derived groups
+    # the position mix of the clicks moved (monitoring.ranking.click_curve): users behave
+    # differently even where the quality test cannot tell yet
+    clicks_changed: bool = False
     snapshot: Any = field(default=None, repr=False, compare=False)
 
     @property
     def decision(self) -> str:
-        return decide(self.quality_dropped, self.features_drifted, self.inputs_drifted)
+        return decide(
+            self.quality_dropped or self.clicks_changed, self.features_drifted, self.inputs_drifted
+        )
+
+    def interval(self, z: float = 1.96) -> tuple[float, float, float, float]:
+        """95% normal intervals of the reference and current means (lo, hi, lo, hi)."""
+        out: list[float] = []
+        for q in (self.reference, self.current):
+            v = q.values(self.metric) if q is not None else np.zeros(0)
+            if len(v) < 2:
+                out += [math.nan, math.nan]
+                continue
+            half = z * float(np.std(v, ddof=1)) / math.sqrt(len(v))
+            out += [float(v.mean()) - half, float(v.mean()) + half]
+        return out[0], out[1], out[2], out[3]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +124,8 @@ class ConceptDriftResult:
             "relative_drop": _num(self.relative_drop),
             "p_value": _num(self.p_value),
             "quality_dropped": self.quality_dropped,
+            "clicks_changed": self.clicks_changed,
+            "ndcg_interval": [_num(v) for v in self.interval()],
             "quality_note": self.quality_note,
             "features_drifted": self.features_drifted,
             "inputs_drifted": self.inputs_drifted,
@@ -158,14 +177,16 @@ def click_labels(frame: pd.DataFrame, click_model: str = "") -> np.ndarray:
     from ltr.click_models import Session, make_click_model
 
     ordered = frame.sort_values(["request_id", "position"], kind="stable")
+    rid = ordered["request_id"].astype(str).to_numpy()
+    query = ordered["query"].astype(str).to_numpy()
+    docs = ordered["doc_id"].astype(str).to_numpy()
+    clicks = ordered["clicked"].to_numpy(dtype=bool)
+    cuts = np.flatnonzero(rid[1:] != rid[:-1]) + 1  # one session per request, in rows order
     sessions = [
-        Session(
-            query=str(g["query"].iloc[0]),
-            docs=tuple(map(str, g["doc_id"])),
-            clicks=tuple(bool(c) for c in g["clicked"]),
-        )
-        for _, g in ordered.groupby("request_id", sort=False)
-    ]
+        Session(query=str(query[a]), docs=tuple(docs[a:b].tolist()),
+                clicks=tuple(clicks[a:b].tolist()))
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rid)], strict=True)
+    ]  # fmt: skip
     model = make_click_model(click_model).fit(sessions)
     rel = model.predict_relevance()
     keys = zip(frame["query"].astype(str), frame["doc_id"].astype(str), strict=True)

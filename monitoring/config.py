@@ -79,8 +79,15 @@ class MonitoringConfig:
     behavior_threshold: float = 0.1
     default_method: str = "wasserstein"  # features of an unknown group
     default_threshold: float = 0.1
-    # overall decision: drift when the share of drifted tested features is above this
+    # overall decision: drift when the share of drifted tested features is above this, or
+    # when one drifted feature moved by alarm_effect or more (a retriever or a catalog field
+    # can break alone). A feature only counts as drifted when its test fails AND its effect
+    # size (monitoring.drift.effect_size: Wasserstein in reference standard deviations, or
+    # the move of its missing share) reaches min_effect. Calibrated on simulated traffic
+    # (scripts/calibrate_drift.py, docs/monitoring.md).
     drift_share: float = 0.25
+    min_effect: float = 0.1
+    alarm_effect: float = 0.25
     # a feature whose missing (NaN) share moves by more than this is drifted, whatever its
     # value distribution does (e.g. behavior history vanished at serving time)
     nan_share_delta: float = 0.2
@@ -114,6 +121,13 @@ class MonitoringConfig:
     score_threshold: float = 0.1
     retriever_features: tuple[str, ...] = ("bm25", "dense")
     score_deciles: int = 10
+    # ranking-aware signals (monitoring.ranking), previous window vs current: a segment's (or
+    # short pages', or one-retriever requests') share of traffic moving by this much; the
+    # position mix of the clicks moving by this total variation (with p < quality_alpha),
+    # which is click behaviour changing and so counts as concept drift
+    segment_share_delta: float = 0.1
+    segment_effect: float = 0.5  # a feature moving this much within one query segment
+    click_curve_delta: float = 0.05
 
     # schedule and output (scripts/drift_report.py)
     window: str = "24h"
@@ -124,6 +138,10 @@ class MonitoringConfig:
     html: bool = True
     webhook_url: str = ""
     webhook_timeout_s: float = 5.0
+    # repeated alarms of the same cause (decision + groups of the top drifted features)
+    # within this long after the last one sent are grouped (counted, not resent); "" = send
+    # every alarm. State: <out_dir>/alerts.json
+    alert_group: str = "24h"
 
     def validate(self) -> None:
         """Raise MonitoringConfigError (a ValueError) naming the bad key."""
@@ -163,6 +181,10 @@ class MonitoringConfig:
         ):
             if getattr(self, key) < 1:
                 raise MonitoringConfigError(f"{key}: must be >= 1, got {getattr(self, key)!r}")
+        for key in ("min_effect", "alarm_effect", "segment_share_delta", "click_curve_delta",
+                    "segment_effect"):  # fmt: skip
+            if not getattr(self, key) >= 0:
+                raise MonitoringConfigError(f"{key}: must be >= 0, got {getattr(self, key)!r}")
         if self.score_deciles < 2:
             raise MonitoringConfigError(f"score_deciles: must be >= 2, got {self.score_deciles}")
         if self.keep_reports < 0 or self.keep_days < 0:
@@ -180,6 +202,8 @@ class MonitoringConfig:
                     f'{", ".join(sorted(CLICK_MODELS))} (or "" for raw clicks)'
                 )
         parse_duration(self.window, "window")
+        if self.alert_group:
+            parse_duration(self.alert_group, "alert_group")
         if self.every:
             parse_duration(self.every, "every")
 
@@ -198,6 +222,10 @@ class MonitoringConfig:
     @property
     def window_s(self) -> float:
         return parse_duration(self.window, "window")
+
+    @property
+    def alert_group_s(self) -> float:
+        return parse_duration(self.alert_group, "alert_group") if self.alert_group else 0.0
 
     @property
     def every_s(self) -> float | None:

@@ -29,8 +29,10 @@ from monitoring.errors import MonitoringError, NotEnoughDataError, ReferenceNotF
 from monitoring.report import (
     EXIT_ERROR,
     EXIT_OK,
+    Alert,
     DriftSummary,
     Window,
+    alert_for,
     apply_retention,
     build_report,
     iso,
@@ -147,6 +149,11 @@ def run_once(args: argparse.Namespace, cfg: MonitoringConfig, now: float) -> Dri
         featureset_id=manifest.featureset_id,
         feature_names=list(manifest.feature_names),
         render=cfg.html,
+        reference_info=(
+            registry.reference_info(manifest.version)
+            if cfg.feature_reference == "training"
+            else {"kind": "previous_window"}
+        ),
     )
     return write_report(summary, cfg.out_dir, html=cfg.html)
 
@@ -169,11 +176,20 @@ def run_and_report(args: argparse.Namespace, cfg: MonitoringConfig, now: float) 
         _error(f"unexpected {type(e).__name__}: {e}")
         return EXIT_ERROR
     print(summary.line(), flush=True)
-    if summary.drifted and cfg.webhook_url:
+    if summary.drifted:
         try:
-            post_webhook(cfg.webhook_url, summary.to_dict(), cfg.webhook_timeout_s)
-        except MonitoringError as e:
-            print(f"{PROG}: warning: {e}", file=sys.stderr, flush=True)
+            alert = alert_for(summary, cfg.out_dir, cfg.alert_group_s)
+        except OSError as e:
+            print(f"{PROG}: warning: alert state not kept: {e}", file=sys.stderr, flush=True)
+            alert = Alert(True, summary.cause(), 0, summary.window.until)
+        if not alert.send:
+            print(f"{PROG}: alert grouped: {alert.cause} seen {alert.grouped + 1} times since "
+                  f"{iso(alert.first_seen)}, not resent", flush=True)  # fmt: skip
+        elif cfg.webhook_url:
+            try:
+                post_webhook(cfg.webhook_url, alert.payload(summary), cfg.webhook_timeout_s)
+            except MonitoringError as e:
+                print(f"{PROG}: warning: {e}", file=sys.stderr, flush=True)
     try:
         apply_retention(cfg.out_dir, cfg.keep_reports, cfg.keep_days, now=now)
     except OSError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -111,11 +112,17 @@ def test_injected_drift_flags_exactly_the_shifted_subset() -> None:
 
 def test_share_threshold_decides_overall() -> None:
     ref, cur = make_features(2000, 1), make_features(2000, 4, frozenset({"bm25"}))
+    # bm25 + 3 moves it by ~0.7 standard deviations: one feature moving that much is an
+    # alarm on its own (alarm_effect 0.25)...
     res = feature_drift(ref, cur, CFG)
     assert res.drifted_features == ["bm25"]
-    assert not res.drifted  # 1/9 = 11% <= 25%
-    strict = feature_drift(ref, cur, MonitoringConfig(drift_share=0.1))
-    assert strict.drifted
+    bm25 = next(f for f in res.features if f.name == "bm25")
+    assert 0.6 < bm25.effect < 0.8
+    assert res.drifted
+    # ...without that rule the share decides: 1/9 = 11% <= 25%
+    share_only = MonitoringConfig(alarm_effect=math.inf)
+    assert not feature_drift(ref, cur, share_only).drifted
+    assert feature_drift(ref, cur, dataclasses.replace(share_only, drift_share=0.1)).drifted
 
 
 def test_group_method_and_threshold_come_from_settings() -> None:
@@ -132,9 +139,15 @@ def test_group_method_and_threshold_come_from_settings() -> None:
 
 def test_nan_heavy_and_missing_columns() -> None:
     ref, cur = make_features(1000, 1), make_features(1000, 2)
-    ref["qd_ctr"] = np.nan  # trained without click history...
-    res = feature_drift(ref, cur, CFG)  # ...served with it: drifted by missing share
-    assert "qd_ctr" in res.drifted_features
+    ref["qd_ctr"] = np.nan  # trained without click history (from judgments)...
+    res = feature_drift(ref, cur, CFG)  # ...served with it: nothing to compare with
+    assert "qd_ctr" in res.not_tested
+    assert "no click history" in next(f.reason for f in res.features if f.name == "qd_ctr")
+    # trained with click history, served without (click logging broke): drifted
+    res_gone = feature_drift(make_features(1000, 1), cur.assign(qd_ctr=np.nan), CFG)
+    assert "qd_ctr" in res_gone.drifted_features
+    gone = next(f for f in res_gone.features if f.name == "qd_ctr")
+    assert 0.15 < gone.effect < 0.25  # the missing share moved ~0.8 -> 1.0
     # a few values only: not enough for a distribution test, and the NaN share barely moves
     ref2, cur2 = make_features(1000, 1), make_features(1000, 2)
     ref2["qd_ctr"] = np.where(np.arange(1000) < 10, 0.1, np.nan)
@@ -286,12 +299,17 @@ def test_decision_table() -> None:
 
 def test_drifted_excluding_click_derived_groups() -> None:
     shifted = frozenset({"qd_ctr", "bm25"})
-    res = feature_drift(make_features(2000, 1), make_features(2000, 3, shifted), CFG)
+    share_only = MonitoringConfig(alarm_effect=math.inf)  # the share rule alone
+    res = feature_drift(make_features(2000, 1), make_features(2000, 3, shifted), share_only)
     assert set(res.drifted_features) == shifted and not res.drifted  # 2/9 <= 25%
     assert not res.drifted_excluding(("behavior",))  # bm25 alone: 1/7
+    # with the effect rule, bm25 moving ~0.7 standard deviations is an input shift alone
+    assert feature_drift(
+        make_features(2000, 1), make_features(2000, 3, shifted), CFG
+    ).drifted_excluding(("behavior",))
     only_behavior = feature_drift(
         make_features(2000, 1), make_features(2000, 3, frozenset({"qd_ctr"})),
-        MonitoringConfig(drift_share=0.1),
+        dataclasses.replace(share_only, drift_share=0.1),
     )  # fmt: skip
     assert only_behavior.drifted  # 1/9 > 10%
     assert not only_behavior.drifted_excluding(("behavior",))

@@ -297,8 +297,23 @@ async def test_webhook_receives_the_summary_on_drift(
     )
     assert code == EXIT_DRIFT
     (payload,) = received
-    assert payload == summary_of(tmp_path / "b")
-    assert payload["decision"] == "covariate_drift"
+    # the body leads with what the one-line summary says, then the whole summary
+    summary = summary_of(tmp_path / "b")
+    assert payload["summary"] == summary
+    assert summary["decision"] == "covariate_drift"
+    assert payload["line"].startswith("drift-report: decision=covariate_drift ")
+    top = [t["name"] for t in payload["top_drifted"]]
+    assert set(top) == {"bm25", "dense_cosine"} and payload["top_drifted"][0]["group"] == "text"
+    assert f"top={top[0]}(text," in payload["line"]
+    assert payload["action"] == summary["action"] and payload["action"] in payload["line"]
+    assert payload["grouped_since_last_alert"] == 0
+    # the same cause again within alert_group (24h): grouped, not resent
+    code = await asyncio.to_thread(
+        main, run(drift_model_dir, bad_log, tmp_path / "b", "--webhook", url)
+    )
+    assert code == EXIT_DRIFT and len(received) == 1
+    state = json.loads((tmp_path / "b" / "alerts.json").read_text())
+    assert state[payload["cause"]]["grouped"] == 1
 
 
 def test_unreachable_webhook_warns_but_keeps_the_drift_exit_code(
@@ -507,8 +522,18 @@ async def test_demo_drift_catches_shifted_live_traffic(
             echo=lines.append,
         )  # fmt: skip
     print("\n".join(lines))
-    mix, clicks = out["query_mix"], out["clicks_changed"]
-    assert out["baseline_vs_training"].concept is None  # features only, informational
+    base, mix, clicks = out["baseline_vs_training"], out["query_mix"], out["clicks_changed"]
+    # normal traffic against the served-like reference (the model's top 10 per judged
+    # query): no alarm; behavior features are not compared (the replay had no clicks)
+    assert base.concept is None  # features only
+    assert base.decision == "no_drift", base.line()
+    assert base.reference_info["kind"] == "served_top_k"
+    assert not base.features.drifted_features
+    behavior = {f.name for f in base.features.features if f.group == "behavior"}
+    assert behavior <= set(base.features.not_tested)
+    assert [ln.split(":")[1].strip() for ln in lines[-3:]] == [
+        "no drift", "covariate drift", "concept drift",
+    ]  # fmt: skip
     assert mix.decision == "covariate_drift"
     assert "query_len" in mix.features.drifted_features
     # same queries, users click the opposite: quality falls, only click-derived features move
