@@ -51,7 +51,7 @@ def bar_chart(
     for errs in (errors or {}).values():
         vals += [hi for _, hi in errs if math.isfinite(hi)]
     top = max(vals, default=1.0) or 1.0
-    pad_l, pad_b, pad_t = 40, 22, 22
+    pad_l, pad_b, pad_t = 40, 22, 38
     plot_w, plot_h = width - pad_l - 8, height - pad_b - pad_t
     group_w = plot_w / max(len(labels), 1)
     bar_w = group_w * 0.8 / max(len(series), 1)
@@ -92,11 +92,10 @@ def bar_chart(
             f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - 6}" font-size="10" '
             f'text-anchor="middle">{_e(lab)}</text>'
         )
-    legend_x = width - 170
-    for j, name in enumerate(series):
+    for j, name in enumerate(series):  # legend under the title
         out.append(
-            f'<rect x="{legend_x + j * 80}" y="5" width="10" height="10" '
-            f'fill="{_COLORS.get(name, "#1971c2")}"/><text x="{legend_x + j * 80 + 14}" y="14" '
+            f'<rect x="{pad_l + j * 90}" y="20" width="10" height="10" '
+            f'fill="{_COLORS.get(name, "#1971c2")}"/><text x="{pad_l + j * 90 + 14}" y="29" '
             f'font-size="11">{_e(name)}</text>'
         )
     out.append("</svg>")
@@ -165,7 +164,7 @@ def concept_charts(summary: DriftSummary) -> str:
                 f"click-{c.metric}: before {_f(c.reference_value)} -> now {_f(c.current_value)}",
                 [c.metric],
                 {"reference": [c.reference_value], "current": [c.current_value]},
-                width=300,
+                width=380,
                 errors={"reference": [(r_lo, r_hi)], "current": [(c_lo, c_hi)]},
                 pct=False,
             )

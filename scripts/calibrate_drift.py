@@ -71,6 +71,29 @@ def make_world(seed: int = 0, reference_requests: int = 2000) -> tuple[World, An
     return world, world.window(reference_requests, 10_000)
 
 
+def example_reports(
+    world: World, reference: Any, n_requests: int, cfg: MonitoringConfig, out: str
+) -> int:
+    """The reports docs/monitoring.md shows: a covariate and a concept drift window."""
+    from pathlib import Path
+
+    from monitoring.report import write_report
+
+    names = list(SIM_FEATURES)
+    day = 86400.0
+    for i, (kind, size) in enumerate((("query_mix", 0.3), ("clicks", 0.5))):
+        previous = world.window(n_requests, 2 * i + 1)
+        current = world.window(n_requests, 2 * i + 2, Shift(kind, size))
+        summary = build_report(
+            reference[names], current, previous, cfg,
+            window=Window(1_764_000_000.0 + i * day, 1_764_000_000.0 + (i + 1) * day),
+            model_version="v0001", featureset_id="sim", feature_names=names,
+        )  # fmt: skip
+        done = write_report(summary, Path(out) / kind)
+        print(done.line())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--requests", type=int, default=1000, help="requests per window")
@@ -81,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(SHIFT_KINDS))
     ap.add_argument("--settings", help="settings TOML file (default: the defaults)")
     ap.add_argument("--json", help="write the rates here")
+    ap.add_argument(
+        "--reports",
+        help="instead: write two example reports with HTML here (query_mix 0.3, clicks 0.5)",
+    )
     args = ap.parse_args(argv)
     cfg = MonitoringConfig()
     if args.settings:
@@ -88,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cfg = load_settings(args.settings).monitoring
     world, reference = make_world(reference_requests=args.reference)
+    if args.reports:
+        return example_reports(world, reference, args.requests, cfg, args.reports)
     t0 = time.perf_counter()
     print(f"requests/window={args.requests} cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
     rate, counts = alarm_rate(world, reference, args.requests, Shift(), args.stable, cfg, 1000)

@@ -23,10 +23,10 @@ FALSE_ALARM_BOUND = 0.05  # docs/monitoring.md: <= 5% of stable windows
 # the documented detection sizes at 300-request windows (docs/monitoring.md), the decision
 # and the first words of the suggested action each shift must produce
 DOCUMENTED: dict[str, tuple[float, str, str]] = {
-    "query_mix": (0.3, "covariate_drift", "retrain"),
-    "retriever": (0.3, "covariate_drift", "check the index"),
-    "catalog": (0.3, "covariate_drift", "check the index"),
-    "clicks": (0.5, "concept_drift", "retrain"),
+    "query_mix": (0.2, "covariate_drift", "retrain"),
+    "retriever": (0.2, "covariate_drift", "check the index"),
+    "catalog": (0.2, "covariate_drift", "check the index"),
+    "clicks": (0.6, "concept_drift", "retrain"),
 }
 BELOW = 0.05  # far below every documented size: a number in the report, no alarm
 CFG = MonitoringConfig()
@@ -42,12 +42,12 @@ def test_documented_sizes_cover_every_shift_kind() -> None:
 
 
 def test_stable_windows_rarely_alarm(world: tuple[World, Any]) -> None:
-    """A quick check in the fast tier: 10 stable windows, at most one alarm."""
-    rate, counts = alarm_rate(*world, REQUESTS, Shift(), 10, CFG, first_seed=500)
-    assert rate <= 0.1, counts
+    """A quick check in the fast tier: 5 stable windows, none alarms."""
+    rate, counts = alarm_rate(*world, REQUESTS, Shift(), 5, CFG, first_seed=500)
+    assert rate == 0.0, counts
 
 
-@pytest.mark.slow  # 50 windows: ~40 s on 2 shared cores
+@pytest.mark.slow  # 50 windows: ~1 s each on 2 shared cores (several under load)
 def test_stable_windows_alarm_rate_within_bound(world: tuple[World, Any]) -> None:
     """Same query mix and users, 50 seeds: false alarms within the documented 5%."""
     rate, counts = alarm_rate(*world, REQUESTS, Shift(), 50, CFG, first_seed=1000)
@@ -69,24 +69,29 @@ def test_each_shift_is_caught_at_its_documented_size(world: tuple[World, Any], k
             assert f"top={top[0]['name']}({top[0]['group']}," in line
 
 
-@pytest.mark.parametrize(
-    ("kind", "feature"),
-    [("query_mix", "query_len"), ("retriever", "both_retrieved"), ("catalog", "rating")],
-)
+def _number(s: DriftSummary, kind: str) -> float:
+    """The number in summary.json that shows each shift kind most directly."""
+    d = s.to_dict()
+    if kind == "query_mix":  # requests for queries the previous window did not have
+        return float(d["signals"]["segments"]["new_query_share"])
+    if kind == "retriever":  # requests whose page comes from one retriever
+        return float(d["signals"]["single_retriever"]["current_share"])
+    rating = next(f for f in d["feature_drift"]["features"] if f["name"] == "rating")
+    return float(rating["current_nan_share"])  # catalog: new documents have no rating
+
+
+@pytest.mark.parametrize("kind", ["query_mix", "retriever", "catalog"])
 def test_a_shift_below_its_size_is_a_number_not_an_alarm(
-    world: tuple[World, Any], kind: str, feature: str
+    world: tuple[World, Any], kind: str
 ) -> None:
     stable = report(*world, REQUESTS, 3, Shift(), CFG)
     small = report(*world, REQUESTS, 3, Shift(kind, BELOW), CFG)
     assert small.decision == "no_drift", small.line()
-    moved = {f.name: f for f in small.features.features}[feature]
-    still = {f.name: f for f in stable.features.features}[feature]
-    # the move is measured and reported (summary.json carries every effect)...
-    assert moved.effect > still.effect
-    entry = next(f for f in small.to_dict()["feature_drift"]["features"] if f["name"] == feature)
-    assert entry["effect"] == pytest.approx(moved.effect)
-    # ...but stays below what the settings act on
-    assert moved.effect < CFG.alarm_effect
+    # the same window with 5% of it shifted: the move is in the summary's numbers...
+    assert 0.01 < _number(small, kind) - _number(stable, kind) < 0.1
+    # ...every feature's effect is reported, and none reaches what the settings act on
+    effects = [f["effect"] for f in small.to_dict()["feature_drift"]["features"] if f["tested"]]
+    assert effects and all(e is not None and 0 <= e < CFG.alarm_effect for e in effects)
 
 
 def test_clicks_below_size_are_a_number_not_an_alarm(world: tuple[World, Any]) -> None:
