@@ -168,10 +168,14 @@ class DriftSummary:
             q = ""
             if c is not None and not c.quality_note:
                 q = f"; {c.metric} {_fmt(c.reference_value)} -> {_fmt(c.current_value)}"
-            return (
-                f"No drift: {len(f.drifted_features)} of {len(f.tested)} features moved "
-                f"enough to matter{q}."
+            moved = (
+                f"{len(f.drifted_features)} of {len(f.tested)} features moved a little "
+                f"(largest: {top}), below the alarm rules (more than {f.drift_share_threshold:.0%}"
+                f" of the features, or one with effect >= {f.alarm_effect:g})"
+                if f.drifted_features
+                else f"none of {len(f.tested)} features moved enough to matter"
             )
+            return f"No drift: {moved}{q}."
         if self.decision == COVARIATE_DRIFT:
             return (
                 f"Covariate drift: the served inputs moved away from the reference; "

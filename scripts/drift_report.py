@@ -8,7 +8,9 @@ Exit codes (cron-friendly): 0 no drift, 3 drift (feature/covariate or concept), 
 message on stderr and never a traceback. With --every it loops until SIGINT/SIGTERM (or
 --max-runs): window ends advance by --every from --now (default: the current time), ends in
 the past run back to back (backfill), later ones wait for their window to close; a failing
-run is reported and the loop goes on; the exit code is that of the last run.
+run is reported and the loop goes on; the exit code is that of the last run. On drift the
+webhook gets the alert (the one-line summary, top features, action, then the summary);
+the same cause again within alert_group is grouped in <out>/alerts.json, not resent.
 """
 
 from __future__ import annotations
