@@ -9,6 +9,7 @@ they share is search.server.ServerState, whose resources search.server opens and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from indexing.backend import RetrievalBackend
 from indexing.encoders import Encoder
 from ltr.errors import CorruptModelError, FeaturesetMismatchError
 from ltr.features import BEHAVIOR_FEATURES, STATIC_FEATURES, TEXT_FEATURES
+from search import rollout
 from search.config import ApiConfig, EventsConfig
 from search.errors import (
     ConflictError,
@@ -32,8 +34,8 @@ from search.errors import (
     NotReadyError,
     UnknownFieldError,
     UnknownRequestIdError,
-    WorkersNotConfirmedError,
 )
+from search.experiments import ExperimentRuntime, Plan
 from search.http import (
     REQUEST_ID,
     ErrorMiddleware,
@@ -47,7 +49,14 @@ from search.http import (
     search_request,
 )
 from search.metrics import CONTENT_TYPE, STAGES, ApiMetrics
-from search.pipeline import SERVING, GeneratorFactory, Pipeline, default_generator_factory
+from search.pipeline import (
+    SERVING,
+    GeneratorFactory,
+    Pipeline,
+    SearchRequest,
+    SearchResult,
+    default_generator_factory,
+)
 from search.server import (
     CLEANUP_CONTEXTS,
     STATE,
@@ -57,6 +66,7 @@ from search.server import (
     load_model,
     reload_index,
     reload_outcome,
+    reload_workers,
     update_gauges,
 )
 from search.workbench import ReportSource, add_routes, ranking_model
@@ -83,8 +93,20 @@ async def _run_search(request: web.Request, data: Mapping[str, Any]) -> web.Resp
     attrs = await _attr_names(pipeline) if data.get("filters") else ()
     req = search_request(data, attrs)
     pipeline.validate(req, state.config.max_query_chars)
-    model = SERVING if req.model is None else await ranking_model(request, req.model)
-    result = await pipeline.search(req, request_id=request[REQUEST_ID], model=model)
+    rid = request[REQUEST_ID]
+    plan = None
+    if req.model is not None:  # the workbench's side by side: never in an experiment
+        model = await ranking_model(request, req.model)
+        result = await pipeline.search(req, request_id=rid, model=model)
+    else:
+        runtime = state.experiments
+        if runtime is not None and not req.debug:
+            plan = runtime.plan(pipeline, req.offset, req.client_id, rid)
+        if plan is None:
+            result = await pipeline.search(req, request_id=rid)
+        else:
+            assert runtime is not None
+            result = await _experiment_search(pipeline, runtime, plan, req, rid)
     for stage, ms in result.timings_ms.items():
         if stage in STAGES:
             state.metrics.stage.observe(ms / 1000.0, stage)
@@ -92,18 +114,52 @@ async def _run_search(request: web.Request, data: Mapping[str, Any]) -> web.Resp
         state.metrics.degraded.inc(r)
     # a debug page (the workbench) or another model's ranking is not what a user was shown
     logged = not req.debug and req.model is None
-    if result.impression is not None and state.writer is not None and logged:
+    impression = result.impression
+    if impression is not None and (plan is not None or req.client_id is not None):
+        arm = plan.arm if plan is not None else None
+        if arm == "interleave" and impression.teams is None:
+            arm = "production"  # the candidate failed: production's page, not a duel
+        impression = dataclasses.replace(
+            impression,
+            experiment_id=plan.experiment_id if plan is not None else None,
+            arm=arm,
+            client_id=req.client_id,
+        )
+    if impression is not None and state.writer is not None and logged:
         try:
-            state.writer.submit(result.impression)
+            state.writer.submit(impression)
         except EventStoreError:  # shutting down: the page is served, not logged
             log.warning("impression not logged (writer closed)")
         state.metrics.impressions_pending.set(state.writer.pending)
     body = result.to_json()
+    if plan is not None:
+        body["experiment"] = {"experiment_id": plan.experiment_id, "arm": plan.arm}
+        if impression is not None and impression.teams is not None:
+            body["experiment"]["teams"] = list(impression.teams)
     if req.explain:
         note = _explain_note(result.model_version, len(result.hits), state.config)
         if note:
             body["explain"] = note
     return json_response(body)
+
+
+async def _experiment_search(
+    pipeline: Pipeline, runtime: ExperimentRuntime, plan: Plan, req: SearchRequest, rid: str
+) -> SearchResult:
+    """Serve one request of an experiment and count it for its arm's guardrails; a
+    shadow candidate scores after the response (search.experiments)."""
+    t0 = time.perf_counter()
+    try:
+        model = SERVING if plan.model is None else plan.model
+        result = await pipeline.search(req, request_id=rid, model=model, interleave=plan.interleave)
+    except Exception:
+        runtime.observe(plan, (time.perf_counter() - t0) * 1000.0, 0, True)
+        raise
+    failed = result.candidate_failed or (plan.model is not None and "model" in result.degraded)
+    runtime.observe(plan, result.took_ms, len(result.hits), failed)
+    if plan.shadow is not None and result.scored is not None and result.hits:
+        runtime.shadow(pipeline, plan, rid, result.scored)
+    return result
 
 
 def _explain_note(model_version: str | None, hits: int, config: ApiConfig) -> str | None:
@@ -250,6 +306,7 @@ async def get_model(request: web.Request) -> web.Response:
     body["index_version"] = state.pipeline.index_version if state.pipeline else None
     fallback = state.model_fallback
     body["model_fallback"] = fallback.to_json() if fallback is not None else None
+    body["experiment"] = await rollout.model_section(state)
     return web.json_response(body)
 
 
@@ -296,27 +353,8 @@ async def admin_reload(request: web.Request) -> web.Response:
         "index_reloaded": index_reloaded,
     }
     if state.group is not None:  # the other workers load the same version before we answer
-        body["workers"] = await _reload_workers(state, state.group, model.version)
+        body["workers"] = await reload_workers(state, state.group, model.version)
     return web.json_response(body)
-
-
-async def _reload_workers(state: ServerState, group: WorkerGroup, model_version: str) -> int:
-    """Have every other worker serve ``model_version`` (and this index); the worker count."""
-    assert state.pipeline is not None
-    timeout_s = state.config.workers_timeout_s
-    missing = await group.broadcast(
-        "reload",
-        timeout_s,
-        {"model_version": model_version},
-        model_version=model_version,
-        index_version=state.pipeline.index_version,
-    )
-    if missing:
-        raise WorkersNotConfirmedError(
-            f"worker {group.worker_id} serves model {model_version}, but workers "
-            f"{missing} did not confirm within {timeout_s:g} s; retry the reload"
-        )
-    return group.workers
 
 
 def make_app(
@@ -369,7 +407,7 @@ def make_app(
         handler_args=handler_args(config),
     )
     app[STATE] = state
-    app.cleanup_ctx.extend(CLEANUP_CONTEXTS)
+    app.cleanup_ctx.extend((*CLEANUP_CONTEXTS, rollout.experiments_ctx))
     app.router.add_get("/search", search_get)
     app.router.add_post("/search", search_post)
     app.router.add_post("/events", post_events)
@@ -379,4 +417,8 @@ def make_app(
     app.router.add_get("/model", get_model)
     app.router.add_post("/admin/reload", admin_reload)
     add_routes(app, reports)  # the workbench page, /model/card, /reports (read only)
+    app.router.add_get("/admin/experiments", rollout.get_experiments)
+    app.router.add_post("/admin/experiments", rollout.start_experiment)
+    app.router.add_get("/admin/experiments/{experiment_id}", rollout.get_experiments)
+    app.router.add_post("/admin/experiments/{experiment_id}/stop", rollout.stop_experiment)
     return app

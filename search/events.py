@@ -82,11 +82,20 @@ class Impression:
     positions: tuple[int, ...]
     scores: np.ndarray  # float64 [n]
     features: np.ndarray  # float32 [n, F], aligned with doc_ids
+    # an online experiment (search.experiments): its id, the arm that served the page
+    # (split / shadow / watch) or "interleave", and per position the team that placed it
+    # (0 = production, 1 = candidate; interleaved pages only)
+    experiment_id: str | None = None
+    arm: str | None = None
+    teams: tuple[int, ...] | None = None
+    client_id: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.doc_ids)
         if len(self.positions) != n or len(self.scores) != n:
             raise ValueError("doc_ids, positions and scores must have the same length")
+        if self.teams is not None and len(self.teams) != n:
+            raise ValueError("teams must have one entry per position")
         if self.features.shape != (n, len(self.feature_names)):
             raise ValueError(
                 f"features shape {self.features.shape} != ({n}, {len(self.feature_names)})"
@@ -165,7 +174,10 @@ CREATE TABLE IF NOT EXISTS requests (
     model_version TEXT,
     featureset_id TEXT NOT NULL REFERENCES featuresets(featureset_id),
     page_offset INTEGER NOT NULL,
-    n INTEGER NOT NULL
+    n INTEGER NOT NULL,
+    experiment_id TEXT,
+    arm TEXT,
+    client_id TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS impressions (
@@ -174,6 +186,7 @@ CREATE TABLE IF NOT EXISTS impressions (
     doc_id TEXT NOT NULL,
     score REAL,
     features BLOB NOT NULL,
+    team INTEGER,
     PRIMARY KEY (request_id, position)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
@@ -188,6 +201,28 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_request ON events(request_id);
 """
 _TABLES = ("featuresets", "requests", "impressions", "events")
+
+
+# columns added after a table was first released: (table, column, type); a store from
+# before gets them (NULL in its old rows) when it is opened for writing
+_ADDED_COLUMNS = (
+    ("events", "client_id", "TEXT"),
+    ("requests", "experiment_id", "TEXT"),
+    ("requests", "arm", "TEXT"),
+    ("requests", "client_id", "TEXT"),
+    ("impressions", "team", "INTEGER"),
+)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns an older store lacks (reads of an old store never need them)."""
+    for table, column, kind in _ADDED_COLUMNS:
+        if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS requests_experiment ON requests(experiment_id) "
+        "WHERE experiment_id IS NOT NULL"
+    )
 
 
 def _ts(bound: TimeBound, default: float) -> float:
@@ -258,8 +293,7 @@ class SqliteEventStore:
         # memory, not the OS, as the log grows (every SQLite read releases the GIL).
         conn.execute("PRAGMA cache_size=-65536")
         conn.executescript(_SCHEMA)
-        if "client_id" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
-            conn.execute("ALTER TABLE events ADD COLUMN client_id TEXT")  # a store from before
+        _migrate(conn)
         if max_bytes > 0:  # never below the current size (SQLite keeps that as the floor)
             page = int(conn.execute("PRAGMA page_size").fetchone()[0])
             conn.execute(f"PRAGMA max_page_count={max(1, max_bytes // page)}")
@@ -343,7 +377,9 @@ class SqliteEventStore:
                             f"featureset {imp.featureset_id} logged with other feature names"
                         )
                     conn.execute(
-                        "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO requests (request_id, ts, query, query_id, model_version, "
+                        "featureset_id, page_offset, n, experiment_id, arm, client_id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             imp.request_id,
                             imp.ts,
@@ -353,11 +389,16 @@ class SqliteEventStore:
                             imp.featureset_id,
                             imp.offset,
                             len(imp.doc_ids),
+                            imp.experiment_id,
+                            imp.arm,
+                            imp.client_id,
                         ),
                     )
                     feats = np.ascontiguousarray(imp.features, dtype=np.float32)
+                    teams = imp.teams or (None,) * len(imp.doc_ids)
                     conn.executemany(
-                        "INSERT INTO impressions VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO impressions (request_id, position, doc_id, score, "
+                        "features, team) VALUES (?, ?, ?, ?, ?, ?)",
                         [
                             (
                                 imp.request_id,
@@ -365,6 +406,7 @@ class SqliteEventStore:
                                 doc,
                                 float(score) if math.isfinite(float(score)) else None,
                                 feats[i].tobytes(),
+                                teams[i],
                             )
                             for i, (pos, doc, score) in enumerate(
                                 zip(imp.positions, imp.doc_ids, imp.scores, strict=True)

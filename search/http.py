@@ -79,6 +79,7 @@ SEARCH_FIELDS = (
     "query_id",
     "debug",
     "model",
+    "client_id",
 )
 RANGE_OPS = ("gte", "lte")
 MAX_JSON_DEPTH = 32  # the deepest body of the API nests 3 levels (filters.year.gte)
@@ -475,6 +476,7 @@ def search_request(data: Mapping[str, Any], attr_names: Sequence[str]) -> Search
         query_id=opt_str("query_id", data.get("query_id")),
         debug=_bool("debug", data.get("debug", False)),
         model=opt_str("model", data.get("model"), max_len=64),
+        client_id=opt_str("client_id", data.get("client_id")),
     )
 
 

@@ -283,6 +283,37 @@ class ApiMetrics:
         self.reloads = r.counter(
             "ltrsearch_reloads_total", "Model/index reload attempts by outcome.", ("outcome",)
         )
+        # online experiments (search.experiments, search.rollout)
+        self.experiment_info = r.gauge(
+            "ltrsearch_experiment_info",
+            "The live experiment (1): candidate version, mode, status.",
+            ("experiment_id", "mode", "candidate", "status"),
+        )
+        self.experiment_requests = r.counter(
+            "ltrsearch_experiment_requests_total",
+            "Searches that took part in an experiment, by arm (production, candidate, "
+            "interleave, shadow, watch).",
+            ("experiment_id", "arm"),
+        )
+        self.experiment_outcomes = r.gauge(
+            "ltrsearch_experiment_interleave_outcomes",
+            "Interleaved queries the candidate won, lost or tied (at the gate's last look).",
+            ("experiment_id", "outcome"),
+        )
+        self.experiment_llr = r.gauge(
+            "ltrsearch_experiment_sign_test_llr",
+            "The gate's sequential sign test statistic at its last look.",
+            ("experiment_id",),
+        )
+        self.experiment_decisions = r.counter(
+            "ltrsearch_experiment_decisions_total",
+            "Gate decisions by outcome (continue, promote, reject, rollback, watch_passed).",
+            ("outcome",),
+        )
+        self.rollbacks = r.counter(
+            "ltrsearch_model_rollbacks_total",
+            "Automatic rollbacks after a guardrail breach of a promoted model.",
+        )
 
     def render(self) -> str:
         return self.registry.render()

@@ -17,6 +17,7 @@ import asyncio
 import enum
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from indexing.encoders import Encoder
 from indexing.errors import BackendError
 from ltr.behavior import AGGREGATE_KEYS
 from ltr.features import BEHAVIOR_FEATURES, featureset_id, resolve
+from ltr.interleaving import team_draft
 from ltr.model import RankModel
 from ltr.types import RETRIEVERS, CandidateSet
 from search.aggregates import BehaviorAggregates
@@ -110,6 +112,7 @@ class SearchRequest:
     # ``model`` ranks by another registry version or "rrf" (search.workbench resolves it)
     debug: bool = False
     model: str | None = None
+    client_id: str | None = None  # the user or session (sticky experiment assignment)
 
     def filters(self) -> Filters | None:
         f = Filters(category=self.category, ranges=dict(self.ranges))
@@ -128,6 +131,9 @@ class SearchResult:
     timings_ms: dict[str, float]
     candidates: int
     impression: Impression | None  # None when the page is empty
+    # what was scored, for an off-path second opinion (search.experiments shadow mode)
+    scored: Scored | None = field(default=None, repr=False)
+    candidate_failed: bool = False  # the interleaved candidate model failed: not interleaved
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +155,15 @@ class Serving(enum.Enum):
 
 
 SERVING = Serving.MODEL
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The candidates and feature rows one request scored, and the ids it served."""
+
+    cs: CandidateSet
+    X: np.ndarray
+    served: tuple[str, ...]
 
 
 def _num(x: float) -> float | None:
@@ -334,23 +349,44 @@ class Pipeline:
         req: SearchRequest,
         request_id: str | None = None,
         model: RankModel | Serving | None = SERVING,
+        *,
+        interleave: RankModel | None = None,
     ) -> SearchResult:
         """Rank the candidates of ``req.q`` and return one page (+ the impression to log).
 
         ``model``: rank by this model (checked with ``check_model``) or None = RRF instead of
-        the serving one (the workbench's side-by-side view; such a page is never logged).
+        the serving one (the workbench's side-by-side view, an experiment's split arm).
+        ``interleave``: a second model whose ranking is merged into the first page by team
+        draft (search.experiments), each position's team logged with the impression.
         """
         state = self._index
         state.inflight += 1
         try:
             chosen = self._model if model is SERVING else model
-            return await self._search(req, request_id or uuid.uuid4().hex, state, chosen)
+            rid = request_id or uuid.uuid4().hex
+            return await self._search(req, rid, state, chosen, interleave)
         finally:
             state.inflight -= 1
             await state.maybe_close()
 
+    async def score(
+        self, model: RankModel, cs: CandidateSet, X: np.ndarray
+    ) -> tuple[list[int], np.ndarray] | None:
+        """``model``'s ranking of scored candidates (indexes into ``cs``, best first) and its
+        scores; None when the model fails (a second opinion never degrades the page)."""
+        degraded: list[str] = []
+        scores, _, used = await self._score(model, cs, X, degraded)
+        if used is None:
+            return None
+        return _one_per_id(cs, self._order(cs, scores, used)), scores
+
     async def _search(
-        self, req: SearchRequest, rid: str, state: _IndexState, model: RankModel | None
+        self,
+        req: SearchRequest,
+        rid: str,
+        state: _IndexState,
+        model: RankModel | None,
+        interleave: RankModel | None = None,
     ) -> SearchResult:
         t_start = time.perf_counter()
         now = time.time()
@@ -367,6 +403,14 @@ class Pipeline:
             scores, base_margin, used_model = await self._score(model, cs, X, degraded)
             ranked = _one_per_id(cs, self._order(cs, scores, used_model))
             page = ranked[req.offset : req.offset + req.k]
+            teams: tuple[int, ...] | None = None
+            candidate_failed = False
+            if interleave is not None and req.offset == 0 and page:
+                other = await self.score(interleave, cs, X)
+                if other is None:
+                    candidate_failed = True
+                else:
+                    page, teams = self._interleave(cs, ranked, other[0], req.k, rid)
             hits = await self._hits(state, cs, page, scores, req.offset)
             if req.explain and used_model is not None:
                 top = page[: self.config.explain_max_hits]
@@ -390,6 +434,7 @@ class Pipeline:
                     positions=tuple(range(req.offset + 1, req.offset + 1 + len(page))),
                     scores=scores[page].astype(np.float64),
                     features=np.ascontiguousarray(X[page]),
+                    teams=teams,
                 )
             timings["total"] = time.perf_counter() - t_start
             return SearchResult(
@@ -403,7 +448,21 @@ class Pipeline:
                 timings_ms={k: v * 1000.0 for k, v in timings.items()},
                 candidates=len(cs),
                 impression=impression,
+                scored=Scored(cs, X, tuple(cs.ids[i] for i in page)),
+                candidate_failed=candidate_failed,
             )
+
+    @staticmethod
+    def _interleave(
+        cs: CandidateSet, ranked: list[int], other: list[int], k: int, rid: str
+    ) -> tuple[list[int], tuple[int, ...]]:
+        """Team draft of the first page: production (team 0) and candidate (team 1); the
+        coin flips are seeded by the request id, so a logged page can be redrawn."""
+        where = {cs.ids[i]: i for i in ranked}
+        ids, teams = team_draft(
+            [cs.ids[i] for i in ranked[:k]], [cs.ids[i] for i in other[:k]], k, random.Random(rid)
+        )
+        return [where[d] for d in ids], tuple(teams)
 
     async def _featurize_in_budget(
         self, req: SearchRequest, names: Sequence[str], now: float, generator: Generator

@@ -40,6 +40,7 @@ from ltr.errors import (
 from ltr.model import RankModel
 from search.aggregates import BehaviorAggregates
 from search.config import ApiConfig, EventsConfig
+from search.errors import WorkersNotConfirmedError
 from search.events import ImpressionWriter, SqliteEventStore
 from search.http import JsonErrorRunner
 from search.metrics import ApiMetrics
@@ -48,6 +49,7 @@ from search.workers import ENV_PARENT, WorkerGroup
 
 if TYPE_CHECKING:
     from ltr.registry import ModelRegistry
+    from search.experiments import ExperimentRuntime
 
 log = logging.getLogger("search.api")  # one logger for the API, whichever module logs
 
@@ -102,6 +104,7 @@ class ServerState:
     writer: ImpressionWriter | None = None
     group: WorkerGroup | None = None  # the other server processes (--workers N)
     model_fallback: ModelFallback | None = None  # set while a refused model is replaced
+    experiments: ExperimentRuntime | None = None  # search.rollout.experiments_ctx
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
 
@@ -433,9 +436,34 @@ async def _follow_group(state: ServerState, every_s: float = 0.05) -> None:
             if gen > attempted["reload"]:
                 attempted["reload"] = gen
                 await _follow_reload(state, group, gen, payload.get("model_version"))
+            gen, _ = await asyncio.to_thread(group.current, "experiment")
+            if gen > attempted["experiment"]:
+                attempted["experiment"] = gen
+                if state.experiments is not None:
+                    await state.experiments.refresh()
+                await asyncio.to_thread(group.done, "experiment", gen)
         except Exception:
             seen = None  # read the requests again next tick
             log.exception("following the worker group failed; will retry")
+
+
+async def reload_workers(state: ServerState, group: WorkerGroup, model_version: str) -> int:
+    """Have every other worker serve ``model_version`` (and this index); the worker count."""
+    assert state.pipeline is not None
+    timeout_s = state.config.workers_timeout_s
+    missing = await group.broadcast(
+        "reload",
+        timeout_s,
+        {"model_version": model_version},
+        model_version=model_version,
+        index_version=state.pipeline.index_version,
+    )
+    if missing:
+        raise WorkersNotConfirmedError(
+            f"worker {group.worker_id} serves model {model_version}, but workers "
+            f"{missing} did not confirm within {timeout_s:g} s; retry the reload"
+        )
+    return group.workers
 
 
 async def _follow_reload(

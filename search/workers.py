@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-REQUEST_KINDS = ("reload", "flush")
+REQUEST_KINDS = ("reload", "flush", "experiment")
 # the environment a worker process is started with (set by supervise, read by a worker)
 ENV_GROUP = "LTRSEARCH_WORKER_GROUP"  # the group directory
 ENV_ID = "LTRSEARCH_WORKER_ID"  # this worker's index, 0..N-1
@@ -77,8 +77,13 @@ class WorkerGroup:
         self.worker_id = worker_id
         self.workers = workers
         # a (re)started worker follows the newest reload (the group may serve a model other
-        # than the promoted one); an old flush request has nothing of its to flush
-        self.handled: dict[str, int] = {"reload": 0, "flush": self.current("flush")[0]}
+        # than the promoted one); an old flush request has nothing of its to flush, and the
+        # live experiment is read from the event store at startup
+        self.handled: dict[str, int] = {
+            "reload": 0,
+            "flush": self.current("flush")[0],
+            "experiment": self.current("experiment")[0],
+        }
         self.versions: dict[str, str | None] = {"model_version": None, "index_version": None}
 
     @contextlib.contextmanager
