@@ -14,7 +14,8 @@ Three modes, one experiment at a time:
   (arm ``control``).
 
 In shadow and interleave mode the requests not sampled are counted as arm ``production``;
-after a promotion every request is arm ``watch`` until the guardrail window closes.
+after a promotion every request is arm ``watch`` until the guardrail window closes. The
+candidate's off-path scorings of a shadow experiment are counted as arm ``shadow_candidate``.
 
 State lives in the event store (SQLite, WAL, synchronous=FULL) so every ``--workers``
 process agrees and a restart resumes: table ``experiments`` (one row per experiment, its
@@ -624,7 +625,7 @@ class ExperimentRuntime:
     def observe(self, plan: Plan, ms: float, hits: int, error: bool) -> None:
         """Count one served request (or one shadow scoring) of ``plan``'s arm."""
         key = (plan.experiment_id, plan.arm)
-        if plan.arm != "shadow":
+        if plan.arm != "shadow_candidate":
             self.metrics.experiment_requests.inc(plan.experiment_id, plan.arm)
         self._stats.setdefault(key, _ArmStats()).add(ms, hits == 0, error)
 
@@ -645,11 +646,12 @@ class ExperimentRuntime:
         t0 = time.perf_counter()
         got = await pipeline.score(plan.shadow, scored.cs, scored.X)
         ms = (time.perf_counter() - t0) * 1000.0
+        scoring = Plan(plan.experiment_id, "shadow_candidate")  # its own arm: the candidate
         if got is None:
-            self.observe(plan, ms, 1, True)
+            self.observe(scoring, ms, 1, True)
             return
         ranked, scores = got
-        self.observe(plan, ms, len(ranked), False)
+        self.observe(scoring, ms, len(ranked), False)
         self._shadows.append(shadow_row(plan.experiment_id, rid, scored, ranked, scores, ms))
 
     async def flush(self) -> None:

@@ -42,7 +42,7 @@ log = logging.getLogger("search.api")
 ServeEverywhere = Callable[[str], Awaitable[None]]  # load a version on every worker
 Notify = Callable[[], Awaitable[None]]  # every worker re-reads the live experiment
 
-_GUARDED_ARM = {"interleave": "interleave", "split": "candidate", "shadow": "shadow"}
+_GUARDED_ARM = {"interleave": "interleave", "split": "candidate", "shadow": "shadow_candidate"}
 
 
 def breach(stats: Mapping[str, float] | None, exp: Experiment) -> str | None:
