@@ -54,11 +54,13 @@ async def users(
     seed: int,
     clients: int = 0,
     fresh: bool = False,
+    out: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """``n`` searches; clicks on relevant hits examined with probability 1/position. Each
-    result: the response, the clicks acknowledged (202) and the serving worker."""
+    result (appended to ``out`` as it comes): the response, the clicks acknowledged (202)
+    and the serving worker."""
     rng = np.random.default_rng(seed)
-    out = []
+    out = [] if out is None else out
     async with aiohttp.ClientSession() as shared:
         for _i in range(n):
             qid, text = queries[int(rng.integers(len(queries)))]
