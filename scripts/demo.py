@@ -4,10 +4,12 @@
 2. reindex it (embedding cache, versioned index, validated atomic swap);
 3. show a few queries' hybrid candidates with each retriever's score and rank;
 4. train a LambdaMART reranker from the judgments and compare it with the baselines;
-5. serve it, simulate users clicking, retrain from the logged clicks, hot-reload the model
-   and print the measured NDCG@10 gain;
-6. shift the traffic and show the drift report catching it;
-7. leave the server running and print an example curl (Ctrl-C stops it).
+5. serve it, simulate users clicking and retrain from the logged clicks (not promoted);
+6. roll the retrained model out: shadow, then team-draft interleaving with simulated users
+   until the gate promotes or rejects it (numbers printed, NDCG@10 before and after), and
+   a deliberately bad model (inverted scores) rejected while serving only its share;
+7. shift the traffic and show the drift report catching it;
+8. leave the server running and print an example curl (Ctrl-C stops it).
 
 Everything lands under --work-dir (default var/demo-run); a second run reuses the
 embedding cache. Needs nothing outside the installed packages.
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from indexing.encoders import Encoder
+    from ltr.training_run import TrainResult
     from scripts.settings import Settings
 
 SAMPLE_QUERIES = ("running shoes", "wireless noise cancelling headphones", "couch", "hedphones")
@@ -146,29 +149,57 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
 
 
 def learn_from_clicks(args: argparse.Namespace, work: Path, url: str, token: str) -> bool:
-    """Steps 5-6 against the running server: simulated users, retraining from their clicks
-    and hot reload (scripts/simulate_traffic.py --train), then the drift demo."""
+    """Steps 5-7 against the running server: simulated users, a model retrained from their
+    clicks, its rollout (shadow -> interleave -> the gate; scripts/demo_rollout.py, with a
+    deliberately bad model rejected too), then the drift demo."""
     from scripts.demo_drift import demo_drift
-    from scripts.simulate_traffic import SimError, SimOptions, report, run
+    from scripts.demo_rollout import demo_rollout
+    from scripts.simulate_traffic import SimError, SimOptions, load_judged, measure_ndcg, run
+    from scripts.simulate_traffic import report as traffic_report
 
     data, model_dir, events = work / "catalog", work / "models", work / "events.db"
-    opts = SimOptions(
-        url=url, dataset=str(data), sessions=args.sessions, max_seconds=600.0, train=True,
-        events=str(events), model_dir=str(model_dir), admin_token=token,
-    )  # fmt: skip
+    opts = SimOptions(url=url, dataset=str(data), sessions=args.sessions, max_seconds=600.0)
     try:
         out = asyncio.run(run(opts))
+        print(traffic_report(out))
+        queries, qrels = load_judged(data)
+        before = asyncio.run(measure_ndcg(url, queries, qrels))
+        trained = train_from_clicks(events, model_dir)
     except (SimError, OSError) as e:
         print(f"simulate_traffic: {e}", file=sys.stderr)
         return False
-    print(report(out))
-    (work / "loop.json").write_text(json.dumps(out, indent=2, default=str))
-    _banner("6. shift the traffic: the drift report catches it")
+    print(trained.summary())
+    _banner("6. roll the click-trained model out: shadow -> interleave -> the gate")
+    try:
+        rollout = asyncio.run(demo_rollout(url, token, data, model_dir, trained.version))
+        after = asyncio.run(measure_ndcg(url, queries, qrels))
+    except Exception as e:  # a demo step: one line, not a traceback
+        print(f"demo-rollout: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return False
+    print(
+        f"NDCG@10 on the {before['n']} judged queries: {before['ndcg@10']:.4f} (model "
+        f"{before['model']}) -> {after['ndcg@10']:.4f} (model {after['model']})"
+    )
+    (work / "loop.json").write_text(
+        json.dumps({"traffic": out, "rollout": rollout, "before": before, "after": after},
+                   indent=2, default=str)
+    )  # fmt: skip
+    _banner("7. shift the traffic: the drift report catches it")
     try:
         asyncio.run(demo_drift(url, events, model_dir, data, out_dir=work / "drift"))
     except Exception as e:  # a demo step: one line, not a traceback
         print(f"demo-drift: error: {type(e).__name__}: {e}", file=sys.stderr)
     return True
+
+
+def train_from_clicks(events: Path, model_dir: Path) -> TrainResult:
+    """search.training.train on the logged clicks, NOT promoted: the rollout decides."""
+    from scripts.settings import load_settings
+    from search.training import EventsSource, train
+
+    s = load_settings()
+    source = EventsSource(events, s.ltr.click_model)
+    return train(source, s.ltr, model_dir, s.registry, promote=False, verbose=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: error: {msg}", file=sys.stderr)
         return 1
 
-    _banner("5. serve, simulate users, retrain from their clicks, hot-reload")
+    _banner("5. serve, simulate users, retrain from their clicks")
     port, token = serverproc.free_port(), secrets.token_hex(16)
     url = f"http://127.0.0.1:{port}"
     log = work / "server.log"
@@ -213,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
         if args.no_serve:
             return 0
-        _banner("7. the API is running (Ctrl-C stops it)")
+        _banner("8. the API is running (Ctrl-C stops it)")
         print(f"  curl '{url}/search?q=running+shoes&k=5'")
         print(f"  curl '{url}/search?q=couch&k=5&explain=true'")
         print(f"  curl {url}/metrics")
