@@ -169,7 +169,12 @@ def learn_from_clicks(args: argparse.Namespace, work: Path, url: str, token: str
         print(f"simulate_traffic: {e}", file=sys.stderr)
         return False
     print(trained.summary())
-    _banner("6. roll the click-trained model out: shadow -> interleave -> the gate")
+    _banner("6. roll the click-trained model out: estimate -> shadow -> interleave -> gate")
+    from scripts.rollout import main as rollout_cli
+
+    print("offline counterfactual estimate from the logged clicks (ltrsearch-rollout estimate):")
+    est = ["estimate", "--events", str(events), "--model-dir", str(model_dir)]
+    rollout_cli([*est, "--candidate", trained.version])
     try:
         rollout = asyncio.run(demo_rollout(url, token, data, model_dir, trained.version))
         after = asyncio.run(measure_ndcg(url, queries, qrels))
