@@ -121,7 +121,7 @@ def describe(rep: Mapping[str, Any]) -> list[str]:
              f"{rep['candidate']} (share {rep['share']:g}) -> {rep['status']}"]  # fmt: skip
     for arm, a in sorted(rep["arms"].items()):
         lines.append(
-            f"  arm {arm:<11} {a['requests']:5.0f} requests  "
+            f"  arm {arm:<16} {a['requests']:5.0f} requests  "
             f"zero-result {a['zero_result_rate']:.3f}  errors {a['error_rate']:.3f}  "
             f"p50 <= {a['p50_ms']:g} ms  p99 <= {a['p99_ms']:g} ms"
         )

@@ -40,6 +40,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -579,6 +580,7 @@ class ExperimentRuntime:
         self._shadows: list[tuple[Any, ...]] = []
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.shadow_skipped = 0
+        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self._rng = random.Random()
 
     async def refresh(self) -> Experiment | None:
@@ -641,18 +643,32 @@ class ExperimentRuntime:
         task.add_done_callback(self._shadow_tasks.discard)
 
     async def _shadow(self, pipeline: Pipeline, plan: Plan, rid: str, scored: Scored) -> None:
-        assert plan.shadow is not None
-        await asyncio.sleep(0)  # let the response be written first
-        t0 = time.perf_counter()
-        got = await pipeline.score(plan.shadow, scored.cs, scored.X)
-        ms = (time.perf_counter() - t0) * 1000.0
+        """The whole second opinion (scoring, ranking, agreement) on this runtime's one
+        shadow thread: the event loop only hands it over, so serving waits on nothing."""
+        loop = asyncio.get_running_loop()
+        row = await loop.run_in_executor(
+            self._shadow_pool, self._shadow_blocking, pipeline, plan, rid, scored
+        )
         scoring = Plan(plan.experiment_id, "shadow_candidate")  # its own arm: the candidate
-        if got is None:
-            self.observe(scoring, ms, 1, True)
+        if row is None:
+            self.observe(scoring, 0.0, 1, True)
             return
-        ranked, scores = got
-        self.observe(scoring, ms, len(ranked), False)
-        self._shadows.append(shadow_row(plan.experiment_id, rid, scored, ranked, scores, ms))
+        self.observe(scoring, float(row[7]), 1, False)
+        self._shadows.append(row)
+
+    @staticmethod
+    def _shadow_blocking(
+        pipeline: Pipeline, plan: Plan, rid: str, scored: Scored
+    ) -> tuple[Any, ...] | None:
+        assert plan.shadow is not None
+        t0 = time.perf_counter()
+        try:
+            ranked, scores = pipeline.rank_blocking(plan.shadow, scored.cs, scored.X)
+        except Exception as e:
+            log.error("shadow model %s failed: %s", plan.shadow.version, e)
+            return None
+        ms = (time.perf_counter() - t0) * 1000.0
+        return shadow_row(plan.experiment_id, rid, scored, ranked, scores, ms)
 
     async def flush(self) -> None:
         """Write the counts and shadow rows gathered since the last flush."""
@@ -676,6 +692,7 @@ class ExperimentRuntime:
         for task in list(self._shadow_tasks):
             with contextlib.suppress(Exception):
                 await task
+        self._shadow_pool.shutdown(wait=False)
         await self.flush()
 
     def describe(self) -> dict[str, Any] | None:

@@ -380,6 +380,21 @@ class Pipeline:
             return None
         return _one_per_id(cs, self._order(cs, scores, used)), scores
 
+    def rank_blocking(
+        self, model: RankModel, cs: CandidateSet, X: np.ndarray
+    ) -> tuple[list[int], np.ndarray]:
+        """``score`` without the event loop or its timeout, for a background thread (a
+        shadow model ranks after the response); raises what the model raises."""
+        from ltr.fusion import fusion_score
+
+        bm = None
+        spec = model.manifest.base_margin
+        if spec is not None:
+            params = dict(spec.get("params") or {})
+            bm = np.asarray(fusion_score(cs, str(spec["name"]), params), np.float64)
+        scores = np.asarray(model.predict(X, bm), dtype=np.float64)
+        return _one_per_id(cs, self._order(cs, scores, model)), scores
+
     async def _search(
         self,
         req: SearchRequest,
