@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ltr.errors import LTRError
 from search.errors import ConflictError, EventStoreError, NotFoundError
 from search.experiments import Experiment, ExperimentRuntime, ExperimentStore, parse_start
 from search.http import check_admin, json_body
@@ -292,13 +293,16 @@ async def start_experiment(request: web.Request) -> web.Response:
         raise NotFoundError(f"candidate {spec['candidate']!r} cannot be loaded: {e}") from None
     pipeline = state.pipeline
     model = pipeline.model if pipeline is not None else None
-    if spec["mode"] != "split" and pipeline is not None:
-        if cand.feature_names != pipeline.feature_names:
+    if pipeline is not None:
+        try:
+            pipeline.check_model(cand)
+        except LTRError as e:  # a featureset this server cannot compute
+            raise ConflictError(f"candidate {cand.version} cannot serve here: {e}") from None
+        if spec["mode"] != "split" and cand.feature_names != pipeline.feature_names:
             raise ConflictError(
                 f"{spec['mode']} scores production's feature rows: candidate "
                 f"{cand.version} has other features ({cand.featureset_id}); use split"
             )
-        pipeline.check_model(cand)
     if model is not None and model.version == cand.version:
         raise ConflictError(f"{cand.version} is the production model already")
     exp = await asyncio.to_thread(rt.db.start, spec, model.version if model else None)
