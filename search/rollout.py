@@ -33,7 +33,8 @@ from aiohttp import web
 
 from ltr.errors import LTRError
 from search.errors import ConflictError, EventStoreError, NotFoundError
-from search.experiments import Experiment, ExperimentRuntime, ExperimentStore, parse_start
+from search.experiment_store import Experiment, ExperimentStore, parse_start
+from search.experiments import ExperimentRuntime
 from search.http import check_admin, json_body
 from search.metrics import ApiMetrics
 from search.server import STATE, ServerState, load_model, reload_workers

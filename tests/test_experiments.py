@@ -24,7 +24,8 @@ from ltr.registry import ModelRegistry
 from scripts.demo_rollout import invert_model
 from scripts.serverproc import free_port, stop_server, wait_ready
 from search.events import SqliteEventStore
-from search.experiments import ExperimentStore, bucket
+from search.experiment_store import ExperimentStore
+from search.experiments import bucket
 from tests.api_support import ADMIN, start_test_server
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
