@@ -26,7 +26,7 @@ import numpy as np
 
 from indexing import layout
 from indexing.analysis import Analyzer
-from indexing.ann import HNSW_EF_CONSTRUCTION, HNSW_M, build_ann
+from indexing.ann import build_ann
 from indexing.bm25 import build_indexes_and_streams
 from indexing.config import IndexConfig
 from indexing.documents import Document, check_unique_ids, embedding_text
@@ -269,10 +269,6 @@ def _write_version(
         "bm25_child_process": bm25.proc is not None,  # how it was built (same result)
         "ann": {
             "enabled": ann,
-            "library": "hnswlib",
-            "space": "ip",
-            "M": HNSW_M,
-            "ef_construction": HNSW_EF_CONSTRUCTION,
             "ef_search": cfg.ann_ef_search,
             "threshold": cfg.ann_threshold,
             **ann_build,

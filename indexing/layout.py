@@ -12,11 +12,16 @@ A version directory holds everything one immutable index needs:
 - ``manifest.json``: format, version, created, doc_count, text_fields, attr_names,
   analyzer, model_id, dim, bm25 params, ann settings (written last by the builder).
 - ``ids.json``: document ids by row.
-- ``bm25/<field>.npz`` + ``bm25/<field>.vocab.json``: bm25s (method="lucene") score
-  matrices in CSC form (indexing.bm25.FieldIndex), one per text field plus ``_all`` (all
-  text fields concatenated).
-- ``vectors.npy``: L2-normalized float32 [N, dim]; ``ann.bin``: hnswlib index (optional)
-  and ``ann_rows.npy``: its label -> row (-1 = deleted node; a reindex extends the
+- ``bm25/<field>.{data,indices,indptr}.npy`` + ``bm25/<field>.vocab.json``: bm25s
+  (method="lucene") score matrices in CSC form (indexing.bm25.FieldIndex), one per text
+  field plus ``_all`` (all text fields concatenated). Formats 1-3: one ``bm25/<field>.npz``
+  (a zip: it cannot be memory-mapped).
+- ``vectors.npy``: L2-normalized float32 [N, dim] (memory-mapped by every reader, so the
+  worker processes of a server share one copy in the page cache).
+- the ANN graph (optional): format 4 ``ann.usearch``, a usearch HNSW graph with its own
+  reduced-precision copy of the vectors (manifest ``ann.dtype``), served from a read-only
+  memory map; formats 1-3 ``ann.bin``, an hnswlib graph (loaded into each process's own
+  memory). ``ann_rows.npy``: graph label -> row (-1 = deleted node; a reindex extends the
   previous graph, so labels are not rows; format 1 had no such file: label = row).
 - ``attrs.npy``: float64 [N, A], NaN where a document has no value; ``category.npy`` int32
   codes into ``categories.json`` (-1 = none).
@@ -27,12 +32,15 @@ A version directory holds everything one immutable index needs:
   field's vocabulary (``bm25/_all.vocab.json``). Formats 1-2: ``terms.jsonl`` (one JSON
   line of lists per row) with ``terms.offsets.npy``.
 
-indexing.build writes these files, indexing.local_store reads them.
+indexing.build writes these files, indexing.local_store reads them; every ``.npy`` is
+opened through ``load_mapped``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from ltr.versions import VersionedDir
 
@@ -46,13 +54,17 @@ BUILDING_PREFIX = ".building-"
 # ``ann_rows.npy`` maps them. Format 1 versions (labels = rows) still load.
 # 3: analyzed terms as int32 vocabulary ids of deduplicated sequences (TermStore) instead
 # of terms.jsonl. Formats 1 and 2 still load.
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+# 4: BM25 matrices as plain .npy arrays and the ANN graph as usearch (ann.usearch), so
+# that every array and the graph are memory-mapped and shared between worker processes.
+# Formats 1-3 still load (npz matrices and the hnswlib graph read into memory).
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 
 MANIFEST = "manifest.json"
 IDS = "ids.json"
 VECTORS = "vectors.npy"
-ANN = "ann.bin"
+ANN = "ann.bin"  # formats 1-3: hnswlib
+ANN_USEARCH = "ann.usearch"  # format 4
 ANN_ROWS = "ann_rows.npy"
 ATTRS = "attrs.npy"
 CATEGORY = "category.npy"
@@ -64,7 +76,8 @@ TERM_IDS = "term_ids.npy"
 TERM_OFFSETS = "term_offsets.npy"
 BM25_DIR = "bm25"
 COMBINED = "_all"  # name of the combined-field BM25 index
-BM25_MATRIX_SUFFIX = ".npz"
+BM25_MATRIX_SUFFIX = ".npz"  # formats 1-3
+BM25_ARRAYS = ("data", "indices", "indptr")  # format 4: bm25/<field>.<array>.npy
 BM25_VOCAB_SUFFIX = ".vocab.json"
 OFFSETS_SUFFIX = ".offsets.npy"  # beside a JSON-lines file: the byte offset of each line
 # transient files of a build in progress (never in a published version)
@@ -103,3 +116,18 @@ def bm25_field(version: Path, field: str) -> Path:
 def offsets_path(lines: Path) -> Path:
     """The offsets file beside a JSON-lines file."""
     return lines.with_suffix(OFFSETS_SUFFIX)
+
+
+def bm25_array(version: Path, field: str, array: str) -> Path:
+    """Format 4: the path of one array (layout.BM25_ARRAYS) of a field's BM25 matrix."""
+    return version / BM25_DIR / f"{field}.{array}.npy"
+
+
+def load_mapped(path: Path) -> np.ndarray:
+    """A version's .npy array as a read-only memory map (a plain ndarray view of it): the
+    page cache holds one copy for every process. An empty array cannot be mapped and is
+    read instead."""
+    try:
+        return np.asarray(np.load(path, mmap_mode="r"))
+    except ValueError:  # zero bytes of data
+        return np.load(path)

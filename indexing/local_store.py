@@ -28,6 +28,7 @@ import orjson
 
 from indexing import layout
 from indexing.analysis import Analyzer
+from indexing.ann import AnnGraph, load_ann_rows, open_ann
 from indexing.backend import Filters, Hits, Lookups, check_query_vector
 from indexing.bm25 import FieldIndex, lucene_idf, top_k
 from indexing.documents import Document
@@ -46,33 +47,30 @@ TERMS_CACHE_TERMS = 6_000_000
 
 
 def save_field_index(fi: FieldIndex, path: Path) -> None:
-    """Write a field's BM25 matrix (``path``: layout.bm25_field, without suffixes)."""
-    np.savez(
-        path.with_suffix(layout.BM25_MATRIX_SUFFIX),
-        data=fi.data,
-        indices=fi.indices,
-        indptr=fi.indptr,
-    )
-    path.with_suffix(layout.BM25_VOCAB_SUFFIX).write_text(
+    """Write a field's BM25 matrix in format 4 (``path``: layout.bm25_field, without
+    suffixes): one .npy per array, so readers can memory-map them."""
+    version, field = path.parent.parent, path.name
+    for name in layout.BM25_ARRAYS:
+        np.save(layout.bm25_array(version, field, name), getattr(fi, name))
+    path.with_name(field + layout.BM25_VOCAB_SUFFIX).write_text(
         json.dumps({"num_docs": fi.num_docs, "vocab": fi.vocab}), encoding="utf-8"
     )
 
 
 def load_field_index(path: Path) -> FieldIndex:
-    """A field's BM25 matrix as save_field_index wrote it."""
-    meta = json.loads(path.with_suffix(layout.BM25_VOCAB_SUFFIX).read_text(encoding="utf-8"))
+    """A field's BM25 matrix as save_field_index wrote it: memory-mapped arrays (format 4),
+    or read from the npz of formats 1-3."""
+    version, field = path.parent.parent, path.name
+    meta = json.loads(path.with_name(field + layout.BM25_VOCAB_SUFFIX).read_text(encoding="utf-8"))
     n = int(meta["num_docs"])
-    with np.load(path.with_suffix(layout.BM25_MATRIX_SUFFIX)) as z:
-        return FieldIndex(meta["vocab"], z["data"], z["indices"], z["indptr"], n)
-
-
-def load_ann_rows(path: Path, manifest: Mapping[str, Any]) -> np.ndarray | None:
-    """hnswlib label -> row of a version (-1 = deleted node); None when labels are rows
-    (format 1)."""
-    if manifest.get("format") == 1 or not (path / layout.ANN_ROWS).is_file():
-        return None
-    rows: np.ndarray = np.load(path / layout.ANN_ROWS)
-    return rows
+    npz = path.with_name(field + layout.BM25_MATRIX_SUFFIX)
+    if npz.is_file():
+        with np.load(npz) as z:
+            return FieldIndex(meta["vocab"], z["data"], z["indices"], z["indptr"], n)
+    data, indices, indptr = (
+        layout.load_mapped(layout.bm25_array(version, field, a)) for a in layout.BM25_ARRAYS
+    )
+    return FieldIndex(meta["vocab"], data, indices, indptr, n)
 
 
 def read_line(raw: bytes) -> Any:
@@ -96,7 +94,7 @@ class _LineStore:
     """
 
     def __init__(self, path: Path) -> None:
-        self.offsets = np.load(layout.offsets_path(path))
+        self.offsets = layout.load_mapped(layout.offsets_path(path))
         self._mm: mmap.mmap | None = None
         with path.open("rb") as f:
             if os.fstat(f.fileno()).st_size > 0:
@@ -184,22 +182,18 @@ class Snapshot:
         self.n = len(self.ids)
         self.fields = {f: load_field_index(layout.bm25_field(path, f)) for f in self.text_fields}
         self.combined = load_field_index(layout.bm25_field(path, layout.COMBINED))
-        self.vectors: np.ndarray = np.load(path / layout.VECTORS)
+        # memory-mapped: the worker processes of a server share one copy (page cache)
+        self.vectors: np.ndarray = layout.load_mapped(path / layout.VECTORS)
         self.dim = int(m["dim"])
-        self.attrs: np.ndarray = np.load(path / layout.ATTRS)
-        self.cat_codes: np.ndarray = np.load(path / layout.CATEGORY)
+        self.attrs: np.ndarray = layout.load_mapped(path / layout.ATTRS)
+        self.cat_codes: np.ndarray = layout.load_mapped(path / layout.CATEGORY)
         self.categories: list[str] = json.loads((path / layout.CATEGORIES).read_text("utf-8"))
         self._cat_index = {c: i for i, c in enumerate(self.categories)}
-        self.ann: Any = None
-        self.ann_rows: np.ndarray | None = None  # hnswlib label -> row (None: label = row)
+        self.ann: AnnGraph | None = None
+        self.ann_rows: np.ndarray | None = None  # graph label -> row (None: label = row)
         if m["ann"]["enabled"]:
-            import hnswlib
-
             self.ann_rows = load_ann_rows(path, m)
-            self.ann = hnswlib.Index(space="ip", dim=self.dim)
-            self.ann.load_index(str(path / layout.ANN))
-            self.ann.set_ef(int(ef_search or m["ann"]["ef_search"]))
-            self.ann.set_num_threads(1)
+            self.ann = open_ann(path, m, self.dim, int(ef_search or m["ann"]["ef_search"]))
         self.docs = _LineStore(path / layout.DOCS)
         # format 3: TermStore; formats 1-2: terms.jsonl rows behind an LRU
         self.term_store: TermStore | None = None
@@ -286,12 +280,11 @@ class Snapshot:
         v = self._vector(vector)
         m = self.mask(filters)
         if m is None and self.ann is not None:
-            labels, _ = self.ann.knn_query(v, k=min(k, self.n), num_threads=1)
-            cand = labels[0].astype(np.int64)
+            cand = self.ann.search(v, min(k, self.n))
             if self.ann_rows is not None:
                 cand = self.ann_rows[cand]  # deleted nodes are never returned: all >= 0
             s = self.vectors[cand] @ v  # exact cosine of the ANN's candidates
-            order = np.lexsort((cand, -s))
+            order = np.lexsort((cand, -s))[:k]
             return self._hits(cand[order], s[order].astype(np.float64))
         if m is None:
             return self.knn_exact(v, k)

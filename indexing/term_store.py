@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from indexing.bm25 import TermStream
-from indexing.layout import TERM_IDS, TERM_OFFSETS, TERM_SEQS
+from indexing.layout import TERM_IDS, TERM_OFFSETS, TERM_SEQS, load_mapped
 
 
 def _slices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -95,12 +95,9 @@ class TermStore:
             words[i] = t
         self.words = np.empty(len(words), dtype=object)
         self.words[:] = words
-        self.seqs: np.ndarray = np.load(path / TERM_SEQS)
-        self.offsets: np.ndarray = np.load(path / TERM_OFFSETS)
-        ids = np.zeros(0, np.int32)  # an empty array cannot be mapped
-        if self.offsets[-1]:
-            ids = np.asarray(np.load(path / TERM_IDS, mmap_mode="r"))  # plain ndarray view
-        self.ids: np.ndarray = ids
+        self.seqs: np.ndarray = load_mapped(path / TERM_SEQS)
+        self.offsets: np.ndarray = load_mapped(path / TERM_OFFSETS)
+        self.ids: np.ndarray = load_mapped(path / TERM_IDS)
         self.empty = len(self.offsets) - 1  # the slot of unknown rows: ()
         self.cache_terms = cache_terms
         self._held = 0

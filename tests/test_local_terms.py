@@ -21,7 +21,18 @@ from indexing.build import build_local_index, text_field_names
 from indexing.config import IndexConfig
 from indexing.documents import Document
 from indexing.embedding_cache import EmbeddingCache
-from indexing.layout import ANN_ROWS, TERM_IDS, TERM_OFFSETS, TERM_SEQS
+from indexing.layout import (
+    ANN_ROWS,
+    BM25_ARRAYS,
+    BM25_DIR,
+    BM25_MATRIX_SUFFIX,
+    BM25_VOCAB_SUFFIX,
+    FORMAT_VERSION,
+    TERM_IDS,
+    TERM_OFFSETS,
+    TERM_SEQS,
+    bm25_array,
+)
 from indexing.local import LocalBackend
 from indexing.local_store import Snapshot, json_line, write_lines
 from tests.contract import CONTRACT_DOCS
@@ -60,7 +71,7 @@ def built(
 def test_format3_doc_terms_equal_the_analyzer(built: Path) -> None:
     snap = Snapshot(built)
     try:
-        assert snap.manifest["format"] == 3
+        assert snap.manifest["format"] == FORMAT_VERSION
         assert snap.term_store is not None and snap.terms is None
         assert not (built / "terms.jsonl").exists()
         want = expected_terms(DOCS)
@@ -103,8 +114,25 @@ def test_term_cache_starting_over_keeps_values(built: Path) -> None:
         snap.close()
 
 
+def bm25_to_npz(version: Path) -> None:
+    """Rewrite format 4's per-array BM25 files as the one npz per field of formats 1-3."""
+    for vocab in (version / BM25_DIR).glob("*" + BM25_VOCAB_SUFFIX):
+        field = vocab.name[: -len(BM25_VOCAB_SUFFIX)]
+        arrays = {a: np.load(bm25_array(version, field, a)) for a in BM25_ARRAYS}
+        np.savez(version / BM25_DIR / (field + BM25_MATRIX_SUFFIX), **arrays)
+        for a in BM25_ARRAYS:
+            bm25_array(version, field, a).unlink()
+
+
 def _downgrade(version: Path, fmt: int) -> None:
-    """Rewrite a format-3 version as format 1 or 2 wrote it (terms.jsonl, no term store)."""
+    """Rewrite a format-4 version as format 1, 2 or 3 wrote it (npz BM25 matrices; formats
+    1-2: terms.jsonl, no term store)."""
+    bm25_to_npz(version)
+    if fmt == 3:
+        manifest = json.loads((version / "manifest.json").read_text())
+        manifest["format"] = fmt
+        (version / "manifest.json").write_text(json.dumps(manifest))
+        return
     snap = Snapshot(version)
     rows = [snap.term_row(r) for r in range(snap.n)]
     snap.close()
@@ -118,7 +146,7 @@ def _downgrade(version: Path, fmt: int) -> None:
     (version / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("fmt", [1, 2])
+@pytest.mark.parametrize("fmt", [1, 2, 3])
 def test_older_formats_load_and_return_the_same(built: Path, tmp_path: Path, fmt: int) -> None:
     import shutil
 
@@ -127,12 +155,14 @@ def test_older_formats_load_and_return_the_same(built: Path, tmp_path: Path, fmt
     shutil.copytree(built, old)
     (root / "CURRENT").write_text(built.name + "\n")
     _downgrade(old, fmt)
-    line = (old / "terms.jsonl").read_bytes().split(b"\n")[0].decode()
-    assert line == json_line([list(t) for t in Snapshot(built).term_row(0)])
+    assert not list((old / BM25_DIR).glob("*.npy"))
+    if fmt < 3:
+        line = (old / "terms.jsonl").read_bytes().split(b"\n")[0].decode()
+        assert line == json_line([list(t) for t in Snapshot(built).term_row(0)])
 
     new, prev = Snapshot(built), Snapshot(old)
     try:
-        assert prev.term_store is None and prev.manifest["format"] == fmt
+        assert (prev.term_store is None) == (fmt < 3) and prev.manifest["format"] == fmt
         ids = [d.id for d in DOCS] + ["nope"]
         q = "red shoes laptop"
         vec = new.vectors[3]
