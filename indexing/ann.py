@@ -245,7 +245,9 @@ def build_ann(
                 "deleted": len(newly_dead),
                 "labels": n_labels,
             }
-        log.info("ANN: %d of %d graph nodes would be deleted; building from scratch", dead, n_labels)
+        log.info(
+            "ANN: %d of %d graph nodes would be deleted; building from scratch", dead, n_labels
+        )
     build_usearch(path / layout.ANN_USEARCH, vectors, np.arange(n), ANN_DTYPE)
     np.save(path / layout.ANN_ROWS, np.arange(n, dtype=np.int64))
     return {

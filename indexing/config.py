@@ -33,7 +33,11 @@ class EmbeddingConfig:
     # onnx-int8: fastest, NDCG@10 within 0.005 of torch (docs/benchmarks.md "Embedding backends")
     backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     batch_size: int = 64
-    threads: int = 0  # 0 = one per core, capped at 2 here (more threads than cores is slow)
+    threads: int = 0  # 0 = one per core (os.cpu_count())
+    # "auto": CUDA when torch sees a device (fp16, batched: indexing.batch_encode), else
+    # the CPU backend above; "cpu" / "cuda" force one (cuda without a device is an error).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_batch_size: int = 1024
     cache: bool = True
     # Where ONNX exports of the model are kept (exported once, atomically, then reused).
     export_dir: str = "var/models"
@@ -46,6 +50,10 @@ class EmbeddingConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.gpu_batch_size < 1:
+            raise ValueError(f"gpu_batch_size must be >= 1, got {self.gpu_batch_size}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
 

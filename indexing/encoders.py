@@ -19,6 +19,7 @@ one model or backend to another.
 
 from __future__ import annotations
 
+import os
 import platform
 import threading
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from indexing.batch_encode import BatchPipeline, resolve_device
 from indexing.config import EmbeddingConfig
 from indexing.errors import EmbeddingError
 from indexing.onnx_export import (
@@ -42,6 +44,7 @@ __all__ = [
     "Encoder",
     "SentenceTransformerEncoder",
     "check_texts",
+    "cpu_description",
     "cpu_quantization",
     "default_model_path",
     "load_encoder",
@@ -86,6 +89,20 @@ def cpu_quantization() -> str:
     return "avx2"
 
 
+def cpu_description() -> str:
+    """CPU model, the int8 kernels' instruction set and the core count: recorded beside every
+    embedding number (speed depends on all three)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {cpu_quantization()}, {os.cpu_count()} cores"
+
+
 def check_texts(texts: Sequence[str]) -> None:
     """TypeError unless ``texts`` is a sequence of str (one str would embed per character)."""
     if isinstance(texts, str):
@@ -111,16 +128,27 @@ class SentenceTransformerEncoder:
         check_model_dir(src)
         fingerprint = model_fingerprint(src)
         name = src.name if cfg.model else PACKAGED_MODEL_NAME
-        self._model, self._path, self._file, variant = _load_model(cfg, src, self._threads)
-        self._backend = cfg.backend
+        self._device = resolve_device(cfg.device)
+        self._pipeline: BatchPipeline | None = None
+        if self._device == "cuda":
+            # fp16 torch on the GPU, batched (indexing.batch_encode); its vectors are within
+            # cosine 0.999 of torch's float32 ones (scripts/gpu_check.py), so they share
+            # torch's cache key
+            self._model, self._path, self._file, variant = _load_model(
+                cfg, src, self._threads, backend="torch"
+            )
+            self._pipeline = BatchPipeline(self._model, "cuda", cfg.gpu_batch_size)
+        else:
+            self._model, self._path, self._file, variant = _load_model(cfg, src, self._threads)
+        self._backend = "torch" if self._pipeline is not None else cfg.backend
         # Dynamic int8 quantizes activations with ONE scale per input tensor, so in a batch
         # a text's vector would depend on its neighbours and padding (cosine ~0.989 to the
         # same text alone). One text per run makes a vector a function of its text alone
         # (what the cache and index/query agreement assume) at no measured throughput cost:
         # the padding it saves pays for the extra calls.
-        self._batch = 1 if cfg.backend == "onnx-int8" else cfg.batch_size
+        self._batch = 1 if self._backend == "onnx-int8" else cfg.batch_size
         self._runner: _PerTextRunner | None = None
-        if cfg.backend == "onnx-int8":
+        if self._backend == "onnx-int8":
             self._runner = _PerTextRunner.for_model(
                 self._model, self._path / self._file, self._threads
             )
@@ -146,6 +174,11 @@ class SentenceTransformerEncoder:
         return self._backend
 
     @property
+    def device(self) -> str:
+        """Where documents are embedded: "cpu" or "cuda" (embedding.device resolved)."""
+        return self._device
+
+    @property
     def threads(self) -> int:
         return self._threads
 
@@ -159,6 +192,8 @@ class SentenceTransformerEncoder:
         check_texts(texts)
         if len(texts) == 0:
             return np.zeros((0, self._dim), dtype=np.float32)
+        if self._pipeline is not None:
+            return self._pipeline.encode(texts)
         if self._runner is not None:
             arr = self._runner.encode(texts, self._dim, progress)
             if not np.isfinite(arr).all():
@@ -177,16 +212,20 @@ class SentenceTransformerEncoder:
         return arr
 
 
-def _load_model(cfg: EmbeddingConfig, src: Path, threads: int) -> tuple[Any, Path, str, str]:
-    """(model, folder loaded, ONNX file in it or "", backend variant) for ``cfg.backend``."""
+def _load_model(
+    cfg: EmbeddingConfig, src: Path, threads: int, backend: str | None = None
+) -> tuple[Any, Path, str, str]:
+    """(model, folder loaded, ONNX file in it or "", backend variant) for ``backend``
+    (default ``cfg.backend``)."""
     from sentence_transformers import SentenceTransformer
 
-    variant: str = cfg.backend
+    backend = backend or cfg.backend
+    variant: str = backend
     try:
-        if cfg.backend == "torch":
+        if backend == "torch":
             return SentenceTransformer(str(src), device="cpu"), src, "", variant
         quant = None
-        if cfg.backend == "onnx-int8":
+        if backend == "onnx-int8":
             quant = cpu_quantization() if cfg.quantization == "auto" else cfg.quantization
             variant = f"onnx-int8-{quant}"
         path, file = ensure_onnx_export(src, cfg.export_dir, quant, threads)

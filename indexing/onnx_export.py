@@ -38,10 +38,11 @@ _EXPORT_MARKER = "ltrsearch-export.txt"
 
 
 def resolve_threads(threads: int) -> int:
-    """0 = one per core, at most 2: more threads than free cores only adds contention."""
+    """0 = one per core (os.cpu_count()): the int8 runner runs that many single-threaded
+    texts at once, torch and fp32 ONNX use that many intra-op threads."""
     if threads < 0:
         raise EmbeddingError(f"threads must be >= 0, got {threads}")
-    return threads or max(1, min(2, os.cpu_count() or 1))
+    return threads or max(1, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- model files

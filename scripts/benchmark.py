@@ -316,6 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     qv = composer([q + "\n" for q in queries[: args.knn_queries]], noise=0.0)
     knn: dict[str, Any] = {"exact": latencies(lambda v: snap.knn_exact(v, 100), list(qv))}
     exact_ids = [set(snap.knn_exact(v, 100).ids) for v in qv]
+    assert snap.ann is not None
     for ef in args.ef:
         snap.ann.set_ef(ef)
         stats = latencies(lambda v: snap.knn(v, 100), list(qv))

@@ -126,6 +126,21 @@ def rss_mb(pid: int) -> float:
     return sum(_rss_mb(p) for p in _tree(pid))
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size of the server and its workers: pages shared between them (the
+    memory-mapped index files, the page cache's one copy) counted once in total, where
+    summing RSS counts them once per process."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) / 1024.0
+        except OSError:
+            return float("nan")
+    return total
+
+
 def _rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -276,6 +291,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = args.port or serverproc.free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
+    t_start = time.perf_counter()
     proc = start_server(
         info, events, port, log, args.blas_threads, args.workers, args.candidate_cache
     )
@@ -291,7 +307,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(serverproc.wait_ready, url, proc, log, 600.0, "/health", 0.5)
         except serverproc.ServerStartError as e:
             raise SystemExit(f"benchmark_api: {e}") from None
+        first = Recorder()
+        await drive(url, queries[:1], 1, 1, 60.0, first, 0)
+        # cold start: server start to the first answered search (index, model, encoder)
+        out["cold_start_s"] = round(time.perf_counter() - t_start, 2) if first.done else None
         out["rss_mb_start"] = round(rss_mb(proc.pid), 1)
+        out["pss_mb_start"] = round(pss_mb(proc.pid), 1)
         await drive(url, queries, args.warmup, args.concurrency, args.max_seconds, Recorder(), 1)
         rec = Recorder()
         load_before = os.getloadavg()[0]
@@ -315,6 +336,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "client_cpu_ms_per_request": round(1000 * cli_cpu / max(rec.done, 1), 2),
             "server_stage_ms": {s: _pct(v) for s, v in rec.stages.items()},
             "rss_mb": round(rss_mb(proc.pid), 1),
+            "pss_mb": round(pss_mb(proc.pid), 1),
         }
         if args.soak_seconds > 0:
             samples = []
@@ -333,6 +355,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "req_per_s": round(srec.done / secs, 1),
                         "p99_ms": _pct(srec.client_ms).get("p99"),
                         "rss_mb": round(rss_mb(proc.pid), 1),
+                        "pss_mb": round(pss_mb(proc.pid), 1),
                     }
                 )
                 print(json.dumps(samples[-1]), file=sys.stderr)
@@ -365,7 +388,12 @@ def _markdown(out: dict[str, Any]) -> str:
     for s in STAGES:
         st = r["server_stage_ms"][s]
         lines.append(f"| server {s} (n={st.get('n')}) | {st.get('p50')} | {st.get('p99')} |")
-    lines.append(f"\nserver RSS: start {out.get('rss_mb_start')} MB, after run {r['rss_mb']} MB")
+    lines.append(
+        f"\nserver RSS (sum over processes): start {out.get('rss_mb_start')} MB, after run "
+        f"{r['rss_mb']} MB; PSS (shared pages once): {out.get('pss_mb_start')} -> "
+        f"{r.get('pss_mb')} MB; cold start to the first answered search "
+        f"{out.get('cold_start_s')} s"
+    )
     if out.get("soak"):
         s0, s1 = out["soak"][0], out["soak"][-1]
         errs = sum(x["errors"] for x in out["soak"])

@@ -30,7 +30,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from indexing.config import EmbeddingConfig
 from indexing.demo_catalog import generate_products
 from indexing.embedding_cache import EmbeddingCache, EmbedStats, embed_texts, text_key
-from indexing.encoders import BACKENDS, Encoder, default_model_path, load_encoder
+from indexing.encoders import (
+    BACKENDS,
+    Encoder,
+    cpu_description,
+    default_model_path,
+    load_encoder,
+)
 from indexing.loaders import load_beir
 
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
@@ -179,12 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "load_avg_start": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_description(),
         "doc_mean_tokens": mean_tokens(docs),
         "n_docs": len(docs),
         "n_queries": len(queries),
         "backends": {},
     }
-    print(f"{len(docs)} product texts, mean {results['doc_mean_tokens']:.1f} tokens")
+    print(
+        f"{len(docs)} product texts, mean {results['doc_mean_tokens']:.1f} tokens, "
+        f"CPU {results['cpu']}"
+    )
     first: Encoder | None = None
     for backend in args.backends.split(","):
         cfg = EmbeddingConfig(backend=backend, threads=args.threads, export_dir=args.export_dir)  # type: ignore[arg-type]

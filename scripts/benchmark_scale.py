@@ -230,7 +230,7 @@ def _query(kind: str, vec_path: str, q_path: str, out_dir: str, ef: int, k: int)
     out = Path(out_dir)
     vectors = np.load(vec_path, mmap_mode="r")
     queries = np.load(q_path)
-    rss0, pss0 = _pss_mb()
+    rss0, _ = _pss_mb()
     if kind == "hnswlib":
         import hnswlib
 
@@ -242,19 +242,26 @@ def _query(kind: str, vec_path: str, q_path: str, out_dir: str, ef: int, k: int)
         def search(v: np.ndarray) -> np.ndarray:
             return idx.knn_query(v, k=k, num_threads=1)[0][0].astype(np.int64)
     else:
-        from indexing.ann import open_usearch
+        from usearch.index import Index
+
+        from indexing.ann import RESCORE_OVERSAMPLE
 
         dtype = kind.split("-")[1]
-        uidx = open_usearch(out / f"ann-{dtype}.usearch", ef)
+        uidx: Any = Index.restore(str(out / f"ann-{dtype}.usearch"), view=True)
+        assert uidx is not None
+        uidx.expansion_search = ef
+        over = 1 if dtype == "f32" else RESCORE_OVERSAMPLE  # as indexing.ann.AnnGraph
 
         def search(v: np.ndarray) -> np.ndarray:
-            return np.asarray(uidx.search(v, k, threads=1).keys, dtype=np.int64)
+            keys = np.asarray(uidx.search(v, k * over, threads=1).keys, dtype=np.int64)
+            return keys[np.argsort(-(vectors[keys] @ v), kind="stable")[:k]]
 
     exact = []
     for q in queries:
         s = vectors @ q
         exact.append(set(np.argpartition(-s, k)[:k].tolist()))
-    times, recalls = [], []
+    times: list[float] = []
+    recalls: list[float] = []
     for _ in range(2):
         times = []
         for i, q in enumerate(queries):
@@ -311,9 +318,98 @@ def ann(work: Path, n_docs: int, n_queries: int, kinds: Sequence[str], ef: int) 
     return results
 
 
+def _pct(xs: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(xs)
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
+
+
+def build(work: Path, n_docs: int, n_changed: int, n_queries: int) -> dict[str, Any]:
+    """Reindex from the cache into <work>/index-<n_docs> (what benchmark_api serves), then
+    again with ``n_changed`` documents' titles changed (their texts embedded for real), then
+    BM25 / kNN top-100 latency and recall@100 over the served version."""
+    import dataclasses
+    import resource
+
+    from indexing.build import build_local_index
+    from indexing.config import EmbeddingConfig, IndexConfig
+    from indexing.embedding_cache import EmbeddingCache
+    from indexing.encoders import load_encoder
+    from indexing.layout import current_version, index_versions
+    from indexing.loaders import load_beir
+    from indexing.local_store import Snapshot
+
+    ds = load_beir(work / f"catalog-{n_docs}")
+    docs = list(ds.corpus)
+    enc = load_encoder(EmbeddingConfig())
+    index = work / f"index-{n_docs}"
+    cfg = IndexConfig()
+    out: dict[str, Any] = {"docs": len(docs)}
+    with EmbeddingCache(work / "emb-cache.db") as cache:
+        for label, batch in (
+            ("full", docs),
+            (
+                "changed",
+                [
+                    dataclasses.replace(d, title=d.title + " (new)")
+                    if i % (len(docs) // max(n_changed, 1)) == 0
+                    and i // (len(docs) // max(n_changed, 1)) < n_changed
+                    else d
+                    for i, d in enumerate(docs)
+                ],
+            ),
+            ("back", docs),
+        ):
+            if label == "full" and current_version(index) is not None:
+                continue
+            t0, c0 = time.perf_counter(), time.process_time()
+            version = build_local_index(batch, index, enc, cfg, cache=cache)
+            secs = time.perf_counter() - t0
+            m = json.loads((index_versions(index).path(version) / "manifest.json").read_text())
+            out[label] = {
+                "seconds": round(secs, 1),
+                "cpu_s_this_process": round(time.process_time() - c0, 1),
+                "docs_per_s": round(len(batch) / secs),
+                "ann": {k: m["ann"].get(k) for k in ("build", "kept", "added", "deleted")},
+                "peak_rss_mb_this_process": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                ),
+            }
+            print(label, json.dumps(out[label]), file=sys.stderr, flush=True)
+    del docs
+    served = current_version(index)
+    assert served is not None
+    t0 = time.perf_counter()
+    snap = Snapshot(index_versions(index).path(served))
+    out["snapshot_open_s"] = round(time.perf_counter() - t0, 2)
+    queries = [q.text for q in ds.queries][:n_queries]
+    qv = query_vectors(work, n_docs, n_queries)
+    for _ in range(2):  # second pass measured: page cache warm, as in a serving worker
+        bm = []
+        for q in queries:
+            t = time.perf_counter()
+            snap.bm25(q, 100)
+            bm.append((time.perf_counter() - t) * 1000)
+        kn, rec = [], []
+        for v in qv:
+            t = time.perf_counter()
+            hits = snap.knn(v, 100)
+            kn.append((time.perf_counter() - t) * 1000)
+            exact = snap.knn_exact(v, 100)
+            rec.append(len(set(hits.ids) & set(exact.ids)) / 100)
+    out["bm25_top100"] = _pct(bm)
+    out["knn_top100"] = _pct(kn)
+    out["recall_at_100"] = {"mean": round(float(np.mean(rec)), 4), "min": round(min(rec), 3)}
+    out["ann_manifest"] = snap.manifest["ann"]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmark_scale", description=__doc__.split("\n")[0])
-    p.add_argument("step", choices=("fill", "ann"))
+    p.add_argument("step", choices=("fill", "ann", "build"))
+    p.add_argument("--changed", type=int, default=100, help="build: documents changed")
     p.add_argument("--docs", type=int, default=1_000_000)
     p.add_argument("--work-dir", default="var/bench_api")
     p.add_argument("--base", type=int, default=3000, help="fill: products embedded for real")
@@ -324,9 +420,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    cpu = _cpu()
+    from indexing.encoders import cpu_description
+
+    cpu = cpu_description()
     if args.step == "fill":
         res: Any = fill(work, args.docs, args.base)
+    elif args.step == "build":
+        res = build(work, args.docs, args.changed, args.queries)
     else:
         res = ann(work, args.docs, args.queries, args.kinds.split(","), args.ef)
     res = {"cpu": cpu, "load_avg_1m": os.getloadavg()[0], "result": res}
@@ -334,21 +434,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return 0
-
-
-def _cpu() -> str:
-    """CPU model, instruction set of the int8 kernels and core count (beside every number)."""
-    from indexing.encoders import cpu_quantization
-
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {cpu_quantization()}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

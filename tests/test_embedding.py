@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexing.batch_encode import BatchPipeline, resolve_device
 from indexing.config import EmbeddingConfig
 from indexing.embedding_cache import EmbeddingCache, EmbedStats, embed_texts, text_key
 from indexing.encoders import (
@@ -221,10 +222,10 @@ def test_int8_model_id_names_quantization(backend_encoder: Callable[[str], Encod
 def test_threads_are_set_deliberately(encoder: Encoder) -> None:
     import torch
 
-    expected = max(1, min(2, os.cpu_count() or 1))
+    expected = max(1, os.cpu_count() or 1)  # every core
     assert resolve_threads(0) == expected and resolve_threads(1) == 1
     assert getattr(encoder, "threads", expected) == expected
-    assert torch.get_num_threads() <= 2
+    assert torch.get_num_threads() <= expected
     with pytest.raises(EmbeddingError, match="threads must be >= 0"):
         resolve_threads(-1)
 
@@ -303,3 +304,39 @@ def test_int8_parallel_runner_equals_sentence_transformers(
     np.testing.assert_allclose(ours, reference, atol=1e-6)
     one_by_one = np.stack([enc.encode([t])[0] for t in texts])
     np.testing.assert_array_equal(ours, one_by_one)  # parallel runs change nothing
+
+
+# --- embedding.device and the batched pipeline (the GPU path, run on the CPU here) --------
+def test_device_setting_resolves() -> None:
+    import torch
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(EmbeddingError, match="unknown embedding device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(EmbeddingError, match="torch sees no CUDA device"):
+            load_encoder(EmbeddingConfig(device="cuda"))
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        EmbeddingConfig(device="gpu").validate()  # type: ignore[arg-type]
+
+
+def test_batched_pipeline_on_cpu_matches_sentence_transformers() -> None:
+    """The GPU pipeline's code (length buckets, tokenizer thread, pooling) run on the CPU in
+    float32: the same vectors as sentence-transformers' torch encode, in input order."""
+    from sentence_transformers import SentenceTransformer
+
+    from indexing.encoders import default_model_path
+
+    texts = [*SENTENCES, "short", "", "a " * 300, *(s.upper() for s in SENTENCES)]
+    reference = SentenceTransformer(default_model_path(), device="cpu").encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64
+    )
+    model = SentenceTransformer(default_model_path(), device="cpu")
+    pipe = BatchPipeline(model, "cpu", batch_size=3)  # several uneven batches
+    got = pipe.encode(texts)
+    assert got.shape == reference.shape and got.dtype == np.float32
+    cos = np.sum(got * reference, axis=1)
+    assert cos.min() >= 0.999, cos
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert pipe.encode([]).shape == (0, reference.shape[1])
