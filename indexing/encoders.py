@@ -19,10 +19,13 @@ one model or backend to another.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,6 +46,7 @@ __all__ = [
     "BACKENDS",
     "Encoder",
     "SentenceTransformerEncoder",
+    "calibrated_backend",
     "check_texts",
     "cpu_description",
     "cpu_quantization",
@@ -339,5 +343,52 @@ class _PerTextRunner:
 
 
 def load_encoder(cfg: EmbeddingConfig) -> Encoder:
-    """The encoder the settings ask for (exports the ONNX variants on first use)."""
+    """The encoder the settings ask for (exports the ONNX variants on first use; backend
+    "auto" is resolved by calibrated_backend)."""
+    if cfg.backend == "auto":
+        cfg = replace(cfg, backend=calibrated_backend(cfg))  # type: ignore[arg-type]
     return SentenceTransformerEncoder(cfg)
+
+
+CALIBRATION_FILE = "calibration.json"  # in EmbeddingConfig.export_dir
+CALIBRATION_TEXTS = 48
+
+
+def calibrated_backend(cfg: EmbeddingConfig) -> str:
+    """The backend with the most docs/s on this machine: measured once per (CPU, threads,
+    model) on CALIBRATION_TEXTS demo product texts (after a warm-up), then read from
+    ``<export_dir>/calibration.json``, which also keeps the rates measured."""
+    from indexing.demo_catalog import generate_products
+    from ltr.versions import write_atomic
+
+    src = Path(cfg.model or default_model_path()).resolve()
+    check_model_dir(src)
+    threads = resolve_threads(cfg.threads)
+    key = f"{cpu_description()} | threads {threads} | {model_fingerprint(src)[:16]}"
+    path = Path(cfg.export_dir) / CALIBRATION_FILE
+    known: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            known = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+    if key in known and known[key].get("backend") in BACKENDS:
+        return str(known[key]["backend"])
+    texts = [f"{p.title}\n{p.text}" for p in generate_products(CALIBRATION_TEXTS, 7)]
+    rates: dict[str, float] = {}
+    for backend in BACKENDS:
+        enc = SentenceTransformerEncoder(replace(cfg, backend=backend, device="cpu"))  # type: ignore[arg-type]
+        enc.encode(texts[:8])
+        t0 = time.perf_counter()
+        enc.encode(texts)
+        rates[backend] = round(len(texts) / (time.perf_counter() - t0), 1)
+        del enc
+    best = max(rates, key=rates.__getitem__)
+    known[key] = {
+        "backend": best,
+        "docs_per_s": rates,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    Path(cfg.export_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(known, indent=2))
+    return best

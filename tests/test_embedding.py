@@ -340,3 +340,36 @@ def test_batched_pipeline_on_cpu_matches_sentence_transformers() -> None:
     assert cos.min() >= 0.999, cos
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert pipe.encode([]).shape == (0, reference.shape[1])
+
+
+def test_auto_backend_reads_the_cached_calibration(tmp_path: Path) -> None:
+    """backend = "auto" on a machine already calibrated: the recorded choice, no measuring."""
+    import json
+
+    from indexing.encoders import CALIBRATION_FILE, calibrated_backend, cpu_description
+    from indexing.onnx_export import model_fingerprint
+
+    cfg = EmbeddingConfig(backend="auto", export_dir=str(tmp_path))
+    key = (
+        f"{cpu_description()} | threads {resolve_threads(0)} | "
+        f"{model_fingerprint(default_model_path())[:16]}"
+    )
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({key: {"backend": "onnx"}}))
+    assert calibrated_backend(cfg) == "onnx"
+
+
+@pytest.mark.slow
+def test_auto_backend_calibrates_once() -> None:
+    """The first use measures the three backends and records the fastest with its rates."""
+    import json
+
+    from indexing.encoders import CALIBRATION_FILE, calibrated_backend
+
+    path = EXPORT_DIR / CALIBRATION_FILE
+    path.unlink(missing_ok=True)
+    cfg = EmbeddingConfig(backend="auto", export_dir=str(EXPORT_DIR))
+    best = calibrated_backend(cfg)
+    (rec,) = json.loads(path.read_text()).values()
+    assert rec["backend"] == best == max(rec["docs_per_s"], key=rec["docs_per_s"].get)
+    assert set(rec["docs_per_s"]) == set(BACKENDS)
+    assert calibrated_backend(cfg) == best  # read back, not measured again
