@@ -12,14 +12,14 @@ Measures, on that catalog:
 - reindex throughput: a cold build that embeds (real MiniLM, ``--embed-docs`` documents,
   because embedding 100K texts on a shared 2-core CPU takes hours), the same build again
   from the embedding cache, and cached builds of the whole ``--docs`` catalog: exact kNN
-  only (BM25 side in a second process, and all in one process), with the hnswlib index
+  only (BM25 side in a second process, and all in one process), with the ANN graph
   from scratch, the same documents again (graph reused), 2% of the documents changed,
   2% removed and 2% added (graph extended), and back to the original catalog. CPU
   seconds include the BM25 child process;
 - BM25 top-100 latency p50/p99: ours (bm25s Lucene scores, Snapshot.bm25) and the same
   through LocalBackend (asyncio.to_thread), against rank-bm25's BM25Okapi on a subsample
   of queries (it scores every document in Python and is slow);
-- kNN top-100 latency p50/p99, exact (numpy matmul + argpartition) vs hnswlib, and the
+- kNN top-100 latency p50/p99, exact (numpy matmul + argpartition) vs the ANN graph, and the
   ANN's recall@100 against exact, for a few ef_search values.
 
 The vectors of the full catalog are *composed*, not embedded: every attribute word of the
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["bm25_top100"] = bm25
     print("bm25 rank-bm25:", json.dumps(bm25["rank_bm25_okapi"]), flush=True)
 
-    # 4. kNN top-100: exact vs hnswlib, recall@100
+    # 4. kNN top-100: exact vs the ANN graph, recall@100
     qv = composer([q + "\n" for q in queries[: args.knn_queries]], noise=0.0)
     knn: dict[str, Any] = {"exact": latencies(lambda v: snap.knn_exact(v, 100), list(qv))}
     exact_ids = [set(snap.knn_exact(v, 100).ids) for v in qv]

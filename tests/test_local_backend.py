@@ -21,7 +21,7 @@ from tests.contract import CONTRACT_DOCS, BackendContract, N
 def contract_index_ann(
     tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
 ) -> Path:
-    """The session's contract corpus with the hnswlib index forced on (threshold below the
+    """The session's contract corpus with the ANN graph (usearch) forced on (threshold below the
     corpus size); ``contract_index`` (conftest) is the same corpus with exact kNN."""
     root = tmp_path_factory.mktemp("contract-index-ann")
     build_local_index(
@@ -39,7 +39,7 @@ class TestLocalBackendContract(BackendContract):
 
 
 class TestLocalBackendAnnContract(BackendContract):
-    """The same contract when unfiltered kNN goes through hnswlib."""
+    """The same contract when unfiltered kNN goes through the ANN graph."""
 
     @pytest_asyncio.fixture(loop_scope="session")
     async def backend(self, contract_index_ann: Path, encoder: Any) -> AsyncIterator[LocalBackend]:
