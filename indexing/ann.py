@@ -104,18 +104,6 @@ def open_ann(path: Path, manifest: Mapping[str, Any], dim: int, ef_search: int) 
     return AnnGraph(path, manifest, dim, ef_search)
 
 
-def _new_usearch(dim: int) -> Any:
-    from usearch.index import Index
-
-    return Index(
-        ndim=dim,
-        metric="ip",
-        dtype=ANN_DTYPE,
-        connectivity=HNSW_M,
-        expansion_add=HNSW_EF_CONSTRUCTION,
-    )
-
-
 def build_usearch(path: Path, vectors: np.ndarray, labels: np.ndarray, dtype: str) -> None:
     """A usearch graph of ``vectors`` under ``labels`` in ``dtype``, saved to ``path``
     (also what scripts/benchmark_scale.py compares against hnswlib)."""

@@ -347,16 +347,15 @@ def build(work: Path, n_docs: int, n_changed: int, n_queries: int) -> dict[str, 
     index = work / f"index-{n_docs}"
     cfg = IndexConfig()
     out: dict[str, Any] = {"docs": len(docs)}
+    step = max(1, len(docs) // max(n_changed, 1))
+    changed_rows = set(range(0, len(docs), step)[:n_changed])  # spread over the catalog
     with EmbeddingCache(work / "emb-cache.db") as cache:
         for label, batch in (
             ("full", docs),
             (
                 "changed",
                 [
-                    dataclasses.replace(d, title=d.title + " (new)")
-                    if i % (len(docs) // max(n_changed, 1)) == 0
-                    and i // (len(docs) // max(n_changed, 1)) < n_changed
-                    else d
+                    dataclasses.replace(d, title=d.title + " (new)") if i in changed_rows else d
                     for i, d in enumerate(docs)
                 ],
             ),
