@@ -170,8 +170,8 @@ def test_incremental_reindex_answers_as_a_full_rebuild(
     setup: Any, encoder: Any, tmp_path: Path
 ) -> None:
     """100 changed documents: the reindex that extends the previous graph and a full build of
-    the same documents in a fresh directory answer the same (BM25 hits and scores, kNN top
-    10, per-candidate lookups)."""
+    the same documents in a fresh directory answer the same (BM25 hits and scores, exact kNN,
+    per-candidate lookups; the two graphs' top 10 agree within their recall)."""
     root, cache, docs = setup
     build_local_index(docs, root, encoder, CFG, cache=cache)
     changed = [
@@ -195,10 +195,14 @@ def test_incremental_reindex_answers_as_a_full_rebuild(
             a, b = inc.bm25(q, 50), full.bm25(q, 50)
             assert a.ids == b.ids
             np.testing.assert_array_equal(a.scores, b.scores)
+        overlap = []
         for q in clustered(20, encoder.dim, seed=13):
-            a, b = inc.knn(q, 10), full.knn(q, 10)
+            a, b = inc.knn_exact(q, 10), full.knn_exact(q, 10)  # the same vectors and rows
             assert a.ids == b.ids
             np.testing.assert_array_equal(a.scores, b.scores)
+            # the graphs differ (extended vs built; a threaded build is not deterministic)
+            overlap.append(len(set(inc.knn(q, 10).ids) & set(full.knn(q, 10).ids)) / 10)
+        assert float(np.mean(overlap)) >= 0.95, overlap
         ids = [d.id for d in changed[:40]]
         la, lb = inc.lookups("red lantern", ids, None), full.lookups("red lantern", ids, None)
         assert la.doc_terms == lb.doc_terms and la.idf == lb.idf
