@@ -8,6 +8,7 @@ stopping, because a reranker boosted from the fusion score only has to learn cor
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,14 +51,22 @@ class TrainConfig:
     valid_fraction: float = 0.2  # of the training queries, when no validation set is given
     test_fraction: float = 0.2  # the CLI holds out this share of queries for the final report
     use_base_margin: bool = True  # boost from the fusion score (architecture principle 12)
-    base_margin: str = "rrf"  # fusion name in ltr.fusion.FUSIONS used as base margin
-    # the fusion's ``scale`` param: rrf * 20 puts the top candidate ~0.66 above one the
-    # retrievers missed, on the scale a few dozen shallow trees with eta 0.03 can move.
-    # Saved in the manifest (base_margin_spec), so serving applies exactly this.
-    base_margin_scale: float = 20.0
+    # The fusion the booster starts from: "linear" (min-max scores, the BM25/dense weight
+    # fitted on the training queries, ltr.fusion.fit_linear) is the strongest baseline on
+    # every judged collection; the trees learn a residual on top of it. The fitted weights
+    # and the scale are saved in the manifest (base_margin_spec), so serving applies exactly
+    # the margin the model was trained from.
+    base_margin: str = "linear"
+    # the fusion's ``scale`` param: linear scores lie in [0, 1]; x 5 puts the top candidate
+    # a few units above the tail, on the scale a few dozen shallow trees with eta 0.03 move.
+    base_margin_scale: float = 5.0
+    # XGBoost monotone_constraints from ltr.features (retriever scores up, ranks down)
+    monotone: bool = True
     # recipe (ltr.train.fit_recipe): number of rounds from ``inner_folds`` query-level inner
     # folds (1 = one valid_fraction split) whose validation NDCG curves are averaged and
-    # smoothed over ``smooth_rounds``; then one booster on all training queries
+    # smoothed over ``smooth_rounds``; then one booster on all training queries. Zero rounds
+    # is a candidate too (the base margin alone): the model then IS the fusion it starts
+    # from, so the trees cannot make it worse than the fusion on the inner folds' evidence.
     inner_folds: int = 3
     smooth_rounds: int = 25
     # with behavior features: share of training queries added again with their click
@@ -104,8 +113,9 @@ class TrainConfig:
         non_negative("gamma", self.gamma)
         if not isinstance(self.continue_rounds, int) or self.continue_rounds < 1:
             raise ValueError(f"continue_rounds must be >= 1, got {self.continue_rounds!r}")
-        if not isinstance(self.num_boost_round, int) or self.num_boost_round < 1:
-            raise ValueError(f"num_boost_round must be >= 1, got {self.num_boost_round!r}")
+        if not isinstance(self.num_boost_round, int) or self.num_boost_round < 0:
+            # 0: no trees, the base margin alone (what the recipe picks when trees do not help)
+            raise ValueError(f"num_boost_round must be >= 0, got {self.num_boost_round!r}")
         if not isinstance(self.early_stopping_rounds, int) or self.early_stopping_rounds < 0:
             raise ValueError(
                 "early_stopping_rounds must be >= 0 (0 disables), "
@@ -159,12 +169,14 @@ class TrainConfig:
         if not isinstance(self.reference_rows, int) or self.reference_rows < 1:
             raise ValueError(f"reference_rows must be >= 1, got {self.reference_rows!r}")
 
-    def base_margin_spec(self) -> dict[str, Any] | None:
+    def base_margin_spec(self, fitted: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """The manifest's base_margin: the fusion + params serving (search.pipeline) applies
-        via ``ltr.fusion.fusion_score(cs, spec["name"], spec["params"])``; None without one."""
+        via ``ltr.fusion.fusion_score(cs, spec["name"], spec["params"])``; None without one.
+        ``fitted``: the fusion's fitted params (linear: {"weights": {...}})."""
         if not self.use_base_margin:
             return None
-        return {"name": self.base_margin, "params": {"scale": float(self.base_margin_scale)}}
+        params = {**dict(fitted or {}), "scale": float(self.base_margin_scale)}
+        return {"name": self.base_margin, "params": params}
 
     def xgb_params(self) -> dict[str, Any]:
         """The parameter dict handed to xgboost.train (also stored in the manifest)."""

@@ -99,9 +99,9 @@ class EvalConfig:
     seed: int = 0
     metrics: tuple[str, ...] = DEFAULT_METRICS
     features: tuple[str, ...] = DEFAULT_TEXT_FEATURES + STATIC_FEATURES
-    margin: str = "rrf"  # fusion the booster starts from ("" = none)
-    # rrf * 20: the top-ranked candidate starts ~0.66 above one the retrievers missed, on the
-    # scale of what a few dozen shallow trees with eta 0.03 can move (they learn corrections)
+    # fusion the booster starts from ("" = none); "linear" uses each training fold's fitted
+    # weights (the same fusion the "linear" baseline ranks by), so the trees learn a residual
+    margin: str = DEFAULT_TRAIN.base_margin
     margin_scale: float = DEFAULT_TRAIN.base_margin_scale
     train: TrainConfig = DEFAULT_TRAIN
     # simulated clicks (0 = off): sessions per query, PBM on the fusion ranking
@@ -331,13 +331,20 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
         for q in test_ids:
             runs["linear"][q] = rank_ids(by_id[q].cs.ids, fusion_score(by_id[q].cs, "linear", lin))
 
+        mparams = lin if cfg.margin == "linear" else None
+
+        def margin_of(
+            qd: QueryData, mparams: Mapping[str, Any] | None = mparams
+        ) -> np.ndarray | None:
+            return _margin(cfg, qd.cs, mparams)
+
         rows = [
             (
                 q,
                 data.columns(names, by_id[q]),
                 by_id[q].labels,
                 by_id[q].cs.ids,
-                _margin(cfg, by_id[q].cs),
+                margin_of(by_id[q]),
             )
             for q in train_ids
         ]
@@ -350,7 +357,7 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
         }
         for q in test_ids:
             qd = by_id[q]
-            s = model.predict(data.columns(names, qd), _margin(cfg, qd.cs))
+            s = model.predict(data.columns(names, qd), margin_of(qd))
             runs["ltr"][q] = rank_ids(qd.cs.ids, s)
 
         if history is not None:
@@ -364,7 +371,7 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
             brows = []
             for q in train_ids:
                 qd = by_id[q]
-                base_x, margin = data.columns(names, qd), _margin(cfg, qd.cs)
+                base_x, margin = data.columns(names, qd), margin_of(qd)
                 brows.append(
                     (
                         q,
@@ -389,7 +396,7 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
             for q in test_ids:
                 qd = by_id[q]
                 base = data.columns(names, qd)
-                margin = _margin(cfg, qd.cs)
+                margin = margin_of(qd)
                 for cold, method in ((False, "ltr_behavior"), (True, "ltr_behavior_cold")):
                     Xb = np.hstack([base, _behavior_X(qd, history, cold)])
                     runs[method][q] = rank_ids(qd.cs.ids, bmodel.predict(Xb, margin))

@@ -31,6 +31,7 @@ import numpy as np
 from ltr.behavior import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, smoothed_rate
 from ltr.derived import Derived, derived
 from ltr.errors import LTRError, unknown_name
+from ltr.fusion import minmax, retriever_scores
 from ltr.types import BM25, DENSE, CandidateSet
 
 FeatureFn = Callable[[CandidateSet], np.ndarray]
@@ -45,6 +46,10 @@ class Feature:
     fn: FeatureFn
     version: str = "1"
     doc: str = ""
+    # XGBoost monotone constraint (+1 never lowers the score as the value grows, -1 never
+    # raises it, 0 free): on the retrievers' own scores and ranks, so a tree cannot learn a
+    # collection-specific dip ("BM25 between 11.2 and 11.9 is bad") that will not transfer.
+    monotone: int = 0
 
 
 # --------------------------------------------------------------------------------------
@@ -326,6 +331,16 @@ def _zscore(a: np.ndarray) -> np.ndarray:
     return (a - fin.mean()) / sd
 
 
+def _minmax_of(retriever: str) -> FeatureFn:
+    """ltr.fusion's min-max input of the linear fusion for one retriever (exactly it, so
+    the trees see the two numbers the base margin is made of)."""
+
+    def fn(cs: CandidateSet) -> np.ndarray:
+        return minmax(retriever_scores(cs, retriever))
+
+    return fn
+
+
 def _rrf_norm(cs: CandidateSet) -> np.ndarray:
     return _div_by_max(derived(cs).rrf())
 
@@ -393,20 +408,42 @@ def _beh_rate(level: str, num: str, den: str) -> FeatureFn:
 FEATURES: dict[str, Feature] = {}
 
 
-def _reg(name: str, group: str, fn: FeatureFn, doc: str, version: str = "1") -> None:
-    FEATURES[name] = Feature(name=name, group=group, fn=fn, version=version, doc=doc)
+def _reg(
+    name: str, group: str, fn: FeatureFn, doc: str, version: str = "1", monotone: int = 0
+) -> None:
+    FEATURES[name] = Feature(
+        name=name, group=group, fn=fn, version=version, doc=doc, monotone=monotone
+    )
 
 
 _T = "text"
-_reg("bm25", _T, lambda cs: _score(cs, BM25), "combined-field BM25 (NaN outside BM25 top-N)")
-_reg("bm25_rank", _T, lambda cs: _rank(cs, BM25), "1-based BM25 rank (NaN if not retrieved)")
-_reg("dense", _T, lambda cs: _score(cs, DENSE), "kNN score (NaN outside kNN top-N)")
-_reg("dense_rank", _T, lambda cs: _rank(cs, DENSE), "1-based kNN rank (NaN if not retrieved)")
-_reg("dense_cosine", _T, _cosine, "cosine(query, doc) for every candidate")
+_reg(
+    "bm25",
+    _T,
+    lambda cs: _score(cs, BM25),
+    "combined-field BM25 (NaN outside BM25 top-N)",
+    monotone=1,
+)
+_reg(
+    "bm25_rank",
+    _T,
+    lambda cs: _rank(cs, BM25),
+    "1-based BM25 rank (NaN if not retrieved)",
+    monotone=-1,
+)
+_reg("dense", _T, lambda cs: _score(cs, DENSE), "kNN score (NaN outside kNN top-N)", monotone=1)
+_reg(
+    "dense_rank",
+    _T,
+    lambda cs: _rank(cs, DENSE),
+    "1-based kNN rank (NaN if not retrieved)",
+    monotone=-1,
+)
+_reg("dense_cosine", _T, _cosine, "cosine(query, doc) for every candidate", monotone=1)
 _reg("bm25_title", _T, lambda cs: _field_bm25(cs, "title"), "BM25 against the title field")
 _reg("bm25_body", _T, lambda cs: _field_bm25(cs, "body"), "BM25 against the body field")
 _reg("bm25_fields_sum", _T, _fields_sum, "sum of per-field BM25 over all text fields")
-_reg("rrf", _T, lambda cs: derived(cs).rrf(), "reciprocal rank fusion, k=60")
+_reg("rrf", _T, lambda cs: derived(cs).rrf(), "reciprocal rank fusion, k=60", monotone=1)
 _reg("cov_title", _T, _coverage("title"), "share of distinct query terms in the title")
 _reg("cov_body", _T, _coverage("body"), "share of distinct query terms in the body")
 _reg("cov_any", _T, _coverage_any, "share of distinct query terms in any field")
@@ -434,7 +471,9 @@ _reg(
 _reg("query_len", _T, _query_len, "number of analyzed query terms")
 _reg("len_title", _T, _field_len("title"), "analyzed title length")
 _reg("len_body", _T, _field_len("body"), "analyzed body length")
-_reg("bm25_norm", _T, lambda cs: _div_by_max(_score(cs, BM25)), "BM25 / query's max BM25")
+_reg(
+    "bm25_norm", _T, lambda cs: _div_by_max(_score(cs, BM25)), "BM25 / query's max BM25", monotone=1
+)
 _reg(
     "bm25_fields_norm", _T, lambda cs: _div_by_max(_fields_sum(cs)), "field BM25 sum / query's max"
 )
@@ -445,12 +484,25 @@ _reg(
     lambda cs: _div_by_max(_field_bm25(cs, "title")),
     "title BM25 / query's max",
 )
-_reg("dense_gap", _T, _cosine_gap, "cosine minus the query's max cosine")
-_reg("dense_z", _T, _cosine_z, "cosine z-scored within the query")
-_reg("rrf_norm", _T, _rrf_norm, "RRF / query's max RRF")
+_reg("dense_gap", _T, _cosine_gap, "cosine minus the query's max cosine", monotone=1)
+_reg("dense_z", _T, _cosine_z, "cosine z-scored within the query", monotone=1)
+_reg("rrf_norm", _T, _rrf_norm, "RRF / query's max RRF", monotone=1)
 _reg("rank_agreement", _T, _rank_agreement, "|log2 rank_bm25 - log2 rank_dense|")
 _reg("both_retrieved", _T, _both_retrieved, "1 if both retrievers returned the candidate")
-_reg("min_rank", _T, _min_rank, "best rank over the retrievers")
+_reg("min_rank", _T, _min_rank, "best rank over the retrievers", monotone=-1)
+# per-query normalized retriever scores: the same value means the same thing on any
+# collection (raw BM25 scales with the vocabulary, cosine with the corpus' topic spread)
+_reg(
+    "bm25_minmax",
+    _T,
+    _minmax_of(BM25),
+    "min-max BM25 in the query (0 if not retrieved)",
+    monotone=1,
+)
+_reg("dense_minmax", _T, _minmax_of(DENSE), "min-max cosine in the query's candidates", monotone=1)
+_reg(
+    "bm25_z", _T, lambda cs: _zscore(_score(cs, BM25)), "BM25 z-scored within the query", monotone=1
+)
 
 _S = "static"
 _reg("rating", _S, _static("rating", log=False), "document rating")
@@ -511,6 +563,12 @@ def resolve(names: Iterable[str]) -> tuple[Feature, ...]:
             raise unknown_name("feature", n, list(FEATURES))
         out.append(f)
     return tuple(out)
+
+
+def monotone_constraints(names: Sequence[str]) -> tuple[int, ...]:
+    """The XGBoost ``monotone_constraints`` of a feature list (its features' ``monotone``;
+    0 for a column that is not a registered feature, e.g. a test's synthetic one)."""
+    return tuple(f.monotone if (f := FEATURES.get(n)) is not None else 0 for n in names)
 
 
 def featureset_id(names: Sequence[str]) -> str:

@@ -101,14 +101,13 @@ def linear(
     cs: CandidateSet, weights: Mapping[str, float] | None = None, scale: float = 1.0
 ) -> np.ndarray:
     """scale * sum_r w_r * minmax(score_r); equal weights when none are given."""
-    scale = _check_scale(scale)
     w = dict(weights) if weights else {r: 1.0 / len(RETRIEVERS) for r in RETRIEVERS}
-    out = np.zeros(len(cs.ids), dtype=np.float64)
     for r, wr in w.items():
         if not np.isfinite(wr):
             raise LTRError(f"linear fusion weight for {r!r} must be finite, got {wr!r}")
-        out += float(wr) * minmax(retriever_scores(cs, r))
-    return scale * out
+    if not w:
+        return np.zeros(len(cs.ids), dtype=np.float64) * _check_scale(scale)
+    return linear_normed({r: minmax(retriever_scores(cs, r)) for r in w}, w, scale)
 
 
 FUSIONS: dict[str, FusionFn] = {"rrf": rrf, "linear": linear}
@@ -134,25 +133,54 @@ def fit_linear(
     ``groups``: (candidate set, qrels doc -> grade) of each training query. Returns the
     params for ``fusion_score(cs, "linear", params)``; ties prefer the more balanced weight.
     """
+    if not groups:
+        raise TrainingDataError("fit_linear needs at least one training query")
+    if len(RETRIEVERS) != 2:
+        raise LTRError("fit_linear searches one weight between exactly two retrievers")
+    a, b = RETRIEVERS
+    normed = [
+        (cs.ids, minmax(retriever_scores(cs, a)), minmax(retriever_scores(cs, b)), q)
+        for cs, q in groups
+    ]
+    return fit_linear_normed(normed, metric, steps)
+
+
+def fit_linear_normed(
+    groups: Sequence[tuple[Sequence[str], np.ndarray, np.ndarray, Mapping[str, float]]],
+    metric: str = "ndcg@10",
+    steps: int = 20,
+) -> dict[str, Any]:
+    """``fit_linear`` on the min-max normalized scores already computed: per training query
+    (doc ids, minmax BM25, minmax dense, qrels). Used where the candidate sets are gone
+    but their normalized scores were kept (a training run's rows)."""
     from ltr.metrics import evaluate, rank_ids, summarize
 
     if not groups:
         raise TrainingDataError("fit_linear needs at least one training query")
     if steps < 1:
         raise LTRError(f"steps must be >= 1, got {steps}")
-    if len(RETRIEVERS) != 2:
-        raise LTRError("fit_linear searches one weight between exactly two retrievers")
     a, b = RETRIEVERS
-    qrels = {str(i): dict(q) for i, (_, q) in enumerate(groups)}
-    normed = [
-        (cs, minmax(retriever_scores(cs, a)), minmax(retriever_scores(cs, b))) for cs, _ in groups
-    ]
+    qrels = {str(i): dict(g[3]) for i, g in enumerate(groups)}
     best_w, best_v = 0.5, -np.inf
     for w in np.linspace(0.0, 1.0, steps + 1):
         run = {
-            str(i): rank_ids(cs.ids, w * sa + (1 - w) * sb) for i, (cs, sa, sb) in enumerate(normed)
+            str(i): rank_ids(list(ids), w * sa + (1 - w) * sb)
+            for i, (ids, sa, sb, _) in enumerate(groups)
         }
         v = summarize(evaluate(run, qrels, [metric]))[metric]
         if v > best_v + 1e-12 or (abs(v - best_v) <= 1e-12 and abs(w - 0.5) < abs(best_w - 0.5)):
             best_w, best_v = float(w), float(v)
     return {"weights": {a: best_w, b: 1.0 - best_w}}
+
+
+def linear_normed(
+    normed: Mapping[str, np.ndarray], weights: Mapping[str, float], scale: float = 1.0
+) -> np.ndarray:
+    """``linear`` from the per-retriever min-max scores (same operations in the same order,
+    so the same float64 values as ``fusion_score(cs, "linear", params)``)."""
+    scale = _check_scale(scale)
+    n = len(next(iter(normed.values()))) if normed else 0
+    out = np.zeros(n, dtype=np.float64)
+    for r, wr in weights.items():
+        out += float(wr) * np.asarray(normed[r], dtype=np.float64)
+    return scale * out

@@ -24,6 +24,8 @@ import numpy as np
 import xgboost as xgb
 
 from ltr.errors import CorruptModelError, FeaturesetMismatchError, LTRError, ModelNotFoundError
+from ltr.fusion import fusion_score
+from ltr.types import CandidateSet
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +259,16 @@ class RankModel:
     @property
     def needs_base_margin(self) -> bool:
         return self.manifest.base_margin is not None
+
+    def margin(self, cs: CandidateSet) -> np.ndarray | None:
+        """The base margin this model was boosted from, for one candidate set: the manifest's
+        fusion with its saved params (linear: the fitted weights and the scale), float64.
+        The one definition serving (search.pipeline) and offline scoring both call; None for
+        a model trained without a base margin."""
+        spec = self.manifest.base_margin
+        if spec is None:
+            return None
+        return fusion_score(cs, str(spec["name"]), dict(spec.get("params") or {}))
 
     def check_featureset(self, expected_featureset_id: str) -> None:
         """Refuse to serve with a feature list other than the one trained on."""

@@ -24,6 +24,7 @@ import xgboost as xgb
 from ltr.config import TrainConfig
 from ltr.dataset import RankingData, concat, split_by_query
 from ltr.errors import TrainingDataError
+from ltr.features import monotone_constraints
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,6 +166,10 @@ class Trainer:
                     )
 
         params = cfg.xgb_params()
+        if cfg.monotone:
+            mono = monotone_constraints(train.feature_names)
+            if any(mono):
+                params["monotone_constraints"] = "(" + ",".join(map(str, mono)) + ")"
         dtrain = self._dmatrix(train)
         evals = [(dtrain, "train")]
         if valid is not None:
@@ -196,7 +201,8 @@ class Trainer:
             best = int(booster.best_iteration)
         else:  # early stopping off: every round is kept
             best = rounds_run - 1
-        booster = booster[: best + 1]  # keep exactly the trees that were best on validation
+        if best + 1 < rounds_run:  # keep exactly the trees that were best on validation
+            booster = booster[: best + 1]
         best_score = (
             float(history["valid"][metric][best - n_init]) if valid is not None else math.nan
         )
@@ -214,6 +220,16 @@ class Trainer:
             history=history,
             data_sizes=sizes,
         )
+
+    def start_score(
+        self, train: RankingData, valid: RankingData, init_model: xgb.Booster | None = None
+    ) -> float:
+        """Validation NDCG@k (XGBoost's metric) of the starting scores alone: the base
+        margin, or ``init_model``'s trees, before any new round."""
+        params = self.cfg.xgb_params()
+        booster = xgb.train(params, self._dmatrix(train), num_boost_round=0, xgb_model=init_model)
+        text = booster.eval(self._dmatrix(valid), "valid")
+        return float(text.rsplit(":", 1)[1])
 
 
 def with_overrides(cfg: TrainConfig, **changes: Any) -> TrainConfig:
@@ -288,12 +304,16 @@ def smoothed_best_round(
     """(number of rounds, smoothed mean NDCG there): the validation curves averaged, then a
     centered moving average of ``window`` rounds (edges padded), argmax."""
     curve = np.mean(np.stack([np.asarray(c, dtype=np.float64) for c in curves]), axis=0)
-    w = max(1, min(window, curve.size))
-    smooth = np.convolve(
-        np.pad(curve, (w // 2, w - 1 - w // 2), mode="edge"), np.ones(w) / w, mode="valid"
-    )
+    smooth = _smooth(curve, window)
     best = int(np.argmax(smooth))
     return best + 1, float(smooth[best])
+
+
+def _smooth(curve: np.ndarray | Sequence[float], window: int) -> np.ndarray:
+    """Centered moving average of ``window`` rounds, edges padded (same length)."""
+    c = np.asarray(curve, dtype=np.float64)
+    w = max(1, min(window, c.size))
+    return np.convolve(np.pad(c, (w // 2, w - 1 - w // 2), mode="edge"), np.ones(w) / w, "valid")
 
 
 def fit_recipe(
@@ -317,11 +337,18 @@ def fit_recipe(
     queries it picked anything from 3 to 120 rounds) and wastes a fifth of the queries; the
     smoothed curve does neither. The returned model's ``best_score`` is the smoothed mean
     validation NDCG@k at the chosen round; ``history["cv"]`` holds the mean curve.
+
+    With a base margin (or ``init_model``) zero rounds is a candidate as well: the inner
+    folds' NDCG of the starting scores alone. Unless the trees' gain over it at the chosen
+    round exceeds one standard error across the inner folds, the model has no trees and
+    scores exactly the base margin (the fusion it was boosted from): the trees are kept only
+    where the inner folds say they add to the fusion.
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
     _check(data, "training", need_positive=True)
     splits = inner_splits(data, cfg.inner_folds, cfg.valid_fraction, cfg.seed, units)
+    use_start = init_model is not None or (cfg.use_base_margin and data.base_margin is not None)
     full = Trainer(dataclasses.replace(cfg, early_stopping_rounds=0))
     metric = f"ndcg@{cfg.eval_at}"
     curves = [
@@ -329,6 +356,18 @@ def fit_recipe(
         for tr, va in splits
     ]
     rounds, cv_score = smoothed_best_round(curves, cfg.smooth_rounds)
+    if use_start:
+        # zero rounds: the starting scores alone (the base margin / init_model) on the same
+        # inner folds. The trees are kept only when their gain over it at the chosen round
+        # is larger than its standard error across the folds (the one-standard-error rule):
+        # the best of 300 smoothed round counts is an optimistic estimate, the start is not.
+        starts = np.array([full.start_score(tr, va, init_model) for tr, va in splits])
+        gains = np.array([_smooth(c, cfg.smooth_rounds)[rounds - 1] for c in curves]) - starts
+        se = float(gains.std(ddof=1) / np.sqrt(gains.size)) if gains.size > 1 else 0.0
+        if init_model is not None:  # corrections to a model already chosen this way
+            se = 0.0
+        if not float(gains.mean()) > se:
+            rounds, cv_score = 0, float(starts.mean())
     final = dataclasses.replace(cfg, num_boost_round=rounds, early_stopping_rounds=0)
     model = Trainer(final).fit(data, verbose=verbose, stream=stream, init_model=init_model)
     mean_curve = [float(v) for v in np.mean(np.stack(curves), axis=0)]

@@ -28,9 +28,11 @@ from ltr import features as F
 from ltr.config import RegistryConfig, TrainConfig
 from ltr.dataset import RankingData, split_by_query
 from ltr.errors import LTRError, TrainingDataError
+from ltr.fusion import fit_linear_normed, linear_normed
 from ltr.metrics import evaluate, rank_ids, summarize
 from ltr.registry import ModelRegistry
 from ltr.train import TrainedModel, add_cold_copies, fit_recipe
+from ltr.types import BM25, DENSE
 
 Log = Callable[[str], None]
 GROUPS = ("text", "static", "behavior")
@@ -96,6 +98,9 @@ class TrainingSet:
     # the training rows as the drift reference (replayed rows are whole candidate lists)
     served: bool = False
     units: Mapping[str, str] | None = None  # group -> split unit (a query's requests)
+    # per retriever, the min-max normalized score of every row (ltr.fusion.minmax, float64):
+    # what the linear-fusion base margin is fitted on and made of, on the training split only
+    margin_inputs: Mapping[str, np.ndarray] | None = None
     info: Mapping[str, Any] = field(default_factory=dict)  # recorded in the manifest
 
 
@@ -207,23 +212,23 @@ def _rows_of(data: RankingData, part: RankingData) -> np.ndarray:
 
 def _promoted_booster(
     model_dir: Path, fid: str, log: Log
-) -> tuple[xgb.Booster | None, str | None, bool]:
-    """(booster, version, uses base margin) of the promoted model when it serves ``fid``."""
+) -> tuple[xgb.Booster | None, str | None, Mapping[str, Any] | None]:
+    """(booster, version, base margin spec) of the promoted model when it serves ``fid``."""
     if not model_dir.is_dir():
-        return None, None, False
+        return None, None, None
     registry = ModelRegistry(model_dir)
     version = registry.promoted()
     if version is None:
-        return None, None, False
+        return None, None, None
     try:
         model = registry.load(version, expected_featureset_id=fid)
     except LTRError as e:
         log(f"not continuing from {version}: {e}")
-        return None, None, False
+        return None, None, None
     booster = xgb.Booster()
     booster.load_model(bytearray(model.booster_bytes("ubj")))
     log(f"continuing from the promoted model {version} ({booster.num_boosted_rounds()} trees)")
-    return booster, version, model.needs_base_margin
+    return booster, version, model.manifest.base_margin
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,6 +240,7 @@ class _Parent:
     cfg: TrainConfig
     train: RankingData
     test: RankingData
+    spec: Mapping[str, Any] | None = None  # the parent's base margin (the child keeps it)
 
 
 def _continue_from(
@@ -243,11 +249,11 @@ def _continue_from(
     train, test = split
     if not (ts.served and cfg.continue_from_promoted):
         return _Parent(None, None, cfg, train, test)
-    booster, parent, data_bm = _promoted_booster(model_dir, ts.featureset_id, log)
+    booster, parent, spec = _promoted_booster(model_dir, ts.featureset_id, log)
     if booster is None:
         return _Parent(None, None, cfg, train, test)
     cfg = dataclasses.replace(cfg, num_boost_round=cfg.continue_rounds)
-    if not data_bm:  # the parent was trained without a base margin: so is the child
+    if spec is None:  # the parent was trained without a base margin: so is the child
         train = dataclasses.replace(train, base_margin=None)
         test = dataclasses.replace(test, base_margin=None)
     elif train.base_margin is None:
@@ -255,7 +261,55 @@ def _continue_from(
             f"model {parent} boosts from a base margin the log does not hold; "
             "set ltr.continue_from_promoted = false to train from scratch"
         )
-    return _Parent(booster, parent, cfg, train, test)
+    return _Parent(booster, parent, cfg, train, test, spec)
+
+
+def _margin_inputs(ts: TrainingSet) -> Mapping[str, np.ndarray] | None:
+    """The linear fusion's normalized inputs: kept by the source, else the feature columns
+    that hold exactly them (ltr.features bm25_minmax / dense_minmax, e.g. a served log)."""
+    if ts.margin_inputs is not None:
+        return ts.margin_inputs
+    cols = {BM25: "bm25_minmax", DENSE: "dense_minmax"}
+    names = list(ts.data.feature_names)
+    if not all(c in names for c in cols.values()):
+        return None
+    return {r: ts.data.X[:, names.index(c)].astype(np.float64) for r, c in cols.items()}
+
+
+def _fusion_margin(
+    ts: TrainingSet, cfg: TrainConfig, train: RankingData, test: RankingData, log: Log
+) -> tuple[RankingData, RankingData, dict[str, Any] | None]:
+    """Train and test rows with the recipe's base margin, and its manifest spec. The linear
+    fusion's weights are fitted on the training queries only (ltr.fusion.fit_linear_normed)."""
+    if not cfg.use_base_margin:
+        return train, test, None
+    if cfg.base_margin != "linear":
+        if train.base_margin is None:
+            return train, test, None
+        return train, test, cfg.base_margin_spec()
+    inputs = _margin_inputs(ts)
+    if inputs is None and train.base_margin is not None and ts.info.get("margin_column") == "rrf":
+        # a log without the linear fusion's inputs: boost from its logged RRF x scale
+        log("no linear-fusion inputs (bm25_minmax, dense_minmax): boosting from the logged RRF")
+        return train, test, {"name": "rrf", "params": {"scale": float(cfg.base_margin_scale)}}
+    if inputs is None:
+        log("no linear-fusion inputs (bm25_minmax, dense_minmax): training without a base margin")
+        none = [dataclasses.replace(d, base_margin=None) for d in (train, test)]
+        return none[0], none[1], None
+    rows = _rows_of(ts.data, train)
+    ids = ts.data.doc_ids if ts.data.doc_ids is not None else np.zeros(len(ts.data), dtype=str)
+    groups = []
+    start = 0
+    for q, n in zip(train.query_ids, train.group_sizes(), strict=True):
+        r = rows[start : start + int(n)]
+        groups.append((ids[r].tolist(), inputs[BM25][r], inputs[DENSE][r], ts.qrels.get(q, {})))
+        start += int(n)
+    fitted = fit_linear_normed(groups)
+    margin = linear_normed(inputs, fitted["weights"], cfg.base_margin_scale)
+    log(f"base margin: linear fusion, weights {fitted['weights']} (training queries)")
+    train = dataclasses.replace(train, base_margin=margin[rows])
+    test = dataclasses.replace(test, base_margin=margin[_rows_of(ts.data, test)])
+    return train, test, cfg.base_margin_spec(fitted)
 
 
 def _held_out_metrics(
@@ -284,6 +338,7 @@ def _save(
     trained: TrainedModel,
     ts: TrainingSet,
     cfg: TrainConfig,
+    spec: Mapping[str, Any] | None,
     train: RankingData,
     metrics: Mapping[str, float],
     sizes: Mapping[str, Mapping[str, int]],
@@ -293,7 +348,7 @@ def _save(
     return reg.save(
         trained,
         featureset_id=ts.featureset_id,
-        base_margin=cfg.base_margin_spec() if trained.uses_base_margin else None,
+        base_margin=spec if trained.uses_base_margin else None,
         metrics=metrics,
         data_sizes=sizes,
         label_source=ts.label_source,
@@ -337,6 +392,10 @@ def run_training(
     )
     p = _continue_from(ts, cfg, model_dir, split, log)
     cfg, train, test = p.cfg, p.train, p.test
+    if p.booster is not None:
+        spec = p.spec
+    else:
+        train, test, spec = _fusion_margin(ts, cfg, train, test, log)
     fit_data = add_cold_copies(train, F.BEHAVIOR_FEATURES, cfg.cold_share, cfg.seed)
     log(
         f"{len(ts.data.feature_names)} features; queries train/test = "
@@ -363,7 +422,7 @@ def run_training(
         model_dir, keep_versions=registry.keep_versions, model_format=registry.model_format
     )
     extra = {"train_seconds": round(fit_s, 2), "continued_from": p.version}
-    version = _save(reg, trained, ts, cfg, train, metrics, sizes, extra)
+    version = _save(reg, trained, ts, cfg, spec, train, metrics, sizes, extra)
     if promote:
         reg.promote(version)
     return TrainResult(

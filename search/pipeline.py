@@ -530,12 +530,7 @@ class Pipeline:
         if model is None:
             return np.asarray(fusion_score(cs, "rrf", {}), dtype=np.float64), None, None
         t0 = time.perf_counter()
-        bm: np.ndarray | None = None
-        spec = model.manifest.base_margin
-        if spec is not None:
-            bm = np.asarray(
-                fusion_score(cs, str(spec["name"]), dict(spec.get("params") or {})), np.float64
-            )
+        bm = model.margin(cs)  # the manifest's fusion and params (ltr.model)
         try:
             async with asyncio.timeout(self.config.model_timeout_ms / 1000.0):
                 pred = await asyncio.to_thread(model.predict, X, bm)

@@ -94,7 +94,8 @@ def replay_dataset(
     RRF baseline. ``encoder``: an already loaded one (else loaded from the source's
     embedding settings)."""
     from indexing.loaders import load_beir
-    from ltr.fusion import fusion_score
+    from ltr.fusion import fusion_score, minmax, retriever_scores
+    from ltr.types import RETRIEVERS
     from search.replay import replay_index
 
     ds = load_beir(source.dataset, split=source.split)
@@ -116,15 +117,23 @@ def replay_dataset(
     log(f"replayed {len(rep.queries)} judged queries in {time.perf_counter() - t0:.1f}s")
     groups = []
     rrf: list[np.ndarray] = []
+    normed: dict[str, list[np.ndarray]] = {r: [] for r in RETRIEVERS}
     qrels: dict[str, dict[str, float]] = {}
+    spec = cfg.base_margin_spec()
     for rq in rep.queries:
         if not rq.ids:
             continue
-        spec = cfg.base_margin_spec()
-        # exactly what search.pipeline computes from the manifest's spec at serve time
-        margin = None if spec is None else fusion_score(rq.cs, spec["name"], spec["params"])
+        # exactly what search.pipeline computes from the manifest's spec at serve time; a
+        # linear margin is fitted on the training split by ltr.training_run from ``normed``
+        margin = (
+            None
+            if spec is None or spec["name"] == "linear"
+            else fusion_score(rq.cs, spec["name"], spec["params"])
+        )
         groups.append((rq.query.id, rq.X, rq.labels, rq.ids, margin))
         rrf.append(fusion_score(rq.cs, "rrf"))
+        for r in RETRIEVERS:
+            normed[r].append(minmax(retriever_scores(rq.cs, r)))
         qrels[rq.query.id] = dict(rq.qrels)
     return TrainingSet(
         data=RankingData.from_groups(groups, source.features),
@@ -132,6 +141,7 @@ def replay_dataset(
         # the RRF baseline of every row, aligned with ``data`` (kept beside it, by row)
         baseline=np.concatenate(rrf) if rrf else np.zeros(0),
         label_source="qrels",
+        margin_inputs={r: np.concatenate(v) for r, v in normed.items()} if rrf else None,
         featureset_id=featureset_id(list(source.features)),
         source=str(source.dataset),
         info={"queries_replayed": len(rep.queries), "candidate_recall": rep.recall},
@@ -146,7 +156,9 @@ def _margin_column(
         return None
     if "base_margin" in columns:
         return "base_margin"
-    if cfg.base_margin == "rrf" and "rrf" in names:
+    if cfg.base_margin == "linear" and {"bm25_minmax", "dense_minmax"} <= set(names):
+        return None  # ltr.training_run fits the linear margin from those two columns
+    if cfg.base_margin in ("rrf", "linear") and "rrf" in names:
         return "rrf"  # the logged RRF feature is the fusion score itself (k = 60)
     log(f"the log has no {cfg.base_margin!r} score: training without a base margin")
     return None
@@ -221,7 +233,12 @@ def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) ->
         served=True,
         # groups are requests; split units are query texts (all requests of a query together)
         units=dict(zip(frame["request_id"].astype(str), frame["query"].astype(str), strict=True)),
-        info={"click_model": model.name, "sessions": len(sessions), "featureset_id": fid},
+        info={
+            "click_model": model.name,
+            "sessions": len(sessions),
+            "featureset_id": fid,
+            "margin_column": margin_col or "",
+        },
     )
 
 

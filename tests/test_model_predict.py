@@ -137,3 +137,100 @@ def test_wrong_inputs_still_refused() -> None:
         model.predict(np.zeros((3, F), np.float32))
     with pytest.raises(ValueError, match="finite"):
         model.predict(np.zeros((2, F), np.float32), np.array([0.0, np.nan]))
+
+
+# --- served == offline with the linear-fusion base margin (issue 13) ----------------------
+
+
+def _random_sets(n_queries: int, seed: int) -> list:  # type: ignore[type-arg]
+    """Candidate sets of two retrievers with a latent relevance both see through noise."""
+    from ltr.types import BM25, DENSE, CandidateSet
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for q in range(n_queries):
+        n = 30
+        latent = rng.normal(size=n)
+        bm25 = 8 + 3 * latent + rng.normal(scale=2, size=n)
+        bm25[rng.random(n) < 0.3] = np.nan  # not in BM25's list
+        cos = 0.5 + 0.1 * latent + rng.normal(scale=0.1, size=n)
+        ranks = {}
+        for r, s in ((BM25, bm25), (DENSE, cos)):
+            order = np.argsort(-np.nan_to_num(s, nan=-np.inf), kind="stable")
+            rk = np.empty(n)
+            rk[order] = np.arange(1, n + 1)
+            ranks[r] = np.where(np.isfinite(s), rk, np.nan)
+        cs = CandidateSet(
+            query_text=f"q{q}",
+            query_terms=("a",),
+            ids=tuple(f"q{q}d{i}" for i in range(n)),
+            scores={BM25: bm25, DENSE: cos},
+            ranks=ranks,
+            field_bm25={},
+            dense_cosine=cos,
+            doc_terms={},
+            idf={},
+            static={},
+        )
+        grades = np.clip(np.round(latent + 0.5), 0, 3)
+        out.append((f"q{q}", cs, {cs.ids[i]: float(g) for i, g in enumerate(grades)}))
+    return out
+
+
+def test_served_score_equals_offline_score_with_the_linear_margin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A training run fits the linear weights on its training split and saves them with the
+    scale in the manifest; the served model (RankModel.margin, what search.pipeline calls)
+    rebuilds the same margin from a candidate set, bit for bit, and ltr.evaluation's margin
+    (fusion_score with the fold's fitted params) is that same number too."""
+    from ltr.config import TrainConfig
+    from ltr.dataset import RankingData
+    from ltr.evaluation import EvalConfig, _margin
+    from ltr.features import compute, featureset_id
+    from ltr.fusion import fusion_score, linear_normed, minmax, retriever_scores
+    from ltr.registry import ModelRegistry
+    from ltr.training_run import TrainingSet, run_training
+    from ltr.types import RETRIEVERS
+
+    names = ("bm25_minmax", "dense_minmax", "bm25_z", "dense_z", "bm25_rank")
+    sets = _random_sets(40, 3)
+    groups = []
+    for qid, cs, qrels in sets:
+        y = np.array([qrels[d] for d in cs.ids])
+        groups.append((qid, compute(cs, names), y, cs.ids, None))
+    inputs = {
+        r: np.concatenate([minmax(retriever_scores(cs, r)) for _, cs, _ in sets])
+        for r in RETRIEVERS
+    }
+    data = RankingData.from_groups(groups, names)
+    ts = TrainingSet(
+        data=data,
+        qrels={qid: q for qid, _, q in sets},
+        baseline=np.concatenate([fusion_score(cs, "rrf") for _, cs, _ in sets]),
+        label_source="qrels",
+        featureset_id=featureset_id(names),
+        source="synthetic",
+        margin_inputs=inputs,
+    )
+    cfg = TrainConfig(num_boost_round=30, smooth_rounds=5)
+    result = run_training(ts, cfg, tmp_path / "models", promote=True, verbose=False)
+    model = ModelRegistry(tmp_path / "models").load(result.version)
+    spec = dict(model.manifest.base_margin or {})
+    assert spec["name"] == "linear" and spec["params"]["scale"] == cfg.base_margin_scale
+    w = spec["params"]["weights"]
+    assert set(w) == set(RETRIEVERS) and sum(w.values()) == pytest.approx(1.0)
+    trained_margin = linear_normed(inputs, w, spec["params"]["scale"])  # what the run used
+    ev_cfg = EvalConfig()
+    start = 0
+    for _, cs, _ in sets:
+        n = len(cs.ids)
+        served_margin = model.margin(cs)
+        assert served_margin is not None
+        assert served_margin.tobytes() == trained_margin[start : start + n].tobytes()
+        offline = _margin(ev_cfg, cs, {"weights": w})
+        assert offline is not None and offline.tobytes() == served_margin.tobytes()
+        X = compute(cs, names)
+        served = model.predict(X, served_margin)
+        assert _same(
+            served, model.predict(data.X[start : start + n], trained_margin[start : start + n])
+        )
+        start += n

@@ -84,7 +84,7 @@ def splits(data: RankingData) -> tuple[RankingData, RankingData, RankingData]:
         ("max_depth", 0, "max_depth"),
         ("subsample", 0.0, "subsample"),
         ("colsample_bytree", 1.2, "colsample_bytree"),
-        ("num_boost_round", 0, "num_boost_round"),
+        ("num_boost_round", -1, "num_boost_round"),
         ("early_stopping_rounds", -1, "early_stopping_rounds"),
         ("lambdarank_pair_method", "all", "lambdarank_pair_method"),
         ("valid_fraction", 1.0, "valid_fraction"),
@@ -132,8 +132,11 @@ def test_defaults_are_the_evaluated_recipe() -> None:
         0.7,
     )
     assert (cfg.inner_folds, cfg.smooth_rounds, cfg.nthread) == (3, 25, 1)
-    assert ev.EvalConfig().margin_scale == cfg.base_margin_scale == 20.0
-    assert cfg.base_margin_spec() == {"name": "rrf", "params": {"scale": 20.0}}
+    assert ev.EvalConfig().margin_scale == cfg.base_margin_scale == 5.0
+    assert ev.EvalConfig().margin == cfg.base_margin == "linear" and cfg.monotone
+    assert cfg.base_margin_spec() == {"name": "linear", "params": {"scale": 5.0}}
+    fitted = {"weights": {"bm25": 0.4, "dense": 0.6}}
+    assert cfg.base_margin_spec(fitted) == {"name": "linear", "params": {**fitted, "scale": 5.0}}
     assert with_overrides(cfg, use_base_margin=False).base_margin_spec() is None
     for field, value in (
         ("inner_folds", 0),
@@ -513,8 +516,9 @@ def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture
     model = reg.load(expected_featureset_id=log["fid"])  # the promoted one, same featureset
     assert model.version == result["version"] and model.feature_names == CLI_FEATURES
     assert model.manifest.label_source.startswith("clicks:")
-    # the margin trained from: the logged raw RRF x 20, which serving recomputes from the spec
-    assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {"scale": 20.0}}
+    # the margin trained from: this log lacks the linear fusion's inputs (bm25_minmax,
+    # dense_minmax), so the logged raw RRF x scale, which serving recomputes from the spec
+    assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {"scale": 5.0}}
     assert model.manifest.params["max_depth"] == 3 and model.manifest.params["eta"] == 0.03
     m = result["metrics"]
     assert math.isfinite(m["cv_xgb_ndcg@10"]) and not any(k.startswith("valid_") for k in m)
@@ -554,7 +558,9 @@ def test_second_events_training_continues_from_the_promoted_model(
     p.load_model(bytearray(parent.booster_bytes()))
     c.load_model(bytearray(child.booster_bytes()))
     n = p.num_boosted_rounds()
-    assert c.num_boosted_rounds() > n
+    # the correction rounds are chosen on inner folds like any others, zero included (the
+    # parent alone); the parent's trees are kept either way
+    assert c.num_boosted_rounds() >= n > 0
     X = np.stack(list(log["feats"].values()))[:50]
     # the child's first n trees ARE the parent: same margins on any rows
     assert np.array_equal(
@@ -775,11 +781,18 @@ def test_a_model_trained_by_the_command_serves_its_training_scores(
     source = ReplaySource(beir_small, small_index, F.TEXT_FEATURES)
     result = train(source, TrainConfig(), tmp_path / "models", verbose=False, encoder=encoder)  # type: ignore[arg-type]
     model = ModelRegistry(tmp_path / "models").load(result.version)
-    assert dict(model.manifest.base_margin or {}) == TrainConfig().base_margin_spec()
-    data = replay_dataset(source, TrainConfig(), encoder=encoder).data  # type: ignore[arg-type]
-    assert data.base_margin is not None
-    trained = model.predict(data.X, data.base_margin)
-    unscaled = model.predict(data.X, data.base_margin / 20.0)  # the old, unscaled spec
+    spec = dict(model.manifest.base_margin or {})
+    # the linear fusion, its weights fitted on the run's training queries, and the scale
+    assert spec["name"] == "linear" and set(spec["params"]) == {"weights", "scale"}
+    assert spec["params"]["scale"] == TrainConfig().base_margin_scale
+    ts = replay_dataset(source, TrainConfig(), encoder=encoder)  # type: ignore[arg-type]
+    data = ts.data
+    assert data.base_margin is None and ts.margin_inputs is not None  # fitted by the run
+    from ltr.fusion import linear_normed
+
+    margin = linear_normed(ts.margin_inputs, spec["params"]["weights"], spec["params"]["scale"])
+    trained = model.predict(data.X, margin)
+    unscaled = model.predict(data.X, margin / spec["params"]["scale"])  # scale not applied
     from indexing.loaders import load_beir
 
     texts = {q.id: q.text for q in load_beir(beir_small).queries}
@@ -811,3 +824,54 @@ def test_a_model_trained_by_the_command_serves_its_training_scores(
             assert float(h["score"]) != float(unscaled[i])  # type: ignore[arg-type]
             checked += 1
     assert checked >= 20
+
+
+# --- the base-margin floor (issue 13) -----------------------------------------------------
+
+
+def _margin_is_all(n_queries: int = 60, seed: int = 5) -> RankingData:
+    """The base margin ranks perfectly and the features are noise: trees cannot help."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    for q in range(n_queries):
+        latent = rng.normal(size=20)
+        y = np.clip(np.round(latent + 1.0), 0, 3)
+        X = rng.normal(size=(20, 2))
+        groups.append((f"q{q}", X, y, [f"q{q}d{i}" for i in range(20)], 3.0 * latent))
+    return RankingData.from_groups(groups, ("noise_a", "noise_b"))
+
+
+def test_recipe_zero_rounds_is_the_base_margin_exactly(tmp_path: Path) -> None:
+    from ltr.registry import ModelRegistry
+    from ltr.train import fit_recipe
+
+    data = _margin_is_all()
+    assert data.base_margin is not None
+    model = fit_recipe(data, TrainConfig(num_boost_round=40, smooth_rounds=5))
+    assert model.booster.num_boosted_rounds() == 0 and model.best_iteration == -1
+    want = data.base_margin.astype(np.float32)
+    assert model.predict(data.X, data.base_margin).tobytes() == want.tobytes()
+    # saved and loaded as the API loads it: still exactly the margin
+    reg = ModelRegistry(tmp_path / "models")
+    spec = {"name": "linear", "params": {"weights": {"bm25": 0.4, "dense": 0.6}, "scale": 5.0}}
+    version = reg.save(model, featureset_id="f" * 64, base_margin=spec)
+    served = reg.load(version)
+    assert served.predict(data.X, data.base_margin).tobytes() == want.tobytes()
+    assert dict(served.manifest.base_margin or {}) == spec
+    # the same data with an informative feature: trees are kept
+    informative = dataclasses.replace(data, base_margin=np.zeros(len(data)))
+    X = informative.X.copy()
+    X[:, 0] = informative.y + np.random.default_rng(1).normal(scale=0.3, size=len(data))
+    m2 = fit_recipe(dataclasses.replace(informative, X=X), TrainConfig(num_boost_round=40))
+    assert m2.booster.num_boosted_rounds() > 0
+
+
+def test_zero_rounds_are_chosen_on_the_inner_folds_only(data: RankingData) -> None:
+    """The round-0 score is the inner folds' NDCG of the margin alone (XGBoost's metric)."""
+    from ltr.train import inner_splits
+
+    tr, va = inner_splits(data, 3, 0.2, 42)[0]
+    t = Trainer(TrainConfig(num_boost_round=5))
+    start = t.start_score(tr, va)
+    after = t.fit(tr, va).history["valid"]["ndcg@10"]
+    assert 0 < start < 1 and len(after) == 5 and start != after[0]
