@@ -24,6 +24,9 @@ from ltr.types import DENSE, RETRIEVERS, CandidateSet
 FusionFn = Callable[..., np.ndarray]
 
 RRF_K = 60.0
+# the scale an RRF base margin is boosted from when it stands in for the linear fusion (a
+# served log without the linear fusion's inputs): rrf x 20, the scale evaluated with RRF
+RRF_MARGIN_SCALE = 20.0
 
 # The RRF (k = RRF_K) of the set asked for last: one request asks for its set's RRF up to
 # four times (the rrf features and the feedback vocabulary, the base margin, the ranking

@@ -28,7 +28,7 @@ from ltr import features as F
 from ltr.config import RegistryConfig, TrainConfig
 from ltr.dataset import RankingData, split_by_query
 from ltr.errors import LTRError, TrainingDataError
-from ltr.fusion import fit_linear_normed, linear_normed
+from ltr.fusion import RRF_MARGIN_SCALE, fit_linear_normed, linear_normed
 from ltr.metrics import evaluate, rank_ids, summarize
 from ltr.registry import ModelRegistry
 from ltr.train import TrainedModel, add_cold_copies, fit_recipe
@@ -291,7 +291,7 @@ def _fusion_margin(
     if inputs is None and train.base_margin is not None and ts.info.get("margin_column") == "rrf":
         # a log without the linear fusion's inputs: boost from its logged RRF x scale
         log("no linear-fusion inputs (bm25_minmax, dense_minmax): boosting from the logged RRF")
-        return train, test, {"name": "rrf", "params": {"scale": float(cfg.base_margin_scale)}}
+        return train, test, {"name": "rrf", "params": {"scale": RRF_MARGIN_SCALE}}
     if inputs is None:
         log("no linear-fusion inputs (bm25_minmax, dense_minmax): training without a base margin")
         none = [dataclasses.replace(d, base_margin=None) for d in (train, test)]

@@ -31,6 +31,7 @@ from ltr.config import RegistryConfig, TrainConfig
 from ltr.dataset import RankingData
 from ltr.errors import TrainingDataError
 from ltr.features import featureset_id
+from ltr.fusion import RRF_MARGIN_SCALE
 from ltr.training_run import Log, TrainingSet, TrainResult, run_training, silent
 from search.config import RetrievalConfig
 
@@ -220,8 +221,10 @@ def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) ->
     if margin_col is not None and data.base_margin is None:
         log(f"logged {margin_col!r} has missing values: training without a base margin")
     elif margin_col == "rrf" and data.base_margin is not None:
-        # the logged feature is raw RRF; the served margin is rrf * scale (base_margin_spec)
-        data = dataclasses.replace(data, base_margin=data.base_margin * cfg.base_margin_scale)
+        # the logged feature is raw RRF; the served margin is rrf * scale (base_margin_spec;
+        # standing in for a linear margin: ltr.fusion.RRF_MARGIN_SCALE, ltr.training_run)
+        scale = cfg.base_margin_scale if cfg.base_margin == "rrf" else RRF_MARGIN_SCALE
+        data = dataclasses.replace(data, base_margin=data.base_margin * scale)
     qrels, rrf = _grades_and_baseline(data, names)
     return TrainingSet(
         data=data,

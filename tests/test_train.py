@@ -132,11 +132,11 @@ def test_defaults_are_the_evaluated_recipe() -> None:
         0.7,
     )
     assert (cfg.inner_folds, cfg.smooth_rounds, cfg.nthread) == (3, 25, 1)
-    assert ev.EvalConfig().margin_scale == cfg.base_margin_scale == 5.0
+    assert ev.EvalConfig().margin_scale == cfg.base_margin_scale == 2.0
     assert ev.EvalConfig().margin == cfg.base_margin == "linear" and cfg.monotone
-    assert cfg.base_margin_spec() == {"name": "linear", "params": {"scale": 5.0}}
+    assert cfg.base_margin_spec() == {"name": "linear", "params": {"scale": 2.0}}
     fitted = {"weights": {"bm25": 0.4, "dense": 0.6}}
-    assert cfg.base_margin_spec(fitted) == {"name": "linear", "params": {**fitted, "scale": 5.0}}
+    assert cfg.base_margin_spec(fitted) == {"name": "linear", "params": {**fitted, "scale": 2.0}}
     assert with_overrides(cfg, use_base_margin=False).base_margin_spec() is None
     for field, value in (
         ("inner_folds", 0),
@@ -517,8 +517,8 @@ def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture
     assert model.version == result["version"] and model.feature_names == CLI_FEATURES
     assert model.manifest.label_source.startswith("clicks:")
     # the margin trained from: this log lacks the linear fusion's inputs (bm25_minmax,
-    # dense_minmax), so the logged raw RRF x scale, which serving recomputes from the spec
-    assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {"scale": 5.0}}
+    # dense_minmax), so the logged raw RRF x 20, which serving recomputes from the spec
+    assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {"scale": 20.0}}
     assert model.manifest.params["max_depth"] == 3 and model.manifest.params["eta"] == 0.03
     m = result["metrics"]
     assert math.isfinite(m["cv_xgb_ndcg@10"]) and not any(k.startswith("valid_") for k in m)
