@@ -442,6 +442,12 @@ def _report(
                 per[m]["ndcg@10"], per[best_baseline]["ndcg@10"], cfg.permutations, cfg.seed
             ),
         }
+    # the floor the recipe promises (issue 13): never significantly below linear fusion
+    vs_linear = {
+        m: paired_tests(per[m]["ndcg@10"], per["linear"]["ndcg@10"], cfg.permutations, cfg.seed)
+        for m in runs
+        if m.startswith("ltr")
+    }
     per_query = {q: {m: per[m]["ndcg@10"][q] for m in runs} for q in sorted(qrels, key=_natural)}
     out: dict[str, Any] = {
         "queries": len(data.queries),
@@ -458,6 +464,14 @@ def _report(
         "best_single_retriever": best_single,
         "ltr_over_best_single": methods["ltr"]["ndcg@10"] / methods[best_single]["ndcg@10"],
         "significance": sig,
+        "vs_linear": vs_linear,
+        "goal": {
+            # ltr >= max(RRF, linear) and >= 1.10 x the best single retriever
+            "ltr_ge_fusion": methods["ltr"]["ndcg@10"]
+            >= max(methods["rrf"]["ndcg@10"], methods["linear"]["ndcg@10"]),
+            "ltr_ge_1.10x_single": methods["ltr"]["ndcg@10"]
+            >= 1.10 * methods[best_single]["ndcg@10"],
+        },
         "per_query_ndcg@10": per_query,
         "folds_detail": fold_info,
         "linear_weights": linear_weights,

@@ -150,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         f"paired t p={sig.get('t_p', float('nan')):.4g}, "
         f"randomization p={sig.get('rand_p', float('nan')):.4g}"
     )
+    lin = report["vs_linear"].get("ltr", {})
+    rounds = [f["ltr_rounds"] for f in report["folds_detail"]]
+    print(
+        f"ltr vs linear: mean diff {lin.get('mean_diff', float('nan')):+.4f}, "
+        f"paired t p={lin.get('t_p', float('nan')):.4g}; "
+        f"ltr / best single retriever {report['ltr_over_best_single']:.3f}; "
+        f"goal {report['goal']}; trees per fold {rounds} (0 = the linear fusion alone)"
+    )
     return 0
 
 
