@@ -6,8 +6,9 @@ labels built through the serving code path). Methods compared on the SAME candid
 - ``bm25`` / ``dense``: each retriever's own result list;
 - ``rrf``: reciprocal rank fusion (k = 60); ``linear``: min-max score fusion, weight fitted
   by grid search on the training folds;
-- ``ltr``: LambdaMART (ltr.train.Trainer) on text + static features, boosted from the
-  fusion score (base margin, architecture principle 12);
+- ``ltr``: LambdaMART (ltr.train.fit_recipe) on text + static features, boosted from the
+  training fold's linear fusion (base margin, architecture principle 12); zero trees when
+  the inner folds show no gain, so it is then exactly that fold's ``linear``;
 - with simulated clicks: ``ltr_behavior`` (text + static + behavior features) and
   ``ltr_behavior_cold`` (the same model on test queries that have no click history).
 
