@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ltr.errors import RolloutError
+from ltr.fusion import linear_normed
+from ltr.types import BM25, DENSE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -308,12 +310,24 @@ def model_margin(model: RankModel, frame: pd.DataFrame) -> np.ndarray | None:
     """The base margin ``model`` was boosted from, rebuilt from the logged features.
 
     The log keeps the raw RRF (k = 60) as the ``rrf`` feature; serving's margin is that
-    times the manifest's scale. Any other fusion is not in the log: refused, not guessed.
+    times the manifest's scale. A linear-fusion margin is rebuilt from its logged inputs
+    (the ``bm25_minmax`` / ``dense_minmax`` features, float32 in the log) with the
+    manifest's weights and scale. Any other fusion is not in the log: refused, not guessed.
     """
     spec = model.manifest.base_margin
     if spec is None:
         return None
     params = dict(spec.get("params") or {})
+    cols = {BM25: "bm25_minmax", DENSE: "dense_minmax"}
+    if spec.get("name") == "linear" and all(c in frame for c in cols.values()):
+        inputs = {r: frame[c].to_numpy(np.float64) for r, c in cols.items()}
+        weights = dict(params.get("weights") or {r: 1.0 / len(cols) for r in cols})
+        margin = linear_normed(inputs, weights, float(params.get("scale", 1.0)))
+        if not np.all(np.isfinite(margin)):
+            raise RolloutError(
+                f"the logged linear-fusion inputs have missing values ({model.version})"
+            )
+        return margin
     if spec.get("name") != "rrf" or float(params.get("k", 60)) != 60 or "rrf" not in frame:
         raise RolloutError(
             f"model {model.version} starts from the {spec.get('name')!r} fusion score "

@@ -4,6 +4,7 @@ and with the fallback to inplace_predict."""
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -234,3 +235,34 @@ def test_served_score_equals_offline_score_with_the_linear_margin(tmp_path) -> N
             served, model.predict(data.X[start : start + n], trained_margin[start : start + n])
         )
         start += n
+
+
+def test_counterfactual_rebuilds_the_linear_margin_from_the_log() -> None:
+    """A linear-margin model is estimated on logged pages from the logged min-max inputs."""
+    import pandas as pd
+
+    from ltr.counterfactual import model_margin
+    from ltr.errors import RolloutError
+    from ltr.fusion import linear_normed
+
+    names = ("bm25_minmax", "dense_minmax")
+    spec = {"name": "linear", "params": {"weights": {"bm25": 0.3, "dense": 0.7}, "scale": 2.0}}
+    manifest = dataclasses.replace(_manifest(False), feature_names=names, base_margin=spec)
+    model = RankModel(_booster_on(names), manifest)
+    frame = pd.DataFrame({"bm25_minmax": [1.0, 0.5, 0.0], "dense_minmax": [0.2, 1.0, 0.0]})
+    want = linear_normed(
+        {"bm25": frame["bm25_minmax"].to_numpy(), "dense": frame["dense_minmax"].to_numpy()},
+        spec["params"]["weights"],
+        2.0,
+    )
+    got = model_margin(model, frame)
+    assert got is not None and got.tobytes() == want.tobytes()
+    with pytest.raises(RolloutError, match="linear"):
+        model_margin(model, frame.drop(columns=["dense_minmax"]))
+
+
+def _booster_on(names: tuple[str, ...]) -> xgb.Booster:
+    rng = np.random.default_rng(0)
+    d = xgb.DMatrix(rng.random((40, len(names))), label=rng.integers(0, 2, 40))
+    d.set_group([10] * 4)
+    return xgb.train({"objective": "rank:ndcg", "nthread": 1}, d, num_boost_round=2)
