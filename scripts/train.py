@@ -17,7 +17,9 @@ ltr.training_run, the recipe ltr.train.fit_recipe with the settings' ltr section
 queries is held out (by query) for the report; the number of rounds comes from
 ``inner_folds`` query-level folds of the rest (validation curves averaged and smoothed),
 then one booster is trained on all of it, boosted from ``base_margin`` x
-``base_margin_scale`` (the manifest records that spec; serving applies exactly it). With
+``base_margin_scale`` (default: the linear fusion, its BM25/dense weight fitted on the
+training split; zero trees when the inner folds show no gain; the manifest records the
+spec with the fitted weights and serving applies exactly it). With
 behavior features, training queries are added again with their query-level click history
 withheld (cold copies). Prints the inner-CV and test NDCG@10 of the model against RRF on
 the same queries, saves the version (promotes it with ``--promote``).
