@@ -385,13 +385,7 @@ class Pipeline:
     ) -> tuple[list[int], np.ndarray]:
         """``score`` without the event loop or its timeout, for a background thread (a
         shadow model ranks after the response); raises what the model raises."""
-        from ltr.fusion import fusion_score
-
-        bm = None
-        spec = model.manifest.base_margin
-        if spec is not None:
-            params = dict(spec.get("params") or {})
-            bm = np.asarray(fusion_score(cs, str(spec["name"]), params), np.float64)
+        bm = model.margin(cs)  # the manifest's fusion and params (ltr.model)
         scores = np.asarray(model.predict(X, bm), dtype=np.float64)
         return _one_per_id(cs, self._order(cs, scores, model)), scores
 
