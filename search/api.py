@@ -270,17 +270,11 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition (with --workers N: every worker's series, search.metrics)."""
     state = request.app[STATE]
     update_gauges(state)
-    if state.group is None:
-        text = state.metrics.render()
-    else:  # every worker's series, this one's current, the others' at most 1 s old
-        group, snap = state.group, state.metrics.registry.snapshot()
-        await asyncio.to_thread(group.write_metrics, snap)
-        snaps = await asyncio.to_thread(group.read_metrics)
-        snaps[group.worker_id] = snap
-        text = state.metrics.registry.render_workers(snaps)
-    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
+    body = await asyncio.to_thread(state.metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def _model_json(pipeline: Pipeline | None) -> dict[str, Any]:
@@ -397,7 +391,7 @@ def make_app(
     state = ServerState(
         config=config,
         events_config=events_config or EventsConfig(),
-        metrics=ApiMetrics(),
+        metrics=ApiMetrics(worker=group.worker_id if group is not None else None),
         spec=spec,
         group=group,
     )

@@ -1,16 +1,39 @@
-"""Prometheus text exposition (format 0.0.4), written here to avoid a dependency.
+"""The search API's Prometheus metrics, kept by ``prometheus_client``.
 
-Small on purpose: counters, gauges and histograms with labels, rendered by ``/metrics``.
-All updates happen on the event loop thread except the ones guarded by the lock, so the
-lock is cheap and uncontended.
+One server process: every app has a ``CollectorRegistry`` of its own (a test builds many
+apps in one process), rendered by ``/metrics``.
+
+``ltrsearch-serve --workers N``: prometheus_client's multiprocess mode. The supervisor
+(search.workers) starts every worker with the same ``PROMETHEUS_MULTIPROC_DIR``; each
+worker's values live in memory-mapped files there, and ``/metrics`` on any worker merges
+them (``MultiProcessCollector``), so the answer does not depend on which worker took the
+connection. Every series carries a ``worker`` label (0..N-1; sum them in PromQL with
+``sum without (worker) (...)``). A restarted worker's counters and histograms add up with
+its dead predecessor's, so they never go down; its gauges are its own (``livesum``: the
+supervisor removes a dead worker's gauge files).
+
+A replaced label set of an info gauge (``ltrsearch_model_info``, ``ltrsearch_index_info``)
+is removed from the registry; in multiprocess mode its value in the shared files is set to
+0 and left out of the exposition, so both modes show only what serves now.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client import Counter as _PCounter
+from prometheus_client import Gauge as _PGauge
+from prometheus_client import Histogram as _PHistogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# "<name>_created" series (a start timestamp per label set) are noise for a server that
+# restarts with its counters; Prometheus detects resets itself.
+prometheus_client.disable_created_metrics()
 
 # Seconds; covers sub-millisecond stages up to a slow 5 s request.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -33,287 +56,196 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     5.0,
 )
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def multiprocess_dir() -> str | None:
+    """The shared directory when this process records into it (set before it started:
+    prometheus_client picks its value class when it is imported)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return None
+    # set after prometheus_client was imported, the variable would name an empty directory
+    return path if values.ValueClass is not values.MutexValue else None
 
 
-def _fmt(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if math.isnan(v):
-        return "NaN"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+class _Series:
+    """One metric, with ``worker`` appended to the label values when set."""
+
+    def __init__(self, metric: Any, worker: str | None) -> None:
+        self._m = metric
+        self._worker = worker
+        self._seen: set[tuple[str, ...]] = set()
+
+    def _child(self, labels: Sequence[str]) -> Any:
+        key = tuple(str(v) for v in labels)
+        if self._worker is not None:
+            key = (*key, self._worker)
+        if not key:
+            return self._m
+        self._seen.add(key)
+        return self._m.labels(*key)
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(labels)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: Sequence[str]) -> tuple[str, ...]:
-        if len(labels) != len(self.label_names):
-            raise ValueError(f"{self.name}: expected labels {self.label_names}, got {labels}")
-        return tuple(str(v) for v in labels)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-    def snapshot(self) -> list[Any]:
-        raise NotImplementedError
-
-    def render_series(self, series: Sequence[Any], extra: str = "") -> list[str]:
-        raise NotImplementedError
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labels)
-        self._values: dict[tuple[str, ...], float] = {}
-
+class Counter(_Series):
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, *labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def snapshot(self) -> list[Any]:
-        """[[label values], value] per series: JSON for another process to render."""
-        with self._lock:
-            return [[list(k), v] for k, v in sorted(self._values.items())]
-
-    def render_series(self, series: Sequence[Any], extra: str = "") -> list[str]:
-        return [f"{self.name}{_labels(self.label_names, k, extra)} {_fmt(v)}" for k, v in series]
-
-    def render(self) -> list[str]:
-        return self.render_series(self.snapshot())
+        self._child(labels).inc(amount)
 
 
-class Gauge(Counter):
-    kind = "gauge"
-
+class Gauge(_Series):
     def set(self, value: float, *labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
+        self._child(labels).set(value)
 
     def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
+        """Drop every label set (see the module docstring for multiprocess mode)."""
+        for seen in self._seen:
+            self._m.labels(*seen).set(0)
+        self._m.clear()
+        self._seen.clear()
 
 
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        help: str,
-        labels: Sequence[str] = (),
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
-    ) -> None:
-        super().__init__(name, help, labels)
-        self.buckets = tuple(sorted(buckets))
-        # per label set: bucket counts (non-cumulative, + one overflow), sum, count
-        self._data: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-
+class Histogram(_Series):
     def observe(self, value: float, *labels: str) -> None:
-        key = self._key(labels)
-        i = 0
-        while i < len(self.buckets) and value > self.buckets[i]:
-            i += 1
-        with self._lock:
-            counts, total = self._data.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-            counts[i] += 1
-            total[0] += value
-
-    def count(self, *labels: str) -> int:
-        got = self._data.get(self._key(labels))
-        return sum(got[0]) if got else 0
-
-    def snapshot(self) -> list[Any]:
-        """[[label values], [bucket counts], sum] per series (see Counter.snapshot)."""
-        with self._lock:
-            return [[list(k), list(c), s[0]] for k, (c, s) in sorted(self._data.items())]
-
-    def render_series(self, series: Sequence[Any], extra: str = "") -> list[str]:
-        out = []
-        sep = f"{extra}," if extra else ""
-        for key, counts, total in series:
-            cum = 0
-            for b, c in zip((*self.buckets, math.inf), counts, strict=True):
-                cum += c
-                le = f'{sep}le="{_fmt(b)}"'
-                out.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {cum}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, key, extra)} {_fmt(total)}")
-            out.append(f"{self.name}_count{_labels(self.label_names, key, extra)} {cum}")
-        return out
-
-    def render(self) -> list[str]:
-        return self.render_series(self.snapshot())
+        self._child(labels).observe(value)
 
 
-class Registry:
-    """A named set of metrics rendered together."""
+class _Merged:
+    """Every worker's series from the shared directory, without zeroed info series."""
 
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
+    def __init__(self, path: str, info: set[str]) -> None:
+        self._collector = MultiProcessCollector(None, path)
+        self._info = info
 
-    def _add(self, m: _Metric) -> _Metric:
-        if m.name in self._metrics:
-            raise ValueError(f"metric {m.name} registered twice")
-        self._metrics[m.name] = m
-        return m
-
-    def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
-        m = Counter(name, help, labels)
-        self._add(m)
-        return m
-
-    def gauge(self, name: str, help: str, labels: Sequence[str] = ()) -> Gauge:
-        m = Gauge(name, help, labels)
-        self._add(m)
-        return m
-
-    def histogram(
-        self,
-        name: str,
-        help: str,
-        labels: Sequence[str] = (),
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
-    ) -> Histogram:
-        m = Histogram(name, help, labels, buckets)
-        self._add(m)
-        return m
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for m in self._metrics.values():
-            lines.extend(m.header())
-            lines.extend(m.render())
-        return "\n".join(lines) + "\n"
-
-    def snapshot(self) -> dict[str, list[Any]]:
-        """Every metric's series as JSON-able lists (a worker's part of render_workers)."""
-        return {name: m.snapshot() for name, m in self._metrics.items()}
-
-    def render_workers(self, snapshots: Mapping[int, Mapping[str, Sequence[Any]]]) -> str:
-        """One exposition of several processes' snapshots, each series labelled ``worker``
-        (sum them in PromQL: ``sum without (worker) (...)``)."""
-        lines: list[str] = []
-        for name, m in self._metrics.items():
-            lines.extend(m.header())
-            for wid in sorted(snapshots):
-                lines.extend(m.render_series(snapshots[wid].get(name, []), f'worker="{wid}"'))
-        return "\n".join(lines) + "\n"
+    def collect(self) -> Iterable[Metric]:
+        for m in self._collector.collect():
+            if m.name in self._info:
+                m.samples = [s for s in m.samples if s.value != 0]
+            yield m
 
 
 STAGES: tuple[str, ...] = ("embed", "bm25", "knn", "candidates", "features", "model", "total")
 
 
 class ApiMetrics:
-    """The metrics the search API exposes."""
+    """The metrics the search API exposes (names are the public contract: CHANGELOG.md
+    lists any rename). ``worker``: this process's index in a ``--workers N`` group."""
 
-    def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.requests = r.counter(
+    def __init__(self, worker: int | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._worker = None if worker is None else str(worker)
+        self._multiproc = multiprocess_dir()
+        self._info: set[str] = set()
+        self.requests = self._counter(
             "ltrsearch_http_requests_total",
             "HTTP requests by route and status.",
             ("route", "status"),
         )
-        self.latency = r.histogram(
+        self.latency = self._histogram(
             "ltrsearch_http_request_duration_seconds", "End-to-end HTTP latency.", ("route",)
         )
-        self.stage = r.histogram(
+        self.stage = self._histogram(
             "ltrsearch_search_stage_duration_seconds",
             "Search pipeline latency per stage (embed, bm25, knn, candidates, features, "
             "model, total).",
             ("stage",),
         )
-        self.errors = r.counter(
+        self.errors = self._counter(
             "ltrsearch_errors_total", "Error responses by error code.", ("code",)
         )
-        self.degraded = r.counter(
+        self.degraded = self._counter(
             "ltrsearch_degraded_total", "Searches served without a retriever.", ("retriever",)
         )
-        self.events = r.counter("ltrsearch_events_total", "Stored user events.", ("type",))
-        self.impressions_pending = r.gauge(
+        self.events = self._counter("ltrsearch_events_total", "Stored user events.", ("type",))
+        self.impressions_pending = self._gauge(
             "ltrsearch_impressions_pending", "Served pages waiting to be logged."
         )
-        self.impressions_written = r.gauge(
+        self.impressions_written = self._gauge(
             "ltrsearch_impressions_written", "Served pages logged since start."
         )
-        self.impressions_dropped = r.gauge(
+        self.impressions_dropped = self._gauge(
             "ltrsearch_impressions_dropped", "Served pages dropped (log backlog full)."
         )
-        self.impressions_dead_lettered = r.gauge(
+        self.impressions_dead_lettered = self._gauge(
             "ltrsearch_impressions_dead_lettered",
             "Served pages the event store could not keep (logged and skipped).",
         )
-        self.model_info = r.gauge(
-            "ltrsearch_model_info", "The serving model (1).", ("version", "featureset_id")
+        self.model_info = self._gauge(
+            "ltrsearch_model_info",
+            "The serving model (1).",
+            ("version", "featureset_id"),
+            info=True,
         )
-        self.index_info = r.gauge("ltrsearch_index_info", "The serving index (1).", ("version",))
-        self.candidate_cache = r.gauge(
+        self.index_info = self._gauge(
+            "ltrsearch_index_info", "The serving index (1).", ("version",), info=True
+        )
+        self.candidate_cache = self._gauge(
             "ltrsearch_candidate_cache",
             "Candidate cache of the serving index version: hits, misses, entries (they "
             "start over when a new index version is swapped in).",
             ("stat",),
         )
-        self.reloads = r.counter(
+        self.reloads = self._counter(
             "ltrsearch_reloads_total", "Model/index reload attempts by outcome.", ("outcome",)
         )
         # online experiments (search.experiments, search.rollout)
-        self.experiment_info = r.gauge(
+        self.experiment_info = self._gauge(
             "ltrsearch_experiment_info",
             "The live experiment (1): candidate version, mode, status.",
             ("experiment_id", "mode", "candidate", "status"),
+            info=True,
         )
-        self.experiment_requests = r.counter(
+        self.experiment_requests = self._counter(
             "ltrsearch_experiment_requests_total",
             "Searches that took part in an experiment, by arm (production, candidate, "
             "interleave, shadow, watch).",
             ("experiment_id", "arm"),
         )
-        self.experiment_outcomes = r.gauge(
+        self.experiment_outcomes = self._gauge(
             "ltrsearch_experiment_interleave_outcomes",
             "Interleaved queries the candidate won, lost or tied (at the gate's last look).",
             ("experiment_id", "outcome"),
         )
-        self.experiment_llr = r.gauge(
+        self.experiment_llr = self._gauge(
             "ltrsearch_experiment_sign_test_llr",
             "The gate's sequential sign test statistic at its last look.",
             ("experiment_id",),
         )
-        self.experiment_decisions = r.counter(
+        self.experiment_decisions = self._counter(
             "ltrsearch_experiment_decisions_total",
             "Gate decisions by outcome (continue, promote, reject, rollback, watch_passed).",
             ("outcome",),
         )
-        self.rollbacks = r.counter(
+        self.rollbacks = self._counter(
             "ltrsearch_model_rollbacks_total",
             "Automatic rollbacks after a guardrail breach of a promoted model.",
         )
 
-    def render(self) -> str:
-        return self.registry.render()
+    def _labels(self, labels: Sequence[str]) -> tuple[str, ...]:
+        return (*labels, "worker") if self._worker is not None else tuple(labels)
+
+    def _counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
+        m = _PCounter(name, help, self._labels(labels), registry=self.registry)
+        return Counter(m, self._worker)
+
+    def _gauge(self, name: str, help: str, labels: Sequence[str] = (), info: bool = False) -> Gauge:
+        m = _PGauge(
+            name, help, self._labels(labels), registry=self.registry, multiprocess_mode="livesum"
+        )
+        if info:
+            self._info.add(name)
+        return Gauge(m, self._worker)
+
+    def _histogram(self, name: str, help: str, labels: Sequence[str] = ()) -> Histogram:
+        m = _PHistogram(
+            name, help, self._labels(labels), registry=self.registry, buckets=DEFAULT_BUCKETS
+        )
+        return Histogram(m, self._worker)
+
+    def render(self) -> bytes:
+        """The exposition: this process's registry, or every worker's in multiprocess mode."""
+        if self._multiproc is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Merged(self._multiproc, self._info))  # type: ignore[arg-type]
+        return generate_latest(merged)

@@ -420,8 +420,7 @@ async def _follow_group(state: ServerState, every_s: float = 0.05) -> None:
             now = time.monotonic()
             if now - last_metrics >= 1.0:
                 last_metrics = now
-                update_gauges(state)
-                await asyncio.to_thread(group.write_metrics, state.metrics.registry.snapshot())
+                update_gauges(state)  # into the shared files the other workers render
             sig = group.signature()  # two stat calls: no thread hop unless a request came
             if sig == seen:
                 continue

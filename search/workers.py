@@ -12,12 +12,12 @@ others must follow:
   others load the same version and confirm, and the response waits for every confirmation;
 - an event naming a page another worker has not logged yet *requests* a flush; the
   workers write their queued impressions and confirm before the event is judged unknown;
-- ``/metrics`` shows every worker's series (label ``worker``) from the snapshots each one
-  writes here every second.
+- ``/metrics`` shows every worker's series (label ``worker``): prometheus_client's
+  multiprocess mode, its files in ``prometheus/`` here (search.metrics).
 
 The group directory (created by the parent, removed on exit) holds small JSON files written
 atomically: ``request-<kind>.json`` ({"gen", ...}), ``state-<i>.json`` (worker i's last
-handled gen per kind, its model and index versions) and ``metrics-<i>.json``.
+handled gen per kind, its model and index versions); ``prometheus/`` holds the metrics.
 
 Both sides of the protocol live here: ``supervise`` (the parent: sockets, the group
 directory, the LTRSEARCH_WORKER_* environment, restarts) and ``WorkerGroup`` /
@@ -42,6 +42,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from search.metrics import MULTIPROC_ENV
 
 REQUEST_KINDS = ("reload", "flush", "experiment")
 # the environment a worker process is started with (set by supervise, read by a worker)
@@ -172,13 +176,6 @@ class WorkerGroup:
         done = await self.wait(kind, gen, timeout_s)
         return [i for i in range(self.workers) if i not in done]
 
-    # -- metrics ----------------------------------------------------------------------
-    def write_metrics(self, snapshot: dict[str, Any]) -> None:
-        _write_json(self.dir / f"metrics-{self.worker_id}.json", snapshot)
-
-    def read_metrics(self) -> dict[int, dict[str, Any]]:
-        return self._read_all("metrics")
-
 
 def group_from_env() -> WorkerGroup | None:
     """The group a worker process was started in (None: not started by ``supervise``)."""
@@ -244,6 +241,8 @@ class _Workers:
         self.command = list(command)
         self.n = len(socks)
         self.dir = tempfile.mkdtemp(prefix="ltrsearch-workers-")
+        self.metrics_dir = os.path.join(self.dir, "prometheus")
+        os.mkdir(self.metrics_dir)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.restarts: list[float] = []
 
@@ -257,6 +256,7 @@ class _Workers:
                 ENV_WORKERS: str(self.n),
                 ENV_FD: str(fd),
                 ENV_PARENT: str(os.getpid()),
+                MULTIPROC_ENV: self.metrics_dir,
             }
         )
         return subprocess.Popen(self.command, env=env, pass_fds=(fd,))
@@ -280,6 +280,7 @@ class _Workers:
                 log.error("workers keep dying (%d restarts in 60 s); stopping", len(self.restarts))
                 return 1
             log.error("worker %d (pid %d) exited with %d; restarting it", i, p.pid, rc)
+            mark_process_dead(p.pid, self.metrics_dir)  # its gauges; counters stay summed
             os.remove(os.path.join(self.dir, f"state-{i}.json"))
             self.procs[i] = self.spawn(i)
         return None

@@ -170,7 +170,9 @@ async def test_health_ready_model_metrics(
         assert 'ltrsearch_http_requests_total{route="/search",status="400"} 1' in text
         for stage in ("embed", "bm25", "knn", "features", "model", "total"):
             assert f'ltrsearch_search_stage_duration_seconds_count{{stage="{stage}"}} 1' in text
-        assert f'ltrsearch_model_info{{version="{m["model_version"]}"' in text
+        # prometheus_client writes labels sorted by name (featureset_id before version)
+        info = f'{{featureset_id="{m["featureset_id"]}",version="{m["model_version"]}"}} 1.0'
+        assert f"ltrsearch_model_info{info}" in text
         assert 'ltrsearch_errors_total{code="invalid_query"} 1' in text
         assert 'ltrsearch_candidate_cache{stat="misses"} 1' in text
         await c.get("/search", params={"q": "wing"})  # the same query again: a cache hit

@@ -9,6 +9,7 @@ probability 1/p and click what the judgments call relevant).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -247,7 +248,9 @@ def test_shadow_does_not_change_served_results(
             assert model["model_version"] == good
             assert model["experiment"]["experiment_id"] == eid
             _, metrics, _ = await call(s, "GET", f"{url}/metrics")
-            assert f'ltrsearch_experiment_info{{experiment_id="{eid}",mode="shadow"' in metrics
+            # prometheus_client writes labels sorted by name (candidate first)
+            info = rf'ltrsearch_experiment_info\{{candidate="[^"]+",experiment_id="{eid}",'
+            assert re.search(info + 'mode="shadow",', metrics), metrics
             stop = f"{url}/admin/experiments/{eid}/stop"
             assert (await call(s, "POST", stop, headers=AUTH))[0] == 200
 
