@@ -1,4 +1,5 @@
-# Two commands for a new user: `make demo` and `make test`. Both create .venv when missing.
+# Two commands for a new user: `make demo` and `make test`. Both create .venv when missing
+# (installed with uv, bootstrapped from PyPI; pip when uv cannot be had).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,12 +10,25 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test lint bench clean
 
+# INSTALLER=pip installs everything with pip (the fallback; also what uv is timed against).
+INSTALLER ?= uv
+TORCH_PIN := $(VENV)/torch-pin.txt
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: pip takes the CPU build from this machine's disk.
+	# torch first and pinned, with pip: pip takes the CPU build from this machine's disk
+	# (its find-links); uv does not read pip's settings and would pick PyPI's CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c 'from importlib.metadata import version; print("torch==" + version("torch"))' > $(TORCH_PIN)
+	# the rest with uv (installed from PyPI when missing), held to the installed torch by
+	# the constraint; pip when uv cannot be installed or fails
+	if [ "$(INSTALLER)" = uv ] && { test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet uv; }; then \
+		$(VENV)/bin/uv pip install --quiet --python $(PY) --constraint $(TORCH_PIN) -e '.[dev]' \
+		|| $(PY) -m pip install --quiet -e '.[dev]'; \
+	else \
+		$(PY) -m pip install --quiet -e '.[dev]'; \
+	fi
+	$(PY) -c 'from importlib.metadata import version; print("torch==" + version("torch"))' | cmp -s - $(TORCH_PIN)
 	touch $(STAMP)
 
 install: $(STAMP)
