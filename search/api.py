@@ -49,6 +49,7 @@ from search.http import (
     search_request,
 )
 from search.metrics import CONTENT_TYPE, STAGES, ApiMetrics
+from search.openapi import build_spec
 from search.pipeline import (
     SERVING,
     GeneratorFactory,
@@ -69,6 +70,7 @@ from search.server import (
     reload_workers,
     update_gauges,
 )
+from search.version import package_version
 from search.workbench import ReportSource, add_routes, ranking_model
 from search.workers import WorkerGroup
 
@@ -244,7 +246,13 @@ async def _group_flush(state: ServerState) -> None:
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"status": "ok", "uptime_s": round(time.time() - state.started, 3)})
+    uptime = round(time.time() - state.started, 3)
+    return web.json_response({"status": "ok", "uptime_s": uptime, "version": package_version()})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of this server (search.openapi)."""
+    return web.json_response(build_spec(request.app[STATE].config))
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -410,6 +418,7 @@ def make_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/model", get_model)
     app.router.add_post("/admin/reload", admin_reload)
+    app.router.add_get("/openapi.json", openapi_json)
     add_routes(app, reports)  # the workbench page, /model/card, /reports (read only)
     app.router.add_get("/admin/experiments", rollout.get_experiments)
     app.router.add_post("/admin/experiments", rollout.start_experiment)

@@ -1,0 +1,466 @@
+"""The search API's OpenAPI 3.1 description, served by ``GET /openapi.json``.
+
+Written here as data, next to the handlers it describes (search.api) and the request
+parsing it mirrors (search.http): every path, parameter, body, response and error shape.
+Limits that come from settings (``k``, ``offset``, the query length, the events per batch)
+are filled in from the server's ``ApiConfig``, so the document is the contract of the
+server that serves it. tests/test_openapi.py validates it and checks real responses of
+every handler against it; tests/test_openapi_fuzz.py (slow) fuzzes a real server from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ltr.types import RETRIEVERS
+from search.config import ApiConfig
+from search.events import EVENT_TYPES
+from search.version import package_version
+
+# every ``error.code`` a response can carry: search.errors' classes, the ltr/indexing
+# errors search.http maps, and aiohttp's own refusals (tests/test_openapi.py checks that
+# every SearchError subclass is listed)
+ERROR_CODES: tuple[str, ...] = (
+    "backend_unavailable",
+    "bad_request",
+    "conflict",
+    "corrupt_model",
+    "event_store_unavailable",
+    "featureset_mismatch",
+    "forbidden",
+    "header_too_large",
+    "http_error",
+    "impression_rejected",
+    "index_not_found",
+    "internal_error",
+    "invalid_event",
+    "invalid_parameter",
+    "invalid_query",
+    "invalid_unicode",
+    "malformed_json",
+    "method_not_allowed",
+    "model_not_found",
+    "not_found",
+    "not_ready",
+    "payload_too_large",
+    "request_timeout",
+    "unauthorized",
+    "unknown_field",
+    "unknown_name",
+    "unknown_request_id",
+    "unsupported_media_type",
+    "uri_too_long",
+    "workers_not_confirmed",
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"$ref": f"#/components/responses/E{s}"} for s in statuses}
+
+
+_ERROR_TEXT = {
+    400: "Bad input: malformed JSON, an unknown field, an invalid parameter or text.",
+    401: "No or malformed Authorization header.",
+    403: "Wrong admin token, or the admin API is disabled.",
+    404: "Not found (no model directory, an unknown model version).",
+    405: "Method not allowed on this path.",
+    408: "The body did not arrive within api.body_timeout_s.",
+    409: "The model is for another featureset; the serving model stays.",
+    413: "The body is larger than api.max_body_bytes.",
+    414: "The request line is longer than api.max_request_line_bytes.",
+    415: "The body is not application/json.",
+    422: "Refused: an event names an unknown request id, or the model files are corrupt.",
+    431: "A header name or value is longer than api.max_header_bytes.",
+    503: "Not ready: no index, the backend or event store unavailable, workers unconfirmed.",
+}
+# what any request can get before its handler runs (search.http: check_head); a method or
+# path not listed here gets 405 / 404 with the same Error shape (components E405, E404)
+_EDGE = (414, 431)
+_BODY = (408, 413, 415)
+
+
+def _schemas(config: ApiConfig) -> dict[str, Any]:
+    nullable_str = {"type": ["string", "null"], "maxLength": 200}
+    num_or_null = {"type": ["number", "null"]}
+    retriever = {
+        "type": "object",
+        "required": ["score", "rank"],
+        "properties": {"score": num_or_null, "rank": {"type": ["integer", "null"], "minimum": 1}},
+        "additionalProperties": False,
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error", "request_id"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "enum": list(ERROR_CODES)},
+                        "message": {"type": "string"},
+                    },
+                },
+                "request_id": {"type": "string"},
+            },
+        },
+        "Range": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": {"gte": {"type": "number"}, "lte": {"type": "number"}},
+        },
+        "SearchRequest": {
+            "type": "object",
+            "required": ["q"],
+            "additionalProperties": False,
+            "properties": {
+                "q": {"type": "string", "minLength": 1, "maxLength": config.max_query_chars},
+                "k": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 10},
+                "offset": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": config.max_offset,
+                    "default": 0,
+                },
+                "category": nullable_str,
+                "filters": {
+                    "type": "object",
+                    "description": "Numeric attribute -> range; the attributes of the index.",
+                    "additionalProperties": _ref("Range"),
+                },
+                "explain": {"type": "boolean", "default": False},
+                "query_id": nullable_str,
+            },
+        },
+        "Hit": {
+            "type": "object",
+            "required": ["id", "score", "position", "fields", "retrievers"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string"},
+                "score": num_or_null,
+                "position": {"type": "integer", "minimum": 1},
+                "fields": {
+                    "type": "object",
+                    "description": "title, body, category, extra text fields, numeric attrs.",
+                    "additionalProperties": {"type": ["string", "number", "null"]},
+                },
+                "retrievers": {
+                    "type": "object",
+                    "required": list(RETRIEVERS),
+                    "additionalProperties": False,
+                    "properties": {r: retriever for r in RETRIEVERS},
+                },
+                "contributions": {
+                    "type": "object",
+                    "description": "explain=true: SHAP contribution per feature, plus _bias.",
+                    "additionalProperties": {"type": "number"},
+                },
+            },
+        },
+        "SearchPage": {
+            "type": "object",
+            "required": [
+                "request_id",
+                "query",
+                "model_version",
+                "hits",
+                "degraded",
+                "took_ms",
+                "candidates",
+                "timings_ms",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "request_id": {"type": "string"},
+                "query": {"type": "string"},
+                "model_version": {"type": ["string", "null"]},
+                "hits": {"type": "array", "items": _ref("Hit")},
+                "degraded": {"type": "array", "items": {"type": "string"}},
+                "took_ms": {"type": "number", "minimum": 0},
+                "candidates": {"type": "integer", "minimum": 0},
+                "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+                "explain": {"type": "string", "description": "Why hits lack contributions."},
+            },
+        },
+        "Event": {
+            "type": "object",
+            "required": ["type", "request_id", "doc_id"],
+            "additionalProperties": False,
+            "properties": {
+                "type": {"type": "string", "enum": list(EVENT_TYPES)},
+                "request_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                "doc_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                "ts": {"type": "number", "description": "Unix seconds (default: now)."},
+                "client_id": nullable_str,
+            },
+        },
+        "EventBatch": {
+            "oneOf": [
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": config.max_events_per_batch,
+                    "items": _ref("Event"),
+                },
+                {
+                    "type": "object",
+                    "required": ["events"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "events": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": config.max_events_per_batch,
+                            "items": _ref("Event"),
+                        }
+                    },
+                },
+            ]
+        },
+        "ModelFallback": {
+            "type": ["object", "null"],
+            "required": ["refused", "reason", "serving"],
+            "properties": {
+                "refused": {"type": ["string", "null"]},
+                "reason": {"type": "string"},
+                "serving": {"type": ["string", "null"]},
+            },
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["ready", "index_version", "model_version", "degraded", "model_fallback"],
+            "additionalProperties": False,
+            "properties": {
+                "ready": {"type": "boolean"},
+                "index_version": {"type": ["string", "null"]},
+                "model_version": {"type": ["string", "null"]},
+                "problems": {"type": "array", "items": {"type": "string"}},
+                "degraded": {"type": "object", "additionalProperties": {"type": "string"}},
+                "model_fallback": _ref("ModelFallback"),
+            },
+        },
+        "Model": {
+            "type": "object",
+            "required": ["model_version", "ranking", "index_version", "model_fallback"],
+            "properties": {
+                "model_version": {"type": ["string", "null"]},
+                "ranking": {"type": "string", "enum": ["ltr", "rrf"]},
+                "featureset_id": {"type": "string"},
+                "feature_names": {"type": "array", "items": {"type": "string"}},
+                "base_margin": {"type": ["object", "null"]},
+                "metrics": {"type": "object", "additionalProperties": num_or_null},
+                "created_at": {"type": ["string", "number", "null"]},
+                "label_source": {"type": ["string", "null"]},
+                "index_version": {"type": ["string", "null"]},
+                "model_fallback": _ref("ModelFallback"),
+            },
+            "additionalProperties": False,
+        },
+        "ReloadRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"version": nullable_str},
+        },
+        "Reload": {
+            "type": "object",
+            "required": [
+                "model_version",
+                "previous_model_version",
+                "featureset_id",
+                "index_version",
+                "index_reloaded",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "model_version": {"type": "string"},
+                "previous_model_version": {"type": ["string", "null"]},
+                "featureset_id": {"type": "string"},
+                "index_version": {"type": ["string", "null"]},
+                "index_reloaded": {"type": "boolean"},
+                "workers": {"type": "integer", "minimum": 1},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "uptime_s", "version"],
+            "additionalProperties": False,
+            "properties": {
+                "status": {"type": "string", "const": "ok"},
+                "uptime_s": {"type": "number", "minimum": 0},
+                "version": {"type": "string", "description": "The ltrsearch package version."},
+            },
+        },
+    }
+
+
+def _search_params(config: ApiConfig) -> list[dict[str, Any]]:
+    def q(name: str, schema: dict[str, Any], description: str, **kw: Any) -> dict[str, Any]:
+        return {"name": name, "in": "query", "schema": schema, "description": description, **kw}
+
+    return [
+        q(
+            "q",
+            {"type": "string", "minLength": 1, "maxLength": config.max_query_chars},
+            "The query text.",
+            required=True,
+        ),
+        q("k", {"type": "integer", "minimum": 1, "maximum": config.max_k}, "Page size."),
+        q(
+            "offset",
+            {"type": "integer", "minimum": 0, "maximum": config.max_offset},
+            "Hits to skip (page 2 of k=10: offset=10).",
+        ),
+        q("category", {"type": "string", "maxLength": 200}, "Only this category."),
+        q("explain", {"type": "boolean"}, "SHAP contributions per hit (first hits only)."),
+        q("query_id", {"type": "string", "maxLength": 200}, "Logged with the impression."),
+    ]
+
+
+def build_spec(config: ApiConfig) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a server with ``config``."""
+    search_responses = {
+        "200": _json(_ref("SearchPage"), "One page of ranked hits."),
+        **_errors(400, *_EDGE, 503),
+    }
+    admin = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ltrsearch",
+            "version": package_version(),
+            "description": (
+                "Hybrid BM25 + dense retrieval reranked by a LambdaMART model that learns "
+                "from clicks. Every refusal is a 4xx with the Error shape; a 5xx is a bug "
+                "or an unavailable dependency (503)."
+            ),
+        },
+        "paths": {
+            "/search": {
+                "get": {
+                    "operationId": "searchGet",
+                    "summary": "Search (query string; filters only in POST).",
+                    "parameters": _search_params(config),
+                    "responses": search_responses,
+                },
+                "post": {
+                    "operationId": "searchPost",
+                    "summary": "Search with a JSON body (filters on numeric attributes).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("SearchRequest")}},
+                    },
+                    "responses": {**search_responses, **_errors(*_BODY)},
+                },
+            },
+            "/events": {
+                "post": {
+                    "operationId": "postEvents",
+                    "summary": "Store a batch of events (202 after the SQLite commit).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("EventBatch")}},
+                    },
+                    "responses": {
+                        "202": _json(
+                            {
+                                "type": "object",
+                                "required": ["accepted"],
+                                "additionalProperties": False,
+                                "properties": {"accepted": {"type": "integer", "minimum": 0}},
+                            },
+                            "Stored durably.",
+                        ),
+                        **_errors(400, *_EDGE, *_BODY, 422, 503),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness and the package version.",
+                    "responses": {"200": _json(_ref("Health"), "Alive."), **_errors(*_EDGE)},
+                }
+            },
+            "/ready": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "200 while searches are served as configured, else 503.",
+                    "responses": {
+                        "200": _json(_ref("Ready"), "Ready (degraded lists reduced service)."),
+                        "503": _json(_ref("Ready"), "Not ready (problems says why)."),
+                        **_errors(*_EDGE),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus text exposition (every worker's series).",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format 0.0.4.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(*_EDGE),
+                    },
+                }
+            },
+            "/model": {
+                "get": {
+                    "operationId": "model",
+                    "summary": "The serving model (or RRF ranking) and index.",
+                    "responses": {"200": _json(_ref("Model"), "The model."), **_errors(*_EDGE)},
+                }
+            },
+            "/admin/reload": {
+                "post": {
+                    "operationId": "adminReload",
+                    "summary": "Serve the promoted (or a named) model; pick up a new index.",
+                    "security": admin,
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("ReloadRequest")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("Reload"), "Serving the model (on every worker)."),
+                        **_errors(400, 401, 403, 404, *_EDGE, *_BODY, 409, 422, 503),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "responses": {
+                        "200": _json({"type": "object"}, "OpenAPI 3.1."),
+                        **_errors(*_EDGE),
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _schemas(config),
+            "responses": {
+                f"E{s}": _json(_ref("Error"), text) for s, text in sorted(_ERROR_TEXT.items())
+            },
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The admin token (api.admin_token).",
+                }
+            },
+        },
+    }
