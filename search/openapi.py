@@ -334,7 +334,7 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
         "200": _json(_ref("SearchPage"), "One page of ranked hits."),
         **_errors(400, *_EDGE, 503),
     }
-    admin = [{"bearer": []}]
+    admin: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {
