@@ -98,10 +98,13 @@ class Gauge(_Series):
         self._child(labels).set(value)
 
     def clear(self) -> None:
-        """Drop every label set (see the module docstring for multiprocess mode)."""
-        for seen in self._seen:
-            self._m.labels(*seen).set(0)
-        self._m.clear()
+        """Drop every label set (multiprocess mode: set to 0 and left out when rendered,
+        prometheus_client cannot remove a series from the shared files)."""
+        if multiprocess_dir() is None:
+            self._m.clear()
+        else:
+            for seen in self._seen:
+                self._m.labels(*seen).set(0)
         self._seen.clear()
 
 
