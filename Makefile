@@ -33,8 +33,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the default catalog is 2,000 products; make demo DEMO_ARGS="--products 20000" for the full one
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
