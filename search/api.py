@@ -309,7 +309,7 @@ async def get_model(request: web.Request) -> web.Response:
     fallback = state.model_fallback
     body["model_fallback"] = fallback.to_json() if fallback is not None else None
     body["experiment"] = await rollout.model_section(state)
-    return web.json_response(body)
+    return json_response(body)  # a NaN offline metric is null (json.dumps would write NaN)
 
 
 async def admin_reload(request: web.Request) -> web.Response:

@@ -7,6 +7,9 @@ document the same server serves (jsonschema, Draft 2020-12 as OpenAPI 3.1 uses).
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -19,11 +22,16 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from ltr.registry import ModelRegistry
 from scripts.serverproc import free_port, stop_server, wait_ready
 from search import errors as search_errors
 from search.config import ApiConfig
 from search.openapi import ERROR_CODES, build_spec
 from tests.api_support import ADMIN, start_test_server
+
+
+def _refuse(token: str) -> None:
+    raise AssertionError(f"{token} is not JSON")
 
 
 class Contract:
@@ -69,8 +77,14 @@ def api(
     small_index: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("openapi")
+    models = tmp / "models"  # its offline test metric NaN, as training writes when no
+    shutil.copytree(model_dir, models)  # test query has a relevant document
+    reg = ModelRegistry(models)
+    manifest = models / str(reg.promoted()) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "metrics": {**data["metrics"], "test_x": math.nan}}))
     port, log = free_port(), tmp / "serve.log"
-    proc = start_test_server(small_index, tmp / "events.db", port, log, model_dir)
+    proc = start_test_server(small_index, tmp / "events.db", port, log, models)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log, 240)
@@ -139,7 +153,9 @@ async def _every_handler(api: str, session: aiohttp.ClientSession) -> None:
     assert health["version"] == metadata.version("ltrsearch")
     await expect("GET", "/ready", 200)
     model = await expect("GET", "/model", 200)
-    assert model["ranking"] == "ltr"
+    assert model["ranking"] == "ltr" and model["metrics"]["test_x"] is None
+    async with session.get(api + "/model") as r:  # strict JSON: no NaN token
+        json.loads(await r.text(), parse_constant=_refuse)
     page = await expect("GET", "/search", 200, params={"q": "wing flutter", "explain": "true"})
     assert page["hits"] and "contributions" in page["hits"][0]
     for params in ({"q": "wing", "k": "0"}, {"q": "wing", "k": "x"}, {"k": "3"}, {"q": ""}):
