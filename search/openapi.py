@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ltr.behavior import AGGREGATE_KEYS
 from ltr.types import RETRIEVERS
 from search.config import ApiConfig
 from search.events import EVENT_TYPES
 from search.version import package_version
+from search.workbench import ASSETS
 
 # every ``error.code`` a response can carry: search.errors' classes, the ltr/indexing
 # errors search.http maps, and aiohttp's own refusals (tests/test_openapi.py checks that
@@ -141,6 +143,8 @@ def _schemas(config: ApiConfig) -> dict[str, Any]:
                 },
                 "explain": {"type": "boolean", "default": False},
                 "query_id": nullable_str,
+                "debug": {"type": "boolean", "default": False},
+                "model": {"type": ["string", "null"], "maxLength": 64},
             },
         },
         "Hit": {
@@ -166,6 +170,24 @@ def _schemas(config: ApiConfig) -> dict[str, Any]:
                     "type": "object",
                     "description": "explain=true: SHAP contribution per feature, plus _bias.",
                     "additionalProperties": {"type": "number"},
+                },
+                "fusion": {
+                    "type": "object",
+                    "description": "explain=true: the RRF score and rank among all candidates.",
+                    "required": ["name", "score", "rank"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "score": num_or_null,
+                        "rank": {"type": "integer", "minimum": 1},
+                    },
+                },
+                "behavior": {
+                    "type": "object",
+                    "description": "explain=true with an event store: the click aggregates "
+                    "of the hit, for this query (qd_*) and overall (d_*); null: no history.",
+                    "additionalProperties": False,
+                    "properties": {k: num_or_null for k in AGGREGATE_KEYS},
                 },
             },
         },
@@ -292,6 +314,56 @@ def _schemas(config: ApiConfig) -> dict[str, Any]:
                 "workers": {"type": "integer", "minimum": 1},
             },
         },
+        "ModelCard": {
+            "type": "object",
+            "description": "The model's manifest (less file names and checksum) with "
+            "feature_importance (share of total gain), or ranking rrf without a model.",
+            "required": [
+                "serving_version",
+                "promoted_version",
+                "versions",
+                "index_version",
+                "attributes",
+                "ranking",
+            ],
+            "properties": {
+                "serving_version": {"type": ["string", "null"]},
+                "promoted_version": {"type": ["string", "null"]},
+                "versions": {"type": "array", "items": {"type": "string"}},
+                "index_version": {"type": ["string", "null"]},
+                "attributes": {"type": "array", "items": {"type": "string"}},
+                "ranking": {"type": "string", "enum": ["ltr", "rrf"]},
+                "version": {"type": ["string", "null"]},
+                "feature_importance": {
+                    "type": "object",
+                    "additionalProperties": {"type": "number"},
+                },
+                "metrics": {"type": "object", "additionalProperties": num_or_null},
+            },
+        },
+        "Reports": {
+            "type": "object",
+            "required": ["reports"],
+            "additionalProperties": False,
+            "properties": {
+                "reports": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "files", "summary"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "files": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                            "summary": {"type": ["object", "null"]},
+                        },
+                    },
+                }
+            },
+        },
         "Health": {
             "type": "object",
             "required": ["status", "uptime_s", "version"],
@@ -325,6 +397,12 @@ def _search_params(config: ApiConfig) -> list[dict[str, Any]]:
         q("category", {"type": "string", "maxLength": 200}, "Only this category."),
         q("explain", {"type": "boolean"}, "SHAP contributions per hit (first hits only)."),
         q("query_id", {"type": "string", "maxLength": 200}, "Logged with the impression."),
+        q("debug", {"type": "boolean"}, "The workbench's searches: the page is not logged."),
+        q(
+            "model",
+            {"type": "string", "maxLength": 64},
+            "rrf or a registry version: that ranking instead of the serving model's (not logged).",
+        ),
     ]
 
 
@@ -332,9 +410,10 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a server with ``config``."""
     search_responses = {
         "200": _json(_ref("SearchPage"), "One page of ranked hits."),
-        **_errors(400, *_EDGE, 503),
+        **_errors(400, 404, *_EDGE, 409, 422, 503),
     }
     admin: list[dict[str, list[str]]] = [{"bearer": []}]
+    _html = {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -368,6 +447,14 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                 "post": {
                     "operationId": "postEvents",
                     "summary": "Store a batch of events (202 after the SQLite commit).",
+                    "parameters": [
+                        {
+                            "name": "debug",
+                            "in": "query",
+                            "schema": {"type": "boolean"},
+                            "description": "The workbench's clicks: validated, not stored.",
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("EventBatch")}},
@@ -378,7 +465,10 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["accepted"],
                                 "additionalProperties": False,
-                                "properties": {"accepted": {"type": "integer", "minimum": 0}},
+                                "properties": {
+                                    "accepted": {"type": "integer", "minimum": 0},
+                                    "debug": {"type": "boolean", "const": True},
+                                },
                             },
                             "Stored durably.",
                         ),
@@ -436,6 +526,80 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                     "responses": {
                         "200": _json(_ref("Reload"), "Serving the model (on every worker)."),
                         **_errors(400, 401, 403, 404, *_EDGE, *_BODY, 409, 422, 503),
+                    },
+                }
+            },
+            "/model/card": {
+                "get": {
+                    "operationId": "modelCard",
+                    "summary": "The serving (or a named) model's card, the registry's versions.",
+                    "parameters": [
+                        {"name": "version", "in": "query", "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json(_ref("ModelCard"), "The card."),
+                        **_errors(404, *_EDGE, 409, 422),
+                    },
+                }
+            },
+            "/reports": {
+                "get": {
+                    "operationId": "reports",
+                    "summary": "The newest drift reports with links to their files.",
+                    "responses": {"200": _json(_ref("Reports"), "Listed."), **_errors(*_EDGE)},
+                }
+            },
+            "/reports/{report}/{file}": {
+                "get": {
+                    "operationId": "reportFile",
+                    "summary": "One file of a listed drift report (read only, sandboxed).",
+                    "parameters": [
+                        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                        for n in ("report", "file")
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The report's HTML or JSON.",
+                            "content": {
+                                "text/html": {"schema": {"type": "string"}},
+                                "application/json": {"schema": {}},
+                            },
+                        },
+                        **_errors(404, *_EDGE),
+                    },
+                }
+            },
+            **{
+                path: {
+                    "get": {
+                        "operationId": op,
+                        "summary": "The workbench page.",
+                        "responses": {"200": _html, **_errors(*_EDGE)},
+                    }
+                }
+                for path, op in (("/", "workbench"), ("/ui", "workbenchUi"))
+            },
+            "/ui/{name}": {
+                "get": {
+                    "operationId": "workbenchAsset",
+                    "summary": "A file of the workbench page.",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "One of: " + ", ".join(ASSETS),
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The file.",
+                            "content": {
+                                t: {"schema": {"type": "string"}} for t in set(ASSETS.values())
+                            },
+                        },
+                        **_errors(404, *_EDGE),
                     },
                 }
             },

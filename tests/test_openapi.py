@@ -83,8 +83,20 @@ def api(
     manifest = models / str(reg.promoted()) / "manifest.json"
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, "metrics": {**data["metrics"], "test_x": math.nan}}))
+    report = tmp / "drift" / "drift-20261206T000000Z"  # one drift report to serve
+    report.mkdir(parents=True)
+    (report / "features.html").write_text("<html><body>drift</body></html>")
+    summary = {"decision": "ok", "drifted": [], "window": {}, "model_version": "v0001"}
+    (report / "summary.json").write_text(json.dumps(summary))
     port, log = free_port(), tmp / "serve.log"
-    proc = start_test_server(small_index, tmp / "events.db", port, log, models)
+    proc = start_test_server(
+        small_index,
+        tmp / "events.db",
+        port,
+        log,
+        models,
+        LTRSEARCH_MONITORING__OUT_DIR=str(tmp / "drift"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log, 240)
@@ -143,8 +155,9 @@ async def _every_handler(api: str, session: aiohttp.ClientSession) -> None:
     c.check("GET", "/openapi.json", st, ctype, spec)
     assert spec["info"]["version"] == metadata.version("ltrsearch")
 
-    async def expect(method: str, path: str, status: int, **kw: Any) -> Any:
-        st, ctype, body = await call(method, path, **kw)
+    async def expect(method: str, path: str, status: int, path_: str = "", **kw: Any) -> Any:
+        """``path``: as documented; the request goes to ``path_`` when it is given."""
+        st, ctype, body = await call(method, path_ or path, **kw)
         assert st == status, (method, path, kw, st, body)
         c.check(method, path, st, ctype, body)
         return body
@@ -198,6 +211,26 @@ async def _every_handler(api: str, session: aiohttp.ClientSession) -> None:
     await expect("POST", "/admin/reload", 400, json={"versions": "x"}, headers=auth)
     reload = await expect("POST", "/admin/reload", 200, headers=auth)
     assert reload["model_version"] == model["model_version"]
+
+    # the workbench's routes and parameters
+    await expect("GET", "/search", 200, params={"q": "wing", "debug": "true", "model": "rrf"})
+    await expect("GET", "/search", 404, params={"q": "wing", "model": "v9999"})
+    card = await expect("GET", "/model/card", 200)
+    assert card["serving_version"] == model["model_version"]
+    await expect("GET", "/model/card", 404, params={"version": "v9999"})
+    listed = (await expect("GET", "/reports", 200))["reports"]
+    assert [r["name"] for r in listed] == ["drift-20261206T000000Z"]
+    for link in listed[0]["files"].values():  # features.html, summary.json
+        await expect("GET", "/reports/{report}/{file}", 200, path_=link)
+    assert set(listed[0]["files"]) == {"features.html", "summary.json"}
+    await expect("GET", "/reports/{report}/{file}", 404, path_="/reports/nope/report.html")
+    for path in ("/", "/ui"):
+        await expect("GET", path, 200)
+    await expect("GET", "/ui/{name}", 200, path_="/ui/app.js")
+    await expect("GET", "/ui/{name}", 404, path_="/ui/nope.js")
+    ev = [{"type": "click", "request_id": page["request_id"], "doc_id": doc}]
+    got = await expect("POST", "/events", 202, params={"debug": "true"}, json=ev)
+    assert got == {"accepted": 0, "debug": True}
 
     st, ctype, text = await call("GET", "/metrics")
     c.check("GET", "/metrics", st, ctype, text)
