@@ -4,7 +4,8 @@ Written here as data, next to the handlers it describes (search.api) and the req
 parsing it mirrors (search.http): every path, parameter, body, response and error shape.
 Limits that come from settings (``k``, ``offset``, the query length, the events per batch)
 are filled in from the server's ``ApiConfig``, so the document is the contract of the
-server that serves it. tests/test_openapi.py validates it and checks real responses of
+server that serves it (the bodies and the Error shape: search/openapi_schemas.py).
+tests/test_openapi.py validates it and checks real responses of
 every handler against it; tests/test_openapi_fuzz.py (slow) fuzzes a real server from it.
 """
 
@@ -12,52 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ltr.behavior import AGGREGATE_KEYS
-from ltr.types import RETRIEVERS
 from search.config import ApiConfig
-from search.events import EVENT_TYPES
+from search.openapi_schemas import ref, schemas
 from search.version import package_version
 from search.workbench import ASSETS
-
-# every ``error.code`` a response can carry: search.errors' classes, the ltr/indexing
-# errors search.http maps, and aiohttp's own refusals (tests/test_openapi.py checks that
-# every SearchError subclass is listed)
-ERROR_CODES: tuple[str, ...] = (
-    "backend_unavailable",
-    "bad_request",
-    "conflict",
-    "corrupt_model",
-    "event_store_unavailable",
-    "featureset_mismatch",
-    "forbidden",
-    "header_too_large",
-    "http_error",
-    "impression_rejected",
-    "index_not_found",
-    "internal_error",
-    "invalid_event",
-    "invalid_parameter",
-    "invalid_query",
-    "invalid_unicode",
-    "malformed_json",
-    "method_not_allowed",
-    "model_not_found",
-    "not_found",
-    "not_ready",
-    "payload_too_large",
-    "request_timeout",
-    "unauthorized",
-    "unknown_field",
-    "unknown_name",
-    "unknown_request_id",
-    "unsupported_media_type",
-    "uri_too_long",
-    "workers_not_confirmed",
-)
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -87,294 +46,6 @@ _ERROR_TEXT = {
 # path not listed here gets 405 / 404 with the same Error shape (components E405, E404)
 _EDGE = (414, 431)
 _BODY = (408, 413, 415)
-
-
-def _schemas(config: ApiConfig) -> dict[str, Any]:
-    nullable_str = {"type": ["string", "null"], "maxLength": 200}
-    num_or_null = {"type": ["number", "null"]}
-    retriever = {
-        "type": "object",
-        "required": ["score", "rank"],
-        "properties": {"score": num_or_null, "rank": {"type": ["integer", "null"], "minimum": 1}},
-        "additionalProperties": False,
-    }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "request_id"],
-            "additionalProperties": False,
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "code": {"type": "string", "enum": list(ERROR_CODES)},
-                        "message": {"type": "string"},
-                    },
-                },
-                "request_id": {"type": "string"},
-            },
-        },
-        "Range": {
-            "type": "object",
-            "minProperties": 1,
-            "additionalProperties": False,
-            "properties": {"gte": {"type": "number"}, "lte": {"type": "number"}},
-        },
-        "SearchRequest": {
-            "type": "object",
-            "required": ["q"],
-            "additionalProperties": False,
-            "properties": {
-                "q": {"type": "string", "minLength": 1, "maxLength": config.max_query_chars},
-                "k": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 10},
-                "offset": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": config.max_offset,
-                    "default": 0,
-                },
-                "category": nullable_str,
-                "filters": {
-                    "type": "object",
-                    "description": "Numeric attribute -> range; the attributes of the index.",
-                    "additionalProperties": _ref("Range"),
-                },
-                "explain": {"type": "boolean", "default": False},
-                "query_id": nullable_str,
-                "debug": {"type": "boolean", "default": False},
-                "model": {"type": ["string", "null"], "maxLength": 64},
-            },
-        },
-        "Hit": {
-            "type": "object",
-            "required": ["id", "score", "position", "fields", "retrievers"],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string"},
-                "score": num_or_null,
-                "position": {"type": "integer", "minimum": 1},
-                "fields": {
-                    "type": "object",
-                    "description": "title, body, category, extra text fields, numeric attrs.",
-                    "additionalProperties": {"type": ["string", "number", "null"]},
-                },
-                "retrievers": {
-                    "type": "object",
-                    "required": list(RETRIEVERS),
-                    "additionalProperties": False,
-                    "properties": {r: retriever for r in RETRIEVERS},
-                },
-                "contributions": {
-                    "type": "object",
-                    "description": "explain=true: SHAP contribution per feature, plus _bias.",
-                    "additionalProperties": {"type": "number"},
-                },
-                "fusion": {
-                    "type": "object",
-                    "description": "explain=true: the RRF score and rank among all candidates.",
-                    "required": ["name", "score", "rank"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": {"type": "string"},
-                        "score": num_or_null,
-                        "rank": {"type": "integer", "minimum": 1},
-                    },
-                },
-                "behavior": {
-                    "type": "object",
-                    "description": "explain=true with an event store: the click aggregates "
-                    "of the hit, for this query (qd_*) and overall (d_*); null: no history.",
-                    "additionalProperties": False,
-                    "properties": {k: num_or_null for k in AGGREGATE_KEYS},
-                },
-            },
-        },
-        "SearchPage": {
-            "type": "object",
-            "required": [
-                "request_id",
-                "query",
-                "model_version",
-                "hits",
-                "degraded",
-                "took_ms",
-                "candidates",
-                "timings_ms",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "request_id": {"type": "string"},
-                "query": {"type": "string"},
-                "model_version": {"type": ["string", "null"]},
-                "hits": {"type": "array", "items": _ref("Hit")},
-                "degraded": {"type": "array", "items": {"type": "string"}},
-                "took_ms": {"type": "number", "minimum": 0},
-                "candidates": {"type": "integer", "minimum": 0},
-                "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
-                "explain": {"type": "string", "description": "Why hits lack contributions."},
-            },
-        },
-        "Event": {
-            "type": "object",
-            "required": ["type", "request_id", "doc_id"],
-            "additionalProperties": False,
-            "properties": {
-                "type": {"type": "string", "enum": list(EVENT_TYPES)},
-                "request_id": {"type": "string", "minLength": 1, "maxLength": 200},
-                "doc_id": {"type": "string", "minLength": 1, "maxLength": 200},
-                "ts": {"type": "number", "description": "Unix seconds (default: now)."},
-                "client_id": nullable_str,
-            },
-        },
-        "EventBatch": {
-            "oneOf": [
-                {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": config.max_events_per_batch,
-                    "items": _ref("Event"),
-                },
-                {
-                    "type": "object",
-                    "required": ["events"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "events": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": config.max_events_per_batch,
-                            "items": _ref("Event"),
-                        }
-                    },
-                },
-            ]
-        },
-        "ModelFallback": {
-            "type": ["object", "null"],
-            "required": ["refused", "reason", "serving"],
-            "properties": {
-                "refused": {"type": ["string", "null"]},
-                "reason": {"type": "string"},
-                "serving": {"type": ["string", "null"]},
-            },
-        },
-        "Ready": {
-            "type": "object",
-            "required": ["ready", "index_version", "model_version", "degraded", "model_fallback"],
-            "additionalProperties": False,
-            "properties": {
-                "ready": {"type": "boolean"},
-                "index_version": {"type": ["string", "null"]},
-                "model_version": {"type": ["string", "null"]},
-                "problems": {"type": "array", "items": {"type": "string"}},
-                "degraded": {"type": "object", "additionalProperties": {"type": "string"}},
-                "model_fallback": _ref("ModelFallback"),
-            },
-        },
-        "Model": {
-            "type": "object",
-            "required": ["model_version", "ranking", "index_version", "model_fallback"],
-            "properties": {
-                "model_version": {"type": ["string", "null"]},
-                "ranking": {"type": "string", "enum": ["ltr", "rrf"]},
-                "featureset_id": {"type": "string"},
-                "feature_names": {"type": "array", "items": {"type": "string"}},
-                "base_margin": {"type": ["object", "null"]},
-                "metrics": {"type": "object", "additionalProperties": num_or_null},
-                "created_at": {"type": ["string", "number", "null"]},
-                "label_source": {"type": ["string", "null"]},
-                "index_version": {"type": ["string", "null"]},
-                "model_fallback": _ref("ModelFallback"),
-            },
-            "additionalProperties": False,
-        },
-        "ReloadRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"version": nullable_str},
-        },
-        "Reload": {
-            "type": "object",
-            "required": [
-                "model_version",
-                "previous_model_version",
-                "featureset_id",
-                "index_version",
-                "index_reloaded",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "model_version": {"type": "string"},
-                "previous_model_version": {"type": ["string", "null"]},
-                "featureset_id": {"type": "string"},
-                "index_version": {"type": ["string", "null"]},
-                "index_reloaded": {"type": "boolean"},
-                "workers": {"type": "integer", "minimum": 1},
-            },
-        },
-        "ModelCard": {
-            "type": "object",
-            "description": "The model's manifest (less file names and checksum) with "
-            "feature_importance (share of total gain), or ranking rrf without a model.",
-            "required": [
-                "serving_version",
-                "promoted_version",
-                "versions",
-                "index_version",
-                "attributes",
-                "ranking",
-            ],
-            "properties": {
-                "serving_version": {"type": ["string", "null"]},
-                "promoted_version": {"type": ["string", "null"]},
-                "versions": {"type": "array", "items": {"type": "string"}},
-                "index_version": {"type": ["string", "null"]},
-                "attributes": {"type": "array", "items": {"type": "string"}},
-                "ranking": {"type": "string", "enum": ["ltr", "rrf"]},
-                "version": {"type": ["string", "null"]},
-                "feature_importance": {
-                    "type": "object",
-                    "additionalProperties": {"type": "number"},
-                },
-                "metrics": {"type": "object", "additionalProperties": num_or_null},
-            },
-        },
-        "Reports": {
-            "type": "object",
-            "required": ["reports"],
-            "additionalProperties": False,
-            "properties": {
-                "reports": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "files", "summary"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string"},
-                            "files": {
-                                "type": "object",
-                                "additionalProperties": {"type": "string"},
-                            },
-                            "summary": {"type": ["object", "null"]},
-                        },
-                    },
-                }
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status", "uptime_s", "version"],
-            "additionalProperties": False,
-            "properties": {
-                "status": {"type": "string", "const": "ok"},
-                "uptime_s": {"type": "number", "minimum": 0},
-                "version": {"type": "string", "description": "The ltrsearch package version."},
-            },
-        },
-    }
 
 
 def _search_params(config: ApiConfig) -> list[dict[str, Any]]:
@@ -409,7 +80,7 @@ def _search_params(config: ApiConfig) -> list[dict[str, Any]]:
 def build_spec(config: ApiConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a server with ``config``."""
     search_responses = {
-        "200": _json(_ref("SearchPage"), "One page of ranked hits."),
+        "200": _json(ref("SearchPage"), "One page of ranked hits."),
         **_errors(400, 404, *_EDGE, 409, 422, 503),
     }
     admin: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -438,7 +109,7 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                     "summary": "Search with a JSON body (filters on numeric attributes).",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("SearchRequest")}},
+                        "content": {"application/json": {"schema": ref("SearchRequest")}},
                     },
                     "responses": {**search_responses, **_errors(*_BODY)},
                 },
@@ -457,7 +128,7 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                     ],
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("EventBatch")}},
+                        "content": {"application/json": {"schema": ref("EventBatch")}},
                     },
                     "responses": {
                         "202": _json(
@@ -480,7 +151,7 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                 "get": {
                     "operationId": "health",
                     "summary": "Liveness and the package version.",
-                    "responses": {"200": _json(_ref("Health"), "Alive."), **_errors(*_EDGE)},
+                    "responses": {"200": _json(ref("Health"), "Alive."), **_errors(*_EDGE)},
                 }
             },
             "/ready": {
@@ -488,8 +159,8 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                     "operationId": "ready",
                     "summary": "200 while searches are served as configured, else 503.",
                     "responses": {
-                        "200": _json(_ref("Ready"), "Ready (degraded lists reduced service)."),
-                        "503": _json(_ref("Ready"), "Not ready (problems says why)."),
+                        "200": _json(ref("Ready"), "Ready (degraded lists reduced service)."),
+                        "503": _json(ref("Ready"), "Not ready (problems says why)."),
                         **_errors(*_EDGE),
                     },
                 }
@@ -511,7 +182,7 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                 "get": {
                     "operationId": "model",
                     "summary": "The serving model (or RRF ranking) and index.",
-                    "responses": {"200": _json(_ref("Model"), "The model."), **_errors(*_EDGE)},
+                    "responses": {"200": _json(ref("Model"), "The model."), **_errors(*_EDGE)},
                 }
             },
             "/admin/reload": {
@@ -521,10 +192,10 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                     "security": admin,
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": _ref("ReloadRequest")}},
+                        "content": {"application/json": {"schema": ref("ReloadRequest")}},
                     },
                     "responses": {
-                        "200": _json(_ref("Reload"), "Serving the model (on every worker)."),
+                        "200": _json(ref("Reload"), "Serving the model (on every worker)."),
                         **_errors(400, 401, 403, 404, *_EDGE, *_BODY, 409, 422, 503),
                     },
                 }
@@ -537,7 +208,7 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                         {"name": "version", "in": "query", "schema": {"type": "string"}}
                     ],
                     "responses": {
-                        "200": _json(_ref("ModelCard"), "The card."),
+                        "200": _json(ref("ModelCard"), "The card."),
                         **_errors(404, *_EDGE, 409, 422),
                     },
                 }
@@ -546,7 +217,7 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                 "get": {
                     "operationId": "reports",
                     "summary": "The newest drift reports with links to their files.",
-                    "responses": {"200": _json(_ref("Reports"), "Listed."), **_errors(*_EDGE)},
+                    "responses": {"200": _json(ref("Reports"), "Listed."), **_errors(*_EDGE)},
                 }
             },
             "/reports/{report}/{file}": {
@@ -615,9 +286,9 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": _schemas(config),
+            "schemas": schemas(config),
             "responses": {
-                f"E{s}": _json(_ref("Error"), text) for s, text in sorted(_ERROR_TEXT.items())
+                f"E{s}": _json(ref("Error"), text) for s, text in sorted(_ERROR_TEXT.items())
             },
             "securitySchemes": {
                 "bearer": {

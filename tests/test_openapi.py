@@ -26,7 +26,8 @@ from ltr.registry import ModelRegistry
 from scripts.serverproc import free_port, stop_server, wait_ready
 from search import errors as search_errors
 from search.config import ApiConfig
-from search.openapi import ERROR_CODES, build_spec
+from search.openapi import build_spec
+from search.openapi_schemas import ERROR_CODES
 from tests.api_support import ADMIN, start_test_server
 
 
