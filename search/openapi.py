@@ -84,6 +84,13 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
         **_errors(400, 404, *_EDGE, 409, 422, 503),
     }
     admin: list[dict[str, list[str]]] = [{"bearer": []}]
+    _experiments = {
+        "type": "object",
+        "required": ["experiments"],
+        "additionalProperties": False,
+        "properties": {"experiments": {"type": "array", "items": ref("Experiment")}},
+    }
+    _eid = {"name": "experiment_id", "in": "path", "required": True, "schema": {"type": "string"}}
     _html = {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}
     return {
         "openapi": "3.1.0",
@@ -271,6 +278,54 @@ def build_spec(config: ApiConfig) -> dict[str, Any]:
                             },
                         },
                         **_errors(404, *_EDGE),
+                    },
+                }
+            },
+            "/admin/experiments": {
+                "get": {
+                    "operationId": "listExperiments",
+                    "summary": "Recent experiments with their numbers and decision log.",
+                    "security": admin,
+                    "responses": {
+                        "200": _json(_experiments, "The experiments."),
+                        **_errors(401, 403, *_EDGE, 503),
+                    },
+                },
+                "post": {
+                    "operationId": "startExperiment",
+                    "summary": "Start a shadow, interleave or split experiment on every worker.",
+                    "security": admin,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": ref("StartExperiment")}},
+                    },
+                    "responses": {
+                        "201": _json(ref("Experiment"), "Started."),
+                        **_errors(400, 401, 403, 404, *_EDGE, *_BODY, 409, 503),
+                    },
+                },
+            },
+            "/admin/experiments/{experiment_id}": {
+                "get": {
+                    "operationId": "getExperiment",
+                    "summary": "One experiment with its numbers and decision log.",
+                    "security": admin,
+                    "parameters": [_eid],
+                    "responses": {
+                        "200": _json(_experiments, "The experiment."),
+                        **_errors(401, 403, 404, *_EDGE, 503),
+                    },
+                }
+            },
+            "/admin/experiments/{experiment_id}/stop": {
+                "post": {
+                    "operationId": "stopExperiment",
+                    "summary": "Stop a live experiment: production serves everyone again.",
+                    "security": admin,
+                    "parameters": [_eid],
+                    "responses": {
+                        "200": _json(ref("Experiment"), "Stopped."),
+                        **_errors(401, 403, 404, *_EDGE, 409, 503),
                     },
                 }
             },

@@ -13,6 +13,7 @@ from ltr.behavior import AGGREGATE_KEYS
 from ltr.types import RETRIEVERS
 from search.config import ApiConfig
 from search.events import EVENT_TYPES
+from search.experiment_store import GATE_DEFAULTS, GUARDRAIL_DEFAULTS, MODES
 
 # every ``error.code`` a response can carry: search.errors' classes, the ltr/indexing
 # errors search.http maps, and aiohttp's own refusals (tests/test_openapi.py checks that
@@ -111,6 +112,7 @@ def schemas(config: ApiConfig) -> dict[str, Any]:
                 "query_id": nullable_str,
                 "debug": {"type": "boolean", "default": False},
                 "model": {"type": ["string", "null"], "maxLength": 64},
+                "client_id": nullable_str,
             },
         },
         "Hit": {
@@ -180,6 +182,18 @@ def schemas(config: ApiConfig) -> dict[str, Any]:
                 "candidates": {"type": "integer", "minimum": 0},
                 "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
                 "explain": {"type": "string", "description": "Why hits lack contributions."},
+                "experiment": {
+                    "type": "object",
+                    "description": "While an experiment is live: its id, this page's arm and "
+                    "(interleaved pages) the team per position (0 production, 1 candidate).",
+                    "required": ["experiment_id", "arm"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "experiment_id": {"type": "string"},
+                        "arm": {"type": "string"},
+                        "teams": {"type": "array", "items": {"type": "integer", "enum": [0, 1]}},
+                    },
+                },
             },
         },
         "Event": {
@@ -253,8 +267,58 @@ def schemas(config: ApiConfig) -> dict[str, Any]:
                 "label_source": {"type": ["string", "null"]},
                 "index_version": {"type": ["string", "null"]},
                 "model_fallback": ref("ModelFallback"),
+                "experiment": {
+                    "anyOf": [ref("Experiment"), {"type": "null"}],
+                    "description": "The live (else the latest) experiment, its last decision.",
+                },
             },
             "additionalProperties": False,
+        },
+        "Experiment": {
+            "type": "object",
+            "required": ["experiment_id", "mode", "production", "candidate", "share", "status"],
+            "properties": {
+                "experiment_id": {"type": "string"},
+                "mode": {"type": "string", "enum": list(MODES)},
+                "production": {"type": ["string", "null"]},
+                "candidate": {"type": "string"},
+                "share": {"type": "number"},
+                "status": {"type": "string"},
+                "gate": {"type": "object", "additionalProperties": {"type": "number"}},
+                "guardrails": {"type": "object", "additionalProperties": {"type": "number"}},
+                "created_at": {"type": "number"},
+                "watch_until": {"type": ["number", "null"]},
+                "last_decision": {"type": ["object", "null"]},
+                "arms": {"type": "object"},
+                "interleave": {"type": "object"},
+                "shadow": {"type": "object"},
+                "log": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "StartExperiment": {
+            "type": "object",
+            "required": ["candidate", "mode"],
+            "additionalProperties": False,
+            "properties": {
+                "candidate": {"type": "string", "minLength": 1},
+                "mode": {"type": "string", "enum": list(MODES)},
+                "share": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 1,
+                    "description": "split: (0.01, 0.5]; shadow / interleave: (0, 1].",
+                },
+                "gate": {
+                    "type": ["object", "null"],
+                    "additionalProperties": False,
+                    "properties": {k: {"type": "number", "minimum": 0} for k in GATE_DEFAULTS},
+                },
+                "guardrails": {
+                    "type": ["object", "null"],
+                    "additionalProperties": False,
+                    "properties": {k: {"type": "number", "minimum": 0} for k in GUARDRAIL_DEFAULTS},
+                },
+            },
         },
         "ReloadRequest": {
             "type": "object",

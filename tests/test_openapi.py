@@ -75,11 +75,11 @@ class Contract:
 
 @pytest.fixture(scope="module")
 def api(
-    small_index: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    small_index: Path, two_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("openapi")
     models = tmp / "models"  # its offline test metric NaN, as training writes when no
-    shutil.copytree(model_dir, models)  # test query has a relevant document
+    shutil.copytree(two_models_dir, models)  # test query has a relevant document
     reg = ModelRegistry(models)
     manifest = models / str(reg.promoted()) / "manifest.json"
     data = json.loads(manifest.read_text())
@@ -232,6 +232,28 @@ async def _every_handler(api: str, session: aiohttp.ClientSession) -> None:
     ev = [{"type": "click", "request_id": page["request_id"], "doc_id": doc}]
     got = await expect("POST", "/events", 202, params={"debug": "true"}, json=ev)
     assert got == {"accepted": 0, "debug": True}
+
+    # online experiments (admin): the older version as a shadow candidate, then stopped
+    await expect("GET", "/admin/experiments", 401)
+    listed = await expect("GET", "/admin/experiments", 200, headers=auth)
+    assert listed == {"experiments": []}
+    exps = "/admin/experiments"
+    await expect("POST", exps, 400, json={"candidate": "v0001", "mode": "nope"}, headers=auth)
+    await expect("POST", exps, 404, json={"candidate": "v9999", "mode": "shadow"}, headers=auth)
+    older = next(v for v in card["versions"] if v != model["model_version"])
+    started = await expect(
+        "POST", exps, 201, json={"candidate": older, "mode": "shadow"}, headers=auth
+    )
+    eid = started["experiment_id"]
+    got = await expect("GET", "/search", 200, params={"q": "wing flutter"})
+    assert got["experiment"]["experiment_id"] == eid
+    one = f"{exps}/{{experiment_id}}"
+    await expect("GET", one, 200, path_=f"{exps}/{eid}", headers=auth)
+    await expect("GET", one, 404, path_=f"{exps}/nope", headers=auth)
+    stopped = await expect("POST", f"{one}/stop", 200, path_=f"{exps}/{eid}/stop", headers=auth)
+    assert stopped["status"] == "stopped"
+    await expect("POST", f"{one}/stop", 409, path_=f"{exps}/{eid}/stop", headers=auth)
+    assert (await expect("GET", "/model", 200))["experiment"]["experiment_id"] == eid
 
     st, ctype, text = await call("GET", "/metrics")
     c.check("GET", "/metrics", st, ctype, text)
