@@ -10,9 +10,11 @@ admin token. The candidate is the production model with its leaf values negated
 Each round measures ``--requests`` searches (benchmark_api.drive: Zipf-drawn catalog
 queries, k=10) with no experiment, then with a shadow experiment (share 1.0: every request
 scored again after its response), then with an interleave experiment (share 1.0: both
-models score every first page before it is sent); rounds alternate the modes so drift on a
-shared machine hits all three alike. The gate is kept from deciding (no clicks; a huge
-minimum sample). Reports client p50/p99 per mode, pooled over rounds and per round.
+models score every first page before it is sent), all three over the same query draw;
+rounds rotate which mode goes first (the first pays that draw's candidate-cache misses) so
+drift on a shared machine and cold cache entries hit all three alike. The gate is kept
+from deciding (no clicks; a huge minimum sample). Reports client p50/p99 per mode, pooled
+over rounds and per round, and how many of each mode's searches hit the candidate cache.
 
 At 100K documents embedding every text for real takes hours on 2 cores, so fill the work
 dir's embedding cache first (``scripts.benchmark_scale fill``: 2,000 real vectors, the rest
@@ -79,8 +81,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(serverproc.wait_ready, url, proc, log, 600.0, "/health", 0.5)
         await drive(url, queries, args.warmup, args.concurrency, 300.0, Recorder(), 1)
         for r in range(args.rounds):
-            row: dict[str, Any] = {}
-            for mode in MODES:
+            # rotate which mode goes first: every mode of a round replays the same query
+            # draw, so the first one pays the candidate-cache misses of that draw
+            order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
+            row: dict[str, Any] = {"order": list(order)}
+            for mode in order:
                 eid = None
                 if mode != "none":
                     spec = {"candidate": candidate, "mode": mode, "share": 1.0,
