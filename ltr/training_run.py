@@ -256,12 +256,39 @@ def _continue_from(
     if spec is None:  # the parent was trained without a base margin: so is the child
         train = dataclasses.replace(train, base_margin=None)
         test = dataclasses.replace(test, base_margin=None)
+    elif spec.get("name") == "linear":  # the parent's fitted fusion, on the logged inputs
+        train, test = _parent_linear_margin(ts, spec, parent, train, test)
     elif train.base_margin is None:
         raise TrainingDataError(
             f"model {parent} boosts from a base margin the log does not hold; "
             "set ltr.continue_from_promoted = false to train from scratch"
         )
     return _Parent(booster, parent, cfg, train, test, spec)
+
+
+def _parent_linear_margin(
+    ts: TrainingSet,
+    spec: Mapping[str, Any],
+    parent: str | None,
+    train: RankingData,
+    test: RankingData,
+) -> tuple[RankingData, RankingData]:
+    """Train and test rows with the parent's linear-fusion margin (its saved weights and
+    scale over the rows' bm25_minmax / dense_minmax), so the child's trees add to exactly
+    what the parent served from."""
+    inputs = _margin_inputs(ts)
+    if inputs is None:
+        raise TrainingDataError(
+            f"model {parent} boosts from a linear fusion of bm25_minmax and dense_minmax, "
+            "which the log does not hold; set ltr.continue_from_promoted = false to train "
+            "from scratch"
+        )
+    params = dict(spec.get("params") or {})
+    margin = linear_normed(inputs, params["weights"], float(params.get("scale", 1.0)))
+    return (
+        dataclasses.replace(train, base_margin=margin[_rows_of(ts.data, train)]),
+        dataclasses.replace(test, base_margin=margin[_rows_of(ts.data, test)]),
+    )
 
 
 def _margin_inputs(ts: TrainingSet) -> Mapping[str, np.ndarray] | None:

@@ -437,9 +437,16 @@ def test_served_log_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
 CLI_FEATURES = ("rrf", "dense_cosine", "bm25")
 
 
-def _click_log(db: Path, n_queries: int = 12, n_docs: int = 8, sessions: int = 600) -> dict:  # type: ignore[type-arg]
+def _click_log(
+    db: Path,
+    n_queries: int = 12,
+    n_docs: int = 8,
+    sessions: int = 600,
+    names: tuple[str, ...] = CLI_FEATURES,
+) -> dict:  # type: ignore[type-arg]
     """A real event store filled like the API would: each simulated PBM session is one
-    served page (exact float32 feature rows) plus its click events."""
+    served page (exact float32 feature rows) plus its click events. ``names``: the logged
+    features (three columns: a retriever-like score, a relevance-like one, a sparse one)."""
     from ltr.click_models_sim import simulate_pbm
     from ltr.features import featureset_id
     from search.events import Event, Impression, SqliteEventStore
@@ -460,7 +467,7 @@ def _click_log(db: Path, n_queries: int = 12, n_docs: int = 8, sessions: int = 6
                 feats[d][2] = np.float32(rng.random())
     exam = 1.0 / np.arange(1, n_docs + 1)
     sess = simulate_pbm(rankings, attract, exam, sessions, rng=5, shuffle=0.5)
-    fid = featureset_id(list(CLI_FEATURES))
+    fid = featureset_id(list(names))
     store = SqliteEventStore(db)
     imps, events = [], []
     for i, s in enumerate(sess):
@@ -473,7 +480,7 @@ def _click_log(db: Path, n_queries: int = 12, n_docs: int = 8, sessions: int = 6
                 query_id=None,
                 model_version=None,
                 featureset_id=fid,
-                feature_names=CLI_FEATURES,
+                feature_names=names,
                 offset=0,
                 doc_ids=s.docs,
                 positions=tuple(range(1, len(s.docs) + 1)),
@@ -567,6 +574,56 @@ def test_second_events_training_continues_from_the_promoted_model(
         c[:n].inplace_predict(X, predict_type="margin", missing=np.nan),
         p.inplace_predict(X, predict_type="margin", missing=np.nan),
     )
+
+
+LINEAR_INPUTS = ("bm25_minmax", "dense_minmax", "rrf")  # the linear fusion's logged inputs
+
+
+def test_events_training_continues_from_a_linear_margin_parent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model boosted from the fitted linear fusion (the default recipe) promoted, then a
+    retrain from the log: the child continues from it with the parent's own margin (its
+    saved weights over the logged bm25_minmax / dense_minmax), not an error and not the
+    logged RRF."""
+    import xgboost as xgb
+
+    from ltr.fusion import linear_normed
+    from ltr.registry import ModelRegistry
+    from scripts.train import main
+
+    log = _click_log(tmp_path / "events.db", names=LINEAR_INPUTS)
+    argv = ["--events", str(tmp_path / "events.db"), "--model-dir", str(tmp_path / "models")]
+    assert main([*argv, "--promote", "--quiet"]) == 0, capsys.readouterr().err
+    reg = ModelRegistry(tmp_path / "models")
+    parent = reg.load(expected_featureset_id=log["fid"])
+    spec = dict(parent.manifest.base_margin or {})
+    assert spec["name"] == "linear"
+    rc = main([*argv, "--promote", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    child = reg.load(expected_featureset_id=log["fid"])
+    assert child.version != parent.version
+    assert dict(child.manifest.base_margin or {}) == spec  # the child keeps the parent's
+    p, c = xgb.Booster(), xgb.Booster()
+    p.load_model(bytearray(parent.booster_bytes()))
+    c.load_model(bytearray(child.booster_bytes()))
+    n = p.num_boosted_rounds()
+    assert c.num_boosted_rounds() >= n
+    X = np.stack(list(log["feats"].values()))[:50]
+    params = spec["params"]
+    bm = linear_normed(
+        {"bm25": X[:, 0].astype(np.float64), "dense": X[:, 1].astype(np.float64)},
+        params["weights"],
+        params["scale"],
+    )
+    parent_scores = p.inplace_predict(X, predict_type="margin", missing=np.nan, base_margin=bm)
+    if n == 0:  # the recipe kept no trees: the parent IS its linear fusion
+        assert np.allclose(parent_scores, bm, atol=1e-6)
+    else:  # the child's first n trees on the parent's margin ARE the parent
+        assert np.array_equal(
+            c[:n].inplace_predict(X, predict_type="margin", missing=np.nan, base_margin=bm),
+            parent_scores,
+        )
 
 
 def test_trainer_init_model_keeps_the_parent_trees() -> None:
