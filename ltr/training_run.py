@@ -101,6 +101,11 @@ class TrainingSet:
     # per retriever, the min-max normalized score of every row (ltr.fusion.minmax, float64):
     # what the linear-fusion base margin is fitted on and made of, on the training split only
     margin_inputs: Mapping[str, np.ndarray] | None = None
+    # whole candidate lists as serving would score them now, given the saved base-margin
+    # spec (the log's queries replayed, search.training.log_reference): the drift reference
+    # is the NEW model's top-k of these, not the served rows above (the previous model's
+    # pages, older click history)
+    reference: Callable[[Mapping[str, Any] | None], RankingData] | None = None
     info: Mapping[str, Any] = field(default_factory=dict)  # recorded in the manifest
 
 
@@ -386,10 +391,13 @@ def _save(
             "continued_from": run["continued_from"],
             **{k: v for k, v in ts.info.items() if isinstance(v, str | int | float | dict)},
         },
-        # replayed judgments hold whole candidate lists: the registry keeps what the model
-        # would serve (its top-k per query); logged impressions are served rows already.
-        reference_rows=train,
-        reference_top_k=0 if ts.served else cfg.reference_top_k,
+        # replayed candidate lists (judged queries, or the log's queries replayed): the
+        # registry keeps what the model would serve (its top-k per query); logged rows
+        # without a replay are served rows already (the previous model's pages).
+        reference_rows=train
+        if ts.reference is None
+        else ts.reference(spec if trained.uses_base_margin else None),
+        reference_top_k=0 if ts.served and ts.reference is None else cfg.reference_top_k,
         reference_max_rows=cfg.reference_rows,
         seed=cfg.seed,
     )

@@ -165,7 +165,7 @@ def learn_from_clicks(args: argparse.Namespace, work: Path, url: str, token: str
         print(traffic_report(out))
         queries, qrels = load_judged(data)
         before = asyncio.run(measure_ndcg(url, queries, qrels))
-        trained = train_from_clicks(events, model_dir)
+        trained = train_from_clicks(events, model_dir, work / "index")
     except (SimError, OSError) as e:
         print(f"simulate_traffic: {e}", file=sys.stderr)
         return False
@@ -198,13 +198,17 @@ def learn_from_clicks(args: argparse.Namespace, work: Path, url: str, token: str
     return True
 
 
-def train_from_clicks(events: Path, model_dir: Path) -> TrainResult:
-    """search.training.train on the logged clicks, NOT promoted: the rollout decides."""
+def train_from_clicks(events: Path, model_dir: Path, index_dir: Path) -> TrainResult:
+    """search.training.train on the logged clicks, NOT promoted: the rollout decides. Its
+    drift reference: the log's queries replayed on ``index_dir`` with the new model."""
     from scripts.settings import load_settings
     from search.training import EventsSource, train
 
     s = load_settings()
-    source = EventsSource(events, s.ltr.click_model)
+    source = EventsSource(
+        events, s.ltr.click_model, index_dir=index_dir, embedding=s.embedding,
+        retrieval=s.retrieval, half_life_s=s.events.half_life_s,
+    )  # fmt: skip
     return train(source, s.ltr, model_dir, s.registry, promote=False, verbose=False)
 
 

@@ -3,7 +3,8 @@
     python scripts/simulate_traffic.py --url http://127.0.0.1:8080 --dataset BEIR_DIR
         [--sessions 2000] [--max-seconds 120] [--concurrency 4] [--k 10] [--noise 0.1]
         [--exam-eta 1.0] [--seed 0]
-        [--train --events DB --model-dir DIR --admin-token T] [--holdout 0.2] [--out F.json]
+        [--train --events DB --model-dir DIR --admin-token T [--index-dir DIR]]
+        [--holdout 0.2] [--out F.json]
 
 Users pick a judged query, search, examine position p with probability 1 / p**eta and
 click an examined hit with the attractiveness of its graded judgment (ltr.click_models:
@@ -15,7 +16,9 @@ With ``--train``: NDCG@10 of the served ranking is measured on every judged quer
 traffic runs, search.training.train (what ``scripts/train.py --events DB --promote`` runs)
 trains on the logged impressions, ``POST /admin/reload`` loads the new model, and NDCG@10
 is measured again, separately on the queries that had traffic and on ``--holdout`` queries
-that had none. Exit codes: 0 ok, 2 bad input or a failure (one line on stderr).
+that had none. ``--index-dir`` (the server's index): the new model's drift reference is the
+log's queries replayed on it (search.training.log_reference), not the previous model's pages.
+Exit codes: 0 ok, 2 bad input or a failure (one line on stderr).
 The demo and the tests call ``run(SimOptions(...))``, the demo drift step ``simulate``.
 """
 
@@ -76,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="the server's event store (with --train)")
     p.add_argument("--model-dir", help="the server's model registry (with --train)")
     p.add_argument("--admin-token", default="", help="bearer token for /admin/reload")
+    p.add_argument("--index-dir", help="the server's index: replay the log for the drift reference")
     p.add_argument("--settings", help="settings file of the training (scripts/train.py --settings)")
     p.add_argument("--out", help="write the results here as JSON")
     return p
@@ -99,6 +103,7 @@ class SimOptions:
     events: str | None = None
     model_dir: str | None = None
     admin_token: str = ""
+    index_dir: str | None = None
     settings: str | None = None
     out: str | None = None
 
@@ -220,9 +225,12 @@ async def reload_model(url: str, token: str) -> dict[str, Any]:
         return dict(body)
 
 
-def train_from_events(events: str, model_dir: str, settings: str | None) -> dict[str, Any]:
+def train_from_events(
+    events: str, model_dir: str, settings: str | None, index_dir: str | None = None
+) -> dict[str, Any]:
     """search.training.train on the event store, promoted (what ``scripts/train.py --events DB
-    --model-dir DIR --promote`` does), in this process; the result as ``--json`` writes it."""
+    --model-dir DIR --promote`` does), in this process; the result as ``--json`` writes it.
+    ``index_dir``: the drift reference is the log's queries replayed there with the new model."""
     from indexing.errors import IndexingError
     from ltr.errors import LTRError
     from scripts.settings import SettingsError, load_settings
@@ -230,7 +238,11 @@ def train_from_events(events: str, model_dir: str, settings: str | None) -> dict
 
     try:
         s = load_settings(settings)
-        source = EventsSource(Path(events), s.ltr.click_model)
+        source = EventsSource(
+            Path(events), s.ltr.click_model,
+            index_dir=Path(index_dir) if index_dir else None, embedding=s.embedding,
+            retrieval=s.retrieval, half_life_s=s.events.half_life_s,
+        )  # fmt: skip
         result = train(source, s.ltr, Path(model_dir), s.registry, promote=True, verbose=False)
     except (LTRError, IndexingError, SettingsError, OSError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -276,7 +288,7 @@ async def run(args: SimOptions) -> dict[str, Any]:
     if args.train:
         assert args.events is not None and args.model_dir is not None  # checked above
         out["train"] = await asyncio.to_thread(
-            train_from_events, args.events, args.model_dir, args.settings
+            train_from_events, args.events, args.model_dir, args.settings, args.index_dir
         )
         out["reload"] = await reload_model(url, args.admin_token)
         out["after"] = {

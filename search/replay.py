@@ -11,7 +11,7 @@ what any reranker can do, so it is computed here too.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +20,7 @@ import numpy as np
 
 from ltr.errors import TrainingDataError
 from ltr.types import RETRIEVERS, CandidateSet, Judgment, Query
-from search.featurize import Featurized, Generator, featurize
+from search.featurize import BehaviorSource, Featurized, Generator, featurize
 
 if TYPE_CHECKING:
     from indexing.encoders import Encoder
@@ -117,12 +117,15 @@ async def replay(
     only_judged: bool = True,
     encoder: Encoder | None = None,
     query_cache: QueryVectorCache | None = None,
+    behavior: Callable[[str], BehaviorSource] | None = None,
 ) -> Replay:
     """Featurize every (judged) query; labels from the judgments.
 
     ``encoder`` and ``query_cache`` (the generator's query-vector LRU, search.candidates):
     when both are given, the query vectors are encoded in one batch into the cache first --
-    the same vectors, far faster than one model call per query.
+    the same vectors, far faster than one model call per query. ``behavior``: query text ->
+    the click-history source serving would attach (search.pipeline), so replayed rows carry
+    the behavior features a page served now would (None: no history, NaN).
     """
     qrels = (
         {q: dict(r) for q, r in judgments.items()}
@@ -140,7 +143,8 @@ async def replay(
     out: list[ReplayedQuery] = []
     names = tuple(feature_names)
     for q in todo:
-        f: Featurized = await featurize(generator, q.text, names, query_id=q.id)
+        source = behavior(q.text) if behavior is not None else None
+        f: Featurized = await featurize(generator, q.text, names, query_id=q.id, behavior=source)
         rels = qrels.get(q.id, {})
         out.append(
             ReplayedQuery(
@@ -163,6 +167,9 @@ async def replay_index(
     feature_names: Sequence[str],
     bm25_k: int = 100,
     knn_k: int = 100,
+    *,
+    only_judged: bool = True,
+    behavior: Callable[[str], BehaviorSource] | None = None,
 ) -> Replay:
     """``replay`` over the local index in ``index_dir`` (opened and closed here), with the
     offline timeouts: what training (search.training) and scripts/evaluate.py replay."""
@@ -173,7 +180,8 @@ async def replay_index(
     try:
         gen = CandidateGenerator(backend, encoder, bm25_k, knn_k, timeouts=REPLAY_TIMEOUTS_MS)
         return await replay(
-            gen, queries, judgments, feature_names, encoder=encoder, query_cache=gen.query_cache
-        )
+            gen, queries, judgments, feature_names, only_judged=only_judged,
+            encoder=encoder, query_cache=gen.query_cache, behavior=behavior,
+        )  # fmt: skip
     finally:
         await backend.close()

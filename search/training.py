@@ -5,7 +5,10 @@
   so the training rows are exactly what the API would compute;
 - ``EventsSource``: the API's impression log (search.events): the click model (``auto`` =
   lowest held-out perplexity) grades the logged (query, doc) pairs and the grades join
-  the EXACT served feature vectors.
+  the EXACT served feature vectors. With an ``index_dir``, a sample of the log's requests
+  is replayed through the serving path with the click history as it is now
+  (``log_reference``): the drift reference of the NEW model, whose top-k differs from the
+  pages the previous model served.
 
 The run itself (split, fit, held-out report, registry save) is ltr.training_run, which
 needs nothing of search; the sources live here because one replays through search's
@@ -18,15 +21,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from indexing.config import EmbeddingConfig, IndexConfig
 from indexing.documents import Document
 from indexing.encoders import Encoder
+from ltr.behavior import DEFAULT_HALF_LIFE_S
 from ltr.config import RegistryConfig, TrainConfig
 from ltr.dataset import RankingData
 from ltr.errors import TrainingDataError
@@ -34,6 +40,7 @@ from ltr.features import featureset_id
 from ltr.fusion import RRF_MARGIN_SCALE
 from ltr.training_run import Log, TrainingSet, TrainResult, run_training, silent
 from search.config import RetrievalConfig
+from search.featurize import BehaviorSource
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,12 @@ class EventsSource:
 
     db: Path
     click_model: str = "auto"  # "auto" or a name of ltr.click_models.CLICK_MODELS
+    # the serving index: the log's queries are replayed on it for the drift reference
+    # (None: the reference is the logged rows, i.e. the previous model's pages)
+    index_dir: Path | None = None
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    half_life_s: float = DEFAULT_HALF_LIFE_S  # the server's events.half_life_s
 
 
 def _encoder(cfg: EmbeddingConfig, log: Log) -> Encoder:
@@ -182,7 +195,81 @@ def _grades_and_baseline(
     return qrels, rrf
 
 
-def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) -> TrainingSet:
+def log_reference(
+    source: EventsSource,
+    frame: pd.DataFrame,
+    names: Sequence[str],
+    cfg: TrainConfig,
+    log: Log = silent,
+    encoder: Encoder | None = None,
+) -> Callable[[Mapping[str, Any] | None], RankingData]:
+    """Whole candidate lists of a seeded sample of the log's requests, replayed through the
+    serving code on ``source.index_dir`` with the behavior aggregates of the event store
+    decayed to now: what the next model will score once promoted. Returned as a function of
+    the base-margin spec the model is saved with (the margin as serving computes it,
+    ltr.model.RankModel.margin); the registry keeps each request's top
+    ``cfg.reference_top_k`` by the new model (ltr.registry). Sampling requests (not queries)
+    weights each query by its traffic, as the served log does."""
+    from ltr.fusion import fusion_score
+    from ltr.types import Query
+    from search.aggregates import BehaviorAggregates
+    from search.events import SqliteEventStore
+    from search.replay import replay_index
+
+    assert source.index_dir is not None
+    requests = frame.drop_duplicates("request_id")[["request_id", "query"]]
+    want = max(1, -(-cfg.reference_rows // max(cfg.reference_top_k, 1)))
+    if len(requests) > want:
+        pick = np.random.default_rng(cfg.seed).choice(len(requests), want, replace=False)
+        requests = requests.iloc[np.sort(pick)]
+    agg = BehaviorAggregates(source.half_life_s)
+    store = SqliteEventStore(source.db, read_only=True)
+    try:
+        agg.refresh(store)
+    finally:
+        store.close()
+    now = time.time()
+
+    def history(text: str) -> BehaviorSource:
+        return lambda cs: agg.arrays(text, cs.ids, now=now)
+
+    texts = list(dict.fromkeys(requests["query"].astype(str)))
+    encoder = encoder or _encoder(source.embedding, log)
+    t0 = time.perf_counter()
+    rep = asyncio.run(
+        replay_index(
+            source.index_dir, encoder, [Query(f"q{i}", t) for i, t in enumerate(texts)], {},
+            names, source.retrieval.bm25_k, source.retrieval.knn_k,
+            only_judged=False, behavior=history,
+        )
+    )  # fmt: skip
+    log(
+        f"drift reference: replayed {len(texts)} logged queries ({len(requests)} requests) "
+        f"with the new click history in {time.perf_counter() - t0:.1f}s"
+    )
+    by_text = {rq.query.text: rq for rq in rep.queries}
+    rids, texts_of = requests["request_id"].astype(str), requests["query"].astype(str)
+    pages = [(rid, by_text[t]) for rid, t in zip(rids, texts_of, strict=True)]
+
+    def rows(spec: Mapping[str, Any] | None) -> RankingData:
+        groups = []
+        for rid, rq in pages:
+            if not rq.ids:
+                continue
+            margin = (
+                None
+                if spec is None
+                else fusion_score(rq.cs, str(spec["name"]), dict(spec.get("params") or {}))
+            )
+            groups.append((rid, rq.X, np.zeros(len(rq.ids)), rq.ids, margin))
+        return RankingData.from_groups(groups, names)
+
+    return rows
+
+
+def events_dataset(
+    source: EventsSource, cfg: TrainConfig, log: Log = silent, encoder: Encoder | None = None
+) -> TrainingSet:
     """Impression log + click-model grades -> rows on the exact served vectors, trained on
     the featureset served last (the one the next model will serve)."""
     from ltr import click_models as cm
@@ -226,6 +313,11 @@ def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) ->
         scale = cfg.base_margin_scale if cfg.base_margin == "rrf" else RRF_MARGIN_SCALE
         data = dataclasses.replace(data, base_margin=data.base_margin * scale)
     qrels, rrf = _grades_and_baseline(data, names)
+    reference = (
+        None
+        if source.index_dir is None
+        else log_reference(source, frame[frame["featureset_id"] == fid], names, cfg, log, encoder)
+    )
     return TrainingSet(
         data=data,
         qrels=qrels,
@@ -236,6 +328,7 @@ def events_dataset(source: EventsSource, cfg: TrainConfig, log: Log = silent) ->
         served=True,
         # groups are requests; split units are query texts (all requests of a query together)
         units=dict(zip(frame["request_id"].astype(str), frame["query"].astype(str), strict=True)),
+        reference=reference,
         info={
             "click_model": model.name,
             "sessions": len(sessions),
@@ -258,9 +351,9 @@ def train(
 ) -> TrainResult:
     """Train on ``source`` with ``cfg`` (the settings' ltr section), evaluate on the held-out
     queries, save to the registry at ``model_dir`` (promote with ``promote``).
-    ``encoder``: reuse a loaded one for a ReplaySource (else loaded from its settings)."""
+    ``encoder``: reuse a loaded one (else loaded from the source's settings when needed)."""
     if isinstance(source, ReplaySource):
         ts = replay_dataset(source, cfg, log, encoder)
     else:
-        ts = events_dataset(source, cfg, log)
+        ts = events_dataset(source, cfg, log, encoder)
     return run_training(ts, cfg, model_dir, registry, promote=promote, log=log, verbose=verbose)
