@@ -46,6 +46,10 @@ class FeatureDrift:
     # Wasserstein distance of the non-NaN values in reference standard deviations and the
     # move of the missing share (0.1 = a tenth of a standard deviation, or 10 points)
     effect: float = math.nan
+    # its values moved, but it is a click-history feature compared with the training
+    # reference: such features grow with cumulative traffic, so the move is reported, not
+    # alarmed (``trend_groups``); a moved missing share still drifts
+    trend: bool = False
 
     @property
     def score_kind(self) -> str:
@@ -71,6 +75,11 @@ class FeatureDriftResult:
     @property
     def drifted_features(self) -> list[str]:
         return [f.name for f in self.features if f.drifted]
+
+    @property
+    def trend_features(self) -> list[str]:
+        """Click-history features that moved with the traffic (reported, not alarmed)."""
+        return [f.name for f in self.features if f.trend]
 
     @property
     def not_tested(self) -> list[str]:
@@ -122,6 +131,7 @@ class FeatureDriftResult:
                 if f.drifted
             ][:5],
             "not_tested": self.not_tested,
+            "trend_features": self.trend_features,
             "reference_rows": self.reference_rows,
             "current_rows": self.current_rows,
             "sampled": self.sampled,
@@ -254,8 +264,13 @@ def feature_drift(
     features: Sequence[str] | None = None,
     groups: Mapping[str, str] | None = None,
     render: bool = True,
+    trend_groups: Sequence[str] = (),
 ) -> FeatureDriftResult:
     """Compare each feature's distribution in ``current`` against ``reference``.
+
+    ``trend_groups``: groups whose value moves are reported (``trend``), not drifted: click
+    history compared with a sample taken at training time grows with the traffic since
+    (measured in docs/monitoring.md); the missing-share rule still applies to them.
 
     ``features`` defaults to the reference's columns (the model's feature names); a feature
     absent from the current window is drifted ("not served"), since the model then scores
@@ -321,7 +336,15 @@ def feature_drift(
             continue
         delta = abs(info["cur_nan"] - r_nan)
         info["effect"] = max(delta, np.nan_to_num(effect_size(r, c), nan=0.0))
-        if delta > cfg.nan_share_delta:
+        if delta > cfg.nan_share_delta and group in trend_groups and info["cur_nan"] < r_nan:
+            # more history than at training time: documents the new model shows gain it
+            # on their first impression (history vanishing is the other direction: drift)
+            info.update(
+                trend=True,
+                reason=f"click history grew since training: missing share {r_nan:.2f} -> "
+                f"{info['cur_nan']:.2f}, reported, not alarmed",
+            )
+        elif delta > cfg.nan_share_delta:
             info.update(
                 tested=True,
                 drifted=True,
@@ -347,7 +370,14 @@ def feature_drift(
             # the test says "different", the effect size says "by enough to matter": large
             # samples make p-values and distances flag moves nobody would act on
             big = info.get("effect", math.nan) >= cfg.min_effect
-            info["drifted"] = bool(info["drifted"] or (flag and big))
+            if flag and big and info["group"] in trend_groups and not info["drifted"]:
+                info["trend"] = True
+                info["reason"] = info["reason"] or (
+                    "click history grows with the traffic since training: reported, not "
+                    "alarmed (click changes: clicks by position, click labels, quality)"
+                )
+            else:
+                info["drifted"] = bool(info["drifted"] or (flag and big))
             if flag and not big and not info["reason"]:
                 info["reason"] = f"below min_effect {cfg.min_effect:g}"
         out.append(
@@ -363,6 +393,7 @@ def feature_drift(
                 reference_nan_share=info["ref_nan"],
                 current_nan_share=info["cur_nan"],
                 effect=float(info.get("effect", math.nan)),
+                trend=bool(info.get("trend", False)),
             )
         )
     result = FeatureDriftResult(

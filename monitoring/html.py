@@ -126,13 +126,21 @@ def _signals(summary: DriftSummary) -> str:
     return f'<h2 style="font-size:16px;margin:14px 0 4px">Ranking signals</h2><ul>{items}</ul>'
 
 
+def _status(f: Any) -> str:
+    if f.drifted:
+        return "drifted"
+    if f.trend:
+        return "moved (trend)"
+    return "ok" if f.tested else "not tested"
+
+
 def feature_table(summary: DriftSummary, limit: int = 12) -> str:
     rows = []
     for f in summary.features.ranked()[:limit]:
         color = _COLORS["alarm"] if f.drifted else "inherit"
         rows.append(
             f'<tr style="color:{color}"><td>{_e(f.name)}</td><td>{_e(f.group)}</td>'
-            f"<td>{'drifted' if f.drifted else ('ok' if f.tested else 'not tested')}</td>"
+            f"<td>{_status(f)}</td>"
             f"<td>{_f(f.effect, 2)}</td><td>{_e(f.method)} {_f(f.score)} "
             f"({'p-value' if f.score_kind == 'p_value' else 'distance'}, threshold "
             f"{_f(f.threshold)})</td><td>{_f(f.reference_nan_share, 2)} &rarr; "

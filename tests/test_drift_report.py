@@ -199,6 +199,63 @@ def test_no_drift_control(
     assert (report / "concept.html").is_file()
 
 
+def add_empty_pages(path: Path, start: float, n: int) -> None:
+    """``n`` first pages with no hit in [start, start + 1h), as search.pipeline logs them."""
+    store = SqliteEventStore(path)
+    try:
+        store.add_impressions([
+            Impression(
+                request_id=f"empty-{start}-{i}", ts=start + (i + 0.25) * HOUR / n,
+                query=f"no such thing {i}", query_id=None, model_version=None,
+                featureset_id=featureset_id(NAMES), feature_names=NAMES, offset=0,
+                doc_ids=(), positions=(), scores=np.zeros(0),
+                features=np.zeros((0, len(NAMES)), np.float32),
+            )
+            for i in range(n)
+        ])  # fmt: skip
+        # empty pages are requests without served rows: training and click models skip them
+        assert store.first_pages(start, start + HOUR)[1] == n
+        assert len(store.served_features(start, start + HOUR)) == 150 * DEPTH
+        assert len(store.sessions(start, start + HOUR)) == 150
+    finally:
+        store.close()
+
+
+def test_zero_result_rate_rising_is_an_input_shift(
+    drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = make_log(tmp_path / "events.db", drift_model_dir)
+    add_empty_pages(events, T0 - 2 * HOUR, 2)  # 2 of 152 first pages before, 20 of 170 now
+    add_empty_pages(events, T0 - HOUR, 20)
+    out = tmp_path / "reports"
+    assert main(run(drift_model_dir, events, out)) == EXIT_DRIFT
+    line = capsys.readouterr().out
+    s = summary_of(out)
+    z = s["signals"]["zero_results"]
+    assert (z["reference_zero"], z["reference_pages"], z["current_zero"], z["current_pages"]) == (
+        2, 152, 20, 170,
+    )  # fmt: skip
+    assert z["drifted"] is True and z["p_value"] < 0.01
+    assert z["line"].startswith("Zero-result queries: 1.3% -> 11.8% of first pages")
+    assert s["feature_drift"]["drifted_features"] == []  # the served rows did not move
+    assert s["decision"] == "covariate_drift"
+    assert "signals=zero_results" in line and 'action="check the index and the catalog' in line
+    html = (Path(s["report_dir"]) / "features.html").read_text()
+    assert "Zero-result queries: 1.3% -&gt; 11.8%" in html
+
+
+def test_zero_result_rate_below_the_alarm_is_a_number(
+    drift_model_dir: Path, tmp_path: Path
+) -> None:
+    events = make_log(tmp_path / "events.db", drift_model_dir)
+    add_empty_pages(events, T0 - 2 * HOUR, 2)
+    add_empty_pages(events, T0 - HOUR, 3)  # +0.5 percentage points: reported, no alarm
+    out = tmp_path / "reports"
+    assert main(run(drift_model_dir, events, out, "--no-html")) == EXIT_OK
+    z = summary_of(out)["signals"]["zero_results"]
+    assert (z["reference_zero"], z["current_zero"], z["drifted"]) == (2, 3, False)
+
+
 def test_covariate_drift_flags_exactly_the_shifted_features(
     drift_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -232,11 +289,19 @@ def test_concept_drift_is_not_reported_as_feature_drift(
 def test_click_change_dragging_behavior_features_is_still_concept_drift(
     drift_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Users changed, and their clicks moved the click-derived qd_ctr too: concept drift."""
+    """Users changed, and their clicks moved the click-derived qd_ctr too: concept drift.
+    With click history alarmed like any feature (trend_groups empty) qd_ctr drifts; by
+    default, against the training reference, it is a trend (more history than then)."""
     monkeypatch.setenv("LTRSEARCH_MONITORING__DRIFT_SHARE", "0.1")
     current = {"users_changed": True, "shift": frozenset({"qd_ctr"})}
     events = make_log(tmp_path / "events.db", drift_model_dir, current)
     out = tmp_path / "reports"
+    assert main(run(drift_model_dir, events, tmp_path / "default", "--no-html")) == EXIT_DRIFT
+    s = summary_of(tmp_path / "default")
+    assert s["feature_drift"]["drifted_features"] == []
+    assert s["feature_drift"]["trend_features"] == ["qd_ctr"]
+    assert s["decision"] == "concept_drift"
+    monkeypatch.setenv("LTRSEARCH_MONITORING__TREND_GROUPS", "")
     assert main(run(drift_model_dir, events, out, "--no-html")) == EXIT_DRIFT
     s = summary_of(out)
     assert s["feature_drift"]["drifted_features"] == ["qd_ctr"]
@@ -612,3 +677,86 @@ def test_loop_reports_a_failed_run_and_goes_on(
     captured = capsys.readouterr()
     assert "no served rows for featureset" in captured.err  # run 1: empty window
     assert captured.out.count("decision=no_drift") == 1  # run 2
+
+
+@pytest.mark.slow  # a real index (MiniLM), ~800 searches and a training run from the log
+async def test_demo_baseline_after_retraining_from_the_log_is_no_drift(
+    beir_small: Path, small_index: Path, model_dir: Path, encoder: Any, tmp_path: Path
+) -> None:
+    """What ``make demo`` does: users click, a model is trained from the log and hot-
+    reloaded (scripts/simulate_traffic --train), then the three phases. The new model's
+    reference is the log's queries replayed with it (its own top 10, click history as it
+    is now), so its baseline reads no drift; click history, compared with that reference,
+    moves with the traffic since and is reported as a trend, not alarmed."""
+    from aiohttp.test_utils import TestServer
+
+    from scripts.demo_drift import demo_drift
+    from scripts.simulate_traffic import SimOptions
+    from scripts.simulate_traffic import run as simulate_and_train
+    from search.api import make_app
+    from tests.api_support import ADMIN, api_config
+
+    events, models = tmp_path / "events.db", tmp_path / "models"
+    shutil.copytree(model_dir, models)
+    app = make_app(
+        api_config(impression_flush_ms=100.0), encoder,
+        index_dir=small_index, model_dir=models, events_path=events,
+    )  # fmt: skip
+    lines: list[str] = []
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        loop = await simulate_and_train(
+            SimOptions(
+                url=url, dataset=str(beir_small), sessions=300, train=True, events=str(events),
+                model_dir=str(models), admin_token=ADMIN, index_dir=str(small_index),
+                holdout=0.0, noise=0.0,
+            )
+        )  # fmt: skip
+        assert loop["train"]["label_source"].startswith("clicks:")
+        assert loop["reload"]["model_version"] == loop["train"]["version"]
+        out = await demo_drift(url, events, models, beir_small, sessions=120, echo=lines.append)
+    print("\n".join(lines))
+    base = out["baseline_vs_training"]
+    why = {f.name: (round(f.effect, 2), f.reason) for f in base.features.features if f.drifted}
+    assert base.decision == "no_drift", (base.line(), why)
+    info = base.reference_info
+    assert (info["kind"], info["top_k"], info["click_history"]) == ("served_top_k", 10, True)
+    # click history was compared (the reference has it), none of it alarmed
+    behavior = [f for f in base.features.features if f.group == "behavior"]
+    assert behavior and all(f.tested and not f.drifted for f in behavior)
+    assert [ln.split(":")[1].strip() for ln in lines[-3:]] == [
+        "no drift", "covariate drift", "concept drift",
+    ]  # fmt: skip
+
+
+async def test_an_empty_page_is_logged_and_only_counted(
+    small_index: Path, encoder: Any, tmp_path: Path
+) -> None:
+    """A query that finds nothing is logged as a request without served rows: the
+    zero-result rate counts it, the readers of served rows (training, click models, the
+    drift features, rollout) never see it, and the behavior aggregates do not move."""
+    from indexing.local import LocalBackend
+    from search.aggregates import BehaviorAggregates
+    from search.api import DEFAULT_FEATURES
+    from search.pipeline import Pipeline, SearchRequest
+
+    backend = LocalBackend.open(small_index, encoder)
+    store = SqliteEventStore(tmp_path / "events.db")
+    try:
+        agg = BehaviorAggregates.attach(store)
+        p = Pipeline(backend, encoder, DEFAULT_FEATURES, backend.version, aggregates=agg)
+        empty = await p.search(SearchRequest(q="flow over a plate", category="no-such-one"))
+        full = await p.search(SearchRequest(q="flow over a plate", k=10))
+        assert empty.hits == [] and empty.impression is not None
+        assert empty.impression.doc_ids == () and empty.impression.features.shape == (
+            0, len(DEFAULT_FEATURES),
+        )  # fmt: skip
+        assert full.impression is not None
+        store.add_impressions([empty.impression, full.impression])
+        assert store.first_pages() == (2, 1)
+        assert set(store.served_features()["request_id"]) == {full.request_id}
+        assert [len(s.docs) for s in store.sessions()] == [10]
+        assert len(agg) == 20  # 10 (query, doc) + 10 doc rows, from the full page only
+    finally:
+        store.close()
+        await backend.close()
