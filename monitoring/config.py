@@ -110,6 +110,11 @@ class MonitoringConfig:
     # drifted, the drift is the click change feeding back into the features (concept drift),
     # not an input shift.
     click_feature_groups: tuple[str, ...] = ("behavior",)
+    # against the training reference, these groups' value moves are reported, not alarmed:
+    # click history grows with cumulative traffic (counts, and smoothed rates while counts
+    # are small), so it moves under stable traffic (docs/monitoring.md, "Click history");
+    # a changed missing share still alarms. () = alarm on them like any feature.
+    trend_groups: tuple[str, ...] = ("behavior",)
     concept_reference: Literal["previous_window", "manifest"] = "previous_window"
     manifest_metric: str = "ndcg@10"  # key in the model manifest's metrics (manifest reference)
     click_model: str = ""  # "" = raw clicks as labels; else a name of ltr.click_models
@@ -128,6 +133,9 @@ class MonitoringConfig:
     segment_share_delta: float = 0.1
     segment_effect: float = 0.5  # a feature moving this much within one query segment
     click_curve_delta: float = 0.05
+    # the zero-result rate (first pages with no hit) rising by this much (absolute), with a
+    # one-sided two-proportion z-test p < quality_alpha, is an input shift (check the index)
+    zero_result_delta: float = 0.02
 
     # schedule and output (scripts/drift_report.py)
     window: str = "24h"
@@ -182,7 +190,7 @@ class MonitoringConfig:
             if getattr(self, key) < 1:
                 raise MonitoringConfigError(f"{key}: must be >= 1, got {getattr(self, key)!r}")
         for key in ("min_effect", "alarm_effect", "segment_share_delta", "click_curve_delta",
-                    "segment_effect"):  # fmt: skip
+                    "zero_result_delta", "segment_effect"):  # fmt: skip
             if not getattr(self, key) >= 0:
                 raise MonitoringConfigError(f"{key}: must be >= 0, got {getattr(self, key)!r}")
         if self.score_deciles < 2:

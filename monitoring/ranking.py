@@ -8,8 +8,10 @@ numbers, a ``drifted`` flag and a ``line`` in plain words for the summary and th
 - ``segments``: head / torso / tail queries (by each window's own traffic: the queries
   making the first 50%, the next 30%, the rest), the largest feature move and the click
   rate within each; the share of requests for queries the previous window did not have;
-  short pages (fewer than 10 results: the log holds no empty pages, so zero-result queries
-  show only as pages get shorter);
+  short pages (fewer than 10 results);
+- ``zero_results``: the share of first pages with no hit (the log keeps an empty page as a
+  request without impressions, search.events ``first_pages``); an alarm when it rose by
+  ``zero_result_delta`` and a one-sided two-proportion z-test gives p < ``quality_alpha``;
 - ``click_curve``: click-through rate by position; the share of clicks per position compared
   with a chi-square test and its total-variation distance;
 - ``click_labels``: the click model's relevance labels of the served rows;
@@ -100,7 +102,7 @@ def segment_drift(
         f"Query segments ({verdict}; alarm at effect {cfg.segment_effect:g}): "
         f"{'; '.join(parts)}. Queries not seen in the previous window: "
         f"{_pct(out['new_query_share'])} of requests. Pages with fewer than 10 results "
-        f"{_pct(short['reference'])} -> {_pct(short['current'])} (empty pages are not logged)."
+        f"{_pct(short['reference'])} -> {_pct(short['current'])}."
     )
     return out
 
@@ -205,23 +207,68 @@ def retriever_drift(
     }
 
 
+def zero_results(
+    current: tuple[int, int], reference: tuple[int, int], cfg: MonitoringConfig
+) -> dict[str, Any]:
+    """Zero-result rate of each window from (first pages, empty ones); drifted when it rose
+    by ``zero_result_delta`` and the rise is significant (one-sided two-proportion z-test,
+    p < ``quality_alpha``): a catalog or index change, or a query mix the index cannot
+    serve. A fall is reported, never an alarm."""
+    (nr, zr), (nc, zc) = reference, current
+    r = zr / nr if nr else math.nan
+    c = zc / nc if nc else math.nan
+    p = math.nan
+    if nr and nc:
+        pooled = (zr + zc) / (nr + nc)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / nr + 1 / nc))
+        p = 0.5 * math.erfc((c - r) / se / math.sqrt(2)) if se > 0 else 1.0
+    drifted = bool(math.isfinite(p) and c - r >= cfg.zero_result_delta and p < cfg.quality_alpha)
+    line = (
+        f"Zero-result queries: {_pct(r)} -> {_pct(c)} of first pages ({zr}/{nr} -> {zc}/{nc}"
+        + (f", p={p:.3g})" if math.isfinite(p) else ")")
+        + (
+            f": rose by {c - r:.1%} (alarm at +{cfg.zero_result_delta:.0%}), check the index"
+            " and the catalog"
+            if drifted
+            else "."
+        )
+    )
+    return {
+        "reference_pages": nr,
+        "reference_zero": zr,
+        "current_pages": nc,
+        "current_zero": zc,
+        "reference_rate": r,
+        "current_rate": c,
+        "p_value": p,
+        "drifted": drifted,
+        "line": line,
+    }
+
+
 def ranking_signals(
     current: pd.DataFrame,
     reference: pd.DataFrame,
     features: Sequence[str],
     cfg: MonitoringConfig,
+    first_pages: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every ranking-aware signal; the reference is the previous window's served rows."""
+    """Every ranking-aware signal; the reference is the previous window's served rows.
+    ``first_pages``: (previous, current) window's (first pages, empty ones), from
+    search.events ``first_pages``; without it the zero-result signal is left out."""
     if reference.empty or current.empty:
         return {}
     from monitoring.drift import feature_groups
 
     groups = feature_groups(features)
     inputs = [n for n in features if groups[n] not in cfg.click_feature_groups]
-    return {
+    out = {
         # inputs only: click-derived features moving is the click signals' business
         "segments": segment_drift(current, reference, inputs, cfg),
         "click_curve": click_curve(current, reference, cfg),
         "click_labels": click_label_drift(current, reference, cfg),
         "single_retriever": retriever_drift(current, reference, cfg),
     }
+    if first_pages is not None:
+        out["zero_results"] = zero_results(first_pages[1], first_pages[0], cfg)
+    return out

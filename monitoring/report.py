@@ -46,9 +46,11 @@ SUMMARY_FILE = "summary.json"
 FEATURES_HTML = "features.html"
 CONCEPT_HTML = "concept.html"
 ALERT_STATE_FILE = "alerts.json"
-INPUT_SIGNALS = ("segments", "single_retriever")  # ranking signals that are input shifts
+# ranking signals that are input shifts
+INPUT_SIGNALS = ("segments", "single_retriever", "zero_results")
 SIGNAL_WORDS = {
     "segments": "a query segment",
+    "zero_results": "the zero-result rate",
     "single_retriever": "the share of one-retriever pages",
     "click_curve": "clicks by position",
     "click_labels": "click-model labels",
@@ -149,6 +151,8 @@ class DriftSummary:
         names = {t["name"] for t in top}
         if "query_len" in names or "query_len" in self.features.drifted_features:
             return "retrain (the query mix moved away from what the model learned)"
+        if self._signal("zero_results"):
+            return "check the index and the catalog (more queries find nothing)"
         if self._signal("single_retriever") or (top and top[0]["name"] in RETRIEVER_FEATURES):
             return "check the index (a retriever returns less than before)"
         if group == "static":
@@ -175,7 +179,14 @@ class DriftSummary:
                 if f.drifted_features
                 else f"none of {len(f.tested)} features moved enough to matter"
             )
-            return f"No drift: {moved}{q}."
+            trend = (
+                f"; click history moved with the traffic since training (reported, not "
+                f"alarmed): {', '.join(f.trend_features[:4])}"
+                + ("..." if len(f.trend_features) > 4 else "")
+                if f.trend_features
+                else ""
+            )
+            return f"No drift: {moved}{q}{trend}."
         if self.decision == COVARIATE_DRIFT:
             return (
                 f"Covariate drift: the served inputs moved away from the reference; "
@@ -275,12 +286,15 @@ def build_report(
     groups: Mapping[str, str] | None = None,
     render: bool = True,
     reference_info: Mapping[str, Any] | None = None,
+    first_pages: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> DriftSummary:
     """Feature drift vs the training sample, then concept drift vs ``concept_reference``.
 
     ``current`` (and a DataFrame ``concept_reference``) are impression-log rows; rows of
     other featuresets are ignored. ``concept_reference=None`` skips concept drift.
     ``render=False`` computes the same numbers without Evidently Reports (no HTML).
+    ``first_pages``: (previous, current) window's (first pages, empty ones) for the
+    zero-result signal (search.events ``first_pages``; empty pages have no rows).
     """
     cur, other = select_featureset(current, featureset_id)
     if cur.empty:
@@ -289,7 +303,12 @@ def build_report(
             f"no served rows for featureset {featureset_id[:12]} in "
             f"{iso(window.since)}..{iso(window.until)}{extra}"
         )
-    fd = feature_drift(reference, cur, cfg, features=feature_names, groups=groups, render=render)
+    # click history against a sample taken at training time grows with the traffic since
+    trained = bool(reference_info) and (reference_info or {}).get("kind") != "previous_window"
+    fd = feature_drift(
+        reference, cur, cfg, features=feature_names, groups=groups, render=render,
+        trend_groups=cfg.trend_groups if trained else (),
+    )  # fmt: skip
     cd = None
     signals: dict[str, dict[str, Any]] = {}
     if concept_reference is not None:
@@ -297,7 +316,7 @@ def build_report(
         if isinstance(ref, pd.DataFrame):
             ref, _ = select_featureset(ref, featureset_id)
             names = list(feature_names) if feature_names is not None else list(reference.columns)
-            signals = ranking_signals(cur, ref, names, cfg)
+            signals = ranking_signals(cur, ref, names, cfg, first_pages)
         # the query mix moving between segments or a retriever dropping out are input shifts
         moved = any(signals.get(k, {}).get("drifted") for k in INPUT_SIGNALS)
         cd = concept_drift(

@@ -117,6 +117,7 @@ def reports(
     store = SqliteEventStore(events_db)
     try:
         rows = {p.name: store.served_features(p.since, p.until) for p in phases}
+        pages = {p.name: store.first_pages(p.since, p.until) for p in phases}
     finally:
         store.close()
     base = phases[0]
@@ -137,7 +138,7 @@ def reports(
             base_rows[names], rows[p.name], base_rows, cfg,
             window=Window(p.since, p.until), model_version=manifest.version,
             featureset_id=manifest.featureset_id, feature_names=names,
-            render=out_dir is not None and cfg.html,
+            render=out_dir is not None and cfg.html, first_pages=(pages[base.name], pages[p.name]),
         )  # fmt: skip
         if out_dir is not None:
             summary = write_report(summary, out_dir / p.name, html=cfg.html)

@@ -126,6 +126,11 @@ def run_once(args: argparse.Namespace, cfg: MonitoringConfig, now: float) -> Dri
     try:
         current = store.served_features(window.since, window.until)
         previous = store.served_features(prev.since, prev.until)
+        # empty pages have no served rows: the zero-result signal counts requests
+        pages = (
+            store.first_pages(prev.since, prev.until),
+            store.first_pages(window.since, window.until),
+        )
     finally:
         store.close()
     if cfg.feature_reference == "training":
@@ -156,6 +161,7 @@ def run_once(args: argparse.Namespace, cfg: MonitoringConfig, now: float) -> Dri
             if cfg.feature_reference == "training"
             else {"kind": "previous_window"}
         ),
+        first_pages=pages,
     )
     return write_report(summary, cfg.out_dir, html=cfg.html)
 

@@ -563,6 +563,19 @@ class SqliteEventStore:
         feats = pd.DataFrame(mat, columns=names, index=base.index)
         return pd.concat([base, feats], axis=1)
 
+    def first_pages(self, since: TimeBound = None, until: TimeBound = None) -> tuple[int, int]:
+        """(first pages served, those with no hit) in [since, until): the zero-result
+        rate. Empty pages have a request row and no impression rows, so every reader that
+        joins the impressions (served_features, sessions) skips them."""
+        lo, hi = _ts(since, -math.inf), _ts(until, math.inf)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(n = 0), 0) FROM requests "
+                "WHERE ts >= ? AND ts < ? AND page_offset = 0",
+                (lo, hi),
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
     def sessions(self, since: TimeBound = None, until: TimeBound = None) -> list[Session]:
         """Click-model sessions: first pages only (offset 0), docs in shown order.
 

@@ -130,7 +130,7 @@ class SearchResult:
     took_ms: float
     timings_ms: dict[str, float]
     candidates: int
-    impression: Impression | None  # None when the page is empty
+    impression: Impression | None  # the page to log (an empty page too: n = 0)
     # what was scored, for an off-path second opinion (search.experiments shadow mode)
     scored: Scored | None = field(default=None, repr=False)
     candidate_failed: bool = False  # the interleaved candidate model failed: not interleaved
@@ -428,23 +428,24 @@ class Pipeline:
                 _fusion_ranks(cs, page, hits)
                 if self.aggregates is not None:
                     self._behavior(req.q, hits, now)
-            impression = None
-            if page:
-                impression = Impression(
-                    request_id=rid,
-                    ts=now,
-                    query=req.q,
-                    query_id=req.query_id,
-                    model_version=used_model.version if used_model is not None else None,
-                    featureset_id=fsid,
-                    feature_names=tuple(names),
-                    offset=req.offset,
-                    doc_ids=tuple(cs.ids[i] for i in page),
-                    positions=tuple(range(req.offset + 1, req.offset + 1 + len(page))),
-                    scores=scores[page].astype(np.float64),
-                    features=np.ascontiguousarray(X[page]),
-                    teams=teams,
-                )
+            # an empty page is logged too (a request with n = 0 and no impression rows):
+            # the drift report counts zero-result queries; readers of served rows join
+            # the impressions table and never see it
+            impression = Impression(
+                request_id=rid,
+                ts=now,
+                query=req.q,
+                query_id=req.query_id,
+                model_version=used_model.version if used_model is not None else None,
+                featureset_id=fsid,
+                feature_names=tuple(names),
+                offset=req.offset,
+                doc_ids=tuple(cs.ids[i] for i in page),
+                positions=tuple(range(req.offset + 1, req.offset + 1 + len(page))),
+                scores=np.asarray(scores, dtype=np.float64)[page],
+                features=np.ascontiguousarray(X.reshape(len(cs), len(names))[page]),
+                teams=teams,
+            )
             timings["total"] = time.perf_counter() - t_start
             return SearchResult(
                 request_id=rid,
