@@ -698,6 +698,10 @@ async def test_demo_baseline_after_retraining_from_the_log_is_no_drift(
 
     events, models = tmp_path / "events.db", tmp_path / "models"
     shutil.copytree(model_dir, models)
+    # main's linear-margin recipe refuses to continue a log-trained model from a parent whose
+    # margin the log does not hold: the log-trained model starts from scratch
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[ltr]\ncontinue_from_promoted = false\n")
     app = make_app(
         api_config(impression_flush_ms=100.0), encoder,
         index_dir=small_index, model_dir=models, events_path=events,
@@ -709,7 +713,7 @@ async def test_demo_baseline_after_retraining_from_the_log_is_no_drift(
             SimOptions(
                 url=url, dataset=str(beir_small), sessions=300, train=True, events=str(events),
                 model_dir=str(models), admin_token=ADMIN, index_dir=str(small_index),
-                holdout=0.0, noise=0.0,
+                holdout=0.0, noise=0.0, settings=str(settings),
             )
         )  # fmt: skip
         assert loop["train"]["label_source"].startswith("clicks:")
