@@ -39,6 +39,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,10 @@ log = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace ``path`` atomically. The temp name is unique per call: threads of one worker
+    write the same state file at once (each flush request reports), and a name shared by
+    them let one thread's rename take the other's file (a 500 on /events)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(obj))
     os.replace(tmp, path)
 
