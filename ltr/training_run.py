@@ -290,6 +290,14 @@ def _parent_linear_margin(
         )
     params = dict(spec.get("params") or {})
     margin = linear_normed(inputs, params["weights"], float(params.get("scale", 1.0)))
+    return _with_margin(ts, margin, train, test)
+
+
+def _with_margin(
+    ts: TrainingSet, margin: np.ndarray, train: RankingData, test: RankingData
+) -> tuple[RankingData, RankingData]:
+    """Train and test rows carrying their slice of ``margin`` (one value per row of
+    ``ts.data``) as the base margin."""
     return (
         dataclasses.replace(train, base_margin=margin[_rows_of(ts.data, train)]),
         dataclasses.replace(test, base_margin=margin[_rows_of(ts.data, test)]),
@@ -339,8 +347,7 @@ def _fusion_margin(
     fitted = fit_linear_normed(groups)
     margin = linear_normed(inputs, fitted["weights"], cfg.base_margin_scale)
     log(f"base margin: linear fusion, weights {fitted['weights']} (training queries)")
-    train = dataclasses.replace(train, base_margin=margin[rows])
-    test = dataclasses.replace(test, base_margin=margin[_rows_of(ts.data, test)])
+    train, test = _with_margin(ts, margin, train, test)
     return train, test, cfg.base_margin_spec(fitted)
 
 
