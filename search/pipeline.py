@@ -431,6 +431,7 @@ class Pipeline:
             # an empty page is logged too (a request with n = 0 and no impression rows):
             # the drift report counts zero-result queries; readers of served rows join
             # the impressions table and never see it
+            served = tuple(cs.ids[i] for i in page)
             impression = Impression(
                 request_id=rid,
                 ts=now,
@@ -440,7 +441,7 @@ class Pipeline:
                 featureset_id=fsid,
                 feature_names=tuple(names),
                 offset=req.offset,
-                doc_ids=tuple(cs.ids[i] for i in page),
+                doc_ids=served,
                 positions=tuple(range(req.offset + 1, req.offset + 1 + len(page))),
                 scores=np.asarray(scores, dtype=np.float64)[page],
                 features=np.ascontiguousarray(X.reshape(len(cs), len(names))[page]),
@@ -458,7 +459,7 @@ class Pipeline:
                 timings_ms={k: v * 1000.0 for k, v in timings.items()},
                 candidates=len(cs),
                 impression=impression,
-                scored=Scored(cs, X, tuple(cs.ids[i] for i in page)),
+                scored=Scored(cs, X, served),
                 candidate_failed=candidate_failed,
             )
 
