@@ -124,10 +124,10 @@ def test_title_shared_by_more_than_ten_better_scored_documents_still_builds(
     # a retrieval whose top 10 is not the scoring's top 10 is still refused
     from indexing.backend import Hits
 
-    def wrong_top(q: str, k: int) -> Hits:
+    def wrong_top(q: str, k: int, *_: Any) -> Hits:
         full = Snapshot.bm25(snap, q, k)
         return Hits(ids=full.ids, scores=full.scores * 0.5)
 
-    snap.bm25 = wrong_top  # type: ignore[method-assign]
+    snap.bm25 = wrong_top  # type: ignore[method-assign,assignment]
     with pytest.raises(ValidationError, match="BM25 smoke query failed"):
         validate_snapshot(snap, docs)
