@@ -137,6 +137,21 @@ class BehaviorAggregates:
         store.add_listener(agg)
         return agg
 
+    @classmethod
+    def read(
+        cls, store: SqliteEventStore, half_life_s: float = DEFAULT_HALF_LIFE_S
+    ) -> BehaviorAggregates:
+        """The aggregates as the store holds them now, without writing (a read-only store:
+        training's replay); empty for a log written without them (no click history)."""
+        agg = cls(half_life_s)
+        with store.lock:
+            found = store.connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'behavior'"
+            ).fetchone()
+        if found:
+            agg.refresh(store)
+        return agg
+
     def refresh(self, store: SqliteEventStore) -> int:
         """Mirror rows other writers (processes) committed since the last refresh.
 

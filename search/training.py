@@ -222,10 +222,9 @@ def log_reference(
     if len(requests) > want:
         pick = np.random.default_rng(cfg.seed).choice(len(requests), want, replace=False)
         requests = requests.iloc[np.sort(pick)]
-    agg = BehaviorAggregates(source.half_life_s)
     store = SqliteEventStore(source.db, read_only=True)
     try:
-        agg.refresh(store)
+        agg = BehaviorAggregates.read(store, source.half_life_s)
     finally:
         store.close()
     now = time.time()
