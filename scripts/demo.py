@@ -202,13 +202,11 @@ def train_from_clicks(events: Path, model_dir: Path, index_dir: Path) -> TrainRe
     """search.training.train on the logged clicks, NOT promoted: the rollout decides. Its
     drift reference: the log's queries replayed on ``index_dir`` with the new model."""
     from scripts.settings import load_settings
-    from search.training import EventsSource, train
+    from scripts.train import events_source
+    from search.training import train
 
     s = load_settings()
-    source = EventsSource(
-        events, s.ltr.click_model, index_dir=index_dir, embedding=s.embedding,
-        retrieval=s.retrieval, half_life_s=s.events.half_life_s,
-    )  # fmt: skip
+    source = events_source(s, events, index_dir)
     return train(source, s.ltr, model_dir, s.registry, promote=False, verbose=False)
 
 

@@ -234,15 +234,12 @@ def train_from_events(
     from indexing.errors import IndexingError
     from ltr.errors import LTRError
     from scripts.settings import SettingsError, load_settings
-    from search.training import EventsSource, train
+    from scripts.train import events_source
+    from search.training import train
 
     try:
         s = load_settings(settings)
-        source = EventsSource(
-            Path(events), s.ltr.click_model,
-            index_dir=Path(index_dir) if index_dir else None, embedding=s.embedding,
-            retrieval=s.retrieval, half_life_s=s.events.half_life_s,
-        )  # fmt: skip
+        source = events_source(s, Path(events), Path(index_dir) if index_dir else None)
         result = train(source, s.ltr, Path(model_dir), s.registry, promote=True, verbose=False)
     except (LTRError, IndexingError, SettingsError, OSError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -3,13 +3,16 @@
     python scripts/train.py --dataset BEIR_DIR --index-dir DIR --model-dir DIR
         [--settings F] [--features text,static|all|NAME,...] [--promote]
     python scripts/train.py --events DB --model-dir DIR [--click-model auto|pbm|...]
-        [--settings F] [--promote]
+        [--index-dir DIR] [--settings F] [--promote]
 
 ``--dataset``: replays the judged queries through the serving code (search.replay), so the
 training rows are exactly what the API would compute; the index is built from the corpus
 when ``--index-dir`` holds none. ``--events``: trains on the impression log instead: fits
 the click model (``auto`` = lowest held-out perplexity), grades the logged (query, doc)
-pairs with it and joins the grades to the EXACT served feature vectors.
+pairs with it and joins the grades to the EXACT served feature vectors; with ``--index-dir``
+(the serving index) a sample of the logged requests is replayed there with the new model as
+its drift reference (search.training.log_reference), else the reference is the logged rows,
+the previous model's pages.
 
 Argument parsing and printing only: the sources are search.training (``train``), the run
 ltr.training_run, the recipe ltr.train.fit_recipe with the settings' ltr section
@@ -37,6 +40,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ltr.training_run import Log, TrainResult
+    from scripts.settings import Settings
+    from search.training import EventsSource
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="BEIR directory with judged queries (qrels)")
     src.add_argument("--events", help="SQLite event store: train from impressions + clicks")
-    p.add_argument("--index-dir", help="local index directory (with --dataset)")
+    p.add_argument(
+        "--index-dir",
+        help="local index directory (--dataset: required; --events: the serving index, "
+        "replayed for the new model's drift reference)",
+    )
     p.add_argument("--model-dir", help="model registry directory (default: settings registry.dir)")
     p.add_argument("--settings", help="TOML settings file (LTRSEARCH_* env overrides apply)")
     p.add_argument(
@@ -67,11 +76,26 @@ class CliError(Exception):
     """Bad arguments: printed as one line, exit code 2."""
 
 
+def events_source(
+    settings: Settings, events: Path, index_dir: Path | None = None, click_model: str | None = None
+) -> EventsSource:
+    """The impression log as a training source with the settings the server ran with (click
+    model, embedding and retrieval for the replay, the behavior half-life): one construction
+    for this command, scripts/simulate_traffic --train and the demo."""
+    from search.training import EventsSource
+
+    return EventsSource(
+        events, click_model or settings.ltr.click_model, index_dir=index_dir,
+        embedding=settings.embedding, retrieval=settings.retrieval,
+        half_life_s=settings.events.half_life_s,
+    )  # fmt: skip
+
+
 def _train(args: argparse.Namespace, log: Log) -> TrainResult:
     """The source the arguments name, trained with the settings (search.training.train)."""
     from ltr.training_run import resolve_features
     from scripts.settings import load_settings
-    from search.training import EventsSource, ReplaySource, train
+    from search.training import ReplaySource, train
 
     settings = load_settings(args.settings)
     model_dir = Path(args.model_dir or settings.registry.dir)
@@ -92,7 +116,10 @@ def _train(args: argparse.Namespace, log: Log) -> TrainResult:
             settings.retrieval,
         )
     else:
-        source = EventsSource(Path(args.events), args.click_model or settings.ltr.click_model)
+        index_dir = Path(args.index_dir) if args.index_dir else None
+        if index_dir is not None and not index_dir.is_dir():
+            raise CliError(f"--index-dir {index_dir}: no such directory")
+        source = events_source(settings, Path(args.events), index_dir, args.click_model)
     return train(
         source,
         settings.ltr,

@@ -443,22 +443,25 @@ def _click_log(
     n_docs: int = 8,
     sessions: int = 600,
     names: tuple[str, ...] = CLI_FEATURES,
+    texts: list[str] | None = None,
 ) -> dict:  # type: ignore[type-arg]
     """A real event store filled like the API would: each simulated PBM session is one
     served page (exact float32 feature rows) plus its click events. ``names``: the logged
-    features (three columns: a retriever-like score, a relevance-like one, a sparse one)."""
+    features (three columns: a retriever-like score, a relevance-like one, a sparse one);
+    ``texts``: the query texts (default "query 0", "query 1", ...)."""
     from ltr.click_models_sim import simulate_pbm
     from ltr.features import featureset_id
     from search.events import Event, Impression, SqliteEventStore
 
     rng = np.random.default_rng(3)
     rankings, attract, feats = {}, {}, {}
-    for q in range(n_queries):
+    texts = texts or [f"query {q}" for q in range(n_queries)]
+    for q, text in enumerate(texts):
         docs = [f"q{q}-d{i}" for i in range(n_docs)]
-        rankings[f"query {q}"] = docs
+        rankings[text] = docs
         rel = rng.random(n_docs)
         for i, d in enumerate(docs):
-            attract[(f"query {q}", d)] = float(0.05 + 0.9 * rel[i] ** 2)
+            attract[(text, d)] = float(0.05 + 0.9 * rel[i] ** 2)
             feats[d] = np.array(
                 [1 / (60 + i + 1) + 1 / (60 + n_docs - i), rel[i] + rng.normal(scale=0.1), np.nan],
                 dtype=np.float32,
@@ -537,6 +540,44 @@ def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture
     assert list(ref.columns) == list(CLI_FEATURES)
     served = {v.tobytes() for v in log["feats"].values()}
     assert all(r.astype(np.float32).tobytes() in served for r in ref.to_numpy(np.float32))
+
+
+@pytest.mark.slow  # loads MiniLM and replays 300 logged requests (13 s on the shared Xeon)
+def test_train_command_from_events_replays_the_log_on_the_index_dir(
+    beir_small: Path, small_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--index-dir``: the new model's drift reference is the logged requests replayed on the
+    serving index with it (its own top 10, as the API will serve them once promoted), not the
+    logged rows (the previous model's pages, here synthetic vectors the index never makes)."""
+    from ltr.registry import ModelRegistry
+    from scripts.train import main
+
+    texts = [json.loads(x)["text"] for x in (beir_small / "queries.jsonl").open()][:8]
+    log = _click_log(tmp_path / "events.db", sessions=300, texts=texts)
+    argv = ["--events", str(tmp_path / "events.db"), "--model-dir", str(tmp_path / "models")]
+    rc = main([*argv, "--index-dir", str(small_index), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    reg = ModelRegistry(tmp_path / "models")
+    version = reg.list_versions()[-1]
+    info = reg.reference_info(version)
+    assert (info["kind"], info["top_k"], info["queries"]) == ("served_top_k", 10, 300)
+    ref = reg.reference_sample(version).to_numpy(np.float64)
+    assert len(ref) == info["rows"] == 10 * 300  # every index query has >= 10 candidates
+    served = {v.tobytes() for v in log["feats"].values()}
+    assert not any(r.astype(np.float32).tobytes() in served for r in ref)
+    # what serving computes on the index: RRF of two lists (<= 2/61), cosine in [-1, 1]
+    rrf, cos = ref[:, 0], ref[:, 1]
+    assert np.all((rrf > 0) & (rrf <= 2 / 61 + 1e-9)) and np.all(np.abs(cos) <= 1 + 1e-6)
+    # without it: the logged rows
+    rc = main([*argv, "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    kept = reg.reference_sample(reg.list_versions()[-1]).to_numpy(np.float32)
+    assert reg.reference_info(reg.list_versions()[-1])["kind"] == "rows"
+    assert all(r.tobytes() in served for r in kept)
+    # a directory that is not there: one line, exit 2
+    rc = main([*argv, "--index-dir", str(tmp_path / "nope"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--index-dir" in err
 
 
 def test_second_events_training_continues_from_the_promoted_model(
