@@ -135,7 +135,7 @@ class MonitoringConfig:
     click_curve_delta: float = 0.05
     # the zero-result rate (first pages with no hit) rising by this much (absolute), with a
     # one-sided two-proportion z-test p < quality_alpha, is an input shift (check the index)
-    zero_result_delta: float = 0.02
+    zero_result_delta: float = 0.03
 
     # schedule and output (scripts/drift_report.py)
     window: str = "24h"

@@ -148,11 +148,13 @@ class DriftSummary:
             if c is not None and c.clicks_changed and not c.quality_dropped:
                 return "check the click logging (clicks moved between positions), then retrain"
             return "retrain on fresh clicks (users now prefer other results)"
+        # more empty pages first: cheaper to check than a retrain, and removing requests at
+        # random moves a small window's query_len by noise alone
+        if self._signal("zero_results"):
+            return "check the index and the catalog (more queries find nothing)"
         names = {t["name"] for t in top}
         if "query_len" in names or "query_len" in self.features.drifted_features:
             return "retrain (the query mix moved away from what the model learned)"
-        if self._signal("zero_results"):
-            return "check the index and the catalog (more queries find nothing)"
         if self._signal("single_retriever") or (top and top[0]["name"] in RETRIEVER_FEATURES):
             return "check the index (a retriever returns less than before)"
         if group == "static":

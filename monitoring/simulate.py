@@ -6,8 +6,12 @@ The world is shaped like real traffic, because that is what makes naive drift te
 Zipf query traffic (rows are clustered by query, not independent), ten served rows per
 request, per-query text features, candidates from two retrievers, documents with catalog
 attributes, click-history features that exist only for documents with history, and
-position-biased clicks (PBM). The output has the columns of
-``search.events.SqliteEventStore.served_features``, so every part of the report runs on it.
+position-biased clicks (PBM), and queries that find nothing (empty first pages: a share
+``zero_rate`` of the traffic that moves from window to window by ``zero_jitter``, as the mix
+of failing queries does from day to day). The output has the columns of
+``search.events.SqliteEventStore.served_features``, so every part of the report runs on it,
+and ``window_pages`` adds the window's (first pages, empty ones) as
+``SqliteEventStore.first_pages`` gives them (empty pages have no rows).
 
 Shifts (``Shift(kind, size)``; size 0 = stable):
 
@@ -17,7 +21,9 @@ Shifts (``Shift(kind, size)``; size 0 = stable):
 - ``catalog``: a share ``size`` of the served documents are new (no rating or reviews yet,
   other prices);
 - ``clicks``: users' click behaviour changes: a share ``size`` of them click what the model
-  ranks worst (attractiveness inverted) -- concept drift.
+  ranks worst (attractiveness inverted) -- concept drift;
+- ``zero_results``: the index loses documents: a share ``size`` of the requests that found
+  something now get an empty page (the zero-result rate rises by about ``size``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-SHIFT_KINDS: tuple[str, ...] = ("query_mix", "retriever", "catalog", "clicks")
+SHIFT_KINDS: tuple[str, ...] = ("query_mix", "retriever", "catalog", "clicks", "zero_results")
 
 # Real feature names, so ltr.features decides each one's group (and method/threshold).
 SIM_FEATURES: tuple[str, ...] = (
@@ -49,6 +55,10 @@ SIM_FEATURES: tuple[str, ...] = (
     "d_log_impressions",
 )
 DEPTH = 10
+# Empty first pages: e-commerce search logs commonly report 5-15% of searches finding nothing;
+# the low end, moving by 15% (relative, one standard deviation) between windows.
+ZERO_RATE = 0.05
+ZERO_JITTER = 0.15
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,17 @@ class Shift:
 class World:
     """Queries, documents and users; ``window`` draws one window of served traffic."""
 
-    def __init__(self, n_queries: int = 3000, n_docs: int = 20_000, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_queries: int = 3000,
+        n_docs: int = 20_000,
+        seed: int = 0,
+        zero_rate: float = ZERO_RATE,
+        zero_jitter: float = ZERO_JITTER,
+    ) -> None:
+        if not 0.0 <= zero_rate < 1.0 or zero_jitter < 0.0:
+            raise ValueError("zero_rate must be in [0, 1) and zero_jitter >= 0")
+        self.zero_rate, self.zero_jitter = zero_rate, zero_jitter
         rng = np.random.default_rng(seed)
         self.n_queries, self.n_docs = n_queries, n_docs
         # traffic: Zipf over query ranks (head queries get most of the searches)
@@ -86,6 +106,14 @@ class World:
 
     def window(self, n_requests: int, seed: int, shift: Shift = Shift()) -> pd.DataFrame:
         """``n_requests`` served first pages of 10, with clicks, as the impression log has."""
+        return self.window_pages(n_requests, seed, shift)[0]
+
+    def window_pages(
+        self, n_requests: int, seed: int, shift: Shift = Shift()
+    ) -> tuple[pd.DataFrame, tuple[int, int]]:
+        """``window`` and its (first pages, empty ones): the ``n_requests`` that found
+        something (fewer under a ``zero_results`` shift) plus the queries that found nothing
+        (their own seeded stream: the served rows are the same as without them)."""
         rng = np.random.default_rng([self.seed, seed])
         # the shift draws from its own stream: the same seed gives the same window with
         # and without a shift, apart from the shifted part
@@ -188,4 +216,12 @@ class World:
                 "clicked": clicked,
             }
         )
-        return pd.concat([meta, frame], axis=1)
+        out = pd.concat([meta, frame], axis=1)
+        zrng = np.random.default_rng([self.seed, seed, 2])
+        rate = min(self.zero_rate * float(np.exp(zrng.normal(0.0, self.zero_jitter))), 0.9)
+        no_hit = int(zrng.binomial(n, rate / (1.0 - rate)))  # beside the n that found some
+        lost = np.zeros(n, bool)
+        if shift.kind == "zero_results":  # the index lost what these requests found
+            lost = srng.random(n) < shift.size
+            out = out[~lost[qr[order]]].reset_index(drop=True)
+        return out, (n + no_hit, no_hit + int(lost.sum()))

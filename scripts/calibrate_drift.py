@@ -7,7 +7,8 @@ On the seeded simulated log of monitoring.simulate (Zipf query traffic, ten serv
 request, two retrievers, catalog attributes, click history, PBM clicks), with the default
 settings (or --settings), each window is reported exactly as the scheduled report does
 (training-like served reference sample for the features, the previous window for quality
-and the ranking signals; JSON only, no HTML):
+and the ranking signals, the zero-result rate from both windows' page counts; JSON only, no
+HTML):
 
 - stable windows: same query mix and users, another seed -> the false-alarm rate;
 - each shift kind at each size -> the alarm (detection) rate: the curve of alarm rate vs
@@ -38,13 +39,15 @@ def report(
     shift: Shift,
     cfg: MonitoringConfig,
 ) -> DriftSummary:
-    """One window (seed) against its previous window (another seed) and the reference."""
-    previous = world.window(n_requests, 2 * seed + 1)
-    current = world.window(n_requests, 2 * seed + 2, shift)
+    """One window (seed) against its previous window (another seed) and the reference; the
+    zero-result signal from both windows' (first pages, empty ones)."""
+    previous, before = world.window_pages(n_requests, 2 * seed + 1)
+    current, now = world.window_pages(n_requests, 2 * seed + 2, shift)
     names = list(SIM_FEATURES)
     return build_report(
         reference[names], current, previous, cfg, window=Window(0.0, 1.0),
         model_version="sim", featureset_id="sim", feature_names=names, render=False,
+        first_pages=(before, now),
     )  # fmt: skip
 
 

@@ -27,6 +27,8 @@ DOCUMENTED: dict[str, tuple[float, str, str]] = {
     "retriever": (0.2, "covariate_drift", "check the index"),
     "catalog": (0.2, "covariate_drift", "check the index"),
     "clicks": (0.6, "concept_drift", "retrain"),
+    # a share of the requests that found something now finding nothing (base rate 5%)
+    "zero_results": (0.15, "covariate_drift", "check the index and the catalog"),
 }
 BELOW = 0.05  # far below every documented size: a number in the report, no alarm
 CFG = MonitoringConfig()
@@ -76,6 +78,8 @@ def _number(s: DriftSummary, kind: str) -> float:
         return float(d["signals"]["segments"]["new_query_share"])
     if kind == "retriever":  # requests whose page comes from one retriever
         return float(d["signals"]["single_retriever"]["current_share"])
+    if kind == "zero_results":  # first pages with no hit
+        return float(d["signals"]["zero_results"]["current_rate"])
     rating = next(f for f in d["feature_drift"]["features"] if f["name"] == "rating")
     return float(rating["current_nan_share"])  # catalog: new documents have no rating
 
@@ -92,6 +96,31 @@ def test_a_shift_below_its_size_is_a_number_not_an_alarm(
     # ...every feature's effect is reported, and none reaches what the settings act on
     effects = [f["effect"] for f in small.to_dict()["feature_drift"]["features"] if f["tested"]]
     assert effects and all(e is not None and 0 <= e < CFG.alarm_effect for e in effects)
+
+
+def test_fewer_results_below_size_are_a_number_not_an_alarm(world: tuple[World, Any]) -> None:
+    """2% of the requests losing their results (the documented size is 15% at 300
+    requests): the rate in summary.json rises by about that, without an alarm."""
+    stable = report(*world, REQUESTS, 3, Shift(), CFG)
+    small = report(*world, REQUESTS, 3, Shift("zero_results", 0.02), CFG)
+    assert small.decision == "no_drift", small.line()
+    assert 0.005 < _number(small, "zero_results") - _number(stable, "zero_results") < 0.05
+
+
+def test_the_simulated_log_has_empty_pages_at_its_base_rate(world: tuple[World, Any]) -> None:
+    """Empty pages are counted, never rows; a zero_results shift removes the rows of the
+    requests that lost their results and counts them as empty."""
+    w, _ = world
+    rates = []
+    for seed in range(40):
+        frame, (pages, empty) = w.window_pages(REQUESTS, seed)
+        assert frame["request_id"].nunique() == REQUESTS == pages - empty
+        rates.append(empty / pages)
+    assert 0.04 < sum(rates) / len(rates) < 0.06  # ZERO_RATE = 0.05
+    frame, (pages, empty) = w.window_pages(REQUESTS, 0, Shift("zero_results", 0.3))
+    _, (same_pages, base_empty) = w.window_pages(REQUESTS, 0)
+    assert pages == same_pages and empty - base_empty == REQUESTS - frame["request_id"].nunique()
+    assert 0.2 < (empty - base_empty) / REQUESTS < 0.4
 
 
 def test_clicks_below_size_are_a_number_not_an_alarm(world: tuple[World, Any]) -> None:
