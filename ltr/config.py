@@ -78,6 +78,10 @@ class TrainConfig:
     # top-k: the API logs served pages, not whole candidate lists, so comparing served rows
     # with every candidate would flag drift on normal traffic (0 = keep every row)
     reference_top_k: int = 10
+    # train --events with the serving index: per logged request, up to this many candidates
+    # of its query the log never showed, added with grade 0 (search.training.with_unshown;
+    # a model trained on the shown pages alone ranks never-shown candidates at random)
+    log_unshown: int = 20
     # click model that labels logged sessions (train --events): "auto" = the lowest
     # held-out perplexity among ltr.click_models.CLICK_MODELS
     click_model: str = "auto"
@@ -167,6 +171,8 @@ class TrainConfig:
                 )
         if not isinstance(self.reference_top_k, int) or self.reference_top_k < 0:
             raise ValueError(f"reference_top_k must be >= 0, got {self.reference_top_k!r}")
+        if not isinstance(self.log_unshown, int) or self.log_unshown < 0:
+            raise ValueError(f"log_unshown must be >= 0, got {self.log_unshown!r}")
         if not isinstance(self.reference_rows, int) or self.reference_rows < 1:
             raise ValueError(f"reference_rows must be >= 1, got {self.reference_rows!r}")
 

@@ -5,10 +5,11 @@
   so the training rows are exactly what the API would compute;
 - ``EventsSource``: the API's impression log (search.events): the click model (``auto`` =
   lowest held-out perplexity) grades the logged (query, doc) pairs and the grades join
-  the EXACT served feature vectors. With an ``index_dir``, a sample of the log's requests
-  is replayed through the serving path with the click history as it is now
-  (``log_reference``): the drift reference of the NEW model, whose top-k differs from the
-  pages the previous model served.
+  the EXACT served feature vectors. With an ``index_dir``, the log's queries are replayed
+  through the serving path with the click history as it is now (``replay_log``): a sample
+  of the requests is the drift reference of the NEW model (``log_reference``), whose top-k
+  differs from the pages the previous model served, and candidates the log never showed
+  join the training rows with grade 0 (``with_unshown``).
 
 The run itself (split, fit, held-out report, registry save) is ltr.training_run, which
 needs nothing of search; the sources live here because one replays through search's
@@ -41,6 +42,7 @@ from ltr.fusion import RRF_MARGIN_SCALE
 from ltr.training_run import Log, TrainingSet, TrainResult, run_training, silent
 from search.config import RetrievalConfig
 from search.featurize import BehaviorSource
+from search.replay import ReplayedQuery
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,24 @@ def _margin_column(
     return None
 
 
+def _logged_margin(
+    column: str | None, names: Sequence[str], cfg: TrainConfig, has_margin: bool
+) -> Callable[[ReplayedQuery, np.ndarray], np.ndarray] | None:
+    """The base margin of replayed candidates as the logged ``column`` holds it: the RRF
+    feature x the scale events_dataset applies (None: no margin, or a logged margin column
+    the replay cannot recompute)."""
+    if not has_margin or column != "rrf":
+        return None
+    col, scale = list(names).index("rrf"), _rrf_scale(cfg)
+    return lambda rq, idx: rq.X[idx, col].astype(np.float64) * scale
+
+
+def _rrf_scale(cfg: TrainConfig) -> float:
+    """The logged feature is raw RRF; the served margin is rrf * scale (base_margin_spec;
+    standing in for a linear margin: ltr.fusion.RRF_MARGIN_SCALE, ltr.training_run)."""
+    return cfg.base_margin_scale if cfg.base_margin == "rrf" else RRF_MARGIN_SCALE
+
+
 def _grades_and_baseline(
     data: RankingData, names: Sequence[str]
 ) -> tuple[dict[str, dict[str, float]], np.ndarray]:
@@ -195,33 +215,22 @@ def _grades_and_baseline(
     return qrels, rrf
 
 
-def log_reference(
+def replay_log(
     source: EventsSource,
-    frame: pd.DataFrame,
+    texts: Sequence[str],
     names: Sequence[str],
-    cfg: TrainConfig,
     log: Log = silent,
     encoder: Encoder | None = None,
-) -> Callable[[Mapping[str, Any] | None], RankingData]:
-    """Whole candidate lists of a seeded sample of the log's requests, replayed through the
-    serving code on ``source.index_dir`` with the behavior aggregates of the event store
-    decayed to now: what the next model will score once promoted. Returned as a function of
-    the base-margin spec the model is saved with (the margin as serving computes it,
-    ltr.model.RankModel.margin); the registry keeps each request's top
-    ``cfg.reference_top_k`` by the new model (ltr.registry). Sampling requests (not queries)
-    weights each query by its traffic, as the served log does."""
-    from ltr.fusion import fusion_score
+) -> dict[str, ReplayedQuery]:
+    """The log's query ``texts`` replayed through the serving code on ``source.index_dir``
+    with the behavior aggregates of the event store decayed to now: whole candidate lists as
+    the next model will score them once promoted. Keyed by text."""
     from ltr.types import Query
     from search.aggregates import BehaviorAggregates
     from search.events import SqliteEventStore
     from search.replay import replay_index
 
     assert source.index_dir is not None
-    requests = frame.drop_duplicates("request_id")[["request_id", "query"]]
-    want = max(1, -(-cfg.reference_rows // max(cfg.reference_top_k, 1)))
-    if len(requests) > want:
-        pick = np.random.default_rng(cfg.seed).choice(len(requests), want, replace=False)
-        requests = requests.iloc[np.sort(pick)]
     store = SqliteEventStore(source.db, read_only=True)
     try:
         agg = BehaviorAggregates.read(store, source.half_life_s)
@@ -232,7 +241,7 @@ def log_reference(
     def history(text: str) -> BehaviorSource:
         return lambda cs: agg.arrays(text, cs.ids, now=now)
 
-    texts = list(dict.fromkeys(requests["query"].astype(str)))
+    texts = list(dict.fromkeys(texts))
     encoder = encoder or _encoder(source.embedding, log)
     t0 = time.perf_counter()
     rep = asyncio.run(
@@ -243,12 +252,30 @@ def log_reference(
         )
     )  # fmt: skip
     log(
-        f"drift reference: replayed {len(texts)} logged queries ({len(requests)} requests) "
-        f"with the new click history in {time.perf_counter() - t0:.1f}s"
+        f"replayed the log's {len(texts)} queries with the click history as it is now in "
+        f"{time.perf_counter() - t0:.1f}s"
     )
-    by_text = {rq.query.text: rq for rq in rep.queries}
+    return {rq.query.text: rq for rq in rep.queries}
+
+
+def log_reference(
+    frame: pd.DataFrame, replayed: Mapping[str, ReplayedQuery], names: Sequence[str],
+    cfg: TrainConfig,
+) -> Callable[[Mapping[str, Any] | None], RankingData]:  # fmt: skip
+    """Whole candidate lists of a seeded sample of the log's requests (``replayed``,
+    ``replay_log``), as a function of the base-margin spec the model is saved with (the
+    margin as serving computes it, ltr.model.RankModel.margin); the registry keeps each
+    request's top ``cfg.reference_top_k`` by the new model (ltr.registry). Sampling requests
+    (not queries) weights each query by its traffic, as the served log does."""
+    from ltr.fusion import fusion_score
+
+    requests = frame.drop_duplicates("request_id")[["request_id", "query"]]
+    want = max(1, -(-cfg.reference_rows // max(cfg.reference_top_k, 1)))
+    if len(requests) > want:
+        pick = np.random.default_rng(cfg.seed).choice(len(requests), want, replace=False)
+        requests = requests.iloc[np.sort(pick)]
     rids, texts_of = requests["request_id"].astype(str), requests["query"].astype(str)
-    pages = [(rid, by_text[t]) for rid, t in zip(rids, texts_of, strict=True)]
+    pages = [(rid, replayed[t]) for rid, t in zip(rids, texts_of, strict=True)]
 
     def rows(spec: Mapping[str, Any] | None) -> RankingData:
         groups = []
@@ -264,6 +291,52 @@ def log_reference(
         return RankingData.from_groups(groups, names)
 
     return rows
+
+
+def with_unshown(
+    data: RankingData,
+    units: Mapping[str, str],
+    replayed: Mapping[str, ReplayedQuery],
+    shown: Mapping[str, set[str]],
+    per_request: int,
+    seed: int,
+    margin_of: Callable[[ReplayedQuery, np.ndarray], np.ndarray] | None,
+) -> RankingData:
+    """The logged rows plus, per request, up to ``per_request`` candidates of its query that
+    the log never showed for it (seeded), graded 0 and featurized by the replay.
+
+    Why: the click model grades only what was shown; a model trained on the previous
+    model's pages alone never saw the rest of the candidate list and, scoring all of it
+    when served, ranked mostly never-shown documents into its top 10 (#18: 89% of them on
+    the test scenario, judged NDCG@10 of its pages 0.64 -> 0.19), which then moved as they
+    gathered impressions. Unshown = 0 is the pooled-judgment assumption the judged path
+    (search.replay) makes for unjudged candidates. ``margin_of``: the base margin of the
+    picked candidates as the logged margin column holds it (None: no base margin)."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    bm = data.base_margin
+    sizes = data.group_sizes()
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    for start, size in zip(starts, sizes, strict=True):
+        sl = slice(int(start), int(start + size))
+        rid = str(data.qids[sl.start])
+        text = units[rid]
+        rq = replayed.get(text)
+        seen = shown.get(text, set())
+        pool = [i for i, d in enumerate(rq.ids) if d not in seen] if rq is not None else []
+        n = min(per_request, len(pool))
+        pick = np.sort(rng.choice(pool, n, replace=False)) if n else np.zeros(0, np.int64)
+        X, y, ids = data.X[sl], data.y[sl], list(data.doc_ids[sl])  # type: ignore[index]
+        margin = None if bm is None else bm[sl]
+        if len(pick) and rq is not None:
+            idx = pick.astype(np.int64)
+            X = np.concatenate([X, rq.X[idx].astype(X.dtype)])
+            y = np.concatenate([y, np.zeros(len(idx))])
+            ids += [rq.ids[i] for i in idx]
+            if margin is not None and margin_of is not None:
+                margin = np.concatenate([margin, margin_of(rq, idx)])
+        groups.append((rid, X, y, ids, margin))
+    return RankingData.from_groups(groups, data.feature_names)
 
 
 def events_dataset(
@@ -307,16 +380,22 @@ def events_dataset(
     if margin_col is not None and data.base_margin is None:
         log(f"logged {margin_col!r} has missing values: training without a base margin")
     elif margin_col == "rrf" and data.base_margin is not None:
-        # the logged feature is raw RRF; the served margin is rrf * scale (base_margin_spec;
-        # standing in for a linear margin: ltr.fusion.RRF_MARGIN_SCALE, ltr.training_run)
-        scale = cfg.base_margin_scale if cfg.base_margin == "rrf" else RRF_MARGIN_SCALE
-        data = dataclasses.replace(data, base_margin=data.base_margin * scale)
+        data = dataclasses.replace(data, base_margin=data.base_margin * _rrf_scale(cfg))
+    served = frame[frame["featureset_id"] == fid]
+    units = dict(zip(frame["request_id"].astype(str), frame["query"].astype(str), strict=True))
+    reference = None
+    if source.index_dir is not None:
+        replayed = replay_log(source, served["query"].astype(str), names, log, encoder)
+        reference = log_reference(served, replayed, names, cfg)
+        margin_of = _logged_margin(margin_col, names, cfg, data.base_margin is not None)
+        if cfg.log_unshown > 0 and (data.base_margin is None or margin_of is not None):
+            shown = served.groupby("query")["doc_id"].agg(lambda d: set(d.astype(str)))
+            before = len(data)
+            data = with_unshown(
+                data, units, replayed, shown.to_dict(), cfg.log_unshown, cfg.seed, margin_of
+            )
+            log(f"added {len(data) - before} never-shown candidates as grade 0 (log_unshown)")
     qrels, rrf = _grades_and_baseline(data, names)
-    reference = (
-        None
-        if source.index_dir is None
-        else log_reference(source, frame[frame["featureset_id"] == fid], names, cfg, log, encoder)
-    )
     return TrainingSet(
         data=data,
         qrels=qrels,
@@ -326,7 +405,7 @@ def events_dataset(
         source=str(db),
         served=True,
         # groups are requests; split units are query texts (all requests of a query together)
-        units=dict(zip(frame["request_id"].astype(str), frame["query"].astype(str), strict=True)),
+        units=units,
         reference=reference,
         info={
             "click_model": model.name,
