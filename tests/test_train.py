@@ -555,8 +555,13 @@ def test_train_command_from_events_replays_the_log_on_the_index_dir(
     texts = [json.loads(x)["text"] for x in (beir_small / "queries.jsonl").open()][:8]
     log = _click_log(tmp_path / "events.db", sessions=300, texts=texts)
     argv = ["--events", str(tmp_path / "events.db"), "--model-dir", str(tmp_path / "models")]
-    rc = main([*argv, "--index-dir", str(small_index), "--quiet"])
+    out = tmp_path / "r.json"
+    rc = main([*argv, "--index-dir", str(small_index), "--quiet", "--json", str(out)])
     assert rc == 0, capsys.readouterr().err
+    # each request's 8 logged rows plus 20 candidates the log never showed (log_unshown;
+    # none of the index's documents was logged here), graded 0
+    sizes = json.loads(out.read_text())["data_sizes"]
+    assert sizes["train"]["rows"] + sizes["test"]["rows"] == 300 * (8 + 20)
     reg = ModelRegistry(tmp_path / "models")
     version = reg.list_versions()[-1]
     info = reg.reference_info(version)
@@ -569,8 +574,10 @@ def test_train_command_from_events_replays_the_log_on_the_index_dir(
     rrf, cos = ref[:, 0], ref[:, 1]
     assert np.all((rrf > 0) & (rrf <= 2 / 61 + 1e-9)) and np.all(np.abs(cos) <= 1 + 1e-6)
     # without it: the logged rows
-    rc = main([*argv, "--quiet"])
+    rc = main([*argv, "--quiet", "--json", str(out)])
     assert rc == 0, capsys.readouterr().err
+    sizes = json.loads(out.read_text())["data_sizes"]
+    assert sizes["train"]["rows"] + sizes["test"]["rows"] == 300 * 8
     kept = reg.reference_sample(reg.list_versions()[-1]).to_numpy(np.float32)
     assert reg.reference_info(reg.list_versions()[-1])["kind"] == "rows"
     assert all(r.tobytes() in served for r in kept)
