@@ -383,18 +383,22 @@ def events_dataset(
         data = dataclasses.replace(data, base_margin=data.base_margin * _rrf_scale(cfg))
     served = frame[frame["featureset_id"] == fid]
     units = dict(zip(frame["request_id"].astype(str), frame["query"].astype(str), strict=True))
-    reference = None
+    reference, unshown = None, 0
     if source.index_dir is not None:
         replayed = replay_log(source, served["query"].astype(str), names, log, encoder)
         reference = log_reference(served, replayed, names, cfg)
         margin_of = _logged_margin(margin_col, names, cfg, data.base_margin is not None)
         if cfg.log_unshown > 0 and (data.base_margin is None or margin_of is not None):
-            shown = served.groupby("query")["doc_id"].agg(lambda d: set(d.astype(str)))
+            # shown under any featureset: what the log never showed for the query at all
+            shown = frame.groupby("query")["doc_id"].agg(lambda d: set(d.astype(str)))
             before = len(data)
             data = with_unshown(
                 data, units, replayed, shown.to_dict(), cfg.log_unshown, cfg.seed, margin_of
             )
-            log(f"added {len(data) - before} never-shown candidates as grade 0 (log_unshown)")
+            unshown = len(data) - before
+            log(f"added {unshown} never-shown candidates as grade 0 (log_unshown)")
+        elif cfg.log_unshown > 0:
+            log(f"logged {margin_col!r} cannot be recomputed for unshown candidates: none added")
     qrels, rrf = _grades_and_baseline(data, names)
     return TrainingSet(
         data=data,
@@ -412,6 +416,7 @@ def events_dataset(
             "sessions": len(sessions),
             "featureset_id": fid,
             "margin_column": margin_col or "",
+            "unshown_rows": unshown,
         },
     )
 
