@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from indexing.documents import Document
+from indexing.prf import DEFAULT_RM3, Rm3Params
 from ltr.types import TermIds
 
 
@@ -106,6 +107,18 @@ class RetrievalBackend(Protocol):
         self, query: str, k: int, field: str | None = None, filters: Filters | None = None
     ) -> Hits:
         """BM25 top-k on one text field, or on the combined field when ``field`` is None."""
+        ...
+
+    async def rm3(
+        self,
+        query: str,
+        feedback: Hits,
+        k: int,
+        filters: Filters | None = None,
+        params: Rm3Params = DEFAULT_RM3,
+    ) -> Hits:
+        """BM25 top-k of the RM3 expansion of ``query`` estimated from ``feedback`` (the
+        first-pass BM25 run, best first; indexing.prf) on the combined field."""
         ...
 
     async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:

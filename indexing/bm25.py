@@ -100,6 +100,18 @@ class FieldIndex:
         vals = np.concatenate([self.data[s:e] for s, e in zip(starts, ends, strict=True)])
         return np.bincount(rows, weights=vals, minlength=self.num_docs)
 
+    def weighted_scores(self, weights: Mapping[str, float]) -> np.ndarray:
+        """sum_t weight_t * BM25(t, doc) over every document (float64 [N]): a query of
+        boosted term clauses, as Lucene scores a BooleanQuery of BoostQuery(TermQuery)."""
+        out = np.zeros(self.num_docs, dtype=np.float64)
+        known = [(self.vocab[t], w) for t, w in weights.items() if t in self.vocab and w != 0]
+        if not known:
+            return out
+        spans = [(int(self.indptr[i]), int(self.indptr[i + 1]), w) for i, w in known]
+        rows = np.concatenate([self.indices[s:e] for s, e, _ in spans])
+        vals = np.concatenate([self.data[s:e].astype(np.float64) * w for s, e, w in spans])
+        return np.bincount(rows, weights=vals, minlength=self.num_docs)
+
     def scores_for(self, terms: Sequence[str], rows: np.ndarray) -> np.ndarray:
         """BM25 of the query terms for just these rows (float64; 0 = no match).
 

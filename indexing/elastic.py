@@ -42,6 +42,7 @@ from indexing.errors import (
     InvalidRequestError,
     ValidationError,
 )
+from indexing.prf import DEFAULT_RM3, Rm3Params
 from ltr.errors import unknown_name
 
 log = logging.getLogger(__name__)
@@ -605,6 +606,17 @@ class ElasticBackend:
             return Hits((), np.zeros(0, dtype=np.float64))
         hits = await self._search("bm25", rq.bm25_request(self.alias, query, k, path, filters))
         return self._hits([h for h in hits if float(h["_score"]) > 0])
+
+    async def rm3(
+        self,
+        query: str,
+        feedback: Hits,
+        k: int,
+        filters: Filters | None = None,
+        params: Rm3Params = DEFAULT_RM3,
+    ) -> Hits:
+        """Not built for this backend yet (the local backend has it; docs/evaluation.md)."""
+        raise BackendError("the rm3 retriever is not available on the elasticsearch backend")
 
     async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
         k = self._check_k(k)

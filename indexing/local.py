@@ -21,6 +21,7 @@ from indexing.documents import Document
 from indexing.encoders import Encoder
 from indexing.errors import BackendError, IndexingError, IndexNotFoundError
 from indexing.local_store import Snapshot
+from indexing.prf import DEFAULT_RM3, Rm3Params
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,16 @@ class LocalBackend:
         self, query: str, k: int, field: str | None = None, filters: Filters | None = None
     ) -> Hits:
         return await self._run(self._state().bm25, query, k, field, filters)
+
+    async def rm3(
+        self,
+        query: str,
+        feedback: Hits,
+        k: int,
+        filters: Filters | None = None,
+        params: Rm3Params = DEFAULT_RM3,
+    ) -> Hits:
+        return await self._run(self._state().rm3, query, feedback, k, filters, params)
 
     async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
         return await self._call(False, self._state().knn, vector, k, filters)  # always a thread

@@ -33,6 +33,7 @@ from indexing.backend import Filters, Hits, Lookups, check_query_vector
 from indexing.bm25 import FieldIndex, lucene_idf, top_k
 from indexing.documents import Document
 from indexing.errors import IndexingError, IndexNotFoundError, InvalidRequestError
+from indexing.prf import DEFAULT_RM3, Rm3Params, expand
 from indexing.term_store import TermStore
 from ltr.errors import unknown_name
 from ltr.types import TermIds
@@ -273,6 +274,35 @@ class Snapshot:
         if len(rows) == 0:
             return Hits((), np.zeros(0, dtype=np.float64))
         best = rows[top_k(scores[rows], k)]
+        return self._hits(best, scores[best])
+
+    def rm3(
+        self,
+        query: str,
+        feedback: Hits,
+        k: int,
+        filters: Filters | None = None,
+        params: Rm3Params = DEFAULT_RM3,
+    ) -> Hits:
+        """BM25 top-k of the RM3 expansion of ``query`` (indexing.prf) over the combined
+        field, estimated from ``feedback`` (a first-pass BM25 run, best first)."""
+        self._check_k(k)
+        terms = self.analyzer.terms(query)
+        rows = self.rows(list(feedback.ids[: params.fb_docs]))
+        rows = rows[rows >= 0]
+        per_field = self._doc_terms(rows).values()
+        docs = [tuple(t for f in per_field for t in f[i]) for i in range(len(rows))]
+        weights = expand(
+            terms, docs, feedback.scores[: len(docs)].tolist(), self.combined.doc_freq,
+            self.combined.num_docs, params,
+        )  # fmt: skip
+        scores = self.combined.weighted_scores(weights)
+        m = self.mask(filters)
+        eligible = scores > 0 if m is None else (scores > 0) & m
+        hit_rows = np.flatnonzero(eligible)
+        if len(hit_rows) == 0:
+            return Hits((), np.zeros(0, dtype=np.float64))
+        best = hit_rows[top_k(scores[hit_rows], k)]
         return self._hits(best, scores[best])
 
     def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:

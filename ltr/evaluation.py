@@ -40,7 +40,7 @@ from ltr.features import (
 from ltr.fusion import fit_linear, fusion_score
 from ltr.metrics import evaluate, parse_metric, rank_ids, summarize
 from ltr.train import COLD_COPY, query_folds
-from ltr.types import BM25, DENSE, CandidateSet
+from ltr.types import BM25, DENSE, EXTRA_RETRIEVERS, CandidateSet
 
 DEFAULT_METRICS: tuple[str, ...] = ("ndcg@10", "ndcg@5", "mrr@10", "map@100", "recall@100")
 BASELINES: tuple[str, ...] = ("bm25", "dense", "rrf", "linear")
@@ -312,10 +312,16 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
     names = tuple(cfg.features)
     runs: dict[str, dict[str, list[str]]] = {m: {} for m in BASELINES}
     runs["ltr"] = {}
+    # the extra retrievers the replay ran (ltr.types.EXTRA_RETRIEVERS): single retrievers too
+    extra = [r for r in EXTRA_RETRIEVERS if any(r in q.cs.ranks for q in queries)]
+    for r in extra:
+        runs[r] = {}
     for one in queries:
         runs["bm25"][one.qid] = _retriever_list(one.cs, BM25)
         runs["dense"][one.qid] = _retriever_list(one.cs, DENSE)
         runs["rrf"][one.qid] = rank_ids(one.cs.ids, fusion_score(one.cs, "rrf"))
+        for r in extra:
+            runs[r][one.qid] = _retriever_list(one.cs, r)
 
     history = simulate_history(data, cfg) if cfg.clicks > 0 else None
     if history is not None:
@@ -434,7 +440,8 @@ def _report(
         methods[m] = summarize(per[m])
         filtered[m] = summarize(evaluate(run, qrels, ["ndcg@10", "mrr@10"], exclude=exclude))
     best_baseline = max(BASELINES, key=lambda b: methods[b]["ndcg@10"])
-    best_single = max(("bm25", "dense"), key=lambda b: methods[b]["ndcg@10"])
+    singles = ("bm25", "dense", *(r for r in EXTRA_RETRIEVERS if r in runs))
+    best_single = max(singles, key=lambda b: methods[b]["ndcg@10"])
     sig: dict[str, Any] = {}
     for m in [x for x in runs if x.startswith("ltr")]:
         sig[m] = {

@@ -32,7 +32,7 @@ from ltr.behavior import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, smoothed_rate
 from ltr.derived import Derived, derived
 from ltr.errors import LTRError, unknown_name
 from ltr.fusion import minmax, retriever_scores
-from ltr.types import BM25, DENSE, CandidateSet
+from ltr.types import BM25, DENSE, EXTRA_RETRIEVERS, CandidateSet
 
 FeatureFn = Callable[[CandidateSet], np.ndarray]
 
@@ -273,6 +273,52 @@ def _prf_overlap(src: str) -> FeatureFn:
     return fn
 
 
+def _short_fields(cs: CandidateSet) -> list[str]:
+    """Every text field but the body: the title and a catalog's attribute fields (brand,
+    color, type...), short fields whose match says more than a word somewhere in a body."""
+    return [f for f in cs.doc_terms if f != "body"]
+
+
+def _cov_short(cs: CandidateSet) -> np.ndarray:
+    """Share of distinct query terms found in a short field (any field but the body)."""
+    d = derived(cs)
+    ms = [m for f in _short_fields(cs) if (m := d.match(f)) is not None]
+    if not ms or not d.qterms:
+        return _nan(d.n)
+    return _row_mean(np.logical_or.reduce(ms))
+
+
+def _fields_hit(cs: CandidateSet) -> np.ndarray:
+    """Share of the candidate's non-empty short fields that hold a query term."""
+    d = derived(cs)
+    fields = _short_fields(cs)
+    if not fields or not d.qterms:
+        return _nan(d.n)
+    hit = np.zeros(d.n, dtype=np.float64)
+    filled = np.zeros(d.n, dtype=np.float64)
+    for f in fields:
+        m, ln = d.match(f), d.length(f)
+        assert m is not None and ln is not None
+        hit += m.any(axis=1)
+        filled += ln > 0
+    return np.where(filled > 0, hit / np.maximum(filled, 1.0), np.nan)
+
+
+def _fields_in_query(cs: CandidateSet) -> np.ndarray:
+    """Number of short fields whose every term is a query term (the query names the field's
+    whole value: a brand, a color, a type, or a title copied into the query)."""
+    d = derived(cs)
+    fields = _short_fields(cs)
+    if not fields or not d.qterms:
+        return _nan(d.n)
+    out = np.zeros(d.n, dtype=np.float64)
+    for f in fields:
+        m, distinct = d.match(f), d.distinct(f)
+        assert m is not None and distinct is not None
+        out += (distinct > 0) & (m.sum(axis=1) >= distinct)
+    return out
+
+
 def _query_len(cs: CandidateSet) -> np.ndarray:
     return np.full(len(cs.ids), float(len(cs.query_terms)))
 
@@ -337,6 +383,13 @@ def _minmax_of(retriever: str) -> FeatureFn:
 
     def fn(cs: CandidateSet) -> np.ndarray:
         return minmax(retriever_scores(cs, retriever))
+
+    return fn
+
+
+def _rank_of(retriever: str) -> FeatureFn:
+    def fn(cs: CandidateSet) -> np.ndarray:
+        return _rank(cs, retriever)
 
     return fn
 
@@ -504,6 +557,23 @@ _reg(
     "bm25_z", _T, lambda cs: _zscore(_score(cs, BM25)), "BM25 z-scored within the query", monotone=1
 )
 
+# the extra retrievers' scores and ranks (search.config extra_retrievers; NaN / 0 where a
+# retriever is off or did not return the candidate)
+for _r in EXTRA_RETRIEVERS:
+    _reg(f"{_r}_minmax", _T, _minmax_of(_r), f"min-max {_r} score in the query", monotone=1)
+    _reg(f"{_r}_rank", _T, _rank_of(_r), f"1-based {_r} rank", monotone=-1)
+# field-match features: which fields the query terms are in, for any set of text fields
+_reg("cov_short", _T, _cov_short, "share of query terms in any field but the body")
+_reg("fields_hit", _T, _fields_hit, "share of non-empty short fields holding a query term")
+_reg("fields_in_query", _T, _fields_in_query, "short fields whose every term is in the query")
+# opt-in text features: measured (docs/evaluation.md), not in the default set
+OPTIONAL_TEXT_FEATURES: tuple[str, ...] = (
+    *(f"{r}_{k}" for r in EXTRA_RETRIEVERS for k in ("minmax", "rank")),
+    "cov_short",
+    "fields_hit",
+    "fields_in_query",
+)
+
 _S = "static"
 _reg("rating", _S, _static("rating", log=False), "document rating")
 _reg("log_review_count", _S, _static("review_count", log=True), "log1p(review_count)")
@@ -548,7 +618,9 @@ for _lvl, _what in (("qd", "this query and document"), ("d", "the document, all 
         _BV,
     )
 
-TEXT_FEATURES: tuple[str, ...] = tuple(n for n, f in FEATURES.items() if f.group == _T)
+TEXT_FEATURES: tuple[str, ...] = tuple(
+    n for n, f in FEATURES.items() if f.group == _T and n not in OPTIONAL_TEXT_FEATURES
+)
 DEFAULT_TEXT_FEATURES: tuple[str, ...] = TEXT_FEATURES
 STATIC_FEATURES: tuple[str, ...] = tuple(n for n, f in FEATURES.items() if f.group == _S)
 BEHAVIOR_FEATURES: tuple[str, ...] = tuple(n for n, f in FEATURES.items() if f.group == _B)

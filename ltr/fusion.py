@@ -53,7 +53,10 @@ def rrf_scores(cs: CandidateSet, k: float = RRF_K) -> np.ndarray:
 
 def _rrf(cs: CandidateSet, k: float) -> np.ndarray:
     out = np.zeros(len(cs.ids), dtype=np.float64)
-    for r in cs.ranks.values():
+    for name in RETRIEVERS:  # the two base retrievers: extra ones only add candidates
+        r = cs.ranks.get(name)
+        if r is None:
+            continue
         rr = np.asarray(r, dtype=np.float64)
         # NaN ranks give NaN here (quietly) and are replaced by 0
         out += np.where(np.isfinite(rr), 1.0 / (k + rr), 0.0)

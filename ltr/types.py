@@ -31,6 +31,12 @@ class Judgment:
 BM25 = "bm25"  # combined-field BM25
 DENSE = "dense"  # kNN over sentence embeddings
 RETRIEVERS: tuple[str, ...] = (BM25, DENSE)
+# Optional retrievers that only add candidates (fusion, the base margin and RRF stay on
+# RETRIEVERS): RM3 query expansion of the BM25 run (indexing.prf) and BM25 on the title
+# field alone. search.config.RetrievalConfig.extra_retrievers switches them on.
+RM3 = "rm3"
+TITLE = "title"
+EXTRA_RETRIEVERS: tuple[str, ...] = (RM3, TITLE)
 
 # The served log's fixed columns, in order (search.events writes them, ltr.dataset trains
 # from them, monitoring.drift compares windows of them): one row per served hit, followed

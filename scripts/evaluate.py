@@ -40,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="simulated PBM sessions per query (adds ltr_behavior methods)",
     )
+    p.add_argument(
+        "--extra-retrievers",
+        default=None,
+        help="comma list of extra candidate retrievers (rm3, title); default: the "
+        "retrieval.extra_retrievers default; '' for none",
+    )
+    p.add_argument(
+        "--add-features", default="", help="comma list of features added to the default set"
+    )
+    p.add_argument(
+        "--drop-features", default="", help="comma list of features dropped from the default set"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -83,6 +95,24 @@ def prepare_index(dataset: Path, work: Path, corpus: Any, encoder: Any, log: Any
     return index_dir
 
 
+def _names(arg: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if arg is None:
+        return default
+    return tuple(n.strip() for n in arg.split(",") if n.strip())
+
+
+def _features(default: tuple[str, ...], add: str, drop: str) -> tuple[str, ...]:
+    """The default feature list with ``add`` appended and ``drop`` removed (ValueError on
+    an unknown name, which main reports as a one-line error)."""
+    from ltr.features import FEATURES
+
+    added, dropped = _names(add, ()), set(_names(drop, ()))
+    for n in (*added, *dropped):
+        if n not in FEATURES:
+            raise ValueError(f"unknown feature {n!r}")
+    return tuple(n for n in (*default, *added) if n not in dropped)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         from indexing.encoders import load_encoder
         from indexing.loaders import load_beir
         from ltr.evaluation import EvalConfig, EvalData, markdown_table, run_evaluation
+        from search.config import RetrievalConfig
         from search.replay import replay_index
 
         t0 = time.perf_counter()
@@ -122,14 +153,18 @@ def main(argv: list[str] | None = None) -> int:
             work = work / dataset.resolve().name
         encoder = load_encoder(EmbeddingConfig())
         index_dir = prepare_index(dataset, work, ds.corpus, encoder, log)
-        features = EvalConfig().features
-        rep = asyncio.run(replay_index(index_dir, encoder, ds.queries, ds.qrels, features))
+        features = _features(EvalConfig().features, args.add_features, args.drop_features)
+        extra = _names(args.extra_retrievers, RetrievalConfig().extra_retrievers)
+        RetrievalConfig(extra_retrievers=extra).validate()
+        rep = asyncio.run(
+            replay_index(index_dir, encoder, ds.queries, ds.qrels, features, extra_retrievers=extra)
+        )
         log(
             f"replayed {len(rep.queries)} queries in {time.perf_counter() - t0:.1f}s; "
             f"candidate recall {rep.recall}"
         )
         data = EvalData.from_replay(rep)
-        cfg = EvalConfig(folds=args.folds, seed=args.seed, clicks=args.clicks)
+        cfg = EvalConfig(folds=args.folds, seed=args.seed, clicks=args.clicks, features=features)
         result = run_evaluation(data, cfg)
     except (LTRError, IndexingError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -138,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": str(dataset),
         **result.report,
         "candidate_recall": rep.recall,
+        "extra_retrievers": list(extra),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out = Path(args.out)

@@ -21,7 +21,9 @@ import numpy as np
 from indexing.backend import Filters, Hits, Lookups, RetrievalBackend
 from indexing.encoders import Encoder
 from indexing.errors import BackendError, BackendTimeoutError
-from ltr.types import BM25, DENSE, RETRIEVERS, CandidateSet, Query
+from indexing.prf import DEFAULT_RM3, Rm3Params
+from ltr.errors import unknown_name
+from ltr.types import BM25, DENSE, EXTRA_RETRIEVERS, RETRIEVERS, RM3, TITLE, CandidateSet, Query
 from search.config import RetrievalConfig
 from search.timings import measure, measure_await
 
@@ -81,10 +83,18 @@ class CandidateGenerator:
         knn_k: int = 100,
         timeouts: Mapping[str, float] | None = None,
         query_cache_size: int = 4096,
+        extra_retrievers: tuple[str, ...] = (),
+        rm3: Rm3Params = DEFAULT_RM3,
     ) -> None:
-        """``timeouts``: stage ("embed", "bm25", "knn", "lookup") -> milliseconds."""
+        """``timeouts``: stage ("embed", "bm25", "knn", "lookup") -> milliseconds.
+        ``extra_retrievers``: names from ltr.types.EXTRA_RETRIEVERS, each returning
+        ``bm25_k`` more candidates within the bm25 stage's timeout."""
         if bm25_k < 1 or knn_k < 1:
             raise ValueError(f"bm25_k and knn_k must be >= 1, got {bm25_k}, {knn_k}")
+        for name in extra_retrievers:
+            if name not in EXTRA_RETRIEVERS:
+                raise unknown_name("retriever", name, EXTRA_RETRIEVERS)
+        rm3.validate()
         merged = dict(DEFAULT_TIMEOUTS_MS)
         for stage, ms in (timeouts or {}).items():
             if stage not in merged:
@@ -98,12 +108,17 @@ class CandidateGenerator:
         self.knn_k = knn_k
         self.timeouts_ms = merged
         self.query_cache = QueryVectorCache(query_cache_size)
+        self.extra_retrievers = tuple(dict.fromkeys(extra_retrievers))
+        self.rm3_params = rm3
 
     @classmethod
     def from_config(
         cls, backend: RetrievalBackend, encoder: Encoder, cfg: RetrievalConfig
     ) -> CandidateGenerator:
-        return cls(backend, encoder, cfg.bm25_k, cfg.knn_k, cfg.timeouts(), cfg.query_cache_size)
+        return cls(
+            backend, encoder, cfg.bm25_k, cfg.knn_k, cfg.timeouts(), cfg.query_cache_size,
+            cfg.extra_retrievers,
+        )  # fmt: skip
 
     async def _timed(self, stage: str, aw: Awaitable[T]) -> T:
         seconds = self.timeouts_ms[stage] / 1000.0
@@ -151,13 +166,22 @@ class CandidateGenerator:
             text = query.text
         else:
             text = query
-        dense_res, bm25_res = await asyncio.gather(
+        dense_res, bm25_res, *extra_res = await asyncio.gather(
             self._dense(text, filters),
             self._timed(
                 "bm25", measure_await("bm25", self.backend.bm25(text, self.bm25_k, None, filters))
             ),
+            *(self._title(text, filters) for name in self.extra_retrievers if name == TITLE),
             return_exceptions=True,
         )
+        extra: dict[str, Hits | BaseException] = {}
+        if TITLE in self.extra_retrievers:
+            extra[TITLE] = extra_res[0]
+        if RM3 in self.extra_retrievers:
+            if isinstance(bm25_res, Hits):
+                extra[RM3] = await self._rm3(text, bm25_res, filters)
+            else:  # no first pass to expand from
+                extra[RM3] = BackendError("rm3: the BM25 first pass failed")
         degraded: list[str] = []
         errors: list[BaseException] = []
         bm25_hits: Hits | None = None
@@ -179,13 +203,22 @@ class CandidateGenerator:
                 + "; ".join(f"{n}: {e}" for n, e in zip(degraded, errors, strict=True))
             ) from errors[0]
 
-        per_retriever = {BM25: bm25_hits, DENSE: dense_hits}
+        per_retriever: dict[str, Hits | None] = {BM25: bm25_hits, DENSE: dense_hits}
+        for name in self.extra_retrievers:
+            res = extra[name]
+            if isinstance(res, BackendError):
+                degraded.append(name)
+                per_retriever[name] = None
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                per_retriever[name] = res
         ids = _union(per_retriever)
         n = len(ids)
         pos = {d: i for i, d in enumerate(ids)}
         scores: dict[str, np.ndarray] = {}
         ranks: dict[str, np.ndarray] = {}
-        for name in RETRIEVERS:
+        for name in per_retriever:
             s = np.full(n, np.nan, dtype=np.float64)
             r = np.full(n, np.nan, dtype=np.float64)
             hits = per_retriever[name]
@@ -219,6 +252,18 @@ class CandidateGenerator:
         )
         return cs, degraded
 
+    async def _title(self, text: str, filters: Filters | None) -> Hits:
+        call = self.backend.bm25(text, self.bm25_k, TITLE, filters)
+        return await self._timed("bm25", measure_await(TITLE, call))
+
+    async def _rm3(self, text: str, first: Hits, filters: Filters | None) -> Hits | BaseException:
+        """The RM3 run expanded from the BM25 run (an error is returned, as gather does)."""
+        try:
+            call = self.backend.rm3(text, first, self.bm25_k, filters, self.rm3_params)
+            return await self._timed("bm25", measure_await(RM3, call))
+        except Exception as e:  # sorted by the caller, like gather's results
+            return e
+
     async def _lookups(self, text: str, ids: tuple[str, ...], vector: np.ndarray | None) -> Lookups:
         """The backend's lookups of the candidates, with every score column float64."""
         got = await self.backend.lookups(text, ids, vector)
@@ -231,9 +276,10 @@ class CandidateGenerator:
 
 
 def _union(per_retriever: Mapping[str, Hits | None]) -> tuple[str, ...]:
-    """Ids of all retrievers, ordered by best rank; ties by retriever order (bm25 first)."""
+    """Ids of all retrievers, ordered by best rank; ties by retriever order (bm25 first,
+    then dense, then the extra retrievers in their configured order)."""
     best: dict[str, tuple[int, int]] = {}
-    for order, name in enumerate(RETRIEVERS):
+    for order, name in enumerate(per_retriever):
         hits = per_retriever.get(name)
         if hits is None:
             continue

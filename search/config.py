@@ -25,9 +25,19 @@ class RetrievalConfig:
     # text and filters; ~160 KB each at 100K documents; 0 = off
     # (search.candidates.CandidateCache)
     candidate_cache_size: int = 256
+    # more candidate sources (ltr.types.EXTRA_RETRIEVERS): "rm3" (RM3 expansion of the BM25
+    # run, Anserini's defaults: 10 feedback documents, 10 terms, original weight 0.5) and
+    # "title" (BM25 on the title field); each adds up to bm25_k candidates
+    extra_retrievers: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Called by scripts.settings at load; raises ValueError naming the key."""
+        from ltr.types import EXTRA_RETRIEVERS
+
+        for name in self.extra_retrievers:
+            if name not in EXTRA_RETRIEVERS:
+                valid = ", ".join(EXTRA_RETRIEVERS)
+                raise ValueError(f"extra_retrievers: unknown retriever {name!r}; valid: {valid}")
         for name in ("bm25_k", "knn_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

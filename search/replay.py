@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ltr.errors import TrainingDataError
-from ltr.types import RETRIEVERS, CandidateSet, Judgment, Query
+from ltr.types import EXTRA_RETRIEVERS, RETRIEVERS, CandidateSet, Judgment, Query
 from search.featurize import BehaviorSource, Featurized, Generator, featurize
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def candidate_recall(
         add("candidates", len(rel & ids) / len(rel))
         for k in ks:
             union: set[str] = set()
-            for r in RETRIEVERS:
+            for r in (*RETRIEVERS, *(x for x in EXTRA_RETRIEVERS if x in rq.cs.ranks)):
                 top = rq.retriever_ranking(r)[:k]
                 union.update(top)
                 add(f"{r}@{k}", len(rel & set(top)) / len(rel))
@@ -170,6 +170,7 @@ async def replay_index(
     *,
     only_judged: bool = True,
     behavior: Callable[[str], BehaviorSource] | None = None,
+    extra_retrievers: tuple[str, ...] = (),
 ) -> Replay:
     """``replay`` over the local index in ``index_dir`` (opened and closed here), with the
     offline timeouts: what training (search.training) and scripts/evaluate.py replay."""
@@ -178,7 +179,10 @@ async def replay_index(
 
     backend = LocalBackend.open(index_dir, encoder)
     try:
-        gen = CandidateGenerator(backend, encoder, bm25_k, knn_k, timeouts=REPLAY_TIMEOUTS_MS)
+        gen = CandidateGenerator(
+            backend, encoder, bm25_k, knn_k, timeouts=REPLAY_TIMEOUTS_MS,
+            extra_retrievers=extra_retrievers,
+        )  # fmt: skip
         return await replay(
             gen, queries, judgments, feature_names, only_judged=only_judged,
             encoder=encoder, query_cache=gen.query_cache, behavior=behavior,

@@ -12,7 +12,7 @@ import pytest
 
 from ltr import features as F
 from ltr.fusion import fusion_score, linear_normed, minmax, retriever_scores
-from ltr.types import BM25, DENSE
+from ltr.types import BM25, DENSE, EXTRA_RETRIEVERS
 from tests.test_features import col, make_cs
 
 
@@ -57,7 +57,8 @@ def test_monotone_constraints_follow_the_registry() -> None:
     for f in F.FEATURES.values():
         if f.monotone:
             assert f.group == "text" and (
-                f.name.endswith("rank") or f.name.startswith(("bm25", "dense", "rrf"))
+                f.name.endswith("rank")
+                or f.name.startswith(("bm25", "dense", "rrf", *EXTRA_RETRIEVERS))
             ), f.name
     # the constraint does not enter the featureset id (a training choice, not an input)
     assert F.featureset_id(names) == F.featureset_id(list(names))
