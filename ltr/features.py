@@ -319,6 +319,33 @@ def _fields_in_query(cs: CandidateSet) -> np.ndarray:
     return out
 
 
+def _deletes(term: str) -> set[str]:
+    """The term and every string one character shorter (symmetric-delete neighbourhood)."""
+    return {term, *(term[:i] + term[i + 1 :] for i in range(len(term)))}
+
+
+def _fuzzy_cov(cs: CandidateSet) -> np.ndarray:
+    """Share of the query terms the index does not know (no IDF: typically a typo) that
+    match a candidate's term within one edit (two terms whose one-deletion neighbourhoods
+    meet: a swap, a dropped, doubled or replaced letter). NaN when every query term is
+    known, so it only speaks for queries that BM25 cannot match as typed."""
+    n = len(cs.ids)
+    unknown = [t for t in dict.fromkeys(cs.query_terms) if t not in cs.idf and len(t) >= 4]
+    if not unknown:
+        return _nan(n)
+    keys = [_deletes(u) for u in unknown]
+    vocab = {t for f in cs.doc_terms.values() for terms in f for t in terms}
+    hits = {t: {j for j, k in enumerate(keys) if not k.isdisjoint(_deletes(t))} for t in vocab}
+    out = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        got: set[int] = set()
+        for f in cs.doc_terms.values():
+            for t in f[i]:
+                got |= hits[t]
+        out[i] = len(got) / len(unknown)
+    return out
+
+
 def _query_len(cs: CandidateSet) -> np.ndarray:
     return np.full(len(cs.ids), float(len(cs.query_terms)))
 
@@ -566,12 +593,14 @@ for _r in EXTRA_RETRIEVERS:
 _reg("cov_short", _T, _cov_short, "share of query terms in any field but the body")
 _reg("fields_hit", _T, _fields_hit, "share of non-empty short fields holding a query term")
 _reg("fields_in_query", _T, _fields_in_query, "short fields whose every term is in the query")
+_reg("fuzzy_cov", _T, _fuzzy_cov, "share of unknown query terms within one edit of a doc term")
 # opt-in text features: measured (docs/evaluation.md), not in the default set
 OPTIONAL_TEXT_FEATURES: tuple[str, ...] = (
     *(f"{r}_{k}" for r in EXTRA_RETRIEVERS for k in ("minmax", "rank")),
     "cov_short",
     "fields_hit",
     "fields_in_query",
+    "fuzzy_cov",
 )
 
 _S = "static"

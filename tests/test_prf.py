@@ -173,3 +173,17 @@ def test_field_match_features() -> None:
     np.testing.assert_allclose(col(plain, "cov_short"), col(plain, "cov_title"))
     for name in ("cov_short", "fields_hit", "fields_in_query"):
         assert name in F.OPTIONAL_TEXT_FEATURES and name not in F.DEFAULT_TEXT_FEATURES
+
+
+def test_fuzzy_coverage_of_unknown_query_terms() -> None:
+    # "samdal" is not in the index (no IDF): a typo of "sandal" (one replaced letter)
+    cs = make_cs(
+        query_terms=("suede", "samdal"),
+        idf={"suede": 1.0},
+        doc_terms={
+            "title": (("suede", "sandal"), ("boot",), ("sadnal",)),  # d3: a swap
+            "body": (("x",), ("sandl",), ("y",)),  # d2: two edits away
+        },
+    )
+    np.testing.assert_allclose(col(cs, "fuzzy_cov"), [1.0, 0.0, 1.0])
+    assert np.isnan(col(make_cs(), "fuzzy_cov")).all()  # every query term known
