@@ -187,3 +187,13 @@ def test_fuzzy_coverage_of_unknown_query_terms() -> None:
     )
     np.testing.assert_allclose(col(cs, "fuzzy_cov"), [1.0, 0.0, 1.0])
     assert np.isnan(col(make_cs(), "fuzzy_cov")).all()  # every query term known
+
+
+def test_unknown_extra_retriever_is_refused() -> None:
+    from search.config import RetrievalConfig
+
+    with pytest.raises(ValueError, match=r"unknown retriever 'bm25f'; valid: rm3, title"):
+        RetrievalConfig(extra_retrievers=("bm25f",)).validate()
+    RetrievalConfig(extra_retrievers=(RM3, TITLE)).validate()
+    with pytest.raises(ValueError, match="fb_docs"):
+        Rm3Params(fb_docs=0).validate()
