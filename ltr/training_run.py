@@ -35,7 +35,6 @@ from ltr.train import TrainedModel, add_cold_copies, fit_recipe
 from ltr.types import BM25, DENSE
 
 Log = Callable[[str], None]
-GROUPS = ("text", "static", "behavior")
 
 
 def silent(_: str) -> None:
@@ -54,7 +53,8 @@ def resolve_features(spec: str) -> tuple[str, ...]:
     if not tokens:
         raise TrainingDataError("--features is empty")
     for t in tokens:
-        names = [n for g in GROUPS for n in by_group[g]] if t == "all" else by_group.get(t, (t,))
+        # "all": every registered feature, the opt-in text features included
+        names = list(F.FEATURES) if t == "all" else by_group.get(t, (t,))
         F.resolve(names)  # unknown names -> UnknownNameError listing the valid ones
         out.extend(n for n in names if n not in out)
     return tuple(out)

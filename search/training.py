@@ -128,6 +128,7 @@ def replay_dataset(
             source.features,
             source.retrieval.bm25_k,
             source.retrieval.knn_k,
+            extra_retrievers=source.retrieval.extra_retrievers,
         )
     )
     log(f"replayed {len(rep.queries)} judged queries in {time.perf_counter() - t0:.1f}s")
@@ -249,6 +250,7 @@ def replay_log(
             source.index_dir, encoder, [Query(f"q{i}", t) for i, t in enumerate(texts)], {},
             names, source.retrieval.bm25_k, source.retrieval.knn_k,
             only_judged=False, behavior=history,
+            extra_retrievers=source.retrieval.extra_retrievers,
         )
     )  # fmt: skip
     log(

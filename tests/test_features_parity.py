@@ -41,7 +41,7 @@ def test_reference_is_the_same_registry() -> None:
     # the same registry, in the same order, plus the features added since
     assert tuple(n for n in F.FEATURES if n in R.FEATURES) == NAMES
     assert set(F.FEATURES) - set(NAMES) == {
-        "bm25_minmax", "dense_minmax", "bm25_z", *F.OPTIONAL_TEXT_FEATURES
+        "bm25_minmax", "dense_minmax", "bm25_z", "fuzzy_cov", *F.OPTIONAL_TEXT_FEATURES
     }  # fmt: skip
     assert R.featureset_id(NAMES) == F.featureset_id(NAMES)
 
