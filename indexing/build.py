@@ -299,6 +299,9 @@ def _check_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
     return vectors
 
 
+KNN_SMOKE_MIN_SHARE = 0.9
+
+
 def validate_snapshot(snap: Snapshot, docs: Sequence[Document], seed: int = 0) -> None:
     """Refuse a version that cannot serve: wrong count, or a smoke query per retriever fails."""
     if snap.n != len(docs):
@@ -330,15 +333,23 @@ def validate_snapshot(snap: Snapshot, docs: Sequence[Document], seed: int = 0) -
                 f"BM25 smoke query failed: the title of {docs[row].id!r} "
                 "does not retrieve it in the top 10"
             )
-    # kNN: a document's own vector must retrieve it first (an exact duplicate may tie).
-    row = int(sample[0])
-    hits = snap.knn(snap.vectors[row], 10)
-    self_score = float(snap.vectors[row] @ snap.vectors[row])
-    if not len(hits) or (
-        hits.ids[0] != docs[row].id and abs(float(hits.scores[0]) - self_score) > 1e-5
-    ):
+    # kNN: sampled documents' own vectors must retrieve them first (an exact duplicate may
+    # tie). Nearly all, not all: an HNSW graph can leave a rare node unreachable (2 of 300
+    # sampled rows of the 1M synthetic benchmark, at any ef), which is a recall loss to
+    # report, not a broken index; misaligned ids or vectors fail every row.
+    found = 0
+    for r in sample:
+        row = int(r)
+        hits = snap.knn(snap.vectors[row], 10)
+        self_score = float(snap.vectors[row] @ snap.vectors[row])
+        if len(hits) and (
+            hits.ids[0] == docs[row].id or abs(float(hits.scores[0]) - self_score) <= 1e-5
+        ):
+            found += 1
+    if found < KNN_SMOKE_MIN_SHARE * len(sample):
         raise ValidationError(
-            f"kNN smoke query failed: {docs[row].id!r} is not its own nearest neighbour"
+            f"kNN smoke query failed: only {found} of {len(sample)} sampled documents "
+            "are their own nearest neighbour"
         )
 
 

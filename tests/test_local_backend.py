@@ -131,3 +131,36 @@ def test_title_shared_by_more_than_ten_better_scored_documents_still_builds(
     snap.bm25 = wrong_top  # type: ignore[method-assign,assignment]
     with pytest.raises(ValidationError, match="BM25 smoke query failed"):
         validate_snapshot(snap, docs)
+
+
+def test_knn_smoke_tolerates_a_rare_unreachable_node_but_not_misaligned_ids(
+    tmp_path: Path, encoder: Any, embedding_cache: EmbeddingCache
+) -> None:
+    """One sampled document the graph cannot reach (seen at 1M) does not refuse the version;
+    a graph whose ids are misaligned with the vectors (every row wrong) does."""
+    from indexing.backend import Hits
+    from indexing.build import validate_snapshot
+    from indexing.local_store import Snapshot
+
+    docs = list(CONTRACT_DOCS)
+    name = build_local_index(docs, tmp_path / "idx", encoder, IndexConfig(), cache=embedding_cache)
+    snap = Snapshot(tmp_path / "idx" / "versions" / name)
+    sample = np.random.default_rng(0).choice(len(docs), size=min(20, len(docs)), replace=False)
+    lost = docs[int(sample[0])].id
+    knn = snap.knn
+
+    def misses_one(vector: np.ndarray, k: int, *_: Any) -> Hits:
+        h = knn(vector, k + 1)
+        keep = [i for i, d in enumerate(h.ids) if d != lost][:k]
+        return Hits(ids=tuple(h.ids[i] for i in keep), scores=h.scores[keep])
+
+    snap.knn = misses_one  # type: ignore[method-assign,assignment]
+    validate_snapshot(snap, docs)
+
+    def shifted(vector: np.ndarray, k: int, *_: Any) -> Hits:
+        h = knn(vector, k + 1)
+        return Hits(ids=h.ids[1:], scores=h.scores[1:])
+
+    snap.knn = shifted  # type: ignore[method-assign,assignment]
+    with pytest.raises(ValidationError, match="kNN smoke query failed: only 0 of"):
+        validate_snapshot(snap, docs)
