@@ -12,7 +12,6 @@ the JSON report; prints a markdown table. Exit codes: 0 ok, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         from indexing.loaders import load_beir
         from ltr.evaluation import EvalConfig, EvalData, markdown_table, run_evaluation
         from search.config import RetrievalConfig
-        from search.replay import replay_index
+        from search.replay import replay_index, run_sync
 
         t0 = time.perf_counter()
         ds = load_beir(dataset)
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         features = _features(EvalConfig().features, args.add_features, args.drop_features)
         extra = _names(args.extra_retrievers, RetrievalConfig().extra_retrievers)
         RetrievalConfig(extra_retrievers=extra).validate()
-        rep = asyncio.run(
+        rep = run_sync(
             replay_index(index_dir, encoder, ds.queries, ds.qrels, features, extra_retrievers=extra)
         )
         log(

@@ -14,7 +14,6 @@ built (or reused) as scripts/evaluate.py does. Exit codes: 0 ok, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from ltr import features as F
     from ltr.evaluation import EvalConfig, EvalData
     from scripts.evaluate import prepare_index
-    from search.replay import replay_index
+    from search.replay import replay_index, run_sync
 
     t0 = time.perf_counter()
     names = tuple(EvalConfig().features)
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in dirs:
         ds = load_beir(d)
         index = prepare_index(d, Path(args.work_dir) / d.resolve().name, ds.corpus, encoder, log)
-        rep = asyncio.run(replay_index(index, encoder, ds.queries, ds.qrels, names))
+        rep = run_sync(replay_index(index, encoder, ds.queries, ds.qrels, names))
         data[d.resolve().name] = EvalData.from_replay(rep)
         log(f"replayed {d}: {len(data[d.resolve().name].queries)} judged queries")
     rows = transfer_table(data, names)

@@ -10,11 +10,12 @@ what any reranker can do, so it is computed here too.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +26,27 @@ from search.featurize import BehaviorSource, Featurized, Generator, featurize
 if TYPE_CHECKING:
     from indexing.encoders import Encoder
     from search.candidates import QueryVectorCache
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)`` for a coroutine with a big result (a ``Replay``).
+
+    On Python 3.11 and 3.12, asyncio.run restores its SIGINT handler through
+    ``signal.getsignal``, which builds an enum error message holding the repr of the finished
+    task, result included: for a 200-query replay a 23 MB string, about half the replay's
+    CPU (measured on the demo catalog). Handing the result back through a closure leaves
+    the task's result None. (Python 3.13 no longer builds that message.)
+    """
+    box: list[T] = []
+
+    async def main() -> None:
+        box.append(await coro)
+
+    asyncio.run(main())
+    return box[0]
+
 
 # Offline replay is not latency bound: generous stage timeouts so a busy machine never
 # drops a retriever (which would silently change the training data).

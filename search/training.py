@@ -19,7 +19,6 @@ command line over ``train``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -112,14 +111,14 @@ def replay_dataset(
     from indexing.loaders import load_beir
     from ltr.fusion import fusion_score, minmax, retriever_scores
     from ltr.types import RETRIEVERS
-    from search.replay import replay_index
+    from search.replay import replay_index, run_sync
 
     ds = load_beir(source.dataset, split=source.split)
     if encoder is None:
         encoder = _encoder(source.embedding, log)
     _ensure_index(source, ds.corpus, encoder, log)
     t0 = time.perf_counter()
-    rep = asyncio.run(
+    rep = run_sync(
         replay_index(
             source.index_dir,
             encoder,
@@ -229,7 +228,7 @@ def replay_log(
     from ltr.types import Query
     from search.aggregates import BehaviorAggregates
     from search.events import SqliteEventStore
-    from search.replay import replay_index
+    from search.replay import replay_index, run_sync
 
     assert source.index_dir is not None
     store = SqliteEventStore(source.db, read_only=True)
@@ -245,7 +244,7 @@ def replay_log(
     texts = list(dict.fromkeys(texts))
     encoder = encoder or _encoder(source.embedding, log)
     t0 = time.perf_counter()
-    rep = asyncio.run(
+    rep = run_sync(
         replay_index(
             source.index_dir, encoder, [Query(f"q{i}", t) for i, t in enumerate(texts)], {},
             names, source.retrieval.bm25_k, source.retrieval.knn_k,
