@@ -47,11 +47,13 @@ __all__ = [
     "Encoder",
     "SentenceTransformerEncoder",
     "calibrated_backend",
+    "calibration_texts",
     "check_texts",
     "cpu_description",
     "cpu_quantization",
     "default_model_path",
     "load_encoder",
+    "measure_docs_per_s",
 ]
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
@@ -354,11 +356,26 @@ CALIBRATION_FILE = "calibration.json"  # in EmbeddingConfig.export_dir
 CALIBRATION_TEXTS = 48
 
 
+def calibration_texts(n: int = CALIBRATION_TEXTS) -> list[str]:
+    """``n`` demo product texts (title + body, seed 7): what embedding speed is measured on."""
+    from indexing.demo_catalog import generate_products
+
+    return [f"{p.title}\n{p.text}" for p in generate_products(n, 7)]
+
+
+def measure_docs_per_s(encoder: Encoder, texts: Sequence[str]) -> float:
+    """Texts embedded per second by ``encoder`` after a warm-up on the first 8: the one
+    measurement behind the "auto" backend's choice and the demo's sizing (scripts/demo_size)."""
+    encoder.encode(texts[:8])
+    t0 = time.perf_counter()
+    encoder.encode(texts)
+    return len(texts) / max(time.perf_counter() - t0, 1e-9)
+
+
 def calibrated_backend(cfg: EmbeddingConfig) -> str:
     """The backend with the most docs/s on this machine: measured once per (CPU, threads,
     model) on CALIBRATION_TEXTS demo product texts (after a warm-up), then read from
     ``<export_dir>/calibration.json``, which also keeps the rates measured."""
-    from indexing.demo_catalog import generate_products
     from ltr.versions import write_atomic
 
     src = Path(cfg.model or default_model_path()).resolve()
@@ -374,14 +391,11 @@ def calibrated_backend(cfg: EmbeddingConfig) -> str:
             known = {}
     if key in known and known[key].get("backend") in BACKENDS:
         return str(known[key]["backend"])
-    texts = [f"{p.title}\n{p.text}" for p in generate_products(CALIBRATION_TEXTS, 7)]
+    texts = calibration_texts()
     rates: dict[str, float] = {}
     for backend in BACKENDS:
         enc = SentenceTransformerEncoder(replace(cfg, backend=backend, device="cpu"))  # type: ignore[arg-type]
-        enc.encode(texts[:8])
-        t0 = time.perf_counter()
-        enc.encode(texts)
-        rates[backend] = round(len(texts) / (time.perf_counter() - t0), 1)
+        rates[backend] = round(measure_docs_per_s(enc, texts), 1)
         del enc
     best = max(rates, key=rates.__getitem__)
     known[key] = {
