@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ltr.registry import ModelRegistry
+from search.experiment_store import LIVE
 
 
 def invert_model(model_dir: str | Path, version: str | None = None) -> str:
@@ -95,8 +96,9 @@ async def run_phase(
     batch: int = 100,
     until_decided: bool = True,
 ) -> dict[str, Any]:
-    """Start an experiment, drive ``traffic(batch)`` until the gate decides (or
-    ``max_seconds``), stop it if it still runs; the experiment's report and searches."""
+    """Start an experiment, drive ``traffic(batch)`` until the gate decides and, after a
+    promotion, its guardrail window ends (or ``max_seconds``); stop it if it is still live
+    (a live experiment blocks the next one); the experiment's report and searches."""
     exp = await admin(url, token, "POST", "/admin/experiments", dict(spec))
     eid = exp["experiment_id"]
     deadline = time.monotonic() + max_seconds
@@ -105,10 +107,10 @@ async def run_phase(
         stats = await traffic(batch)
         searches += int(stats["searches"])
         await asyncio.sleep(float(spec.get("gate", {}).get("every_s", 2.0)) + 0.1)
-        if until_decided and (await experiment(url, token, eid))["status"] != "active":
+        if until_decided and (await experiment(url, token, eid))["status"] not in LIVE:
             break
     got = await experiment(url, token, eid)
-    if got["status"] == "active":
+    if got["status"] in LIVE:
         await admin(url, token, "POST", f"/admin/experiments/{eid}/stop")
         got = await experiment(url, token, eid)
     got["searches"] = searches
@@ -173,9 +175,12 @@ async def demo_rollout(
         traffic, max_seconds=3.0, until_decided=False,
     )  # fmt: skip
     print_("\n".join(describe(out["shadow"])))
+    # a promotion is watched (guardrails on every request) before it is final: seconds here
+    watch = {"watch_s": 5.0}
     out["interleave"] = await run_phase(
-        url, token, {"candidate": candidate, "mode": "interleave", "gate": gate},
-        traffic, max_seconds=25.0,
+        url, token,
+        {"candidate": candidate, "mode": "interleave", "gate": gate, "guardrails": watch},
+        traffic, max_seconds=30.0,
     )  # fmt: skip
     print_("\n".join(describe(out["interleave"])))
     production = ModelRegistry(model_dir).promoted()
