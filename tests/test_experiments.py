@@ -420,3 +420,47 @@ def test_a_better_candidate_is_promoted_and_a_guardrail_breach_rolls_it_back(
             assert "ltrsearch_model_rollbacks_total 1" in metrics
 
     asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_demo_rollout_phase_runs_a_promotion_through_its_watch_window(
+    served: Served, registry: tuple[Path, str, str], beir_small: Path
+) -> None:
+    """scripts.demo_rollout.run_phase: a winning candidate is promoted, its guardrail window
+    runs to its end ("promoted"), and the next experiment can start (a still-watching one
+    refused it with 409 before)."""
+    from scripts.demo_rollout import run_phase
+
+    models, good, bad = registry
+    ModelRegistry(models).promote(bad)  # production is the bad ranker; the good one competes
+    url = served.url
+    queries, qrels = judged(beir_small)
+    calls = [0]
+
+    async def traffic(n: int) -> dict[str, Any]:
+        calls[0] += 1
+        return {"searches": len(await users(url, queries, qrels, n, seed=40 + calls[0]))}
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as s:
+            st, body, _ = await call(s, "POST", f"{url}/admin/reload", headers=AUTH)
+            assert st == 200 and body["model_version"] == bad
+        spec = {
+            "candidate": good,
+            "mode": "interleave",
+            "gate": FAST_GATE,
+            "guardrails": {"min_requests": 20, "watch_s": 1.0, "watch_min_requests": 20},
+        }
+        rep = await run_phase(url, ADMIN, spec, traffic, max_seconds=90.0, batch=40)
+        assert rep["status"] == "promoted", rep
+        assert [r["action"] for r in rep["log"] if r["action"] != "continue"] == [
+            "start", "promote", "watch_passed",
+        ]  # fmt: skip
+        assert ModelRegistry(models).promoted() == good
+        nxt = await start_exp(url, {"candidate": bad, "mode": "shadow", "gate": FAST_GATE})
+        async with aiohttp.ClientSession() as s:
+            stop = f"{url}/admin/experiments/{nxt['experiment_id']}/stop"
+            st, _, _ = await call(s, "POST", stop, headers=AUTH)
+            assert st == 200
+
+    asyncio.run(run())
