@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# the default catalog is 2,000 products; make demo DEMO_ARGS="--products 20000" for the full one
+# the demo sizes itself to finish in --budget seconds (default 300; README "What the demo's time
+# depends on"); make demo DEMO_ARGS="--products 20000" for the full catalog
 DEMO_ARGS ?=
 demo: $(STAMP)
 	$(PY) -m scripts.demo $(DEMO_ARGS)
