@@ -74,7 +74,7 @@ class Rates:
 # of each phase over the calibration's CPU seconds per query, in two demo runs on an Intel
 # Xeon (AVX-512 VNNI, 2 cores, shared: load 11-15) at 2,000/400/1,500 and 500/100/300, and
 # rounded up (README "What the demo's time depends on"). The rollout's experiments wait on
-# the clock (gate looks every 0.5 s, limits of 3 + 30 + 20 s): 23-67 s in six runs whatever
+# the clock (gate looks every 0.5 s, limits of 3 + 30 + 20 s): 21-67 s in eight runs whatever
 # the CPU, so its predicted time is clamped to ROLLOUT_S before the judged queries' NDCG is
 # measured again.
 COSTS: Mapping[str, tuple[float, float, float, float]] = {
