@@ -2,8 +2,8 @@
 time budget.
 
 The demo's first run is two kinds of work. Embedding every product once goes at the CPU's
-int8 speed (AVX-512 VNNI is ~10x an AVX2-only core, docs/benchmarks.md), so it is measured
-directly: ``indexing.encoders.measure_docs_per_s`` (the owner the "auto" backend's
+int8 speed (AVX-512 VNNI embeds several times faster than an AVX2-only CPU, README), so it
+is measured directly: ``indexing.encoders.measure_docs_per_s`` (the owner the "auto" backend's
 calibration uses) on a few dozen real catalog texts with the configured encoder. Everything
 else (replaying the judged queries, two trainings, the served searches of the simulated
 users, the rollout and drift steps) is measured as the seconds of one replayed query
