@@ -1,7 +1,7 @@
 """The BM25 engine of the local index: indexing (postings), scoring and top-k selection.
 
 Split as bm25s splits itself: tokenization is indexing.analysis.Analyzer, indexing is
-build_field_indexes / build_indexes_and_streams (postings and bm25s' Lucene-variant
+build_from_streams / build_field_indexes (postings and bm25s' Lucene-variant
 contributions, vectorized), scoring is FieldIndex (a per-field CSC score matrix) and
 lucene_idf, selection is top_k. Nothing here touches files: indexing.local_store stores
 and loads FieldIndex matrices, indexing.build feeds the analyzed fields in.
@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from indexing.term_streams import TermIds
 
 
 # --- scoring -----------------------------------------------------------------------------
@@ -162,20 +164,6 @@ def bm25s_vocab(tokens: Iterable[str]) -> dict[str, int]:
     return {t: i for i, t in enumerate(set(tokens))}
 
 
-def _flat_ids(
-    token_lists: Sequence[Sequence[str]], vocab: Mapping[str, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(term id of every token, in document order; token count per document)."""
-    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-    total = int(lengths.sum())
-    ids = np.fromiter(
-        map(vocab.__getitem__, itertools.chain.from_iterable(token_lists)),
-        dtype=np.int64,
-        count=total,
-    )
-    return ids, lengths
-
-
 def _postings(
     term: np.ndarray, doc: np.ndarray, n: int, n_terms: int, doc_order: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,13 +202,19 @@ def build_field_indexes(
     """BM25 indexes of each field and of all fields combined, vectorized.
 
     ``per_field[f][row]`` holds the analyzed terms of field f of a document. The combined
-    index equals bm25s over each document's fields concatenated; its token stream is the
-    per-field term ids mapped into its vocabulary, so nothing is concatenated or
-    re-analyzed. The result equals what bm25s.BM25(method="lucene").index builds with its
-    per-document Python loops (tests/test_fast_build.py proves it), at a fraction of the
-    cost: term ids once per token, then one sort per field.
+    index equals bm25s over each document's fields concatenated. The result equals what
+    bm25s.BM25(method="lucene").index builds with its per-document Python loops
+    (tests/test_fast_build.py proves it): term ids once per token, then build_from_streams.
     """
-    fields, combined, _ = build_indexes_and_streams(per_field, k1, b)
+    ids = TermIds()
+    streams = []
+    for token_lists in per_field:
+        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        flat = itertools.chain.from_iterable(token_lists)
+        streams.append(
+            (np.fromiter(map(ids.__getitem__, flat), np.int64, count=int(lengths.sum())), lengths)
+        )
+    fields, combined, _ = build_from_streams(ids.words, streams, k1, b)
     return fields, combined
 
 
@@ -228,49 +222,71 @@ def build_field_indexes(
 TermStream = tuple[np.ndarray, np.ndarray]
 
 
-def build_indexes_and_streams(
-    per_field: Sequence[Sequence[Sequence[str]]], k1: float, b: float
+def _vocab_of(
+    words: Sequence[str], order: np.ndarray, n_words: int
+) -> tuple[dict[str, int], np.ndarray]:
+    """(bm25s' vocabulary of the terms ``order`` lists in first-occurrence order, word id ->
+    vocabulary id). bm25s fills a set with every token in corpus order; a set only changes
+    on a new key, so the set of the distinct terms in first-occurrence order (passed as a
+    list, which set() iterates like any iterable) is the same set, in the same order."""
+    strings = [words[g] for g in order.tolist()]
+    vocab = bm25s_vocab(strings)
+    to_vocab = np.full(n_words, -1, dtype=np.int64)
+    to_vocab[order] = np.fromiter(map(vocab.__getitem__, strings), np.int64, count=len(order))
+    return vocab, to_vocab
+
+
+def build_from_streams(
+    words: Sequence[str], streams: Sequence[TermStream], k1: float, b: float
 ) -> tuple[list[FieldIndex], FieldIndex, list[TermStream]]:
-    """build_field_indexes, plus each field's token stream in combined-vocabulary ids
-    (what write_term_store stores)."""
-    n = len(per_field[0]) if per_field else 0
+    """BM25 indexes of each field and of all fields combined from integer term streams
+    (indexing.term_streams: ids into ``words``, tokens per document), plus each field's
+    stream in combined-vocabulary ids (what write_term_store stores).
+
+    Vocabulary ids follow bm25s (the order of a set filled in corpus order, for the
+    combined field document by document, field by field), derived from each term's first
+    occurrence; postings, df and document lengths come from the streams alone.
+    """
+    n = len(streams[0][1]) if streams else 0
+    n_words = len(words)
     fields: list[FieldIndex] = []
-    streams: list[tuple[dict[str, int], np.ndarray, np.ndarray]] = []
-    field_lengths: list[np.ndarray] = []
+    field_docs: list[np.ndarray] = []
+    firsts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (word, doc, position)
     all_lengths = np.zeros(n, dtype=np.int64)
-    for token_lists in per_field:
-        if len(token_lists) != n:
+    for ids, lengths in streams:
+        if len(lengths) != n:
             raise ValueError("every field needs one token list per document")
-        vocab = bm25s_vocab(itertools.chain.from_iterable(token_lists))
-        ids, lengths = _flat_ids(token_lists, vocab)
-        field_lengths.append(lengths)
         all_lengths += lengths
+        docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        field_docs.append(docs)
         if not len(ids):  # bm25s divides by the average length; nothing to index
             fields.append(FieldIndex.empty(n))
-            streams.append((vocab, ids, np.zeros(0, dtype=np.int64)))
+            firsts.append((ids, docs, docs))
             continue
-        docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        term, doc, tf = _postings(ids, docs, n, len(vocab))
+        uniq, first = np.unique(ids, return_index=True)
+        order = uniq[np.argsort(first, kind="stable")]
+        vocab, to_vocab = _vocab_of(words, order, n_words)
+        term, doc, tf = _postings(to_vocab[ids], docs, n, len(vocab))
         fields.append(FieldIndex.from_postings(vocab, term, doc, tf, lengths, k1, b))
-        streams.append((vocab, ids, docs))
-    if not any(len(ids) for _, ids, _ in streams):
+        row_start = np.cumsum(lengths) - lengths
+        firsts.append((uniq, docs[first], first - row_start[docs[first]]))
+    if not any(len(ids) for ids, _ in streams):
         empty = np.zeros(0, dtype=np.int64)
-        return fields, FieldIndex.empty(n), [(empty, ln) for ln in field_lengths]
-    chain = itertools.chain.from_iterable
-    vocab_all = bm25s_vocab(chain(chain(zip(*per_field, strict=True))))
-    all_terms: list[np.ndarray] = []
-    for vocab, ids, _ in streams:
-        to_all = np.fromiter(map(vocab_all.__getitem__, vocab), dtype=np.int64, count=len(vocab))
-        all_terms.append(to_all[ids])
+        return fields, FieldIndex.empty(n), [(empty, ln) for _, ln in streams]
+    # first occurrence of each word over documents, then fields, then positions
+    word = np.concatenate([w for w, _, _ in firsts])
+    doc = np.concatenate([d for _, d, _ in firsts])
+    pos = np.concatenate([p for _, _, p in firsts])
+    fld = np.repeat(np.arange(len(firsts)), [len(w) for w, _, _ in firsts])
+    by_key = word[np.lexsort((pos, fld, doc))]
+    _, first_in_key = np.unique(by_key, return_index=True)
+    vocab_all, to_all = _vocab_of(words, by_key[np.sort(first_in_key)], n_words)
+    all_terms = [to_all[ids] for ids, _ in streams]
     merged = _postings(
-        np.concatenate(all_terms),
-        np.concatenate([d for *_, d in streams]),
-        n,
-        len(vocab_all),
-        doc_order=False,
+        np.concatenate(all_terms), np.concatenate(field_docs), n, len(vocab_all), doc_order=False
     )
     combined = FieldIndex.from_postings(vocab_all, *merged, all_lengths, k1, b)
-    return fields, combined, list(zip(all_terms, field_lengths, strict=True))
+    return fields, combined, [(t, ln) for t, (_, ln) in zip(all_terms, streams, strict=True)]
 
 
 # --- selection ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ build. rollback points CURRENT back; both hold the index's lock.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,14 +29,15 @@ import numpy as np
 from indexing import layout
 from indexing.analysis import Analyzer
 from indexing.ann import build_ann
-from indexing.bm25 import build_indexes_and_streams
+from indexing.bm25 import build_from_streams
 from indexing.config import IndexConfig
 from indexing.documents import Document, check_unique_ids, embedding_text
 from indexing.embedding_cache import EmbeddingCache, embed_texts
 from indexing.encoders import Encoder
 from indexing.errors import IndexingError, IndexNotFoundError, ValidationError
-from indexing.local_store import Snapshot, doc_line, save_field_index, write_blobs
+from indexing.local_store import Snapshot, _LineStore, doc_line, save_field_index, write_blobs
 from indexing.term_store import write_term_store
+from indexing.term_streams import PreviousTerms, analyze_fields
 from ltr.versions import LockBusyError, VersionedDir
 
 log = logging.getLogger(__name__)
@@ -97,15 +100,25 @@ def text_field_names(docs: Sequence[Document]) -> tuple[str, ...]:
     return ("title", "body", *sorted({f for d in docs for f in d.extra}))
 
 
-def _field_texts(docs: Sequence[Document], text_fields: Sequence[str]) -> list[list[str]]:
+def _field_texts(
+    docs: Sequence[Document], text_fields: Sequence[str], rows: list[int] | None = None
+) -> list[list[str]]:
+    """texts[field][row]; with ``rows``, only those rows' texts ("" elsewhere)."""
     out = []
+    pick = docs if rows is None else [docs[i] for i in rows]
     for name in text_fields:
         if name == "title":
-            out.append([d.title for d in docs])
+            col = [d.title for d in pick]
         elif name == "body":
-            out.append([d.body for d in docs])
+            col = [d.body for d in pick]
         else:
-            out.append([d.extra.get(name, "") for d in docs])
+            col = [d.extra.get(name, "") for d in pick]
+        if rows is not None:
+            full = [""] * len(docs)
+            for i, t in zip(rows, col, strict=True):
+                full[i] = t
+            col = full
+        out.append(col)
     return out
 
 
@@ -117,21 +130,39 @@ def write_bm25(
     b: float,
     stopwords: str,
     stemmer: str,
-) -> None:
-    """Analyze every text field and write the BM25 matrices and the term store of a version.
+    previous: str | None = None,
+    reuse_rows: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Analyze the text fields and write the BM25 matrices and the term store of a version;
+    returns the seconds of each stage (analysis, bm25, term_store).
 
-    The analyzer's token cache makes every token after its first occurrence a C-level
-    dict hit; the combined field is merged from the per-field postings, not re-analyzed.
+    Each distinct text is analyzed once and becomes integer term streams
+    (indexing.term_streams); with ``previous`` (a version whose term store holds the same
+    fields under the same analyzer), rows with ``reuse_rows[row] >= 0`` take that
+    previous row's terms instead of being analyzed. Matrices, statistics and the term
+    store come out as a full analysis of the same texts would make them.
     """
     path = Path(path)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
     analyzer = Analyzer(stopwords, stemmer)
-    per_field = [analyzer.terms_many(t) for t in texts]
-    fields, combined, streams = build_indexes_and_streams(per_field, k1, b)
+    prev = None
+    if previous is not None and reuse_rows is not None:
+        prev = PreviousTerms.load(Path(previous), reuse_rows)
+    words, streams = analyze_fields(analyzer, texts, prev)
+    del prev
+    t1 = time.perf_counter()
+    fields, combined, stored = build_from_streams(words, streams, k1, b)
+    del streams
     (path / layout.BM25_DIR).mkdir()
     for name, fi in zip(text_fields, fields, strict=True):
         save_field_index(fi, layout.bm25_field(path, name))
     save_field_index(combined, layout.bm25_field(path, layout.COMBINED))
-    write_term_store(path, per_field, streams)
+    t2 = time.perf_counter()
+    write_term_store(path, stored)
+    t3 = time.perf_counter()
+    times.update(analysis=t1 - t0, bm25=t2 - t1, term_store=t3 - t2)
+    return times
 
 
 # Corpora at least this large get their BM25 side (analysis, matrices, terms store) built
@@ -153,19 +184,35 @@ def _parallel_by_default(n: int) -> bool:
 
 
 class _BM25Build:
-    """The BM25 side of a build: inline, or in a child process started right away."""
+    """The BM25 side of a build: inline, or in a child process started right away.
 
-    def __init__(self, path: Path, docs: Sequence[Document], cfg: IndexConfig, parallel: bool):
+    ``reuse``: (previous version, previous row of each row or -1), when the previous
+    version's term store can serve the unchanged rows (see _reusable_terms); the texts of
+    those rows are then not even collected.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        docs: Sequence[Document],
+        cfg: IndexConfig,
+        parallel: bool,
+        reuse: tuple[Path, np.ndarray] | None = None,
+    ):
         self.text_fields = text_field_names(docs)
+        todo = None if reuse is None else np.flatnonzero(reuse[1] < 0).tolist()
         self.job: dict[str, Any] = {
             "path": str(path),
-            "texts": _field_texts(docs, self.text_fields),
+            "texts": _field_texts(docs, self.text_fields, todo),
             "text_fields": self.text_fields,
             "k1": cfg.k1,
             "b": cfg.b,
             "stopwords": cfg.stopwords,
             "stemmer": cfg.stemmer,
+            "previous": None if reuse is None else str(reuse[0]),
+            "reuse_rows": None if reuse is None else reuse[1],
         }
+        self.times: dict[str, float] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.job_file = path / layout.BM25_JOB
         self.err_file = path / layout.BM25_JOB_ERR
@@ -188,12 +235,15 @@ class _BM25Build:
     def finish(self) -> None:
         """Wait for (or do) the BM25 side; raises IndexingError if the process failed."""
         if self.proc is None:
-            write_bm25(**self.job)
+            self.times = write_bm25(**self.job)
             return
         rc = self.proc.wait()
         err = self.err_file.read_text(encoding="utf-8", errors="replace")[-2000:]
-        self.job_file.unlink(missing_ok=True)
-        self.err_file.unlink(missing_ok=True)
+        times_file = self.job_file.with_name(layout.BM25_JOB_TIMES)
+        if rc == 0 and times_file.is_file():
+            self.times = json.loads(times_file.read_text(encoding="utf-8"))
+        for f in (self.job_file, self.err_file, times_file):
+            f.unlink(missing_ok=True)
         if rc != 0:
             raise IndexingError(f"BM25 build process exited with {rc}: {err.strip()}")
 
@@ -207,7 +257,8 @@ def _bm25_job(job_file: str) -> None:
     """Entry point of the BM25 build process (see _BM25Build)."""
     with open(job_file, "rb") as f:
         job = pickle.load(f)
-    write_bm25(**job)
+    times = write_bm25(**job)
+    Path(job_file).with_name(layout.BM25_JOB_TIMES).write_text(json.dumps(times))
 
 
 # --- the other files ------------------------------------------------------------------
@@ -220,13 +271,27 @@ def _attr_matrix(docs: Sequence[Document], attr_names: Sequence[str]) -> np.ndar
     return attrs
 
 
+class Stages(dict[str, float]):
+    """Seconds spent per stage of a build (what scripts/benchmark_scale.py reports)."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+
+
 def _write_version(
     path: Path,
     docs: list[Document],
+    lines: list[bytes],
     vectors: np.ndarray,
     version: str,
     model_id: str,
     cfg: IndexConfig,
+    stages: Stages,
     previous: Path | None = None,
     bm25: _BM25Build | None = None,
 ) -> None:
@@ -238,22 +303,28 @@ def _write_version(
     )
     n = len(docs)
 
-    np.save(path / layout.VECTORS, vectors)
+    with stages("write"):
+        np.save(path / layout.VECTORS, vectors)
     ann = n > cfg.ann_threshold
     ann_build: dict[str, Any] = {}
     if ann:
-        ids = [d.id for d in docs]
-        ann_build = build_ann(path, ids, vectors, previous, model_id)
+        with stages("graph"):
+            ids = [d.id for d in docs]
+            ann_build = build_ann(path, ids, vectors, previous, model_id)
 
-    np.save(path / layout.ATTRS, _attr_matrix(docs, attr_names))
-    categories = sorted({d.category for d in docs if d.category is not None})
-    code = {c: i for i, c in enumerate(categories)}
-    cat = np.array([code.get(d.category, -1) if d.category is not None else -1 for d in docs])
-    np.save(path / layout.CATEGORY, cat.astype(np.int32))
-    (path / layout.CATEGORIES).write_text(json.dumps(categories), encoding="utf-8")
-    (path / layout.IDS).write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
-    write_blobs(path / layout.DOCS, [doc_line(d) for d in docs])
-    bm25.finish()
+    with stages("write"):
+        np.save(path / layout.ATTRS, _attr_matrix(docs, attr_names))
+        categories = sorted({d.category for d in docs if d.category is not None})
+        code = {c: i for i, c in enumerate(categories)}
+        cat = np.array([code.get(d.category, -1) if d.category is not None else -1 for d in docs])
+        np.save(path / layout.CATEGORY, cat.astype(np.int32))
+        (path / layout.CATEGORIES).write_text(json.dumps(categories), encoding="utf-8")
+        (path / layout.IDS).write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
+        write_blobs(path / layout.DOCS, lines)
+    with stages("bm25_wait" if bm25.proc is not None else "bm25_inline"):
+        bm25.finish()
+    for name, secs in bm25.times.items():
+        stages[name] = secs
 
     manifest = {
         "format": layout.FORMAT_VERSION,
@@ -277,6 +348,90 @@ def _write_version(
     tmp = path / layout.MANIFEST_TMP
     tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, path / layout.MANIFEST)
+
+
+# --- what a build takes from the previous version ------------------------------------
+def unchanged_rows(
+    previous: Path | None, docs: Sequence[Document], lines: Sequence[bytes]
+) -> np.ndarray | None:
+    """Per document, the row of the previous version that stored the very same document
+    (same stored line: same id, texts, category and attributes), else -1; None when there
+    is no readable previous version."""
+    if previous is None:
+        return None
+    try:
+        prev_ids = json.loads((previous / layout.IDS).read_text(encoding="utf-8"))
+        store = _LineStore(previous / layout.DOCS)
+    except (OSError, ValueError) as e:
+        log.warning("previous version %s unreadable for reuse: %s", previous, e)
+        return None
+    try:
+        row_of = dict(zip(prev_ids, itertools.count()))
+        rows = np.fromiter((row_of.get(d.id, -1) for d in docs), np.int64, count=len(docs))
+        raw = store.raw
+        for i in np.flatnonzero(rows >= 0).tolist():
+            if raw(int(rows[i])) != lines[i]:
+                rows[i] = -1
+    finally:
+        store.close()
+    return rows
+
+
+def _previous_manifest(previous: Path) -> dict[str, Any] | None:
+    try:
+        m: dict[str, Any] = json.loads((previous / layout.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return m if m.get("format") in layout.READABLE_FORMATS else None
+
+
+def _reusable_terms(previous: Path, text_fields: Sequence[str], cfg: IndexConfig) -> bool:
+    """Whether the previous version's term store holds the same fields, analyzed alike."""
+    m = _previous_manifest(previous)
+    return (
+        m is not None
+        and int(m["format"]) >= 3
+        and m.get("text_fields") == list(text_fields)
+        and m.get("analyzer") == Analyzer(cfg.stopwords, cfg.stemmer).settings()
+        and all(
+            (previous / f).is_file()
+            for f in (layout.TERM_SEQS, layout.TERM_IDS, layout.TERM_OFFSETS)
+        )
+    )
+
+
+def _document_vectors(
+    encoder: Encoder,
+    docs: Sequence[Document],
+    cache: EmbeddingCache | None,
+    progress: bool,
+    previous: Path | None,
+    rows: np.ndarray | None,
+) -> np.ndarray:
+    """Vectors of the documents: an unchanged document's from the previous version (same
+    model and dimension: the vector it served), the others through the cache/encoder."""
+    m = _previous_manifest(previous) if previous is not None and rows is not None else None
+    if (
+        m is None
+        or rows is None
+        or previous is None
+        or m.get("model_id") != encoder.model_id
+        or int(m.get("dim", -1)) != encoder.dim
+        or not (rows >= 0).any()
+    ):
+        return embed_texts(
+            encoder, [embedding_text(d) for d in docs], cache=cache, progress=progress
+        )
+    prev = layout.load_mapped(previous / layout.VECTORS)
+    keep = rows >= 0
+    out = np.empty((len(docs), encoder.dim), dtype=np.float32)
+    out[keep] = prev[rows[keep]]
+    todo = np.flatnonzero(~keep).tolist()
+    if todo:
+        out[todo] = embed_texts(
+            encoder, [embedding_text(docs[i]) for i in todo], cache=cache, progress=progress
+        )
+    return out
 
 
 # --- validation and publishing --------------------------------------------------------
@@ -361,12 +516,18 @@ def build_local_index(
     cache: EmbeddingCache | None = None,
     progress: bool = False,
     parallel: bool | None = None,
+    *,
+    reuse_previous: bool = True,
+    stages: dict[str, float] | None = None,
 ) -> str:
     """Build, validate and atomically publish a new version; returns its name.
 
     On any failure (bad input, embedding error, validation) nothing is published and the
     previous CURRENT keeps serving. ``parallel``: build the BM25 side in a second process
-    (default: for PARALLEL_MIN_DOCS documents or more unless every core is busy).
+    (default: for PARALLEL_MIN_DOCS documents or more to analyze unless every core is
+    busy). ``reuse_previous``: documents stored unchanged in the current version keep its
+    analyzed terms, vector and graph node (the result answers as a full build does);
+    False builds everything from scratch. ``stages`` receives the seconds per stage.
     """
     cfg = cfg or IndexConfig()
     try:
@@ -377,34 +538,58 @@ def build_local_index(
     dirs.versions_dir.mkdir(parents=True, exist_ok=True)
     docs = list(docs)
     check_unique_ids(docs)
+    clock = Stages()
+    t_start = time.perf_counter()
 
     with _build_lock(dirs):
         for stale in dirs.clear_stale():  # left by a killed build
             log.warning("removed stale build directory %s", stale)
         tmp = dirs.stage()
-        if parallel is None:
-            parallel = _parallel_by_default(len(docs))
         bm25: _BM25Build | None = None
         try:
             version = dirs.new_name()
-            bm25 = _BM25Build(tmp, docs, cfg, parallel)
-            texts = [embedding_text(d) for d in docs]
-            vectors = embed_texts(encoder, texts, cache=cache, progress=progress)
-            vectors = _check_vectors(vectors, len(docs), encoder.dim)
             cur = dirs.current()
-            previous = dirs.path(cur) if cur else None
-            _write_version(tmp, docs, vectors, version, encoder.model_id, cfg, previous, bm25)
-            snap = Snapshot(tmp)
-            try:
-                validate_snapshot(snap, docs)
-            finally:
-                snap.close()
-            dirs.publish(tmp, version)
-            dirs.point_to(version)
+            previous = dirs.path(cur) if cur and reuse_previous else None
+            with clock("write"):
+                lines = [doc_line(d) for d in docs]
+            with clock("compare"):
+                rows = unchanged_rows(previous, docs, lines)
+            reuse = None
+            if (
+                previous is not None
+                and rows is not None
+                and (rows >= 0).any()
+                and _reusable_terms(previous, text_field_names(docs), cfg)
+            ):
+                reuse = (previous, rows)
+            n_todo = len(docs) if reuse is None else int(np.count_nonzero(reuse[1] < 0))
+            if parallel is None:
+                parallel = _parallel_by_default(n_todo)
+            with clock("bm25_start"):
+                bm25 = _BM25Build(tmp, docs, cfg, parallel, reuse)
+            with clock("vectors"):
+                vectors = _document_vectors(encoder, docs, cache, progress, previous, rows)
+                vectors = _check_vectors(vectors, len(docs), encoder.dim)
+            _write_version(
+                tmp, docs, lines, vectors, version, encoder.model_id, cfg, clock, previous, bm25
+            )
+            with clock("validate"):
+                snap = Snapshot(tmp)
+                try:
+                    validate_snapshot(snap, docs)
+                finally:
+                    snap.close()
+            with clock("publish"):
+                dirs.publish(tmp, version)
+                dirs.point_to(version)
         except BaseException:
             if bm25 is not None:
                 bm25.cancel()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _prune(dirs, cfg.keep_versions)
+    if stages is not None:
+        stages.update(clock)
+        stages["total"] = time.perf_counter() - t_start
+        stages["reused_rows"] = 0 if rows is None else float((rows >= 0).sum())
     return version

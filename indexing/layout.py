@@ -84,6 +84,7 @@ OFFSETS_SUFFIX = ".offsets.npy"  # beside a JSON-lines file: the byte offset of 
 MANIFEST_TMP = "manifest.json.tmp"
 BM25_JOB = ".bm25-job.pickle"
 BM25_JOB_ERR = ".bm25-job.err"
+BM25_JOB_TIMES = ".bm25-job.times.json"
 
 
 def index_versions(index_dir: str | Path) -> VersionedDir:

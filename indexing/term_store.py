@@ -8,6 +8,7 @@ once, not once per product. File names come from indexing.layout.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,40 +16,35 @@ import numpy as np
 
 from indexing.bm25 import TermStream
 from indexing.layout import TERM_IDS, TERM_OFFSETS, TERM_SEQS, load_mapped
+from indexing.term_streams import slices
 
 
-def _slices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Positions of the concatenated slices [starts[i], starts[i] + lengths[i])."""
-    if not len(lengths):
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    pos = np.arange(int(ends[-1]), dtype=np.int64)
-    pos += np.repeat(starts - (ends - lengths), lengths)
-    return pos
-
-
-def write_term_store(
-    path: Path, per_field: Sequence[Sequence[tuple[str, ...]]], streams: Sequence[TermStream]
-) -> None:
-    """Write a version's analyzed terms in format 3 (see TermStore).
+def write_term_store(path: Path, streams: Sequence[TermStream]) -> None:
+    """Write a version's analyzed terms in format 3 (see TermStore) from each field's
+    combined-vocabulary token stream (indexing.bm25.build_from_streams).
 
     Term sequences are deduplicated across rows and fields (a brand, a color, a size is
-    stored once, not once per product); a sequence's ids are gathered from the combined-
-    vocabulary token streams BM25 indexing already computed, so nothing is encoded again.
+    stored once, not once per product), numbered in order of first occurrence, field by
+    field; a row's sequence is keyed by the bytes of its ids, so nothing is decoded.
     """
-    n = len(per_field[0]) if per_field else 0
-    seqs = np.zeros((len(per_field), n), dtype=np.int32)
-    seq_of: dict[tuple[str, ...], int] = {}
+    n = len(streams[0][1]) if streams else 0
+    seqs = np.zeros((len(streams), n), dtype=np.int32)
+    seq_of: dict[bytes, int] = {}
     parts: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
-    for j, (token_lists, (ids, field_lengths)) in enumerate(zip(per_field, streams, strict=True)):
-        local = list(dict.fromkeys(token_lists))  # distinct sequences, first occurrence first
+    for j, (ids, field_lengths) in enumerate(streams):
+        ids32 = ids.astype(np.int32)
+        buf = ids32.tobytes()
+        ends = np.cumsum(field_lengths)
+        starts = ends - field_lengths
+        keys = list(map(buf.__getitem__, map(slice, (4 * starts).tolist(), (4 * ends).tolist())))
+        local = list(dict.fromkeys(keys))  # distinct sequences, first occurrence first
         if len(local) == n and n:  # every row distinct: first occurrences are the rows
             local_ids = np.arange(n, dtype=np.int64)
             first_rows = local_ids
         else:
-            local_of = {t: i for i, t in enumerate(local)}
-            local_ids = np.fromiter(map(local_of.__getitem__, token_lists), np.int64, count=n)
+            local_of = dict(zip(local, itertools.count()))
+            local_ids = np.fromiter(map(local_of.__getitem__, keys), np.int64, count=n)
             _, first_rows = np.unique(local_ids, return_index=True)
         to_global = np.empty(len(local), dtype=np.int64)
         new: list[int] = []
@@ -62,17 +58,16 @@ def write_term_store(
         if not new:
             continue
         rows = first_rows[np.asarray(new, dtype=np.int64)]
-        starts = np.cumsum(field_lengths) - field_lengths
         if len(rows) == n:  # every row is a new sequence, in row order: the whole stream
-            parts.append(ids)
+            parts.append(ids32)
             lengths.append(field_lengths)
         else:
-            parts.append(ids[_slices(starts[rows], field_lengths[rows])])
+            parts.append(ids32[slices(starts[rows], field_lengths[rows])])
             lengths.append(field_lengths[rows])
     offsets = np.zeros(len(seq_of) + 1, dtype=np.int64)
     if lengths:
         np.cumsum(np.concatenate(lengths), out=offsets[1:])
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
     np.save(path / TERM_IDS, flat.astype(np.int32))
     np.save(path / TERM_OFFSETS, offsets)
     np.save(path / TERM_SEQS, seqs)
@@ -122,7 +117,7 @@ class TermStore:
             need = int((self.offsets[miss + 1] - self.offsets[miss]).sum())
         starts = self.offsets[miss]
         counts = self.offsets[miss + 1] - starts
-        words = self.words[self.ids[_slices(starts, counts)]].tolist()
+        words = self.words[self.ids[slices(starts, counts)]].tolist()
         pos = 0
         for s, k in zip(miss.tolist(), counts.tolist(), strict=True):
             tuples[s] = tuple(words[pos : pos + k])
@@ -154,4 +149,4 @@ class TermStore:
         if not every:
             lens[:, ~known] = 0
         starts, lens = starts.ravel(), lens.ravel()
-        return self.ids[_slices(starts, lens)], lens
+        return self.ids[slices(starts, lens)], lens
