@@ -592,4 +592,5 @@ def build_local_index(
         stages.update(clock)
         stages["total"] = time.perf_counter() - t_start
         stages["reused_rows"] = 0 if rows is None else float((rows >= 0).sum())
+        stages["analyzed_rows"] = float(n_todo)
     return version

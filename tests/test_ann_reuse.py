@@ -7,6 +7,7 @@ threshold is lowered so a 600-document corpus gets a graph.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,98 @@ def test_incremental_reindex_answers_as_a_full_rebuild(
         inc.close()
         full.close()
         cache.close()
+
+
+def _bm25_files(version: Path) -> dict[str, str]:
+    """Digests of everything the BM25 side writes (matrices, vocabularies, term store)."""
+    d = tree_digest(version)
+    return {k: v for k, v in d.items() if k.startswith("bm25/") or k.startswith("term_")}
+
+
+def test_incremental_bm25_reuses_unchanged_rows_and_equals_a_full_rebuild(
+    setup: Any, encoder: Any, tmp_path: Path
+) -> None:
+    """Deleted, changed (title, body, an extra field), added and moved documents: only the
+    changed and added ones are analyzed, yet the BM25 matrices, vocabularies (df, avgdl) and
+    term store are byte for byte those of a full rebuild, and both answer the same."""
+    root, cache, docs = setup
+    docs = [
+        Document(
+            id=d.id,
+            title=d.title,
+            body=d.body,
+            extra={"color": ["red", "blue", "green"][i % 3], "brand": f"brand{i % 7}"},
+            attrs=d.attrs,
+            category=d.category,
+        )
+        for i, d in enumerate(docs)
+    ]
+    fill(cache, encoder, docs, seed=21)
+    build_local_index(docs, root, encoder, CFG, cache=cache)
+    edits = {
+        40: {"title": "zeppelin lantern"},  # a term no document had
+        41: {"body": "only words"},  # drops this row's body terms
+        42: {"extra": {"color": "red", "brand": "acme"}},
+        43: {"title": ""},
+    }
+    changed = [dataclasses.replace(docs[i], **kw) for i, kw in edits.items()]  # type: ignore[arg-type]
+    added = [
+        dataclasses.replace(d, extra={"color": "teal", "brand": "new"})
+        for d in make_docs(25, start=N, tag="fresh")
+    ]
+    # rows 0-29 deleted (their unique "item N" terms vanish), rows shuffled, 25 added
+    kept = [d for d in docs[30:] if d.id not in {c.id for c in changed}]
+    new_docs = kept[::-1][:300] + changed + added + kept[::-1][300:]
+    fill(cache, encoder, changed + added, seed=22)
+
+    stages: dict[str, float] = {}
+    v_inc = build_local_index(new_docs, root, encoder, CFG, cache=cache, stages=stages)
+    assert stages["reused_rows"] == len(kept)
+    assert stages["analyzed_rows"] == len(changed) + len(added)
+    v_full = build_local_index(new_docs, tmp_path / "full", encoder, CFG, cache=cache)
+    inc_dir, full_dir = root / "versions" / v_inc, tmp_path / "full" / "versions" / v_full
+    assert _bm25_files(inc_dir) == _bm25_files(full_dir)
+    for name in ("vectors.npy", "docs.jsonl", "ids.json", "attrs.npy"):
+        assert (inc_dir / name).read_bytes() == (full_dir / name).read_bytes(), name
+    inc, full = Snapshot(inc_dir), Snapshot(full_dir)
+    try:
+        for q in ("zeppelin", "red lantern", "item 5", "acme", "teal fresh", "body of 77"):
+            for field in (None, "title", "body", "color", "brand"):
+                a, b = inc.bm25(q, 50, field), full.bm25(q, 50, field)
+                assert a.ids == b.ids
+                np.testing.assert_array_equal(a.scores, b.scores)
+        assert inc.bm25("zeppelin", 5).ids == (docs[40].id,)
+        assert inc.bm25("item 5", 5).ids[0] != docs[5].id  # deleted
+        for q in clustered(10, encoder.dim, seed=23):
+            a, b = inc.knn_exact(q, 10), full.knn_exact(q, 10)
+            assert a.ids == b.ids
+        ids = [d.id for d in new_docs[295:330]]
+        assert inc.doc_terms(ids) == full.doc_terms(ids)
+    finally:
+        inc.close()
+        full.close()
+        cache.close()
+
+
+def test_other_text_fields_or_analyzer_analyze_everything(
+    setup: Any, encoder: Any, tmp_path: Path
+) -> None:
+    """A previous version with other text fields or another analyzer lends no terms."""
+    root, cache, docs = setup
+    build_local_index(docs, root, encoder, CFG, cache=cache)
+    stages: dict[str, float] = {}
+    other = dataclasses.replace(CFG, stemmer="")
+    v2 = build_local_index(docs, root, encoder, other, cache=cache, stages=stages)
+    assert (stages["reused_rows"], stages["analyzed_rows"]) == (N, N)
+    v_full = build_local_index(docs, tmp_path / "full", encoder, other, cache=cache)
+    assert _bm25_files(root / "versions" / v2) == _bm25_files(
+        tmp_path / "full" / "versions" / v_full
+    )
+    with_extra = [dataclasses.replace(d, extra={"color": "red"}) for d in docs]
+    fill(cache, encoder, with_extra, seed=24)
+    v3 = build_local_index(with_extra, root, encoder, other, cache=cache)
+    v_full3 = build_local_index(with_extra, tmp_path / "full3", encoder, other, cache=cache)
+    assert _bm25_files(root / "versions" / v3) == _bm25_files(
+        tmp_path / "full3" / "versions" / v_full3
+    )
+    cache.close()
