@@ -29,7 +29,11 @@ _split = re.compile(TOKEN_PATTERN).findall
 _ASCII_WORDS = str.maketrans(
     {i: chr(i).lower() if chr(i).isalnum() or chr(i) == "_" else " " for i in range(128)}
 )
-_STEM_CACHE_MAX = 1_000_000  # distinct tokens remembered: bounds memory on huge vocabularies
+# Joins the texts split in one pass (split_ascii_texts): kept as its own token by
+# _ASCII_SPLIT, never produced by a text that lacks it.
+SEPARATOR = "\x01"
+_ASCII_SPLIT = {**_ASCII_WORDS, ord(SEPARATOR): SEPARATOR}
+STEM_CACHE_MAX = 1_000_000  # distinct tokens remembered: bounds memory on huge vocabularies
 
 
 def _stopwords(name: str) -> frozenset[str]:
@@ -81,9 +85,16 @@ class _TermMap(dict[str, str | None]):
                 term = self.stemmer.stemWord(token)
             if term == "":
                 self.empty_stem = True
-        if len(self) < _STEM_CACHE_MAX:
+        if len(self) < STEM_CACHE_MAX:
             self[token] = term
         return term
+
+
+def split_ascii_texts(texts: Sequence[str]) -> list[str]:
+    """The tokens of ASCII texts that lack SEPARATOR, each text's followed by SEPARATOR:
+    what Analyzer.tokens gives per text, from one translate and one split for them all."""
+    sep = f" {SEPARATOR} "
+    return (sep.join(texts) + sep).translate(_ASCII_SPLIT).split()
 
 
 class Analyzer:
@@ -110,11 +121,19 @@ class Analyzer:
 
     def terms(self, text: str) -> tuple[str, ...]:
         """Analyzed terms of ``text`` in order (duplicates kept: they carry term frequency)."""
-        tokens = text.translate(_ASCII_WORDS).split() if text.isascii() else _split(text.lower())
+        tokens = self.tokens(text)
         out = tuple(filter(None, map(self._lookup, tokens)))
         if self._map.empty_stem:  # some token stems to "": keep it, drop only stopwords
             return tuple(t for t in map(self._lookup, tokens) if t is not None)
         return out  # type: ignore[arg-type]
+
+    def term(self, token: str) -> str | None:
+        """The term of one lowercased token (None: dropped, a stopword or too short)."""
+        return self._lookup(token)
+
+    def tokens(self, text: str) -> list[str]:
+        """The lowercased tokens of ``text`` that terms() maps, in order."""
+        return text.translate(_ASCII_WORDS).split() if text.isascii() else _split(text.lower())
 
     def terms_many(self, texts: Sequence[str]) -> list[tuple[str, ...]]:
         """terms() over many texts (the token cache makes a corpus pass cheap)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexing.term_streams import TermIds
+from indexing.term_streams import TermIds, slices
 
 
 # --- scoring -----------------------------------------------------------------------------
@@ -236,6 +236,15 @@ def _vocab_of(
     return vocab, to_vocab
 
 
+def _first_occurrences(ids: np.ndarray, n_words: int) -> np.ndarray:
+    """The distinct values of ``ids`` (all in [0, n_words)) in order of first occurrence:
+    the first position of each value by an unbuffered minimum (one pass, no sort)."""
+    first = np.full(n_words, len(ids), dtype=np.int64)
+    np.minimum.at(first, ids, np.arange(len(ids), dtype=np.int64))
+    seen = np.flatnonzero(first < len(ids))
+    return seen[np.argsort(first[seen], kind="stable")]
+
+
 def build_from_streams(
     words: Sequence[str], streams: Sequence[TermStream], k1: float, b: float
 ) -> tuple[list[FieldIndex], FieldIndex, list[TermStream]]:
@@ -243,50 +252,40 @@ def build_from_streams(
     (indexing.term_streams: ids into ``words``, tokens per document), plus each field's
     stream in combined-vocabulary ids (what write_term_store stores).
 
-    Vocabulary ids follow bm25s (the order of a set filled in corpus order, for the
-    combined field document by document, field by field), derived from each term's first
-    occurrence; postings, df and document lengths come from the streams alone.
+    Vocabulary ids follow bm25s (the order of a set filled with the tokens in corpus
+    order), derived from each term's first occurrence. The combined field's stream is the
+    fields' streams interleaved document by document (a gather, no sort), as bm25s sees
+    each document's fields concatenated; postings, df and lengths come from the streams.
     """
     n = len(streams[0][1]) if streams else 0
     n_words = len(words)
     fields: list[FieldIndex] = []
-    field_docs: list[np.ndarray] = []
-    firsts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (word, doc, position)
-    all_lengths = np.zeros(n, dtype=np.int64)
     for ids, lengths in streams:
         if len(lengths) != n:
             raise ValueError("every field needs one token list per document")
-        all_lengths += lengths
-        docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        field_docs.append(docs)
         if not len(ids):  # bm25s divides by the average length; nothing to index
             fields.append(FieldIndex.empty(n))
-            firsts.append((ids, docs, docs))
             continue
-        uniq, first = np.unique(ids, return_index=True)
-        order = uniq[np.argsort(first, kind="stable")]
-        vocab, to_vocab = _vocab_of(words, order, n_words)
+        vocab, to_vocab = _vocab_of(words, _first_occurrences(ids, n_words), n_words)
+        docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
         term, doc, tf = _postings(to_vocab[ids], docs, n, len(vocab))
         fields.append(FieldIndex.from_postings(vocab, term, doc, tf, lengths, k1, b))
-        row_start = np.cumsum(lengths) - lengths
-        firsts.append((uniq, docs[first], first - row_start[docs[first]]))
     if not any(len(ids) for ids, _ in streams):
         empty = np.zeros(0, dtype=np.int64)
         return fields, FieldIndex.empty(n), [(empty, ln) for _, ln in streams]
-    # first occurrence of each word over documents, then fields, then positions
-    word = np.concatenate([w for w, _, _ in firsts])
-    doc = np.concatenate([d for _, d, _ in firsts])
-    pos = np.concatenate([p for _, _, p in firsts])
-    fld = np.repeat(np.arange(len(firsts)), [len(w) for w, _, _ in firsts])
-    by_key = word[np.lexsort((pos, fld, doc))]
-    _, first_in_key = np.unique(by_key, return_index=True)
-    vocab_all, to_all = _vocab_of(words, by_key[np.sort(first_in_key)], n_words)
-    all_terms = [to_all[ids] for ids, _ in streams]
-    merged = _postings(
-        np.concatenate(all_terms), np.concatenate(field_docs), n, len(vocab_all), doc_order=False
-    )
+    per_field = np.stack([ln for _, ln in streams])  # [fields, n]
+    base = np.cumsum([len(ids) for ids, _ in streams]) - [len(ids) for ids, _ in streams]
+    row_starts = base[:, None] + np.cumsum(per_field, axis=1) - per_field
+    flat = np.concatenate([ids for ids, _ in streams])
+    combined_ids = flat[slices(row_starts.T.ravel(), per_field.T.ravel())]
+    del flat
+    all_lengths = per_field.sum(axis=0)
+    vocab_all, to_all = _vocab_of(words, _first_occurrences(combined_ids, n_words), n_words)
+    docs = np.repeat(np.arange(n, dtype=np.int64), all_lengths)
+    merged = _postings(to_all[combined_ids], docs, n, len(vocab_all))
+    del combined_ids, docs
     combined = FieldIndex.from_postings(vocab_all, *merged, all_lengths, k1, b)
-    return fields, combined, [(t, ln) for t, (_, ln) in zip(all_terms, streams, strict=True)]
+    return fields, combined, [(to_all[ids], ln) for ids, ln in streams]
 
 
 # --- selection ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from indexing import layout
-from indexing.analysis import Analyzer
+from indexing.analysis import SEPARATOR, STEM_CACHE_MAX, Analyzer, split_ascii_texts
 
 # (term ids of every token of a field in document order, tokens per document)
 Stream = tuple[np.ndarray, np.ndarray]
@@ -89,6 +89,64 @@ class PreviousTerms:
         )
 
 
+class _TokenIds(dict[str, int]):
+    """Lowercased token -> term id (-1: the analyzer drops it; -2: the separator of
+    split_ascii_texts); a miss asks the analyzer and ``ids``. Bounded like the analyzer's
+    own token cache."""
+
+    def __init__(self, analyzer: Analyzer, ids: TermIds) -> None:
+        super().__init__({SEPARATOR: -2})
+        self.term = analyzer.term
+        self.ids = ids
+
+    def __missing__(self, token: str) -> int:
+        term = self.term(token)
+        i = -1 if term is None else self.ids[term]
+        if len(self) < STEM_CACHE_MAX:
+            self[token] = i
+        return i
+
+
+ASCII_CHUNK = 20_000  # texts split at once (bounds the token list's memory)
+
+
+def _encode(
+    analyzer: Analyzer, token_ids: _TokenIds, texts: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(term ids of every text's terms, concatenated; start of each text in them; terms
+    per text): Analyzer.terms of each text as ids. ASCII texts are split ASCII_CHUNK at a
+    time in one pass; the others one by one."""
+    n = len(texts)
+    lookup = token_ids.__getitem__
+    starts = np.zeros(n, dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
+    parts: list[np.ndarray] = []
+    size = 0
+    batch = [i for i, t in enumerate(texts) if t.isascii() and SEPARATOR not in t]
+    for c in range(0, len(batch), ASCII_CHUNK):
+        rows = batch[c : c + ASCII_CHUNK]
+        tokens = split_ascii_texts([texts[i] for i in rows])
+        a = np.fromiter(map(lookup, tokens), dtype=np.int64, count=len(tokens))
+        keep = a >= 0
+        kept_before_sep = np.cumsum(keep)[a == -2]  # terms up to each text's end
+        ln = np.diff(kept_before_sep, prepend=0)
+        lengths[rows] = ln
+        starts[rows] = size + kept_before_sep - ln
+        parts.append(a[keep])
+        size += int(kept_before_sep[-1]) if len(rows) else 0
+    if len(batch) < n:
+        done = np.zeros(n, dtype=bool)
+        done[batch] = True
+        for i in np.flatnonzero(~done).tolist():
+            a = np.fromiter(map(lookup, analyzer.tokens(texts[i])), dtype=np.int64)
+            a = a[a >= 0]
+            starts[i], lengths[i] = size, len(a)
+            parts.append(a)
+            size += len(a)
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return flat, starts, lengths
+
+
 def analyze_fields(
     analyzer: Analyzer,
     texts: Sequence[Sequence[str]],
@@ -97,6 +155,7 @@ def analyze_fields(
     """(words, one Stream per field) of ``texts[field][row]`` (see the module docstring)."""
     n = len(texts[0]) if texts else 0
     ids = TermIds(previous.words if previous is not None else ())
+    token_ids = _TokenIds(analyzer, ids)
     pool: list[np.ndarray] = []  # every stream is a gather from these, concatenated
     pool_size = 0
     reuse = np.zeros(n, dtype=bool)
@@ -120,18 +179,12 @@ def analyze_fields(
         rows_texts = list(field) if every else [field[i] for i in todo.tolist()]
         distinct = dict.fromkeys(rows_texts)
         slot = dict(zip(distinct, itertools.count()))
-        terms = analyzer.terms_many(list(distinct))
-        t_len = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
-        total = int(t_len.sum())
-        t_ids = np.fromiter(
-            map(ids.__getitem__, itertools.chain.from_iterable(terms)), np.int64, count=total
-        )
-        t_start = pool_size + np.cumsum(t_len) - t_len
+        t_ids, t_start, t_len = _encode(analyzer, token_ids, list(distinct))
         which = np.fromiter(map(slot.__getitem__, rows_texts), np.int64, count=len(rows_texts))
-        starts[todo] = t_start[which]
+        starts[todo] = pool_size + t_start[which]
         lengths[todo] = t_len[which]
         pool.append(t_ids)
-        pool_size += total
+        pool_size += len(t_ids)
         spans.append((starts, lengths))
     flat = np.concatenate(pool) if pool else np.zeros(0, dtype=np.int64)
     return ids.words, [(flat[slices(s, ln)], ln) for s, ln in spans]

@@ -3,6 +3,8 @@
     python -m scripts.benchmark_scale fill --docs 1000000 [--work-dir /work/wt/scale-var]
         [--base 3000]
     python -m scripts.benchmark_scale ann --docs 100000 [--work-dir ...] [--queries 300]
+    python -m scripts.benchmark_scale build --docs 100000 [--work-dir ...] [--changed 100]
+        [--steps full,changed,changed_full,back]
 
 ``fill``: embedding 1M product texts on 2 cores takes hours, so the benchmark's embedding
 cache (``<work-dir>/emb-cache.db``, what scripts/benchmark_api.py's build reads) is filled
@@ -18,6 +20,11 @@ hnswlib (the format-3 graph) and usearch (float32, float16, int8 storage), each 
 process, and reports build time, kNN top-100 p50/p99 (after the float32 rescore the
 Snapshot does), recall@100 against exact float32, file size and the RSS/PSS of a fresh
 process that loads the index and runs the queries (what a server worker would hold).
+
+``build``: reindexes from the cache (see BUILD_STEPS): from scratch, then incrementally with
+``--changed`` documents' titles changed, that changed catalog from scratch beside it, and
+back; each with its seconds per stage (indexing.build.Stages: compare, vectors, graph,
+analysis, bm25, term_store, write, validate, publish).
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 NOISE = 0.02
+# build: a full reindex from scratch; the same with --changed titles changed, reusing the
+# previous version (incremental); that changed catalog again from scratch (side by side);
+# the original catalog again, incremental
+BUILD_STEPS = ("full", "changed", "changed_full", "back")
 MIX = 0.8
 
 
@@ -326,10 +337,12 @@ def _pct(xs: Sequence[float]) -> dict[str, float]:
     }
 
 
-def build(work: Path, n_docs: int, n_changed: int, n_queries: int) -> dict[str, Any]:
-    """Reindex from the cache into <work>/index-<n_docs> (what benchmark_api serves), then
-    again with ``n_changed`` documents' titles changed (their texts embedded for real), then
-    BM25 / kNN top-100 latency and recall@100 over the served version."""
+def build(
+    work: Path, n_docs: int, n_changed: int, n_queries: int, steps: Sequence[str] = BUILD_STEPS
+) -> dict[str, Any]:
+    """Reindex from the cache into <work>/index-<n_docs> (what benchmark_api serves), in
+    ``steps`` (see BUILD_STEPS), each with its seconds per stage; then BM25 / kNN top-100
+    latency and recall@100 over the served version."""
     import dataclasses
     import resource
 
@@ -349,28 +362,35 @@ def build(work: Path, n_docs: int, n_changed: int, n_queries: int) -> dict[str, 
     out: dict[str, Any] = {"docs": len(docs)}
     step = max(1, len(docs) // max(n_changed, 1))
     changed_rows = set(range(0, len(docs), step)[:n_changed])  # spread over the catalog
+    changed = [
+        dataclasses.replace(d, title=d.title + " (new)") if i in changed_rows else d
+        for i, d in enumerate(docs)
+    ]
+    batches = {"full": docs, "changed": changed, "changed_full": changed, "back": docs}
     with EmbeddingCache(work / "emb-cache.db") as cache:
-        for label, batch in (
-            ("full", docs),
-            (
-                "changed",
-                [
-                    dataclasses.replace(d, title=d.title + " (new)") if i in changed_rows else d
-                    for i, d in enumerate(docs)
-                ],
-            ),
-            ("back", docs),
-        ):
-            if label == "full" and current_version(index) is not None:
-                continue
+        for label in steps:
+            batch = batches[label]
+            stages: dict[str, float] = {}
             t0, c0 = time.perf_counter(), time.process_time()
-            version = build_local_index(batch, index, enc, cfg, cache=cache)
+            load0 = os.getloadavg()[0]
+            version = build_local_index(
+                batch,
+                index,
+                enc,
+                cfg,
+                cache=cache,
+                reuse_previous=label in ("changed", "back"),
+                stages=stages,
+            )
             secs = time.perf_counter() - t0
             m = json.loads((index_versions(index).path(version) / "manifest.json").read_text())
             out[label] = {
                 "seconds": round(secs, 1),
                 "cpu_s_this_process": round(time.process_time() - c0, 1),
                 "docs_per_s": round(len(batch) / secs),
+                "load_avg_1m_before_after": [round(load0, 1), round(os.getloadavg()[0], 1)],
+                "stages_s": {k: round(v, 2) for k, v in stages.items()},
+                "bm25_child_process": m["bm25_child_process"],
                 "ann": {k: m["ann"].get(k) for k in ("build", "kept", "added", "deleted")},
                 "peak_rss_mb_this_process": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -415,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=300, help="ann: query vectors")
     p.add_argument("--ef", type=int, default=200, help="ann: search breadth")
     p.add_argument("--kinds", default="hnswlib,usearch-f32,usearch-f16,usearch-i8")
+    p.add_argument(
+        "--steps", default=",".join(BUILD_STEPS), help="build: which reindexes, in order"
+    )
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args(argv)
     work = Path(args.work_dir)
@@ -425,7 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.step == "fill":
         res: Any = fill(work, args.docs, args.base)
     elif args.step == "build":
-        res = build(work, args.docs, args.changed, args.queries)
+        steps = args.steps.split(",")
+        if bad := sorted(set(steps) - set(BUILD_STEPS)):
+            p.error(f"unknown build steps {bad}; choose from {', '.join(BUILD_STEPS)}")
+        res = build(work, args.docs, args.changed, args.queries, steps)
     else:
         res = ann(work, args.docs, args.queries, args.kinds.split(","), args.ef)
     res = {"cpu": cpu, "load_avg_1m": os.getloadavg()[0], "result": res}

@@ -205,3 +205,30 @@ def test_failed_bm25_process_raises(tmp_path: Path) -> None:
     ):
         job.finish()
     assert not list(tmp_path.glob(".bm25-job*"))
+
+
+@pytest.mark.parametrize("stemmer", ["english", ""])
+def test_term_streams_equal_the_analyzer_per_text(stemmer: str) -> None:
+    """analyze_fields (distinct texts once, ASCII texts split in batches) gives exactly
+    Analyzer.terms of every row: non-ASCII text, the batch separator inside a text, empty
+    texts, one-letter tokens, stopwords, underscores and repeated texts included."""
+    from indexing.term_streams import ASCII_CHUNK, analyze_fields
+
+    odd = [
+        "",
+        "a b c",
+        "The running SHOES_x2 of the day",
+        "Crème brûlée — naïve café",
+        "sep\x01inside text\x01",
+        "  spaced   out\ttabs\nnewlines  ",
+        "über-cool 東京 shoes",
+        "running runs ran",
+    ]
+    titles = [odd[i % len(odd)] + f" item{i % 50}" for i in range(ASCII_CHUNK + 300)]
+    bodies = [odd[(i * 3) % len(odd)] for i in range(len(titles))]
+    analyzer = Analyzer("en", stemmer)
+    words, streams = analyze_fields(Analyzer("en", stemmer), [titles, bodies])
+    for texts, (ids, lengths) in zip([titles, bodies], streams, strict=True):
+        expected = analyzer.terms_many(texts)
+        assert lengths.tolist() == [len(t) for t in expected]
+        assert [words[i] for i in ids.tolist()] == [w for t in expected for w in t]
