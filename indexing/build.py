@@ -134,7 +134,7 @@ def write_bm25(
     reuse_rows: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Analyze the text fields and write the BM25 matrices and the term store of a version;
-    returns the seconds of each stage (analysis, bm25, term_store).
+    returns the seconds of each stage (analysis, bm25, term_store; see Stages).
 
     Each distinct text is analyzed once and becomes integer term streams
     (indexing.term_streams); with ``previous`` (a version whose term store holds the same
@@ -143,25 +143,23 @@ def write_bm25(
     store come out as a full analysis of the same texts would make them.
     """
     path = Path(path)
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    analyzer = Analyzer(stopwords, stemmer)
-    prev = None
-    if previous is not None and reuse_rows is not None:
-        prev = PreviousTerms.load(Path(previous), reuse_rows)
-    words, streams = analyze_fields(analyzer, texts, prev)
-    del prev
-    t1 = time.perf_counter()
-    fields, combined, stored = build_from_streams(words, streams, k1, b)
-    del streams
-    (path / layout.BM25_DIR).mkdir()
-    for name, fi in zip(text_fields, fields, strict=True):
-        save_field_index(fi, layout.bm25_field(path, name))
-    save_field_index(combined, layout.bm25_field(path, layout.COMBINED))
-    t2 = time.perf_counter()
-    write_term_store(path, stored)
-    t3 = time.perf_counter()
-    times.update(analysis=t1 - t0, bm25=t2 - t1, term_store=t3 - t2)
+    times = Stages()
+    with times("analysis"):
+        analyzer = Analyzer(stopwords, stemmer)
+        prev = None
+        if previous is not None and reuse_rows is not None:
+            prev = PreviousTerms.load(Path(previous), reuse_rows)
+        words, streams = analyze_fields(analyzer, texts, prev)
+        del prev
+    with times("bm25"):
+        fields, combined, stored = build_from_streams(words, streams, k1, b)
+        del streams
+        (path / layout.BM25_DIR).mkdir()
+        for name, fi in zip(text_fields, fields, strict=True):
+            save_field_index(fi, layout.bm25_field(path, name))
+        save_field_index(combined, layout.bm25_field(path, layout.COMBINED))
+    with times("term_store"):
+        write_term_store(path, stored)
     return times
 
 
@@ -272,15 +270,18 @@ def _attr_matrix(docs: Sequence[Document], attr_names: Sequence[str]) -> np.ndar
 
 
 class Stages(dict[str, float]):
-    """Seconds spent per stage of a build (what scripts/benchmark_scale.py reports)."""
+    """Seconds spent per stage of a build (what scripts/benchmark_scale.py reports): wall
+    under the stage's name, this process's CPU (every thread) under ``<name>_cpu``."""
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+            cpu = f"{name}_cpu"
+            self[cpu] = self.get(cpu, 0.0) + time.process_time() - c0
 
 
 def _write_version(
@@ -323,8 +324,7 @@ def _write_version(
         write_blobs(path / layout.DOCS, lines)
     with stages("bm25_wait" if bm25.proc is not None else "bm25_inline"):
         bm25.finish()
-    for name, secs in bm25.times.items():
-        stages[name] = secs
+    stages.update(bm25.times)
 
     manifest = {
         "format": layout.FORMAT_VERSION,
