@@ -176,7 +176,7 @@ def _postings(
     of doc) is first put in document order by a stable sort (timsort merges the runs).
     """
     if n_terms > 65536:
-        uniq, tf = np.unique(term * n + doc, return_counts=True)
+        uniq, tf = np.unique(term.astype(np.int64) * n + doc, return_counts=True)
         t = uniq // n
         return t, uniq - t * n, tf
     if not doc_order:
@@ -212,7 +212,7 @@ def build_field_indexes(
         lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
         flat = itertools.chain.from_iterable(token_lists)
         streams.append(
-            (np.fromiter(map(ids.__getitem__, flat), np.int64, count=int(lengths.sum())), lengths)
+            (np.fromiter(map(ids.__getitem__, flat), np.int32, count=int(lengths.sum())), lengths)
         )
     fields, combined, _ = build_from_streams(ids.words, streams, k1, b)
     return fields, combined
@@ -231,16 +231,20 @@ def _vocab_of(
     list, which set() iterates like any iterable) is the same set, in the same order."""
     strings = [words[g] for g in order.tolist()]
     vocab = bm25s_vocab(strings)
-    to_vocab = np.full(n_words, -1, dtype=np.int64)
-    to_vocab[order] = np.fromiter(map(vocab.__getitem__, strings), np.int64, count=len(order))
+    to_vocab = np.full(n_words, -1, dtype=np.int32)
+    to_vocab[order] = np.fromiter(map(vocab.__getitem__, strings), np.int32, count=len(order))
     return vocab, to_vocab
+
+
+_CHUNK = 8_000_000
 
 
 def _first_occurrences(ids: np.ndarray, n_words: int) -> np.ndarray:
     """The distinct values of ``ids`` (all in [0, n_words)) in order of first occurrence:
     the first position of each value by an unbuffered minimum (one pass, no sort)."""
     first = np.full(n_words, len(ids), dtype=np.int64)
-    np.minimum.at(first, ids, np.arange(len(ids), dtype=np.int64))
+    for s in range(0, len(ids), _CHUNK):  # bounded temporaries at 1M documents
+        np.minimum.at(first, ids[s : s + _CHUNK], np.arange(s, min(s + _CHUNK, len(ids))))
     seen = np.flatnonzero(first < len(ids))
     return seen[np.argsort(first[seen], kind="stable")]
 
@@ -267,11 +271,11 @@ def build_from_streams(
             fields.append(FieldIndex.empty(n))
             continue
         vocab, to_vocab = _vocab_of(words, _first_occurrences(ids, n_words), n_words)
-        docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        docs = np.repeat(np.arange(n, dtype=np.int32), lengths)
         term, doc, tf = _postings(to_vocab[ids], docs, n, len(vocab))
         fields.append(FieldIndex.from_postings(vocab, term, doc, tf, lengths, k1, b))
     if not any(len(ids) for ids, _ in streams):
-        empty = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int32)
         return fields, FieldIndex.empty(n), [(empty, ln) for _, ln in streams]
     per_field = np.stack([ln for _, ln in streams])  # [fields, n]
     base = np.cumsum([len(ids) for ids, _ in streams]) - [len(ids) for ids, _ in streams]
@@ -281,7 +285,7 @@ def build_from_streams(
     del flat
     all_lengths = per_field.sum(axis=0)
     vocab_all, to_all = _vocab_of(words, _first_occurrences(combined_ids, n_words), n_words)
-    docs = np.repeat(np.arange(n, dtype=np.int64), all_lengths)
+    docs = np.repeat(np.arange(n, dtype=np.int32), all_lengths)
     merged = _postings(to_all[combined_ids], docs, n, len(vocab_all))
     del combined_ids, docs
     combined = FieldIndex.from_postings(vocab_all, *merged, all_lengths, k1, b)

@@ -33,7 +33,7 @@ def write_term_store(path: Path, streams: Sequence[TermStream]) -> None:
     parts: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     for j, (ids, field_lengths) in enumerate(streams):
-        ids32 = ids.astype(np.int32)
+        ids32 = np.asarray(ids, dtype=np.int32)
         buf = ids32.tobytes()
         ends = np.cumsum(field_lengths)
         starts = ends - field_lengths

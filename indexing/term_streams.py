@@ -29,7 +29,7 @@ import numpy as np
 from indexing import layout
 from indexing.analysis import SEPARATOR, STEM_CACHE_MAX, Analyzer, split_ascii_texts
 
-# (term ids of every token of a field in document order, tokens per document)
+# (int32 term ids of every token of a field in document order, int64 tokens per document)
 Stream = tuple[np.ndarray, np.ndarray]
 
 
@@ -126,7 +126,7 @@ def _encode(
     for c in range(0, len(batch), ASCII_CHUNK):
         rows = batch[c : c + ASCII_CHUNK]
         tokens = split_ascii_texts([texts[i] for i in rows])
-        a = np.fromiter(map(lookup, tokens), dtype=np.int64, count=len(tokens))
+        a = np.fromiter(map(lookup, tokens), dtype=np.int32, count=len(tokens))
         keep = a >= 0
         kept_before_sep = np.cumsum(keep)[a == -2]  # terms up to each text's end
         ln = np.diff(kept_before_sep, prepend=0)
@@ -138,12 +138,12 @@ def _encode(
         done = np.zeros(n, dtype=bool)
         done[batch] = True
         for i in np.flatnonzero(~done).tolist():
-            a = np.fromiter(map(lookup, analyzer.tokens(texts[i])), dtype=np.int64)
+            a = np.fromiter(map(lookup, analyzer.tokens(texts[i])), dtype=np.int32)
             a = a[a >= 0]
             starts[i], lengths[i] = size, len(a)
             parts.append(a)
             size += len(a)
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
     return flat, starts, lengths
 
 
@@ -163,7 +163,7 @@ def analyze_fields(
         if len(previous.rows) != n:
             raise ValueError("previous.rows needs one entry per document")
         reuse = previous.rows >= 0
-        pool.append(np.asarray(previous.ids, dtype=np.int64))
+        pool.append(np.asarray(previous.ids, dtype=np.int32))
         pool_size = len(previous.ids)
     todo = np.flatnonzero(~reuse)
     every = len(todo) == n
@@ -186,5 +186,5 @@ def analyze_fields(
         pool.append(t_ids)
         pool_size += len(t_ids)
         spans.append((starts, lengths))
-    flat = np.concatenate(pool) if pool else np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(pool) if pool else np.zeros(0, dtype=np.int32)
     return ids.words, [(flat[slices(s, ln)], ln) for s, ln in spans]
