@@ -10,7 +10,6 @@ build. rollback points CURRENT back; both hold the index's lock.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -31,11 +30,12 @@ from indexing.analysis import Analyzer
 from indexing.ann import build_ann
 from indexing.bm25 import build_from_streams
 from indexing.config import IndexConfig
-from indexing.documents import Document, check_unique_ids, embedding_text
-from indexing.embedding_cache import EmbeddingCache, embed_texts
+from indexing.documents import Document, check_unique_ids
+from indexing.embedding_cache import EmbeddingCache
 from indexing.encoders import Encoder
 from indexing.errors import IndexingError, IndexNotFoundError, ValidationError
-from indexing.local_store import Snapshot, _LineStore, doc_line, save_field_index, write_blobs
+from indexing.local_store import Snapshot, doc_line, save_field_index, write_blobs
+from indexing.reuse import document_vectors, reusable_terms, unchanged_rows
 from indexing.term_store import write_term_store
 from indexing.term_streams import PreviousTerms, analyze_fields
 from ltr.versions import LockBusyError, VersionedDir
@@ -185,8 +185,8 @@ class _BM25Build:
     """The BM25 side of a build: inline, or in a child process started right away.
 
     ``reuse``: (previous version, previous row of each row or -1), when the previous
-    version's term store can serve the unchanged rows (see _reusable_terms); the texts of
-    those rows are then not even collected.
+    version's term store can serve the unchanged rows (indexing.reuse.reusable_terms);
+    the texts of those rows are then not even collected.
     """
 
     def __init__(
@@ -350,90 +350,6 @@ def _write_version(
     os.replace(tmp, path / layout.MANIFEST)
 
 
-# --- what a build takes from the previous version ------------------------------------
-def unchanged_rows(
-    previous: Path | None, docs: Sequence[Document], lines: Sequence[bytes]
-) -> np.ndarray | None:
-    """Per document, the row of the previous version that stored the very same document
-    (same stored line: same id, texts, category and attributes), else -1; None when there
-    is no readable previous version."""
-    if previous is None:
-        return None
-    try:
-        prev_ids = json.loads((previous / layout.IDS).read_text(encoding="utf-8"))
-        store = _LineStore(previous / layout.DOCS)
-    except (OSError, ValueError) as e:
-        log.warning("previous version %s unreadable for reuse: %s", previous, e)
-        return None
-    try:
-        row_of = dict(zip(prev_ids, itertools.count()))
-        rows = np.fromiter((row_of.get(d.id, -1) for d in docs), np.int64, count=len(docs))
-        raw = store.raw
-        for i in np.flatnonzero(rows >= 0).tolist():
-            if raw(int(rows[i])) != lines[i]:
-                rows[i] = -1
-    finally:
-        store.close()
-    return rows
-
-
-def _previous_manifest(previous: Path) -> dict[str, Any] | None:
-    try:
-        m: dict[str, Any] = json.loads((previous / layout.MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return m if m.get("format") in layout.READABLE_FORMATS else None
-
-
-def _reusable_terms(previous: Path, text_fields: Sequence[str], cfg: IndexConfig) -> bool:
-    """Whether the previous version's term store holds the same fields, analyzed alike."""
-    m = _previous_manifest(previous)
-    return (
-        m is not None
-        and int(m["format"]) >= 3
-        and m.get("text_fields") == list(text_fields)
-        and m.get("analyzer") == Analyzer(cfg.stopwords, cfg.stemmer).settings()
-        and all(
-            (previous / f).is_file()
-            for f in (layout.TERM_SEQS, layout.TERM_IDS, layout.TERM_OFFSETS)
-        )
-    )
-
-
-def _document_vectors(
-    encoder: Encoder,
-    docs: Sequence[Document],
-    cache: EmbeddingCache | None,
-    progress: bool,
-    previous: Path | None,
-    rows: np.ndarray | None,
-) -> np.ndarray:
-    """Vectors of the documents: an unchanged document's from the previous version (same
-    model and dimension: the vector it served), the others through the cache/encoder."""
-    m = _previous_manifest(previous) if previous is not None and rows is not None else None
-    if (
-        m is None
-        or rows is None
-        or previous is None
-        or m.get("model_id") != encoder.model_id
-        or int(m.get("dim", -1)) != encoder.dim
-        or not (rows >= 0).any()
-    ):
-        return embed_texts(
-            encoder, [embedding_text(d) for d in docs], cache=cache, progress=progress
-        )
-    prev = layout.load_mapped(previous / layout.VECTORS)
-    keep = rows >= 0
-    out = np.empty((len(docs), encoder.dim), dtype=np.float32)
-    out[keep] = prev[rows[keep]]
-    todo = np.flatnonzero(~keep).tolist()
-    if todo:
-        out[todo] = embed_texts(
-            encoder, [embedding_text(docs[i]) for i in todo], cache=cache, progress=progress
-        )
-    return out
-
-
 # --- validation and publishing --------------------------------------------------------
 def _check_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -559,7 +475,7 @@ def build_local_index(
                 previous is not None
                 and rows is not None
                 and (rows >= 0).any()
-                and _reusable_terms(previous, text_field_names(docs), cfg)
+                and reusable_terms(previous, text_field_names(docs), cfg)
             ):
                 reuse = (previous, rows)
             n_todo = len(docs) if reuse is None else int(np.count_nonzero(reuse[1] < 0))
@@ -568,7 +484,7 @@ def build_local_index(
             with clock("bm25_start"):
                 bm25 = _BM25Build(tmp, docs, cfg, parallel, reuse)
             with clock("vectors"):
-                vectors = _document_vectors(encoder, docs, cache, progress, previous, rows)
+                vectors = document_vectors(encoder, docs, cache, progress, previous, rows)
                 vectors = _check_vectors(vectors, len(docs), encoder.dim)
             _write_version(
                 tmp, docs, lines, vectors, version, encoder.model_id, cfg, clock, previous, bm25

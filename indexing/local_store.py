@@ -84,7 +84,7 @@ def read_line(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-class _LineStore:
+class LineStore:
     """JSON lines addressed by row through an offsets array, read from a read-only mmap.
 
     Not os.pread: a request reads ~150 rows, and every pread released and re-took the GIL,
@@ -195,14 +195,14 @@ class Snapshot:
         if m["ann"]["enabled"]:
             self.ann_rows = load_ann_rows(path, m)
             self.ann = open_ann(path, m, self.dim, int(ef_search or m["ann"]["ef_search"]))
-        self.docs = _LineStore(path / layout.DOCS)
+        self.docs = LineStore(path / layout.DOCS)
         # format 3: TermStore; formats 1-2: terms.jsonl rows behind an LRU
         self.term_store: TermStore | None = None
-        self.terms: _LineStore | None = None
+        self.terms: LineStore | None = None
         if m["format"] >= 3:
             self.term_store = TermStore(path, self.combined.vocab, TERMS_CACHE_TERMS)
         else:
-            self.terms = _LineStore(path / layout.TERMS)
+            self.terms = LineStore(path / layout.TERMS)
         self._terms_cache: OrderedDict[int, tuple[tuple[str, ...], ...]] = OrderedDict()
         self._terms_lock = threading.Lock()
         self.terms_cache_rows = TERMS_CACHE_ROWS
