@@ -18,15 +18,72 @@ from indexing.bm25 import TermStream
 from indexing.layout import TERM_IDS, TERM_OFFSETS, TERM_SEQS, load_mapped
 from indexing.term_streams import slices
 
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: powers stay distinct mod 2**64
+
+
+def _row_hashes(ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A polynomial hash (mod 2**64) of each row's id sequence: sum of (id + 1) * B**pos,
+    from one wrapping cumulative sum over the stream (no per-row Python)."""
+    n = len(lengths)
+    if not len(ids):
+        return np.zeros(n, dtype=np.uint64)
+    ends = np.cumsum(lengths)
+    pos = np.arange(len(ids), dtype=np.int64) - np.repeat(ends - lengths, lengths)
+    powers = np.cumprod(np.full(int(lengths.max()), _HASH_BASE, dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        contrib = (ids.astype(np.uint64) + np.uint64(1)) * powers[pos]
+        del pos
+        acc = np.concatenate(([np.uint64(0)], np.cumsum(contrib, dtype=np.uint64)))
+        return acc[ends] - acc[ends - lengths]
+
 
 def write_term_store(path: Path, streams: Sequence[TermStream]) -> None:
     """Write a version's analyzed terms in format 3 (see TermStore) from each field's
     combined-vocabulary token stream (indexing.bm25.build_from_streams).
 
     Term sequences are deduplicated across rows and fields (a brand, a color, a size is
-    stored once, not once per product), numbered in order of first occurrence, field by
-    field; a row's sequence is keyed by the bytes of its ids, so nothing is decoded.
+    stored once, not once per product) and numbered in order of first occurrence, field
+    by field, row by row. Rows are grouped by (hash, length) of their id sequence, all in
+    NumPy; every row is then checked token by token against its group's first row, and a
+    hash collision (never seen) falls back to keying rows by their bytes.
     """
+    n = len(streams[0][1]) if streams else 0
+    lengths = np.concatenate([ln for _, ln in streams]) if streams else np.zeros(0, np.int64)
+    flat = (
+        np.concatenate([np.asarray(i, dtype=np.int32) for i, _ in streams])
+        if streams
+        else np.zeros(0, dtype=np.int32)
+    )
+    hashes = np.concatenate([_row_hashes(i, ln) for i, ln in streams]) if streams else lengths
+    starts = np.cumsum(lengths) - lengths
+    order = np.lexsort((lengths, hashes))  # stable: a group's first row comes first
+    h, ln = hashes[order], lengths[order]
+    new_group = np.ones(len(order), dtype=bool)
+    new_group[1:] = (h[1:] != h[:-1]) | (ln[1:] != ln[:-1])
+    group = np.cumsum(new_group) - 1
+    first_row = order[new_group]  # each group's first (field, row), field-major
+    rep = np.empty(len(order), dtype=np.int64)
+    rep[order] = first_row[group]
+    dup = np.flatnonzero(rep != np.arange(len(rep)))  # rows that share a group's first row
+    a = flat[slices(starts[dup], lengths[dup])]
+    if not np.array_equal(a, flat[slices(starts[rep[dup]], lengths[dup])]):
+        _write_term_store_keyed(path, streams)
+        return
+    seq_of_group = np.empty(len(first_row), dtype=np.int64)
+    seq_of_group[np.argsort(first_row, kind="stable")] = np.arange(len(first_row))
+    seq_of_row = np.empty(len(order), dtype=np.int64)
+    seq_of_row[order] = seq_of_group[group]
+    reps = np.sort(first_row)  # the rows stored, in sequence order
+    offsets = np.zeros(len(reps) + 1, dtype=np.int64)
+    np.cumsum(lengths[reps], out=offsets[1:])
+    np.save(path / TERM_IDS, flat[slices(starts[reps], lengths[reps])])
+    np.save(path / TERM_OFFSETS, offsets)
+    np.save(path / TERM_SEQS, seq_of_row.reshape(len(streams), n).astype(np.int32))
+
+
+def _write_term_store_keyed(path: Path, streams: Sequence[TermStream]) -> None:
+    """write_term_store with each row's sequence keyed by the bytes of its ids (a dict
+    per row: the reference, and the fallback on a hash collision)."""
     n = len(streams[0][1]) if streams else 0
     seqs = np.zeros((len(streams), n), dtype=np.int32)
     seq_of: dict[bytes, int] = {}

@@ -232,3 +232,25 @@ def test_term_streams_equal_the_analyzer_per_text(stemmer: str) -> None:
         expected = analyzer.terms_many(texts)
         assert lengths.tolist() == [len(t) for t in expected]
         assert [words[i] for i in ids.tolist()] == [w for t in expected for w in t]
+
+
+def test_term_store_hashed_grouping_equals_keying_rows_by_bytes(tmp_path: Path) -> None:
+    """write_term_store (rows grouped by a NumPy hash, checked token by token) writes the
+    same files as keying every row by its bytes: sequences shared across rows and fields,
+    empty rows, a sequence that is a prefix of another, repeated terms."""
+    from indexing.bm25 import build_from_streams
+    from indexing.term_store import _write_term_store_keyed, write_term_store
+    from indexing.term_streams import analyze_fields
+
+    titles = ["red tent", "", "red tent", "red", "tent red", "red red tent", ""] * 30
+    colors = ["red", "red tent", "", "blue", "red", "tent", "red tent"] * 30
+    words, streams = analyze_fields(Analyzer("en", "english"), [titles, colors])
+    _, _, stored = build_from_streams(words, streams, 1.2, 0.75)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_term_store(tmp_path / "a", stored)
+    _write_term_store_keyed(tmp_path / "b", stored)
+    for name in ("term_ids.npy", "term_offsets.npy", "term_seqs.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    seqs = np.load(tmp_path / "a" / "term_seqs.npy")
+    assert seqs.max() + 1 == len(np.load(tmp_path / "a" / "term_offsets.npy")) - 1 == 7
