@@ -1,18 +1,24 @@
-"""The ANN graph of a local index version: usearch HNSW (format 4), hnswlib (formats 1-3).
+"""The ANN index of a local index version: faiss IVF for new builds; usearch and hnswlib
+graphs of earlier versions still load and serve.
 
-Format 4 builds a usearch graph (inner product on normalized vectors) that stores its own
-copy of the vectors in ``ANN_DTYPE`` and is served from a read-only memory map
-(``Index.restore(view=True)``): every worker process of a server shares one copy in the
-page cache, where an hnswlib graph is read into each process's own memory (hnswlib cannot
-serve from a mapped file). The graph only proposes candidates; indexing.local_store
-rescores them with the float32 vectors, so the scores served are exact cosines.
-docs/benchmarks.md ("Scale") has the side-by-side measurement behind the choice.
+New versions get an inverted-file index (faiss ``IndexIVFScalarQuantizer``: k-means cells,
+int8 codes of each vector's residual, inner product on normalized vectors). A query scans
+every vector of its ``nprobe`` nearest cells, served from a read-only memory map of the
+file (``IO_FLAG_MMAP_IFC``), so every worker process shares one copy in the page cache. The
+index only proposes RESCORE_OVERSAMPLE * k candidates; indexing.local_store rescores them
+with the float32 vectors, so the scores served are exact cosines.
 
-A build extends the previous version's graph when it can (same model, dimension, library,
-dtype and graph parameters): unchanged documents keep their node, so a small reindex costs
-a few inserts instead of a whole graph. Labels are therefore not rows; layout.ANN_ROWS maps
-them. Versions of formats 1-3 (hnswlib) still load and serve; their graph is not reused (the
-first format-4 build makes a usearch graph from scratch). indexing.build calls build_ann;
+Why IVF and not the HNSW graphs before it (docs/benchmarks.md, "ANN choice"): on product
+vectors with many near-duplicates, usearch and hnswlib graphs (M 16) left whole clusters
+unreached (recall@100 0.84-0.87 at ef 200, some queries 0.0; 0.95 took ef 800), while
+IVF scans its probed cells exhaustively: recall >= 0.95 at 100K and 1M at the default
+nprobe, for a build of about the same CPU and a smaller file.
+
+A build extends the previous version's index when it can (same model, dimension, library
+and cell count): unchanged documents keep their code under their label, removed or changed
+ones are removed, new or changed ones are added under fresh labels (the cells are not
+retrained). Labels are therefore not rows; layout.ANN_ROWS maps them. Beyond
+ANN_MAX_DELETED the cells are retrained from scratch. indexing.build calls build_ann;
 indexing.local_store calls open_ann.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,103 +38,152 @@ from indexing import layout
 
 log = logging.getLogger(__name__)
 
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 200
-# usearch's scalar type for the graph's copy of the vectors: "i8" is a quarter of float32
-# and, with the float32 rescore of the candidates, keeps recall@100 (docs/benchmarks.md).
-ANN_DTYPE = "i8"
-ANN_LIBRARY = "usearch"
-# A graph over reduced-precision vectors proposes this many times k candidates; the float32
-# rescore keeps the best k (quantization reorders near ties, the rescore puts them back).
+ANN_LIBRARY = "faiss"
+ANN_KIND = "IVF,SQ8"  # the manifest's ann.index: k-means cells, int8 residual codes
+# The IVF proposes this many times k candidates; the float32 rescore keeps the best k
+# (int8 codes reorder near ties, the rescore puts them back).
 RESCORE_OVERSAMPLE = 2
-# Rebuild the graph from scratch when more than this share of its nodes would be deleted
-# (deleted nodes still cost memory and search time; their labels are never reused).
+# Training vectors per cell (a sample of the corpus) and k-means iterations: enough for
+# stable cells, and the build's CPU stays near one pass over the vectors per iteration.
+TRAIN_PER_CELL = 64
+KMEANS_ITER = 10
+# Retrain the cells from scratch when more than this share of the labels given since they
+# were trained has been removed (changed or deleted documents): the cells were fitted to
+# vectors that are gone.
 ANN_MAX_DELETED = 0.2
 
 
+def ivf_cells(n: int) -> int:
+    """Cells for n vectors: about 4 sqrt(n) as a power of two (1,024 at 100K, 4,096 at
+    1M), with at least 39 vectors per cell (faiss' minimum for k-means)."""
+    cells = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n, 1)), 1.0)))
+    while cells > 1 and cells * 39 > n:
+        cells //= 2
+    return cells
+
+
 def _threads() -> int:
-    """Graph construction uses every core (it is a build, not a request)."""
+    """Construction uses every core (it is a build, not a request)."""
     return max(1, os.cpu_count() or 1)
 
 
 def load_ann_rows(path: Path, manifest: Mapping[str, Any]) -> np.ndarray | None:
-    """Graph label -> row of a version (-1 = deleted node); None when labels are rows
-    (format 1)."""
+    """Index label -> row of a version (-1 = removed); None when labels are rows (format 1)."""
     if manifest.get("format") == 1 or not (path / layout.ANN_ROWS).is_file():
         return None
     return layout.load_mapped(path / layout.ANN_ROWS)
 
 
 class AnnGraph:
-    """A loaded graph: labels of the approximate top k of a query vector."""
+    """A loaded ANN index: labels of candidates for the top k of a query vector.
 
-    def __init__(self, path: Path, manifest: Mapping[str, Any], dim: int, ef_search: int) -> None:
+    ``breadth`` is the search effort: nprobe (cells scanned) for faiss IVF, ef for the
+    HNSW graphs of earlier versions; None takes the manifest's.
+    """
+
+    def __init__(
+        self, path: Path, manifest: Mapping[str, Any], dim: int, breadth: int | None = None
+    ) -> None:
         a = manifest["ann"]
         self.library: str = a.get("library", "hnswlib")
-        if self.library == "usearch":
+        self._oversample = 1
+        if self.library == "faiss":
+            import faiss
+
+            file = path / layout.ANN_FAISS
+            ivf: Any = faiss.read_index(str(file), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+            if ivf.d != dim:
+                raise OSError(f"{file}: a faiss index of dim {ivf.d}, expected {dim}")
+            self._index: Any = ivf
+            self._oversample = RESCORE_OVERSAMPLE
+            default = int(a["nprobe"])
+        elif self.library == "usearch":
             from usearch.index import Index, ScalarKind
 
             index = Index.restore(str(path / layout.ANN_USEARCH), view=True)
             if index is None or index.ndim != dim:
                 raise OSError(f"{path / layout.ANN_USEARCH}: not a usearch index of dim {dim}")
-            self._index: Any = index
-            self._oversample = 1 if index.dtype == ScalarKind.F32 else RESCORE_OVERSAMPLE
+            self._index = index
+            self._oversample = 1 if index.dtype == ScalarKind.F32 else 2
+            default = int(a["ef_search"])
         elif self.library == "hnswlib":
             import hnswlib
 
             self._index = hnswlib.Index(space="ip", dim=dim)
             self._index.load_index(str(path / layout.ANN))
             self._index.set_num_threads(1)
+            default = int(a["ef_search"])
         else:
             raise OSError(f"{path}: unknown ANN library {self.library!r}")
-        self.set_ef(ef_search)
+        self.set_breadth(breadth or default)
 
-    def set_ef(self, ef: int) -> None:
-        """Search breadth (candidates examined per query)."""
-        if self.library == "usearch":
-            self._index.expansion_search = int(ef)
+    def set_breadth(self, breadth: int) -> None:
+        """Search effort: cells scanned (IVF) or candidates examined (HNSW) per query."""
+        self.breadth = int(breadth)
+        if self.library == "faiss":
+            self._index.nprobe = self.breadth
+        elif self.library == "usearch":
+            self._index.expansion_search = self.breadth
         else:
-            self._index.set_ef(int(ef))
+            self._index.set_ef(self.breadth)
 
     def search(self, vector: np.ndarray, k: int) -> np.ndarray:
-        """int64 labels of candidates for the k nearest: k of them from an hnswlib graph
-        (float32), RESCORE_OVERSAMPLE * k from a usearch graph whose vectors are reduced
-        (the caller rescores them in float32 and keeps k)."""
+        """int64 labels of candidates for the k nearest: k of them from a float32 graph, a
+        multiple of k from a reduced-precision index (the caller rescores them in float32
+        and keeps k). A faiss query runs on the calling thread only."""
+        want = k * self._oversample
+        if self.library == "faiss":
+            _, labels = self._index.search(vector.reshape(1, -1), want)
+            found = labels[0]
+            return found[found >= 0].astype(np.int64)
         if self.library == "usearch":
-            found = self._index.search(vector, k * self._oversample, threads=1)
+            found = self._index.search(vector, want, threads=1)
             return np.asarray(found.keys, dtype=np.int64)
         labels, _ = self._index.knn_query(vector, k=k, num_threads=1)
         return labels[0].astype(np.int64)
 
 
-def open_ann(path: Path, manifest: Mapping[str, Any], dim: int, ef_search: int) -> AnnGraph:
-    return AnnGraph(path, manifest, dim, ef_search)
+def open_ann(
+    path: Path, manifest: Mapping[str, Any], dim: int, breadth: int | None = None
+) -> AnnGraph:
+    return AnnGraph(path, manifest, dim, breadth)
 
 
-def build_usearch(path: Path, vectors: np.ndarray, labels: np.ndarray, dtype: str) -> None:
-    """A usearch graph of ``vectors`` under ``labels`` in ``dtype``, saved to ``path``
-    (also what scripts/benchmark_scale.py compares against hnswlib)."""
-    from usearch.index import Index
+def build_ivf(path: Path, vectors: np.ndarray, labels: np.ndarray, cells: int) -> None:
+    """An IVF-SQ8 index of ``vectors`` under ``labels`` with ``cells`` k-means cells, trained
+    on a fixed sample, saved to ``path`` (also what scripts/benchmark_ann.py measures)."""
+    import faiss
 
-    index = Index(
-        ndim=vectors.shape[1],
-        metric="ip",
-        dtype=dtype,
-        connectivity=HNSW_M,
-        expansion_add=HNSW_EF_CONSTRUCTION,
+    n, dim = vectors.shape
+    faiss.omp_set_num_threads(_threads())
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, cells, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
     )
-    index.add(
-        labels.astype(np.uint64), np.ascontiguousarray(vectors, np.float32), threads=_threads()
-    )
-    index.save(str(path))
+    index.cp.niter = KMEANS_ITER
+    index.cp.seed = 17
+    rng = np.random.default_rng(17)
+    n_train = min(n, cells * TRAIN_PER_CELL)
+    sample = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
+    index.train(np.ascontiguousarray(vectors[sample], np.float32))
+    _add(index, vectors, labels)
+    faiss.write_index(index, str(path))
 
 
-def _reusable_graph(
+def _add(index: Any, vectors: np.ndarray, labels: np.ndarray) -> None:
+    step = 100_000  # no float32 copy of all vectors at once (1M x 384 is 1.5 GB)
+    for s in range(0, len(labels), step):
+        index.add_with_ids(
+            np.ascontiguousarray(vectors[s : s + step], np.float32),
+            np.ascontiguousarray(labels[s : s + step], np.int64),
+        )
+
+
+def _reusable(
     previous: Path | None, model_id: str, dim: int
 ) -> tuple[dict[str, Any], list[str], np.ndarray, np.ndarray] | None:
     """(manifest, ids, vectors (memory-mapped), label -> row) of a previous version whose
-    usearch graph a new build can extend, or None (no version, other model/dim/library/
-    dtype, no graph, other graph parameters)."""
+    IVF a new build can extend, or None (no version, other model/dim/library, no index)."""
     if previous is None:
         return None
     try:
@@ -139,9 +195,8 @@ def _reusable_graph(
             or int(m.get("dim", -1)) != dim
             or not a.get("enabled")
             or a.get("library") != ANN_LIBRARY
-            or a.get("dtype") != ANN_DTYPE
-            or (a.get("M"), a.get("ef_construction")) != (HNSW_M, HNSW_EF_CONSTRUCTION)
-            or not (previous / layout.ANN_USEARCH).is_file()
+            or a.get("index") != ANN_KIND
+            or not (previous / layout.ANN_FAISS).is_file()
         ):
             return None
         ids = json.loads((previous / layout.IDS).read_text(encoding="utf-8"))
@@ -150,7 +205,7 @@ def _reusable_graph(
         if rows is None:
             rows = np.arange(len(ids), dtype=np.int64)
     except (OSError, ValueError, KeyError) as e:
-        log.warning("previous version %s unusable for graph reuse: %s", previous, e)
+        log.warning("previous version %s unusable for ANN reuse: %s", previous, e)
         return None
     if vectors.shape != (len(ids), dim):
         return None
@@ -163,26 +218,21 @@ def build_ann(
     vectors: np.ndarray,
     previous: Path | None,
     model_id: str,
+    nprobe: int,
 ) -> dict[str, Any]:
-    """Write layout.ANN_USEARCH (+ layout.ANN_ROWS: label -> row, -1 = deleted node).
+    """Write layout.ANN_FAISS (+ layout.ANN_ROWS: label -> row, -1 = removed).
 
-    Reuses the previous version's graph when it can: documents whose id and vector bytes
-    are unchanged keep their node, removed or changed ones are marked deleted, new or
-    changed ones are added under fresh labels. The previous version is only read (its
-    graph is loaded into memory and saved into ``path``). Returns the manifest's record
-    of what was done.
+    Reuses the previous version's index when it can: documents whose id and vector bytes
+    are unchanged keep their code, removed or changed ones are removed, new or changed
+    ones are added under fresh labels. The previous version is only read (its index is
+    loaded into memory and saved into ``path``). Returns the manifest's record of what
+    was done.
     """
-    from usearch.index import Index
+    import faiss
 
     n, dim = vectors.shape
-    record = {
-        "library": ANN_LIBRARY,
-        "dtype": ANN_DTYPE,
-        "space": "ip",
-        "M": HNSW_M,
-        "ef_construction": HNSW_EF_CONSTRUCTION,
-    }
-    prev = _reusable_graph(previous, model_id, dim)
+    record: dict[str, Any] = {"library": ANN_LIBRARY, "index": ANN_KIND, "space": "ip"}
+    prev = _reusable(previous, model_id, dim)
     if prev is not None and previous is not None:
         _, prev_ids, prev_vectors, prev_rows = prev
         label_of_prev_row = np.full(len(prev_ids), -1, dtype=np.int64)
@@ -200,46 +250,44 @@ def build_ann(
             same[c] = np.all(a == b, axis=1)
         kept_prev = np.zeros(len(prev_ids), dtype=bool)
         kept_prev[prev_row[same]] = True
-        n_labels_prev = len(prev_rows)
         added = np.flatnonzero(~same)
+        n_labels_prev = len(prev_rows)
         n_labels = n_labels_prev + len(added)
         dead = n_labels - n
         if dead / max(n_labels, 1) <= ANN_MAX_DELETED and int(same.sum()) > 0:
-            index = Index.restore(str(previous / layout.ANN_USEARCH), view=False)
-            if index is None:
-                raise OSError(f"{previous / layout.ANN_USEARCH}: not a usearch index")
-            newly_dead = label_of_prev_row[~kept_prev]
-            newly_dead = newly_dead[newly_dead >= 0]
-            if len(newly_dead):
-                index.remove(newly_dead.astype(np.uint64))
+            index: Any = faiss.read_index(str(previous / layout.ANN_FAISS))  # into memory
+            removed = label_of_prev_row[~kept_prev]
+            removed = removed[removed >= 0]
+            if len(removed):
+                index.remove_ids(faiss.IDSelectorBatch(removed.astype(np.int64)))
             rows = np.full(n_labels, -1, dtype=np.int64)
             rows[label_of_prev_row[prev_row[same]]] = np.flatnonzero(same)
             new_labels = np.arange(n_labels_prev, n_labels, dtype=np.int64)
             rows[new_labels] = added
             if len(added):
-                index.add(
-                    new_labels.astype(np.uint64),
-                    np.ascontiguousarray(vectors[added], np.float32),
-                    threads=_threads(),
-                )
-            index.save(str(path / layout.ANN_USEARCH))
+                faiss.omp_set_num_threads(_threads())
+                _add(index, vectors[added], new_labels)
+            faiss.write_index(index, str(path / layout.ANN_FAISS))
             np.save(path / layout.ANN_ROWS, rows)
             return {
                 **record,
+                "cells": int(index.nlist),
+                "nprobe": nprobe,
                 "build": "incremental",
                 "reused_from": str(prev[0].get("version", previous.name)),
                 "kept": int(same.sum()),
                 "added": len(added),
-                "deleted": len(newly_dead),
+                "deleted": len(removed),
                 "labels": n_labels,
             }
-        log.info(
-            "ANN: %d of %d graph nodes would be deleted; building from scratch", dead, n_labels
-        )
-    build_usearch(path / layout.ANN_USEARCH, vectors, np.arange(n), ANN_DTYPE)
+        log.info("ANN: %d of %d labels would be removed; retraining the cells", dead, n_labels)
+    cells = ivf_cells(n)
+    build_ivf(path / layout.ANN_FAISS, vectors, np.arange(n), cells)
     np.save(path / layout.ANN_ROWS, np.arange(n, dtype=np.int64))
     return {
         **record,
+        "cells": cells,
+        "nprobe": nprobe,
         "build": "scratch",
         "reused_from": None,
         "kept": 0,

@@ -311,7 +311,7 @@ def _write_version(
     if ann:
         with stages("graph"):
             ids = [d.id for d in docs]
-            ann_build = build_ann(path, ids, vectors, previous, model_id)
+            ann_build = build_ann(path, ids, vectors, previous, model_id, cfg.ann_nprobe)
 
     with stages("write"):
         np.save(path / layout.ATTRS, _attr_matrix(docs, attr_names))

@@ -69,6 +69,10 @@ class IndexConfig:
     k1: float = 1.2
     b: float = 0.75
     ann_threshold: int = 50_000  # use an ANN index above this many documents
+    # search effort of the ANN index: cells scanned per query by the faiss IVF of new
+    # versions (recall@100 >= 0.95 at 100K and 1M, docs/benchmarks.md "ANN choice")...
+    ann_nprobe: int = 32
+    # ...and the HNSW ef of versions built with usearch or hnswlib before it
     ann_ef_search: int = 200
     keep_versions: int = 3
     attrs: tuple[str, ...] = field(default_factory=tuple)  # () = every numeric attr seen
@@ -85,6 +89,8 @@ class IndexConfig:
             raise ValueError(f"b must be in [0, 1], got {self.b}")
         if self.ann_threshold < 0:
             raise ValueError(f"ann_threshold must be >= 0, got {self.ann_threshold}")
+        if self.ann_nprobe < 1:
+            raise ValueError(f"ann_nprobe must be >= 1, got {self.ann_nprobe}")
         if self.ann_ef_search < 1:
             raise ValueError(f"ann_ef_search must be >= 1, got {self.ann_ef_search}")
         if self.keep_versions < 1:

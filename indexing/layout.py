@@ -18,11 +18,13 @@ A version directory holds everything one immutable index needs:
   (a zip: it cannot be memory-mapped).
 - ``vectors.npy``: L2-normalized float32 [N, dim] (memory-mapped by every reader, so the
   worker processes of a server share one copy in the page cache).
-- the ANN graph (optional): format 4 ``ann.usearch``, a usearch HNSW graph with its own
-  reduced-precision copy of the vectors (manifest ``ann.dtype``), served from a read-only
-  memory map; formats 1-3 ``ann.bin``, an hnswlib graph (loaded into each process's own
-  memory). ``ann_rows.npy``: graph label -> row (-1 = deleted node; a reindex extends the
-  previous graph, so labels are not rows; format 1 had no such file: label = row).
+- the ANN index (optional; manifest ``ann.library``): format 4 ``ann.faiss``, a faiss IVF
+  with int8 codes (indexing.ann), or, in format 4 versions built before it, ``ann.usearch``,
+  a usearch HNSW graph with its own reduced-precision copy of the vectors (``ann.dtype``);
+  both served from a read-only memory map. Formats 1-3 ``ann.bin``, an hnswlib graph
+  (loaded into each process's own memory). ``ann_rows.npy``: label -> row (-1 = removed; a
+  reindex extends the previous index, so labels are not rows; format 1 had no such file:
+  label = row).
 - ``attrs.npy``: float64 [N, A], NaN where a document has no value; ``category.npy`` int32
   codes into ``categories.json`` (-1 = none).
 - ``docs.jsonl`` with ``docs.offsets.npy``: the stored Document of each row.
@@ -64,7 +66,8 @@ MANIFEST = "manifest.json"
 IDS = "ids.json"
 VECTORS = "vectors.npy"
 ANN = "ann.bin"  # formats 1-3: hnswlib
-ANN_USEARCH = "ann.usearch"  # format 4
+ANN_USEARCH = "ann.usearch"  # format 4, built before the IVF
+ANN_FAISS = "ann.faiss"  # format 4: faiss IVF (indexing.ann)
 ANN_ROWS = "ann_rows.npy"
 ATTRS = "attrs.npy"
 CATEGORY = "category.npy"

@@ -57,7 +57,7 @@ class LocalBackend:
         self.index_dir = index_dir
         self._snap: Snapshot | None = snapshot
         self._encoder = encoder
-        self._ef_search: int | None = None
+        self._ann_breadth: int | None = None
         self.inline = inline
 
     @classmethod
@@ -67,19 +67,19 @@ class LocalBackend:
         encoder: Encoder | None = None,
         *,
         version: str | None = None,
-        ef_search: int | None = None,
+        ann_breadth: int | None = None,
         inline: bool = True,
     ) -> LocalBackend:
         """Load CURRENT (or a named version); refuses an encoder of another dimension."""
         root = Path(index_dir)
-        snap = cls._load(root, version, ef_search)
+        snap = cls._load(root, version, ann_breadth)
         _check_encoder(snap, encoder)
         backend = cls(root, snap, encoder, inline=inline)
-        backend._ef_search = ef_search
+        backend._ann_breadth = ann_breadth
         return backend
 
     @staticmethod
-    def _load(root: Path, version: str | None, ef_search: int | None) -> Snapshot:
+    def _load(root: Path, version: str | None, ann_breadth: int | None) -> Snapshot:
         dirs = layout.index_versions(root)
         version = version or dirs.current()
         if version is None:
@@ -87,7 +87,7 @@ class LocalBackend:
         path = dirs.path(version)
         if not path.is_dir():
             raise IndexNotFoundError(f"{root}: version {version!r} not found")
-        return Snapshot(path, ef_search=ef_search)
+        return Snapshot(path, ann_breadth=ann_breadth)
 
     @property
     def version(self) -> str:
@@ -102,7 +102,7 @@ class LocalBackend:
         cur = layout.current_version(self.index_dir)
         if cur is None or cur == self.version:
             return False
-        snap = self._load(self.index_dir, cur, self._ef_search)
+        snap = self._load(self.index_dir, cur, self._ann_breadth)
         _check_encoder(snap, self._encoder)
         self._snap = snap  # the old snapshot's files close when the last request drops it
         return True

@@ -162,7 +162,7 @@ def write_blobs(path: Path, blobs: Sequence[bytes]) -> None:
 class Snapshot:
     """One loaded index version; every method is synchronous and thread-safe (read-only)."""
 
-    def __init__(self, path: Path, ef_search: int | None = None) -> None:
+    def __init__(self, path: Path, ann_breadth: int | None = None) -> None:
         manifest_path = path / layout.MANIFEST
         if not manifest_path.exists():
             raise IndexNotFoundError(f"{path}: no {layout.MANIFEST} (not a complete index version)")
@@ -194,7 +194,7 @@ class Snapshot:
         self.ann_rows: np.ndarray | None = None  # graph label -> row (None: label = row)
         if m["ann"]["enabled"]:
             self.ann_rows = load_ann_rows(path, m)
-            self.ann = open_ann(path, m, self.dim, int(ef_search or m["ann"]["ef_search"]))
+            self.ann = open_ann(path, m, self.dim, ann_breadth)
         self.docs = LineStore(path / layout.DOCS)
         # format 3: TermStore; formats 1-2: terms.jsonl rows behind an LRU
         self.term_store: TermStore | None = None

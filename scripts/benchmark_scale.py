@@ -1,8 +1,7 @@
-"""Scale benchmarks: fill a large catalog's embedding cache, and hnswlib vs usearch side by side.
+"""Scale benchmarks: fill a large catalog's embedding cache, then reindex and query it.
 
     python -m scripts.benchmark_scale fill --docs 1000000 [--work-dir /work/wt/scale-var]
         [--base 3000]
-    python -m scripts.benchmark_scale ann --docs 100000 [--work-dir ...] [--queries 300]
     python -m scripts.benchmark_scale build --docs 100000 [--work-dir ...] [--changed 100]
         [--steps full,changed,changed_full,back]
 
@@ -15,16 +14,13 @@ other product gets a near-duplicate of two real vectors of its own type
 realistic neighbour structure. The vectors are keyed by the real text hash and model id,
 so an index build finds every document cached. Deterministic (seeded by row).
 
-``ann``: over the vectors a build of that catalog would index (read from the cache), builds
-hnswlib (the format-3 graph) and usearch (float32, float16, int8 storage), each in a fresh
-process, and reports build time, kNN top-100 p50/p99 (after the float32 rescore the
-Snapshot does), recall@100 against exact float32, file size and the RSS/PSS of a fresh
-process that loads the index and runs the queries (what a server worker would hold).
-
 ``build``: reindexes from the cache (see BUILD_STEPS): from scratch, then incrementally with
 ``--changed`` documents' titles changed, that changed catalog from scratch beside it, and
 back; each with its seconds per stage (indexing.build.Stages: compare, vectors, graph,
 analysis, bm25, term_store, write, validate, publish).
+
+The ANN structures themselves are compared by scripts/benchmark_ann.py, over the vectors
+``cached_vectors`` / ``query_vectors`` write here.
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -192,143 +187,6 @@ def query_vectors(work: Path, n_docs: int, n: int) -> np.ndarray:
     return vecs[:n]
 
 
-# --- one ANN variant in a fresh process ----------------------------------------------------
-def _pss_mb() -> tuple[float, float]:
-    rss = pss = float("nan")
-    try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return rss, pss
-
-
-def _variant(kind: str, vec_path: str, q_path: str, out_dir: str, ef: int, k: int) -> None:
-    """Build the ANN in this process, then load it in a second fresh one and query."""
-    vectors = np.load(vec_path, mmap_mode="r")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rec: dict[str, Any] = {"kind": kind}
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    if kind == "hnswlib":
-        import hnswlib
-
-        from indexing.ann import HNSW_EF_CONSTRUCTION, HNSW_M
-
-        idx = hnswlib.Index(space="ip", dim=vectors.shape[1])
-        idx.init_index(len(vectors), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=42)
-        idx.set_num_threads(2)
-        idx.add_items(np.asarray(vectors), np.arange(len(vectors)), num_threads=2)
-        idx.save_index(str(out / "ann.bin"))
-        path = out / "ann.bin"
-    else:
-        from indexing.ann import build_usearch
-
-        dtype = kind.split("-")[1]
-        path = out / f"ann-{dtype}.usearch"
-        build_usearch(path, np.asarray(vectors), np.arange(len(vectors)), dtype)
-    rec["build_s"] = round(time.perf_counter() - t0, 1)
-    rec["build_cpu_s"] = round(time.process_time() - c0, 1)
-    rec["file_mb"] = round(path.stat().st_size / 2**20, 1)
-    print(json.dumps(rec), flush=True)
-
-
-def _query(kind: str, vec_path: str, q_path: str, out_dir: str, ef: int, k: int) -> None:
-    out = Path(out_dir)
-    vectors = np.load(vec_path, mmap_mode="r")
-    queries = np.load(q_path)
-    rss0, _ = _pss_mb()
-    if kind == "hnswlib":
-        import hnswlib
-
-        idx = hnswlib.Index(space="ip", dim=vectors.shape[1])
-        idx.load_index(str(out / "ann.bin"))
-        idx.set_ef(ef)
-        idx.set_num_threads(1)
-
-        def search(v: np.ndarray) -> np.ndarray:
-            return idx.knn_query(v, k=k, num_threads=1)[0][0].astype(np.int64)
-    else:
-        from usearch.index import Index
-
-        from indexing.ann import RESCORE_OVERSAMPLE
-
-        dtype = kind.split("-")[1]
-        uidx: Any = Index.restore(str(out / f"ann-{dtype}.usearch"), view=True)
-        assert uidx is not None
-        uidx.expansion_search = ef
-        over = 1 if dtype == "f32" else RESCORE_OVERSAMPLE  # as indexing.ann.AnnGraph
-
-        def search(v: np.ndarray) -> np.ndarray:
-            keys = np.asarray(uidx.search(v, k * over, threads=1).keys, dtype=np.int64)
-            return keys[np.argsort(-(vectors[keys] @ v), kind="stable")[:k]]
-
-    exact = []
-    for q in queries:
-        s = vectors @ q
-        exact.append(set(np.argpartition(-s, k)[:k].tolist()))
-    times: list[float] = []
-    recalls: list[float] = []
-    for _ in range(2):
-        times = []
-        for i, q in enumerate(queries):
-            t0 = time.perf_counter()
-            cand = search(q)
-            s = vectors[np.sort(cand)] @ q  # the float32 rescore Snapshot.knn does
-            times.append((time.perf_counter() - t0) * 1000)
-            recalls.append(len(exact[i] & set(cand.tolist())) / k)
-    rss1, pss1 = _pss_mb()
-    a = np.asarray(times)
-    r = np.asarray(recalls[len(queries) :])
-    print(
-        json.dumps(
-            {
-                "kind": kind,
-                "ef": ef,
-                "knn_p50_ms": round(float(np.percentile(a, 50)), 3),
-                "knn_p99_ms": round(float(np.percentile(a, 99)), 3),
-                "recall_mean": round(float(r.mean()), 4),
-                "recall_min": round(float(r.min()), 3),
-                "rss_mb_loaded": round(rss1, 1),
-                "pss_mb_loaded": round(pss1, 1),
-                "rss_mb_before_load": round(rss0, 1),
-            }
-        ),
-        flush=True,
-    )
-
-
-def ann(work: Path, n_docs: int, n_queries: int, kinds: Sequence[str], ef: int) -> list[Any]:
-    vecs = cached_vectors(work, n_docs)
-    qv = query_vectors(work, n_docs, n_queries)
-    vec_path = work / f"vectors-{n_docs}.npy"
-    q_path = work / f"queries-{n_docs}-{n_queries}.npy"
-    np.save(q_path, qv[:n_queries])
-    del vecs
-    out_dir = work / f"ann-{n_docs}"
-    results = []
-    for kind in kinds:
-        row: dict[str, Any] = {}
-        for fn in ("_variant", "_query"):
-            code = (
-                f"from scripts.benchmark_scale import {fn}; "
-                f"{fn}({kind!r}, {str(vec_path)!r}, {str(q_path)!r}, {str(out_dir)!r}, {ef}, 100)"
-            )
-            p = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=False
-            )
-            if p.returncode != 0:
-                raise SystemExit(f"{kind} {fn} failed: {p.stderr[-2000:]}")
-            row.update(json.loads(p.stdout.strip().splitlines()[-1]))
-        print(json.dumps(row), flush=True)
-        results.append(row)
-    return results
-
-
 def _pct(xs: Sequence[float]) -> dict[str, float]:
     a = np.asarray(xs)
     return {
@@ -427,14 +285,12 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmark_scale", description=__doc__.split("\n")[0])
-    p.add_argument("step", choices=("fill", "ann", "build"))
+    p.add_argument("step", choices=("fill", "build"))
     p.add_argument("--changed", type=int, default=100, help="build: documents changed")
     p.add_argument("--docs", type=int, default=1_000_000)
     p.add_argument("--work-dir", default="var/bench_api")
     p.add_argument("--base", type=int, default=3000, help="fill: products embedded for real")
-    p.add_argument("--queries", type=int, default=300, help="ann: query vectors")
-    p.add_argument("--ef", type=int, default=200, help="ann: search breadth")
-    p.add_argument("--kinds", default="hnswlib,usearch-f32,usearch-f16,usearch-i8")
+    p.add_argument("--queries", type=int, default=300, help="build: queries")
     p.add_argument(
         "--steps", default=",".join(BUILD_STEPS), help="build: which reindexes, in order"
     )
@@ -447,13 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu = cpu_description()
     if args.step == "fill":
         res: Any = fill(work, args.docs, args.base)
-    elif args.step == "build":
+    else:
         steps = args.steps.split(",")
         if bad := sorted(set(steps) - set(BUILD_STEPS)):
             p.error(f"unknown build steps {bad}; choose from {', '.join(BUILD_STEPS)}")
         res = build(work, args.docs, args.changed, args.queries, steps)
-    else:
-        res = ann(work, args.docs, args.queries, args.kinds.split(","), args.ef)
     res = {"cpu": cpu, "load_avg_1m": os.getloadavg()[0], "result": res}
     print(json.dumps(res, indent=2))
     if args.out:

@@ -1,4 +1,4 @@
-"""A reindex extends the previous version's ANN graph (usearch) instead of rebuilding it.
+"""A reindex extends the previous version's ANN index (faiss IVF) instead of rebuilding it.
 
 Vectors come from an EmbeddingCache filled with clustered synthetic vectors under the
 real encoder's model id (as scripts/benchmark.py does), so no text is embedded; the

@@ -22,7 +22,7 @@ from tests.contract import CONTRACT_DOCS, BackendContract, N
 def contract_index_ann(
     tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
 ) -> Path:
-    """The session's contract corpus with the ANN graph (usearch) forced on (threshold below the
+    """The session's contract corpus with the ANN index (faiss IVF) forced on (threshold below the
     corpus size); ``contract_index`` (conftest) is the same corpus with exact kNN."""
     root = tmp_path_factory.mktemp("contract-index-ann")
     build_local_index(
