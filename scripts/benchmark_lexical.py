@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,15 @@ def _corpus(data: Path) -> tuple[list[str], list[list[str]], list[str]]:
     docs = load_beir(data).corpus
     fields = text_field_names(docs)
     return [d.id for d in docs], _field_texts(docs, fields), list(fields)
+
+
+def _joined(data: Path) -> Iterator[str]:
+    """Every document's text fields concatenated (title, body, extra fields by name), streamed
+    (a 1M catalog's Documents are not all held at once)."""
+    from indexing.loaders import iter_documents
+
+    for d in iter_documents(data):
+        yield " ".join([d.title, d.body, *(d.extra[k] for k in sorted(d.extra))])
 
 
 def _queries(data: Path, n: int) -> list[tuple[str, str]]:
@@ -94,30 +103,45 @@ def _tantivy_index(engine: str, path: Path, create: bool) -> Any:
 
 
 # --- one engine in a fresh process -------------------------------------------------------
-def _build(engine: str, data: str, out_dir: str) -> None:
-    ids, texts, fields = _corpus(Path(data))
+def _build(engine: str, data: str, out_dir: str, lean: bool) -> None:
+    """Build one engine's index of ``data`` under out_dir/engine. ``lean``: ours builds only
+    the combined field's matrix (what a BM25 query reads; the same matrix write_bm25 makes)
+    from streamed text, so a 1M catalog fits in memory."""
+    from indexing import layout
+    from indexing.analysis import Analyzer
+    from indexing.config import IndexConfig
+
     out = Path(out_dir) / engine
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    cfg = IndexConfig()
     t0, c0 = time.perf_counter(), time.process_time()
-    if engine == "ours":
-        from indexing.build import write_bm25
-        from indexing.config import IndexConfig
+    if engine == "ours" and lean:
+        from indexing.bm25 import FieldIndex
+        from indexing.local_store import save_field_index
 
-        cfg = IndexConfig()
+        a = Analyzer(cfg.stopwords, cfg.stemmer)
+        fi = FieldIndex.build([a.terms(t) for t in _joined(Path(data))], cfg.k1, cfg.b)
+        (out / layout.BM25_DIR).mkdir()
+        save_field_index(fi, layout.bm25_field(out, layout.COMBINED))
+        n_docs = fi.num_docs
+    elif engine == "ours":
+        from indexing.build import write_bm25
+
+        ids, texts, fields = _corpus(Path(data))
         write_bm25(out, texts, fields, cfg.k1, cfg.b, cfg.stopwords, cfg.stemmer)
+        n_docs = len(ids)
     else:
         import tantivy
 
-        from indexing.analysis import Analyzer
-
-        joined = [" ".join(parts) for parts in zip(*texts, strict=True)]
-        if engine == "tantivy-terms":
-            a = Analyzer()
-            joined = [" ".join(a.terms(t)) for t in joined]
+        terms = Analyzer().terms if engine == "tantivy-terms" else None
         index = _tantivy_index(engine, out, create=True)
         writer = index.writer(heap_size=256_000_000, num_threads=0)
-        for row, text in enumerate(joined):
+        n_docs = 0
+        for row, text in enumerate(_joined(Path(data))):
+            if terms is not None:
+                text = " ".join(terms(text))
+            n_docs += 1
             doc = tantivy.Document()
             doc.add_text("text", text)
             doc.add_unsigned("row", row)  # Document(row=...) would be i64: the field is u64
@@ -126,14 +150,12 @@ def _build(engine: str, data: str, out_dir: str) -> None:
         writer.wait_merging_threads()
     rec = {
         "engine": engine,
-        "docs": len(ids),
+        "docs": n_docs,
         "build_s": round(time.perf_counter() - t0, 2),
         "build_cpu_s": round(time.process_time() - c0, 2),
         "index_mb": round(_du_mb(out), 1),
     }
     if engine == "ours":  # what a BM25 query reads: the combined field's matrix + vocabulary
-        from indexing import layout
-
         field = layout.bm25_field(out, layout.COMBINED)
         files = [layout.bm25_array(out, layout.COMBINED, a) for a in layout.BM25_ARRAYS]
         files.append(field.with_name(field.name + layout.BM25_VOCAB_SUFFIX))
@@ -251,13 +273,15 @@ def _rank_bm25(data: Path, n_queries: int) -> list[list[int]]:
     return out
 
 
-def run(data: Path, work: Path, n_queries: int, engines: Sequence[str]) -> dict[str, Any]:
+def run(
+    data: Path, work: Path, n_queries: int, engines: Sequence[str], lean: bool = False
+) -> dict[str, Any]:
     from ltr.metrics import ndcg_at_k
 
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     for e in engines:
-        rows[e] = {**_child("_build", e, str(data), str(work))}
+        rows[e] = {**_child("_build", e, str(data), str(work), lean)}
         rows[e].update(_child("_query", e, str(data), str(work), n_queries))
     ranks = {e: json.loads((work / f"ranks-{e}.json").read_text()) for e in engines}
     judged = _judged(data, n_queries)
@@ -290,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--work-dir", default="var/bench_lexical")
     p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument(
+        "--lean", action="store_true", help="ours: build only the combined field (large corpora)"
+    )
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args(argv)
     data = Path(args.data)
@@ -308,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from indexing.encoders import cpu_description
 
-    res = run(data, Path(args.work_dir), args.queries, engines)
+    res = run(data, Path(args.work_dir), args.queries, engines, args.lean)
     res = {"cpu": cpu_description(), "load_avg_1m": os.getloadavg()[0], **res}
     print(json.dumps(res, indent=2))
     if args.out:
