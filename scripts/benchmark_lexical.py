@@ -1,6 +1,7 @@
 """Lexical engine side by side: our BM25 (indexing.bm25) vs tantivy, on one corpus.
 
-    python -m scripts.benchmark_lexical --data DIR [--queries 300] [--work-dir W] [--out F]
+    python -m scripts.benchmark_lexical --data DIR [--queries 300] [--work-dir W] [--lean]
+        [--engines ours,tantivy,tantivy-terms] [--out F]
 
 DIR is a BEIR directory (a demo catalog from indexing.demo_catalog, or Cranfield). Each
 engine is built and then queried in fresh processes (so RSS is its own), over the same
@@ -8,8 +9,9 @@ text: every text field of a document (title, body, extra fields) concatenated, w
 what our combined field indexes.
 
 - ``ours``: indexing.build.write_bm25 (what a reindex runs for the BM25 side: analysis,
-  per-field and combined matrices, term store), queried as Snapshot.bm25 queries the
-  combined field (memory-mapped .npy matrices).
+  per-field and combined matrices, term store), or with ``--lean`` only the combined
+  matrix (from streamed text: a 1M catalog fits in memory); queried as Snapshot.bm25
+  queries the combined field (memory-mapped .npy matrices).
 - ``tantivy``: tantivy with its own analyzer (simple tokenizer, lowercase, tantivy's
   English stop words, English Snowball stemmer), BM25 k1 1.2 b 0.75, a disjunction of the
   query's terms; positions off (``freq``), like our matrices.
