@@ -85,7 +85,7 @@ COSTS: Mapping[str, tuple[float, float, float, float]] = {
     "serve": (1_400.0, 0.0, 0.0, 0.0),
     "clicks": (0.0, 0.0, 3.4, 3.2),
     "rollout": (2_000.0, 0.0, 3.0, 0.0),
-    "drift": (2_700.0, 0.0, 0.0, 0.0),
+    "drift": (4_900.0, 0.0, 0.0, 0.0),  # 500 searches per phase (was 150: 2,700)
 }
 ROLLOUT_S = (35.0, 65.0)  # the three experiments: typical, slowest
 
