@@ -267,7 +267,10 @@ class Snapshot:
         self._check_k(k)
         fi = self._field(field)
         terms = self.analyzer.terms(query)
-        scores = fi.scores(terms)
+        return self._top_hits(fi.scores(terms), k, filters)
+
+    def _top_hits(self, scores: np.ndarray, k: int, filters: Filters | None) -> Hits:
+        """The k best matching (score > 0) rows that pass ``filters``, best first."""
         m = self.mask(filters)
         eligible = scores > 0 if m is None else (scores > 0) & m
         rows = np.flatnonzero(eligible)
@@ -296,14 +299,7 @@ class Snapshot:
             terms, docs, feedback.scores[: len(docs)].tolist(), self.combined.doc_freq,
             self.combined.num_docs, params,
         )  # fmt: skip
-        scores = self.combined.weighted_scores(weights)
-        m = self.mask(filters)
-        eligible = scores > 0 if m is None else (scores > 0) & m
-        hit_rows = np.flatnonzero(eligible)
-        if len(hit_rows) == 0:
-            return Hits((), np.zeros(0, dtype=np.float64))
-        best = hit_rows[top_k(scores[hit_rows], k)]
-        return self._hits(best, scores[best])
+        return self._top_hits(self.combined.weighted_scores(weights), k, filters)
 
     def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
         self._check_k(k)
