@@ -292,11 +292,12 @@ class Snapshot:
         self._check_k(k)
         terms = self.analyzer.terms(query)
         rows = self.rows(list(feedback.ids[: params.fb_docs]))
-        rows = rows[rows >= 0]
+        known = rows >= 0  # a feedback id this version lacks drops with its own score
+        rows = rows[known]
         per_field = self._doc_terms(rows).values()
         docs = [tuple(t for f in per_field for t in f[i]) for i in range(len(rows))]
         weights = expand(
-            terms, docs, feedback.scores[: len(docs)].tolist(), self.combined.doc_freq,
+            terms, docs, feedback.scores[: len(known)][known].tolist(), self.combined.doc_freq,
             self.combined.num_docs, params,
         )  # fmt: skip
         return self._top_hits(self.combined.weighted_scores(weights), k, filters)

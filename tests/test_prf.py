@@ -197,3 +197,22 @@ def test_unknown_extra_retriever_is_refused() -> None:
     RetrievalConfig(extra_retrievers=(RM3, TITLE)).validate()
     with pytest.raises(ValueError, match="fb_docs"):
         Rm3Params(fb_docs=0).validate()
+
+
+@ASYNC
+async def test_a_feedback_id_the_version_lacks_drops_with_its_own_score(
+    backend: LocalBackend,
+) -> None:
+    """Feedback ids are matched to rows; an id this version does not hold (a document removed
+    since the first pass) must not shift the remaining documents' scores onto each other."""
+    from indexing.backend import Hits
+
+    first = await backend.bm25("waterproof hiking boots", 5)
+    assert len(first) >= 3
+    with_gone = Hits(
+        ids=("no-such-doc", *first.ids), scores=np.array([99.0, *first.scores.tolist()])
+    )
+    want = await backend.rm3("waterproof hiking boots", first, 5)
+    got = await backend.rm3("waterproof hiking boots", with_gone, 5)
+    assert got.ids == want.ids
+    np.testing.assert_allclose(got.scores, want.scores)
