@@ -346,6 +346,16 @@ def _fuzzy_cov(cs: CandidateSet) -> np.ndarray:
     return out
 
 
+def _unk_share(cs: CandidateSet) -> np.ndarray:
+    """Share of the query's distinct terms the index does not know (no IDF), the same for
+    every candidate: tells the trees when BM25 sees only part of the query. NaN for a
+    query without terms."""
+    terms = tuple(dict.fromkeys(cs.query_terms))
+    if not terms:
+        return _nan(len(cs.ids))
+    return np.full(len(cs.ids), sum(t not in cs.idf for t in terms) / len(terms))
+
+
 def _query_len(cs: CandidateSet) -> np.ndarray:
     return np.full(len(cs.ids), float(len(cs.query_terms)))
 
@@ -596,12 +606,15 @@ _reg("fields_in_query", _T, _fields_in_query, "short fields whose every term is 
 # in the default: +0.027 NDCG@10 on the demo catalog (its misspelled queries), no loss on
 # Cranfield or CACM (docs/evaluation.md, issue 13)
 _reg("fuzzy_cov", _T, _fuzzy_cov, "share of unknown query terms within one edit of a doc term")
+# opt-in: measured on the three collections, no gain (docs/evaluation.md, issue 13)
+_reg("unk_share", _T, _unk_share, "share of the query's distinct terms unknown to the index")
 # opt-in text features: measured (docs/evaluation.md), not in the default set
 OPTIONAL_TEXT_FEATURES: tuple[str, ...] = (
     *(f"{r}_{k}" for r in EXTRA_RETRIEVERS for k in ("minmax", "rank")),
     "cov_short",
     "fields_hit",
     "fields_in_query",
+    "unk_share",
 )
 
 _S = "static"

@@ -189,6 +189,15 @@ def test_fuzzy_coverage_of_unknown_query_terms() -> None:
     assert np.isnan(col(make_cs(), "fuzzy_cov")).all()  # every query term known
 
 
+def test_unknown_term_share_is_query_level() -> None:
+    # "tee" and "samdal" are unknown; "suede" twice counts once
+    cs = make_cs(query_terms=("suede", "tee", "suede", "samdal"), idf={"suede": 1.0})
+    np.testing.assert_allclose(col(cs, "unk_share"), [2 / 3] * len(cs.ids), rtol=1e-6)
+    assert (col(make_cs(), "unk_share") == 0.0).all()  # every query term known
+    assert np.isnan(col(make_cs(query_terms=()), "unk_share")).all()
+    assert "unk_share" in F.OPTIONAL_TEXT_FEATURES and "unk_share" not in F.DEFAULT_TEXT_FEATURES
+
+
 def test_unknown_extra_retriever_is_refused() -> None:
     from search.config import RetrievalConfig
 
