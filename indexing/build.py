@@ -157,7 +157,7 @@ def write_bm25(
         (path / layout.BM25_DIR).mkdir()
         for name, fi in zip(text_fields, fields, strict=True):
             save_field_index(fi, layout.bm25_field(path, name))
-        save_field_index(combined, layout.bm25_field(path, layout.COMBINED))
+        save_field_index(combined, layout.bm25_field(path, layout.COMBINED), block_max=True)
     with times("term_store"):
         write_term_store(path, stored)
     return times

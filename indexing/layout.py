@@ -15,7 +15,10 @@ A version directory holds everything one immutable index needs:
 - ``bm25/<field>.{data,indices,indptr}.npy`` + ``bm25/<field>.vocab.json``: bm25s
   (method="lucene") score matrices in CSC form (indexing.bm25.FieldIndex), one per text
   field plus ``_all`` (all text fields concatenated). Formats 1-3: one ``bm25/<field>.npz``
-  (a zip: it cannot be memory-mapped).
+  (a zip: it cannot be memory-mapped). The combined field also has
+  ``bm25/_all.{block_indptr,block_ids,block_max}.npy`` (indexing.bm25.BlockMax: per term,
+  the largest contribution in each block of rows; ``block_rows`` in its vocab.json), which
+  let a top-k skip documents; versions without them score every document.
 - ``vectors.npy``: L2-normalized float32 [N, dim] (memory-mapped by every reader, so the
   worker processes of a server share one copy in the page cache).
 - the ANN index (optional; manifest ``ann.library``): format 4 ``ann.faiss``, a faiss IVF
@@ -81,6 +84,7 @@ BM25_DIR = "bm25"
 COMBINED = "_all"  # name of the combined-field BM25 index
 BM25_MATRIX_SUFFIX = ".npz"  # formats 1-3
 BM25_ARRAYS = ("data", "indices", "indptr")  # format 4: bm25/<field>.<array>.npy
+BM25_BLOCK_ARRAYS = ("block_indptr", "block_ids", "block_max")  # BlockMax, optional
 BM25_VOCAB_SUFFIX = ".vocab.json"
 OFFSETS_SUFFIX = ".offsets.npy"  # beside a JSON-lines file: the byte offset of each line
 # transient files of a build in progress (never in a published version)

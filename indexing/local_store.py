@@ -30,7 +30,7 @@ from indexing import layout
 from indexing.analysis import Analyzer
 from indexing.ann import AnnGraph, load_ann_rows, open_ann
 from indexing.backend import Filters, Hits, Lookups, check_query_vector
-from indexing.bm25 import FieldIndex, lucene_idf, top_k
+from indexing.bm25 import BlockMax, FieldIndex, lucene_idf, top_k, top_matching
 from indexing.documents import Document
 from indexing.errors import IndexingError, IndexNotFoundError, InvalidRequestError
 from indexing.prf import DEFAULT_RM3, Rm3Params, expand
@@ -47,15 +47,22 @@ TERMS_CACHE_ROWS = 10_000
 TERMS_CACHE_TERMS = 6_000_000
 
 
-def save_field_index(fi: FieldIndex, path: Path) -> None:
+def save_field_index(fi: FieldIndex, path: Path, block_max: bool = False) -> None:
     """Write a field's BM25 matrix in format 4 (``path``: layout.bm25_field, without
-    suffixes): one .npy per array, so readers can memory-map them."""
+    suffixes): one .npy per array, so readers can memory-map them; with ``block_max``
+    also its BlockMax bounds (what FieldIndex.top skips documents by)."""
     version, field = path.parent.parent, path.name
     for name in layout.BM25_ARRAYS:
         np.save(layout.bm25_array(version, field, name), getattr(fi, name))
-    path.with_name(field + layout.BM25_VOCAB_SUFFIX).write_text(
-        json.dumps({"num_docs": fi.num_docs, "vocab": fi.vocab}), encoding="utf-8"
-    )
+    meta: dict[str, Any] = {"num_docs": fi.num_docs, "vocab": fi.vocab}
+    if block_max:
+        bm = fi.block_max or BlockMax.build(fi)
+        for name, arr in zip(
+            layout.BM25_BLOCK_ARRAYS, (bm.indptr, bm.blocks, bm.maxima), strict=True
+        ):
+            np.save(layout.bm25_array(version, field, name), arr)
+        meta["block_rows"] = bm.rows
+    path.with_name(field + layout.BM25_VOCAB_SUFFIX).write_text(json.dumps(meta), "utf-8")
 
 
 def load_field_index(path: Path) -> FieldIndex:
@@ -71,7 +78,14 @@ def load_field_index(path: Path) -> FieldIndex:
     data, indices, indptr = (
         layout.load_mapped(layout.bm25_array(version, field, a)) for a in layout.BM25_ARRAYS
     )
-    return FieldIndex(meta["vocab"], data, indices, indptr, n)
+    bm = None
+    if "block_rows" in meta:  # versions written before BlockMax have none: dense top-k
+        b_indptr, blocks, maxima = (
+            layout.load_mapped(layout.bm25_array(version, field, a))
+            for a in layout.BM25_BLOCK_ARRAYS
+        )
+        bm = BlockMax(int(meta["block_rows"]), b_indptr, blocks, maxima)
+    return FieldIndex(meta["vocab"], data, indices, indptr, n, bm)
 
 
 def read_line(raw: bytes) -> Any:
@@ -266,18 +280,7 @@ class Snapshot:
     ) -> Hits:
         self._check_k(k)
         fi = self._field(field)
-        terms = self.analyzer.terms(query)
-        return self._top_hits(fi.scores(terms), k, filters)
-
-    def _top_hits(self, scores: np.ndarray, k: int, filters: Filters | None) -> Hits:
-        """The k best matching (score > 0) rows that pass ``filters``, best first."""
-        m = self.mask(filters)
-        eligible = scores > 0 if m is None else (scores > 0) & m
-        rows = np.flatnonzero(eligible)
-        if len(rows) == 0:
-            return Hits((), np.zeros(0, dtype=np.float64))
-        best = rows[top_k(scores[rows], k)]
-        return self._hits(best, scores[best])
+        return self._hits(*fi.top(self.analyzer.terms(query), k, self.mask(filters)))
 
     def rm3(
         self,
@@ -300,7 +303,8 @@ class Snapshot:
             terms, docs, feedback.scores[: len(known)][known].tolist(), self.combined.doc_freq,
             self.combined.num_docs, params,
         )  # fmt: skip
-        return self._top_hits(self.combined.weighted_scores(weights), k, filters)
+        scores = self.combined.weighted_scores(weights)
+        return self._hits(*top_matching(scores, k, self.mask(filters)))
 
     def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
         self._check_k(k)

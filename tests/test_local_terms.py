@@ -24,6 +24,7 @@ from indexing.embedding_cache import EmbeddingCache
 from indexing.layout import (
     ANN_ROWS,
     BM25_ARRAYS,
+    BM25_BLOCK_ARRAYS,
     BM25_DIR,
     BM25_MATRIX_SUFFIX,
     BM25_VOCAB_SUFFIX,
@@ -115,13 +116,17 @@ def test_term_cache_starting_over_keeps_values(built: Path) -> None:
 
 
 def bm25_to_npz(version: Path) -> None:
-    """Rewrite format 4's per-array BM25 files as the one npz per field of formats 1-3."""
+    """Rewrite format 4's per-array BM25 files as the one npz per field of formats 1-3
+    (which had no BlockMax bounds)."""
     for vocab in (version / BM25_DIR).glob("*" + BM25_VOCAB_SUFFIX):
         field = vocab.name[: -len(BM25_VOCAB_SUFFIX)]
         arrays = {a: np.load(bm25_array(version, field, a)) for a in BM25_ARRAYS}
         np.savez(version / BM25_DIR / (field + BM25_MATRIX_SUFFIX), **arrays)
-        for a in BM25_ARRAYS:
-            bm25_array(version, field, a).unlink()
+        for a in BM25_ARRAYS + BM25_BLOCK_ARRAYS:
+            bm25_array(version, field, a).unlink(missing_ok=True)
+        meta = json.loads(vocab.read_text())
+        meta.pop("block_rows", None)
+        vocab.write_text(json.dumps(meta))
 
 
 def _downgrade(version: Path, fmt: int) -> None:
