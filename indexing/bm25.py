@@ -297,12 +297,13 @@ class FieldIndex:
         if not len(rows):
             return out
         bounds = self._bounds
-        for tid in tids:
+        keys = rows.astype(self.indices.dtype)  # the column's dtype: searchsorted copies
+        for tid in tids:  # the whole column to a wider one otherwise (rows < N: exact)
             s, e = bounds[tid], bounds[tid + 1]
             if e == s:
                 continue
             col = self.indices[s:e]
-            pos = col.searchsorted(rows)
+            pos = col.searchsorted(keys)
             np.minimum(pos, e - s - 1, out=pos)
             # adding 0.0 where the row has no posting leaves it unchanged: same sums as
             # adding the hits alone, in the same term order
