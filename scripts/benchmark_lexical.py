@@ -22,6 +22,18 @@ Reported per engine: build wall/CPU s, index MB on disk, top-100 p50/p99 ms and 
 query (second pass), RSS of the query process, overlap@10/@100 with ``ours``, and NDCG@10
 when the corpus has judgments (rank-bm25's BM25Okapi over our analyzer's terms is the
 outside check, on corpora up to 20K documents).
+
+    python -m scripts.benchmark_lexical --topk INDEX_DIR --data DIR [--queries 500]
+        [--block-rows 16,32] [--out F]
+
+``--topk``: our top-100 two ways over a built index (its serving version, read only, the
+combined field memory-mapped), side by side per query: the dense pass over every document
+(FieldIndex.scores + top_matching) and the block-max top-k (FieldIndex.top_blocks with
+BlockMax bounds computed here from the mapped matrix for each ``--block-rows``, finishing
+with the dense pass when it gives up, as FieldIndex.top does at >= BLOCK_MIN_DOCS),
+without and with a filter (the query's category). Reports CPU ms per query p50 / p99 /
+mean of each, how many queries fell back to the dense pass, the bounds' MB, and checks
+that both return the same rows and scores.
 """
 
 from __future__ import annotations
@@ -231,6 +243,77 @@ def _query(engine: str, data: str, out_dir: str, n_queries: int) -> None:
     print(json.dumps(rec), flush=True)
 
 
+# --- dense vs block-max top-k over a built index ------------------------------------------
+def _cpu_stats(ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "mean": round(float(a.mean()), 3),
+    }
+
+
+def topk_side_by_side(
+    index: Path, data: Path, n_queries: int, block_rows: Sequence[int]
+) -> dict[str, Any]:
+    """Dense vs block-max top-100 CPU per query over the serving version of ``index``."""
+    import dataclasses
+
+    from indexing import layout
+    from indexing.backend import Filters
+    from indexing.bm25 import BLOCK_MIN_DOCS, BlockMax, top_matching
+    from indexing.local_store import Snapshot
+
+    version = layout.current_version(index)
+    if version is None:
+        raise SystemExit(f"benchmark_lexical: {index}: no serving version")
+    snap = Snapshot(layout.index_versions(index).path(version))
+    fi = snap.combined
+    queries = []
+    with open(data / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            q = json.loads(line)
+            queries.append((snap.analyzer.terms(q["text"]), Filters(category=q.get("category"))))
+    queries = queries[:n_queries]
+    out: dict[str, Any] = {"docs": fi.num_docs, "postings": len(fi.data), "queries": len(queries)}
+    for rows_per in block_rows:
+        t0 = time.process_time()
+        bm = BlockMax.build(fi, rows_per)
+        build_s = time.process_time() - t0
+        fb = dataclasses.replace(fi, block_max=bm)
+        rec: dict[str, Any] = {
+            "bounds_build_cpu_s": round(build_s, 2),
+            "bounds_mb": round((bm.indptr.nbytes + bm.blocks.nbytes + bm.maxima.nbytes) / 2**20, 1),
+        }
+        for label, filtered in (("unfiltered", False), ("category_filter", True)):
+            for _ in range(2):  # the second pass is measured (page cache warm)
+                dense, block, fell = [], [], 0
+                for terms, flt in queries:
+                    mask = snap.mask(flt) if filtered else None
+                    c = time.process_time()
+                    want = top_matching(fi.scores(terms), K, mask)
+                    dense.append((time.process_time() - c) * 1000)
+                    c = time.process_time()  # top() without its size gate: the block
+                    ids = fi.term_ids(terms)  # path, the dense pass when it gives up
+                    got = fb.top_blocks(ids, K, mask) if ids else None
+                    if got is None:
+                        fell += bool(ids)
+                        got = top_matching(fi.scores_of_ids(ids), K, mask)
+                    block.append((time.process_time() - c) * 1000)
+                    if got[0].tolist() != want[0].tolist() or not np.array_equal(got[1], want[1]):
+                        raise SystemExit(f"benchmark_lexical: top-k differs for {terms}")
+            rec[label] = {
+                "dense_cpu_ms": _cpu_stats(dense),
+                "block_cpu_ms": _cpu_stats(block),
+                "fell_back": fell,
+            }
+        rec["top_uses_blocks_at_this_size"] = fi.num_docs >= BLOCK_MIN_DOCS
+        out[f"block_rows_{rows_per}"] = rec
+        print(rows_per, json.dumps(rec), file=sys.stderr, flush=True)
+    snap.close()
+    return out
+
+
 # --- the parent: runs each engine, compares rankings -------------------------------------
 def _child(fn: str, *args: Any) -> dict[str, Any]:
     code = f"from scripts.benchmark_lexical import {fn}; {fn}(*{args!r})"
@@ -320,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lean", action="store_true", help="ours: build only the combined field (large corpora)"
     )
     p.add_argument("--out", help="write the results as JSON")
+    p.add_argument("--topk", metavar="INDEX_DIR", help="dense vs block-max top-k over this index")
+    p.add_argument("--block-rows", default="16,32", help="--topk: BlockMax rows per block")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "corpus.jsonl").is_file():
@@ -337,8 +422,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from indexing.encoders import cpu_description
 
-    res = run(data, Path(args.work_dir), args.queries, engines, args.lean)
-    res = {"cpu": cpu_description(), "load_avg_1m": os.getloadavg()[0], **res}
+    res: dict[str, Any]
+    if args.topk:
+        load0 = os.getloadavg()[0]
+        rows = [int(r) for r in args.block_rows.split(",")]
+        topk = topk_side_by_side(Path(args.topk), data, args.queries, rows)
+        res = {"cpu": cpu_description(), "load_avg_1m_before_after": [load0, os.getloadavg()[0]]}
+        res.update(topk)
+    else:
+        res = run(data, Path(args.work_dir), args.queries, engines, args.lean)
+        res = {"cpu": cpu_description(), "load_avg_1m": os.getloadavg()[0], **res}
     print(json.dumps(res, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
