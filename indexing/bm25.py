@@ -30,16 +30,17 @@ def lucene_idf(df: int, n: int) -> float:
 
 # Rows per block of BlockMax: smaller blocks bound scores tighter (fewer postings read per
 # query) but take more entries. 1M demo catalog, 500 queries, top 100 (docs/benchmarks.md,
-# "BM25 top-k"): 8 / 16 / 32 rows gave CPU ms p50 2.0 / 1.8 / 1.9, p99 6.6 / 10.3 / 20.0
-# (0 / 6 / 58 queries fell back to the dense pass) for 175 / 133 / 96 MB of bounds.
+# "BM25 top-k"): 8 / 16 / 32 rows gave CPU ms mean 2.6 / 2.4 / 3.5, p99 7.5 / 10.0 / 22.7
+# (0 / 6 / 58 queries fell back to the dense pass) for 175 / 133 / 96 MiB of bounds.
 BLOCK_ROWS = 16
 # FieldIndex.top reads the blocks it selects only while their postings stay under this
 # share of the query terms' postings; beyond it the dense pass over every document is
 # cheaper (measured at 1M: the block path cost about the dense pass at 15-20% read).
 MAX_BLOCK_READ = 0.15
-# Below this many documents the dense pass is cheaper than the bounds (100K: 0.30 vs 0.70
-# ms p50; 1M: 4.6 vs 1.8 ms); the crossing, ~300K, is interpolated, not measured.
-BLOCK_MIN_DOCS = 300_000
+# Below this many documents the dense pass is cheaper than the bounds (100K: 0.27 vs 0.62
+# ms p50; 1M: 3.4 vs 1.8 ms); a power law through those puts the crossing near 370-390K
+# documents (not measured in between).
+BLOCK_MIN_DOCS = 400_000
 
 
 @dataclass(frozen=True)
@@ -207,9 +208,7 @@ class FieldIndex:
         n_blocks = -(-self.num_docs // bm.rows)
         ub = bm.bounds(ids, n_blocks)
         if mask is not None:  # a block none of whose documents pass cannot contribute
-            padded = np.zeros(n_blocks * bm.rows, dtype=bool)
-            padded[: self.num_docs] = mask
-            ub[~padded.reshape(n_blocks, bm.rows).any(axis=1)] = 0.0
+            ub[~_any_per_block(mask, bm.rows, n_blocks)] = 0.0
         bounds = self._bounds
         budget = max_read * sum(bounds[t + 1] - bounds[t] for t in set(ids))
         rows = np.zeros(0, dtype=np.int64)
@@ -463,6 +462,20 @@ def build_from_streams(
 
 
 # --- selection ---------------------------------------------------------------------------
+def _any_per_block(mask: np.ndarray, rows: int, n_blocks: int) -> np.ndarray:
+    """Whether each block of ``rows`` rows has a True in ``mask`` (bool [n_blocks]); with
+    rows a multiple of 8, 8 flags at a time (any() along a short axis is ~10x slower)."""
+    padded = np.zeros(n_blocks * rows, dtype=bool)
+    padded[: len(mask)] = mask
+    if rows % 8:
+        return np.asarray(padded.reshape(n_blocks, rows).any(axis=1))
+    words = padded.view(np.uint64).reshape(n_blocks, rows // 8)
+    out = np.not_equal(words[:, 0], 0)
+    for j in range(1, rows // 8):
+        out |= words[:, j] != 0
+    return out
+
+
 def top_matching(
     scores: np.ndarray, k: int, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import pytest
 
 from indexing import layout
 from indexing.backend import Filters
-from indexing.bm25 import BlockMax, FieldIndex, top_matching
+from indexing.bm25 import BLOCK_MIN_DOCS, BlockMax, FieldIndex, top_matching
 from indexing.build import build_local_index
 from indexing.embedding_cache import EmbeddingCache
 from indexing.local_store import Snapshot, load_field_index
@@ -121,6 +121,28 @@ def test_bounds_prune_a_selective_query() -> None:
     assert got is not None
     assert got[0].tolist() == list(range(0, 2_000, 200))
     assert fb.top_blocks(ids, 10, None, max_read=0.001) is None  # the budget is enforced
+
+
+def test_top_uses_the_blocks_from_block_min_docs() -> None:
+    """Past BLOCK_MIN_DOCS, FieldIndex.top answers through the blocks within the default
+    read budget (top_blocks gives an answer, not None), as the dense pass does. k = 50:
+    under the mask ~90 documents have "rare", so the 50th score needs it."""
+    n = BLOCK_MIN_DOCS + 1_000
+    rng = np.random.default_rng(11)
+    per_term = [np.arange(0, n, 3), np.arange(5, n, 997), np.arange(n)]  # common, rare, x
+    term = np.concatenate([np.full(len(d), t) for t, d in enumerate(per_term)])
+    doc = np.concatenate(per_term).astype(np.int32)
+    tf = rng.integers(1, 4, len(doc))
+    lengths = rng.integers(3, 20, n)
+    vocab = {"common": 0, "rare": 1, "x": 2}
+    fi = FieldIndex.from_postings(vocab, term, doc, tf, lengths, K1, B)
+    fb = dataclasses.replace(fi, block_max=BlockMax.build(fi))
+    mask = rng.random(n) < 0.3
+    for terms in (["rare", "common"], ["x", "rare"], ["common", "x", "common"]):
+        for m in (None, mask):
+            want = top_matching(fi.scores(terms), 50, m)
+            assert fb.top_blocks(fi.term_ids(terms), 50, m) is not None
+            _same(fb.top(terms, 50, m), want)
 
 
 # --- a real built index ------------------------------------------------------------------
