@@ -58,7 +58,7 @@ class BlockMax:
     def build(cls, fi: FieldIndex, rows: int = BLOCK_ROWS) -> BlockMax:
         """The bounds of a FieldIndex (postings sorted by (term, row)): one pass, vectorized."""
         n_terms = len(fi.indptr) - 1
-        block = np.asarray(fi.indices, dtype=np.int64) // rows
+        block = np.asarray(fi.indices) // rows  # int32 like the rows: half the memory at 1M
         if not len(block):
             return cls(rows, np.zeros(n_terms + 1, np.int64), block.astype(np.int32), fi.data[:0])
         new = np.empty(len(block), dtype=bool)  # a new (term, block) run starts here
