@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from indexing import layout
+from indexing.kmeans import TwoLevel
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ RESCORE_OVERSAMPLE = 2
 # the same recall at 100K (0.998 vs 0.997 at nprobe 32), so 40 (docs/benchmarks.md).
 TRAIN_PER_CELL = 40
 KMEANS_ITER = 10
+# A scratch build assigns each vector to the best cell of its ASSIGN_PROBE best k-means
+# groups (indexing.kmeans.TwoLevel); checked against the exact nearest cell in
+# docs/benchmarks.md ("Reindex at 1M").
+ASSIGN_PROBE = 8
 # Retrain the cells from scratch when more than this share of the labels given since they
 # were trained has been removed (changed or deleted documents): the cells were fitted to
 # vectors that are gone.
@@ -150,34 +155,59 @@ def open_ann(
     return AnnGraph(path, manifest, dim, breadth)
 
 
+def ivf_groups(cells: int) -> int:
+    """Outer k-means groups of the two-level training: about sqrt(cells) (64 at 4,096)."""
+    return max(1, 2 ** round(math.log2(math.sqrt(max(cells, 1)))))
+
+
 def build_ivf(path: Path, vectors: np.ndarray, labels: np.ndarray, cells: int) -> None:
     """An IVF-SQ8 index of ``vectors`` under ``labels`` with ``cells`` k-means cells, trained
-    on a fixed sample, saved to ``path`` (also what scripts/benchmark_ann.py measures)."""
+    on a fixed sample, saved to ``path`` (also what scripts/benchmark_ann.py measures).
+
+    The cells are trained in two levels and every vector is assigned through them
+    (indexing.kmeans): ~ivf_groups(cells) + ASSIGN_PROBE * cells / groups inner products
+    per vector instead of ``cells``, as NumPy matrix products; faiss only encodes the
+    residuals. The index is an ordinary flat-quantizer IVF, searched exactly as before.
+    """
     import faiss
 
     n, dim = vectors.shape
     faiss.omp_set_num_threads(_threads())
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFScalarQuantizer(
-        quantizer, dim, cells, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-    )
-    index.cp.niter = KMEANS_ITER
-    index.cp.seed = 17
     rng = np.random.default_rng(17)
     n_train = min(n, cells * TRAIN_PER_CELL)
     sample = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
-    index.train(np.ascontiguousarray(vectors[sample], np.float32))
-    _add(index, vectors, labels)
+    xt = np.ascontiguousarray(vectors[sample], np.float32)
+    levels = TwoLevel(xt, cells, ivf_groups(cells), KMEANS_ITER, seed=17)
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(levels.centroids)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, cells, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    at = levels.assign(xt, ASSIGN_PROBE)
+    residuals = xt - levels.centroids[at]
+    index.train_encoder(len(xt), faiss.swig_ptr(residuals), faiss.swig_ptr(at))
+    index.is_trained = True
+    del xt, residuals
+    _add(index, vectors, labels, levels)
     faiss.write_index(index, str(path))
 
 
-def _add(index: Any, vectors: np.ndarray, labels: np.ndarray) -> None:
+def _add(
+    index: Any, vectors: np.ndarray, labels: np.ndarray, levels: TwoLevel | None = None
+) -> None:
+    """Add under ``labels``; with ``levels`` (a scratch build) each vector's cell comes from
+    its two-level assignment, else faiss assigns it to its nearest cell."""
+    import faiss
+
     step = 100_000  # no float32 copy of all vectors at once (1M x 384 is 1.5 GB)
     for s in range(0, len(labels), step):
-        index.add_with_ids(
-            np.ascontiguousarray(vectors[s : s + step], np.float32),
-            np.ascontiguousarray(labels[s : s + step], np.int64),
-        )
+        x = np.ascontiguousarray(vectors[s : s + step], np.float32)
+        ids = np.ascontiguousarray(labels[s : s + step], np.int64)
+        if levels is None:
+            index.add_with_ids(x, ids)
+        else:
+            cell = levels.assign(x, ASSIGN_PROBE)
+            index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(cell))
 
 
 def _reusable(
