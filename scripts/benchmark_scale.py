@@ -3,7 +3,7 @@
     python -m scripts.benchmark_scale fill --docs 1000000 [--work-dir /work/wt/scale-var]
         [--base 3000]
     python -m scripts.benchmark_scale build --docs 100000 [--work-dir ...] [--changed 100]
-        [--steps full,changed,changed_full,back]
+        [--steps full,changed,changed_full,back] [--parallel auto|on|off]
 
 ``fill``: embedding 1M product texts on 2 cores takes hours, so the benchmark's embedding
 cache (``<work-dir>/emb-cache.db``, what scripts/benchmark_api.py's build reads) is filled
@@ -196,11 +196,17 @@ def _pct(xs: Sequence[float]) -> dict[str, float]:
 
 
 def build(
-    work: Path, n_docs: int, n_changed: int, n_queries: int, steps: Sequence[str] = BUILD_STEPS
+    work: Path,
+    n_docs: int,
+    n_changed: int,
+    n_queries: int,
+    steps: Sequence[str] = BUILD_STEPS,
+    parallel: bool | None = None,
 ) -> dict[str, Any]:
     """Reindex from the cache into <work>/index-<n_docs> (what benchmark_api serves), in
     ``steps`` (see BUILD_STEPS), each with its seconds per stage; then BM25 / kNN top-100
-    latency and recall@100 over the served version."""
+    latency and recall@100 over the served version. ``parallel``: the build's BM25 child
+    process (None: the build decides by size and load average)."""
     import dataclasses
     import resource
 
@@ -239,6 +245,7 @@ def build(
                 cache=cache,
                 reuse_previous=label in ("changed", "back"),
                 stages=stages,
+                parallel=parallel,
             )
             secs = time.perf_counter() - t0
             m = json.loads((index_versions(index).path(version) / "manifest.json").read_text())
@@ -252,6 +259,9 @@ def build(
                 "ann": {k: m["ann"].get(k) for k in ("build", "kept", "added", "deleted")},
                 "peak_rss_mb_this_process": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                ),
+                "peak_rss_mb_largest_child": round(
+                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
                 ),
             }
             print(label, json.dumps(out[label]), file=sys.stderr, flush=True)
@@ -294,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--steps", default=",".join(BUILD_STEPS), help="build: which reindexes, in order"
     )
+    p.add_argument(
+        "--parallel",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="build: BM25 side in a child process (auto: by size and load average)",
+    )
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args(argv)
     work = Path(args.work_dir)
@@ -307,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = args.steps.split(",")
         if bad := sorted(set(steps) - set(BUILD_STEPS)):
             p.error(f"unknown build steps {bad}; choose from {', '.join(BUILD_STEPS)}")
-        res = build(work, args.docs, args.changed, args.queries, steps)
+        par = {"auto": None, "on": True, "off": False}[args.parallel]
+        res = build(work, args.docs, args.changed, args.queries, steps, par)
     res = {"cpu": cpu, "load_avg_1m": os.getloadavg()[0], "result": res}
     print(json.dumps(res, indent=2))
     if args.out:
