@@ -52,7 +52,7 @@ KMEANS_ITER = 10
 # A scratch build assigns each vector to the best cell of its ASSIGN_PROBE best k-means
 # groups (indexing.kmeans.TwoLevel); checked against the exact nearest cell in
 # docs/benchmarks.md ("Reindex at 1M").
-ASSIGN_PROBE = 8
+ASSIGN_PROBE = 4
 # Retrain the cells from scratch when more than this share of the labels given since they
 # were trained has been removed (changed or deleted documents): the cells were fitted to
 # vectors that are gone.

@@ -218,12 +218,17 @@ def build(
     from indexing.loaders import load_beir
     from indexing.local_store import Snapshot
 
+    t0, c0 = time.perf_counter(), time.process_time()
     ds = load_beir(work / f"catalog-{n_docs}")
     docs = list(ds.corpus)
+    read = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1),
+    }
     enc = load_encoder(EmbeddingConfig())
     index = work / f"index-{n_docs}"
     cfg = IndexConfig()
-    out: dict[str, Any] = {"docs": len(docs)}
+    out: dict[str, Any] = {"docs": len(docs), "catalog_read": read}
     step = max(1, len(docs) // max(n_changed, 1))
     changed_rows = set(range(0, len(docs), step)[:n_changed])  # spread over the catalog
     changed = [
@@ -259,9 +264,6 @@ def build(
                 "ann": {k: m["ann"].get(k) for k in ("build", "kept", "added", "deleted")},
                 "peak_rss_mb_this_process": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                ),
-                "peak_rss_mb_largest_child": round(
-                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
                 ),
             }
             print(label, json.dumps(out[label]), file=sys.stderr, flush=True)
