@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from indexing.ann import build_ivf, ivf_cells
 from indexing.kmeans import BLOCK, TwoLevel, kmeans, nearest
 
 
@@ -66,3 +69,30 @@ def test_two_level_caps_cells_at_a_groups_rows() -> None:
     assert len(levels.centroids) == 40
     with pytest.raises(ValueError):
         TwoLevel(x[:30], cells=40, outer=2, niter=2, seed=0)
+
+
+def test_build_ivf_puts_vectors_in_their_nearest_cell(tmp_path: Path) -> None:
+    """The scratch IVF's two-level assignment against the exact nearest cell of its own
+    centroids, on spread clusters (noise 0.15 in 64 dimensions): >= 95% get the nearest
+    cell and >= 99% one of their 3 nearest, which a query's probed cells cover (probing
+    1 group instead of 4 gives 80% / 93% here)."""
+    import faiss
+
+    rng = np.random.default_rng(6)
+    vecs = blobs(rng, unit(rng, 120, 64), 100, 0.15)
+    path = tmp_path / "ivf.faiss"
+    build_ivf(path, vecs, np.arange(len(vecs)), ivf_cells(len(vecs)))
+    index = faiss.read_index(str(path))
+    cell_of = np.full(len(vecs), -1)
+    for c in range(index.nlist):
+        size = index.invlists.list_size(c)
+        if size == 0:
+            continue
+        ids = faiss.rev_swig_ptr(index.invlists.get_ids(c), size).copy()
+        cell_of[ids] = c
+    assert (cell_of >= 0).all()
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    assert float((cell_of == nearest(vecs, centroids)).mean()) >= 0.95
+    scores = vecs @ centroids.T
+    better = (scores > scores[np.arange(len(vecs)), cell_of][:, None]).sum(axis=1)
+    assert float((better <= 2).mean()) >= 0.99
