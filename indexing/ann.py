@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from indexing import layout
 from indexing.kmeans import TwoLevel
@@ -70,8 +71,11 @@ def ivf_cells(n: int) -> int:
 
 
 def _threads() -> int:
-    """Construction uses every core (it is a build, not a request)."""
-    return max(1, os.cpu_count() or 1)
+    """Construction threads (faiss' OpenMP, NumPy's BLAS): every core but one, which a large
+    build's BM25 child process uses meanwhile (indexing.build). Threads that wait for a busy
+    core spin: with 2 BLAS threads on the 2-core machine the 1M IVF cost 23 CPU s instead
+    of 11-13 with one (docs/benchmarks.md, "Reindex at 1M")."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def load_ann_rows(path: Path, manifest: Mapping[str, Any]) -> np.ndarray | None:
@@ -170,6 +174,11 @@ def build_ivf(path: Path, vectors: np.ndarray, labels: np.ndarray, cells: int) -
     per vector instead of ``cells``, as NumPy matrix products; faiss only encodes the
     residuals. The index is an ordinary flat-quantizer IVF, searched exactly as before.
     """
+    with threadpool_limits(_threads(), user_api="blas"):
+        _build_ivf(path, vectors, labels, cells)
+
+
+def _build_ivf(path: Path, vectors: np.ndarray, labels: np.ndarray, cells: int) -> None:
     import faiss
 
     n, dim = vectors.shape
