@@ -13,7 +13,7 @@ vectors with many near-duplicates, usearch and hnswlib graphs (M 16) left whole 
 unreached (recall@100 0.84-0.87 at ef 200, some queries 0.0; 0.95 took ef 800), while
 IVF scans its probed cells exhaustively: recall@100 0.995 / 0.999 at 100K / 1M at the
 default nprobe, for a smaller file; with its cells trained and assigned by
-indexing.kmeans, ~1/12 of the graph's build CPU at 1M (21-23 vs 270.6 CPU s).
+indexing.kmeans, ~1/20 of the graph's build CPU at 1M (12-13 vs 270.6 CPU s).
 
 A build extends the previous version's index when it can (same model, dimension, library
 and index kind): unchanged documents keep their code under their label, removed or changed
