@@ -1,13 +1,14 @@
 """Inner-product k-means and nearest-centroid assignment for the IVF cells, in NumPy.
 
 Why not faiss' own k-means: on the 2-core Xeon it ran at ~30 GFLOP/s per core where a
-plain float32 matrix product through NumPy's OpenBLAS runs at ~115 (docs/benchmarks.md,
-"Reindex at scale"), and training plus the coarse assignment of every vector were most of
-a 1M build. The work here is the same arithmetic (scores of blocks of vectors against the
-centroids, argmax), done as large matrix products.
+plain float32 matrix product through NumPy's OpenBLAS runs at 75-115, and training plus
+the coarse assignment of every vector against all 4,096 cells were most of a 1M build
+(333.7 of 392.1 CPU s; docs/benchmarks.md, "Reindex at 1M"). The work here is the same
+arithmetic (scores of blocks of vectors against the centroids, argmax), done as large
+matrix products.
 
-``two_level`` trains ``cells = outer * inner`` centroids as k-means of ``outer`` groups,
-then k-means of ``inner`` cells inside each group, and ``assign`` can use the same
+``TwoLevel`` trains ``cells`` centroids as k-means of ``outer`` groups, then k-means
+inside each group (cells in proportion to its rows), and its ``assign`` uses the same
 hierarchy: each vector is compared with the group centroids, then with the cells of its
 ``probe`` best groups only. That costs ~(outer + probe * inner) products per vector
 instead of ``cells``.
@@ -44,7 +45,7 @@ def _sums(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 
 def kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
     """float32 [k, dim] centroids of ``x`` (rows of unit length; inner product). Starts
-    from k distinct random rows; an emptied cell takes a random row of the largest one."""
+    from k distinct random rows; an emptied cell takes half the rows of the largest one."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     rng = np.random.default_rng(seed)
     if len(x) <= k:
