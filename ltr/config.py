@@ -70,6 +70,12 @@ class TrainConfig:
     # from, so the trees cannot make it worse than the fusion on the inner folds' evidence.
     inner_folds: int = 3
     smooth_rounds: int = 25
+    # recipe: the learning rates it chooses from on the same inner folds, each with 0 to
+    # num_boost_round rounds (same smoothing and one-SE rule); the (eta, rounds) pair with
+    # the best smoothed inner NDCG wins, ties to the smaller eta. () = ``eta`` alone. One
+    # grid for every collection: the rate (so the effective budget) is chosen per training
+    # set, never on test queries (issue 13). Costs one inner CV per value.
+    eta_grid: tuple[float, ...] = ()
     # with behavior features: share of training queries added again with their click
     # history withheld (cold copies), so the trees learn the no-history branch too
     cold_share: float = 1.0
@@ -159,6 +165,15 @@ class TrainConfig:
             raise ValueError(f"inner_folds must be an integer >= 1, got {self.inner_folds!r}")
         if not isinstance(self.smooth_rounds, int) or self.smooth_rounds < 1:
             raise ValueError(f"smooth_rounds must be an integer >= 1, got {self.smooth_rounds!r}")
+        if not isinstance(self.eta_grid, tuple):
+            raise ValueError(f"eta_grid must be a tuple of learning rates, got {self.eta_grid!r}")
+        for e in self.eta_grid:
+            if not (isinstance(e, int | float) and math.isfinite(e) and 0 < e <= 1):
+                raise ValueError(f"eta_grid values must be in (0, 1], got {self.eta_grid!r}")
+        if list(self.eta_grid) != sorted(set(self.eta_grid)):
+            raise ValueError(
+                f"eta_grid must be strictly increasing (no duplicates), got {self.eta_grid!r}"
+            )
         if not (isinstance(self.cold_share, int | float) and 0 <= self.cold_share <= 1):
             raise ValueError(f"cold_share must be in [0, 1], got {self.cold_share!r}")
         if self.click_model != "auto":

@@ -361,6 +361,7 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
             "train_queries": len(train_ids),
             "test_queries": len(test_ids),
             "ltr_rounds": model.best_iteration + 1,
+            "ltr_eta": float(model.params["eta"]),  # the rate chosen on the inner folds
         }
         for q in test_ids:
             qd = by_id[q]
@@ -400,6 +401,7 @@ def run_evaluation(data: EvalData, cfg: EvalConfig | None = None) -> EvalResult:
                     )
             bmodel = _fit(cfg, brows, beh_names, cfg.train.seed + 100 + i)
             info["ltr_behavior_rounds"] = bmodel.best_iteration + 1
+            info["ltr_behavior_eta"] = float(bmodel.params["eta"])
             for q in test_ids:
                 qd = by_id[q]
                 base = data.columns(names, qd)

@@ -343,40 +343,78 @@ def fit_recipe(
     round exceeds one standard error across the inner folds, the model has no trees and
     scores exactly the base margin (the fusion it was boosted from): the trees are kept only
     where the inner folds say they add to the fusion.
+
+    ``cfg.eta_grid``: each learning rate gets the whole procedure above on the same inner
+    folds (its own curves, rounds and floor); the rate whose (rounds, score) is best wins,
+    ties to the smaller rate, and the final booster is trained at it (``params["eta"]``;
+    ``history["cv_eta_grid"]`` holds every rate's [rounds, score]). An under-fit collection
+    can then take a larger step without the rate being chosen on test queries.
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
     _check(data, "training", need_positive=True)
     splits = inner_splits(data, cfg.inner_folds, cfg.valid_fraction, cfg.seed, units)
     use_start = init_model is not None or (cfg.use_base_margin and data.base_margin is not None)
-    full = Trainer(dataclasses.replace(cfg, early_stopping_rounds=0))
     metric = f"ndcg@{cfg.eval_at}"
-    curves = [
-        np.asarray(full.fit(tr, va, init_model=init_model).history["valid"][metric])
-        for tr, va in splits
-    ]
-    rounds, cv_score = smoothed_best_round(curves, cfg.smooth_rounds)
+    starts: np.ndarray | None = None
     if use_start:
-        # zero rounds: the starting scores alone (the base margin / init_model) on the same
-        # inner folds. The trees are kept only when their gain over it at the chosen round
-        # is larger than its standard error across the folds (the one-standard-error rule):
-        # the best of 300 smoothed round counts is an optimistic estimate, the start is not.
-        starts = np.array([full.start_score(tr, va, init_model) for tr, va in splits])
-        gains = np.array([_smooth(c, cfg.smooth_rounds)[rounds - 1] for c in curves]) - starts
-        se = float(gains.std(ddof=1) / np.sqrt(gains.size)) if gains.size > 1 else 0.0
-        if init_model is not None:  # corrections to a model already chosen this way
-            se = 0.0
-        if not float(gains.mean()) > se:
-            rounds, cv_score = 0, float(starts.mean())
-    final = dataclasses.replace(cfg, num_boost_round=rounds, early_stopping_rounds=0)
+        probe = Trainer(dataclasses.replace(cfg, early_stopping_rounds=0))
+        starts = np.array([probe.start_score(tr, va, init_model) for tr, va in splits])
+    # one (rounds, score) per learning rate on the same inner folds; the grid is ascending
+    # and a later rate must score strictly higher, so ties go to the smaller rate
+    chosen: tuple[float, int, float, list[np.ndarray]] | None = None
+    grid: dict[str, list[float]] = {}
+    for eta in cfg.eta_grid or (cfg.eta,):
+        full = Trainer(dataclasses.replace(cfg, eta=eta, eta_grid=(), early_stopping_rounds=0))
+        curves = [
+            np.asarray(full.fit(tr, va, init_model=init_model).history["valid"][metric])
+            for tr, va in splits
+        ]
+        rounds, cv_score = _rounds_with_floor(curves, starts, cfg.smooth_rounds, init_model)
+        grid[f"{eta:g}"] = [float(rounds), cv_score]
+        if chosen is None or cv_score > chosen[2]:
+            chosen = (eta, rounds, cv_score, curves)
+    assert chosen is not None  # the grid has at least one rate
+    eta, rounds, cv_score, curves = chosen
+    final = dataclasses.replace(
+        cfg, eta=eta, eta_grid=(), num_boost_round=rounds, early_stopping_rounds=0
+    )
     model = Trainer(final).fit(data, verbose=verbose, stream=stream, init_model=init_model)
     mean_curve = [float(v) for v in np.mean(np.stack(curves), axis=0)]
+    history = {**model.history, "cv": {metric: mean_curve}}
+    if len(cfg.eta_grid) > 1:  # what each rate scored: {eta: [rounds, smoothed inner NDCG]}
+        history["cv_eta_grid"] = grid
     return dataclasses.replace(
         model,
         best_score=cv_score,
-        history={**model.history, "cv": {metric: mean_curve}},
+        history=history,
         data_sizes={**model.data_sizes, "cv": {"folds": len(splits)}},
     )
+
+
+def _rounds_with_floor(
+    curves: Sequence[np.ndarray],
+    starts: np.ndarray | None,
+    window: int,
+    init_model: xgb.Booster | None,
+) -> tuple[int, float]:
+    """(rounds, smoothed inner NDCG) for one learning rate's inner-fold curves.
+
+    ``starts``: the inner folds' NDCG of the starting scores alone (the base margin /
+    init_model; None without one). The trees are kept only when their gain over it at the
+    chosen round is larger than its standard error across the folds (the one-standard-error
+    rule): the best of 300 smoothed round counts is an optimistic estimate, the start is
+    not. Otherwise zero rounds, scored as the start."""
+    rounds, cv_score = smoothed_best_round(curves, window)
+    if starts is None:
+        return rounds, cv_score
+    gains = np.array([_smooth(c, window)[rounds - 1] for c in curves]) - starts
+    se = float(gains.std(ddof=1) / np.sqrt(gains.size)) if gains.size > 1 else 0.0
+    if init_model is not None:  # corrections to a model already chosen this way
+        se = 0.0
+    if not float(gains.mean()) > se:
+        return 0, float(starts.mean())
+    return rounds, cv_score
 
 
 def add_cold_copies(

@@ -395,6 +395,7 @@ def _save(
             "source": ts.source,
             "train_seconds": run["train_seconds"],
             "rounds": trained.best_iteration + 1,
+            "eta": float(trained.params["eta"]),  # chosen on the inner folds (cfg.eta_grid)
             "continued_from": run["continued_from"],
             **{k: v for k, v in ts.info.items() if isinstance(v, str | int | float | dict)},
         },
@@ -448,8 +449,9 @@ def run_training(
     trained = fit_recipe(fit_data, cfg, units=ts.units, verbose=verbose, init_model=p.booster)
     fit_s = time.perf_counter() - t0
     log(
-        f"trained {trained.best_iteration + 1} trees (rounds chosen on {cfg.inner_folds} "
-        f"inner folds, smoothed CV NDCG@{cfg.eval_at} {trained.best_score:.4f}) in {fit_s:.1f}s"
+        f"trained {trained.best_iteration + 1} trees at eta {trained.params['eta']:g} (rounds"
+        f"{' and eta' if cfg.eta_grid else ''} chosen on {cfg.inner_folds} inner folds, "
+        f"smoothed CV NDCG@{cfg.eval_at} {trained.best_score:.4f}) in {fit_s:.1f}s"
     )
     metrics = _held_out_metrics(trained, ts, test, p.booster)
     sizes = {

@@ -187,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     lin = report["vs_linear"].get("ltr", {})
     rounds = [f["ltr_rounds"] for f in report["folds_detail"]]
+    etas = [f["ltr_eta"] for f in report["folds_detail"]]
     print(
         f"ltr vs linear: mean diff {lin.get('mean_diff', float('nan')):+.4f}, "
         f"paired t p={lin.get('t_p', float('nan')):.4g}; "
         f"ltr / best single retriever {report['ltr_over_best_single']:.3f}; "
-        f"goal {report['goal']}; trees per fold {rounds} (0 = the linear fusion alone)"
+        f"goal {report['goal']}; trees per fold {rounds} (0 = the linear fusion alone), "
+        f"eta per fold {etas} (chosen on the inner folds)"
     )
     return 0
 

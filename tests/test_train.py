@@ -91,6 +91,11 @@ def splits(data: RankingData) -> tuple[RankingData, RankingData, RankingData]:
         ("reg_lambda", float("nan"), "reg_lambda"),
         ("objective", "reg:squarederror", "objective"),
         ("click_model", "ubm", "click_model"),
+        ("eta_grid", (0.1, 0.03), "eta_grid"),
+        ("eta_grid", (0.03, 0.03), "eta_grid"),
+        ("eta_grid", (0.0, 0.1), "eta_grid"),
+        ("eta_grid", (0.1, 1.5), "eta_grid"),
+        ("eta_grid", [0.03, 0.1], "eta_grid"),
     ],
 )
 def test_train_config_rejects_bad_values(field: str, value: object, needle: str) -> None:
@@ -530,6 +535,7 @@ def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture
     # dense_minmax), so the logged raw RRF x 20, which serving recomputes from the spec
     assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {"scale": 20.0}}
     assert model.manifest.params["max_depth"] == 3 and model.manifest.params["eta"] == 0.03
+    assert model.manifest.extra["eta"] == 0.03 and "rounds" in model.manifest.extra
     m = result["metrics"]
     assert math.isfinite(m["cv_xgb_ndcg@10"]) and not any(k.startswith("valid_") for k in m)
     assert all(math.isfinite(m[k]) for k in ("test_ndcg@10", "test_rrf_ndcg@10"))
@@ -816,11 +822,15 @@ def test_top_k_rows_keeps_each_querys_best_rows_in_order() -> None:
 RECIPE = TrainConfig(num_boost_round=60, smooth_rounds=10)
 
 
-def test_recipe_picks_rounds_from_the_smoothed_inner_fold_curves(data: RankingData) -> None:
+@pytest.mark.parametrize("grid", [(), (0.03,)])  # a grid of one rate = that rate alone
+def test_recipe_picks_rounds_from_the_smoothed_inner_fold_curves(
+    data: RankingData, grid: tuple[float, ...]
+) -> None:
     from ltr.train import fit_recipe, inner_splits, smoothed_best_round
 
     tr, _ = split_by_query(data, (0.75, 0.25), seed=1)
-    model = fit_recipe(tr, RECIPE)
+    model = fit_recipe(tr, with_overrides(RECIPE, eta_grid=grid))
+    assert model.params["eta"] == RECIPE.eta == 0.03 and "cv_eta_grid" not in model.history
     # independently: 3 query-level folds, each trained the full 60 rounds
     splits = inner_splits(tr, 3, RECIPE.valid_fraction, RECIPE.seed)
     assert len(splits) == 3
@@ -837,8 +847,51 @@ def test_recipe_picks_rounds_from_the_smoothed_inner_fold_curves(data: RankingDa
     assert model.best_iteration + 1 == rounds == model.booster.num_boosted_rounds()
     assert model.data_sizes["train"]["queries"] == tr.n_queries and model.best_score == score
     assert model.uses_base_margin
-    # deterministic
+    # deterministic, and the grid of one is bit for bit the plain recipe
     assert fit_recipe(tr, RECIPE).model_bytes() == model.model_bytes()
+
+
+def test_recipe_chooses_the_learning_rate_on_the_inner_folds(data: RankingData) -> None:
+    """Each rate of the grid gets its own inner-fold curves, rounds and one-SE floor; the
+    best smoothed inner NDCG wins and the final booster is trained at that rate."""
+    from ltr.train import _smooth, fit_recipe, inner_splits, smoothed_best_round
+
+    tr, _ = split_by_query(data, (0.75, 0.25), seed=1)
+    grid = (0.03, 0.3)
+    model = fit_recipe(tr, with_overrides(RECIPE, eta_grid=grid))
+    splits = inner_splits(tr, 3, RECIPE.valid_fraction, RECIPE.seed)
+    starts = np.array([Trainer(RECIPE).start_score(a, b) for a, b in splits])
+    expect = {}
+    for eta in grid:
+        cfg = with_overrides(RECIPE, eta=eta)
+        curves = [Trainer(cfg).fit(a, b).history["valid"]["ndcg@10"] for a, b in splits]
+        rounds, score = smoothed_best_round(curves, RECIPE.smooth_rounds)
+        gains = np.array([_smooth(c, RECIPE.smooth_rounds)[rounds - 1] for c in curves]) - starts
+        assert gains.mean() > gains.std(ddof=1) / np.sqrt(3)  # trees pass the floor here
+        expect[f"{eta:g}"] = [float(rounds), score]
+    got = model.history["cv_eta_grid"]
+    assert set(got) == set(expect) and all(got[k] == pytest.approx(expect[k]) for k in expect)
+    # 60 rounds at 0.03 under-fit this task; 0.3 learns more on the inner folds
+    assert expect["0.3"][1] > expect["0.03"][1]
+    assert model.params["eta"] == 0.3 and model.best_score == pytest.approx(expect["0.3"][1])
+    assert model.booster.num_boosted_rounds() == int(expect["0.3"][0])
+    want = Trainer(with_overrides(RECIPE, eta=0.3, num_boost_round=int(expect["0.3"][0])))
+    assert want.fit(tr).model_bytes() == model.model_bytes()
+
+
+def test_recipe_grid_ties_go_to_the_smaller_rate_and_zero_rounds_stays() -> None:
+    """Trees cannot help (the margin is the answer): every rate scores the margin alone,
+    so the smallest rate is recorded and the model has no trees."""
+    from ltr.train import fit_recipe
+
+    data = _margin_is_all()
+    model = fit_recipe(data, TrainConfig(num_boost_round=40, smooth_rounds=5, eta_grid=(0.03, 0.3)))
+    assert model.booster.num_boosted_rounds() == 0 and model.params["eta"] == 0.03
+    (r1, s1), (r2, s2) = model.history["cv_eta_grid"].values()
+    assert r1 == r2 == 0.0 and s1 == s2 == model.best_score
+    assert data.base_margin is not None
+    want = data.base_margin.astype(np.float32)
+    assert model.predict(data.X, data.base_margin).tobytes() == want.tobytes()
 
 
 def test_recipe_inner_splits_keep_units_and_cold_copies_together(data: RankingData) -> None:
