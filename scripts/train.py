@@ -17,8 +17,9 @@ the previous model's pages.
 Argument parsing and printing only: the sources are search.training (``train``), the run
 ltr.training_run, the recipe ltr.train.fit_recipe with the settings' ltr section
 (TrainConfig defaults = the recipe ltr.evaluation measured): ``test_fraction`` of the
-queries is held out (by query) for the report; the number of rounds comes from
-``inner_folds`` query-level folds of the rest (validation curves averaged and smoothed),
+queries is held out (by query) for the report; the number of rounds and the learning
+rate (from ``eta_grid``) come from ``inner_folds`` query-level folds of the rest
+(validation curves averaged and smoothed),
 then one booster is trained on all of it, boosted from ``base_margin`` x
 ``base_margin_scale`` (default: the linear fusion, its BM25/dense weight fitted on the
 training split; zero trees when the inner folds show no gain; the manifest records the

@@ -67,7 +67,7 @@ def test_cv_report_shape_and_ltr_learns_the_hidden_signal() -> None:
     assert sig["against"] in ev.BASELINES and sig["rand_p"] < 0.05 and sig["t_p"] < 0.05
     assert len(rep["per_query_ndcg@10"]) == 40
     # each fold records the trees and the learning rate its inner folds chose
-    assert [f["ltr_eta"] for f in rep["folds_detail"]] == [FAST.eta] * 4
+    assert all(f["ltr_eta"] in FAST.eta_grid for f in rep["folds_detail"])
     assert all(0 <= f["ltr_rounds"] <= FAST.num_boost_round for f in rep["folds_detail"])
     assert "ltr" in ev.markdown_table(rep)
     json.dumps(rep)  # serializable

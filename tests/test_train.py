@@ -137,6 +137,7 @@ def test_defaults_are_the_evaluated_recipe() -> None:
         0.7,
     )
     assert (cfg.inner_folds, cfg.smooth_rounds, cfg.nthread) == (3, 25, 1)
+    assert cfg.eta_grid == (0.03, 0.1)  # the recipe chooses the rate on the inner folds
     assert ev.EvalConfig().margin_scale == cfg.base_margin_scale == 2.0
     assert ev.EvalConfig().margin == cfg.base_margin == "linear" and cfg.monotone
     assert cfg.base_margin_spec() == {"name": "linear", "params": {"scale": 2.0}}
@@ -534,8 +535,10 @@ def test_train_command_from_events(tmp_path: Path, capsys: pytest.CaptureFixture
     # the margin trained from: this log lacks the linear fusion's inputs (bm25_minmax,
     # dense_minmax), so the logged raw RRF x 20, which serving recomputes from the spec
     assert dict(model.manifest.base_margin or {}) == {"name": "rrf", "params": {"scale": 20.0}}
-    assert model.manifest.params["max_depth"] == 3 and model.manifest.params["eta"] == 0.03
-    assert model.manifest.extra["eta"] == 0.03 and "rounds" in model.manifest.extra
+    # the rate the inner folds chose from the default grid, recorded in params and extra
+    eta = model.manifest.params["eta"]
+    assert model.manifest.params["max_depth"] == 3 and eta in TrainConfig().eta_grid
+    assert model.manifest.extra["eta"] == eta and "rounds" in model.manifest.extra
     m = result["metrics"]
     assert math.isfinite(m["cv_xgb_ndcg@10"]) and not any(k.startswith("valid_") for k in m)
     assert all(math.isfinite(m[k]) for k in ("test_ndcg@10", "test_rrf_ndcg@10"))
@@ -819,7 +822,7 @@ def test_top_k_rows_keeps_each_querys_best_rows_in_order() -> None:
 
 # --- the recipe (ltr.train.fit_recipe) ---------------------------------------------------
 
-RECIPE = TrainConfig(num_boost_round=60, smooth_rounds=10)
+RECIPE = TrainConfig(num_boost_round=60, smooth_rounds=10, eta_grid=())  # one rate: eta
 
 
 @pytest.mark.parametrize("grid", [(), (0.03,)])  # a grid of one rate = that rate alone
