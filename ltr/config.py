@@ -77,7 +77,7 @@ class TrainConfig:
     # grid for every collection: the rate (so the effective budget) is chosen per training
     # set, never on test queries. (0.03, 0.1): the under-fit demo catalog takes 0.1 (+0.0085
     # NDCG@10, 1.105 x BM25), CACM stays at zero trees, Cranfield -0.005 (p = 0.15);
-    # docs/evaluation.md. Costs one inner CV per value (about 2x the training time).
+    # docs/evaluation.md. Costs one inner CV per value (measured ~1.7x the fit time).
     eta_grid: tuple[float, ...] = (0.03, 0.1)
     # with behavior features: share of training queries added again with their click
     # history withheld (cold copies), so the trees learn the no-history branch too
