@@ -21,6 +21,7 @@ ltr.behavior's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Sequence
@@ -319,9 +320,12 @@ def _fields_in_query(cs: CandidateSet) -> np.ndarray:
     return out
 
 
-def _deletes(term: str) -> set[str]:
-    """The term and every string one character shorter (symmetric-delete neighbourhood)."""
-    return {term, *(term[:i] + term[i + 1 :] for i in range(len(term)))}
+@functools.lru_cache(maxsize=1 << 16)
+def _deletes(term: str) -> frozenset[str]:
+    """The term and every string one character shorter (symmetric-delete neighbourhood).
+    Cached: the candidates' terms repeat from query to query (a typo query at 1M spent
+    most of _fuzzy_cov building these sets)."""
+    return frozenset((term, *(term[:i] + term[i + 1 :] for i in range(len(term)))))
 
 
 def _fuzzy_cov(cs: CandidateSet) -> np.ndarray:
