@@ -84,6 +84,20 @@ def doc_throughput(encoder: Encoder, docs: list[str]) -> tuple[float, float]:
     return len(docs) / (time.perf_counter() - t0), len(docs) / (time.process_time() - c0)
 
 
+def doc_thread_scaling(
+    cfg: EmbeddingConfig, docs: list[str], counts: list[int]
+) -> dict[str, list[float]]:
+    """Docs per wall second with each thread count, two rounds in alternation (one
+    encoder per count, loaded first): on a noisy machine the ratio between counts within a
+    round is what says how embedding scales with cores."""
+    encoders = {n: load_encoder(replace(cfg, threads=n)) for n in counts}
+    out: dict[str, list[float]] = {str(n): [] for n in counts}
+    for _ in range(2):
+        for n, enc in encoders.items():
+            out[str(n)].append(doc_throughput(enc, docs)[0])
+    return out
+
+
 def st_batch1_throughput(encoder: Encoder, docs: list[str]) -> tuple[float, float]:
     """The same texts through sentence-transformers' own encode, one text per batch.
 
@@ -176,6 +190,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[1, 2],
         help="also time single queries with these thread counts (empty to skip)",
     )
+    ap.add_argument(
+        "--doc-thread-sweep",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="also time document throughput with these thread counts, alternating twice "
+        "(how embedding scales with cores; e.g. 1,2)",
+    )
     ap.add_argument("--json", type=Path, default=Path("var/bench/embedding.json"))
     args = ap.parse_args(argv)
 
@@ -227,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
             sweep_p50 = query_latency_ms(sweep, queries[:40])[0]
             row[f"query_p50_ms_threads{n_threads}"] = sweep_p50
             del sweep
+        if args.doc_thread_sweep:
+            row["docs_per_s_by_threads"] = doc_thread_scaling(cfg, docs, args.doc_thread_sweep)
         results["backends"][backend] = row
         print(
             backend,
