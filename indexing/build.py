@@ -10,14 +10,17 @@ build. rollback points CURRENT back; both hold the index's lock.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,8 +184,24 @@ def _parallel_by_default(n: int) -> bool:
     return n >= PARALLEL_MIN_DOCS and cores > 1 and load < cores
 
 
+def _parallel(asked: bool | None, n: int) -> bool:
+    return _parallel_by_default(n) if asked is None else asked
+
+
+def _can_fork() -> bool:
+    """Whether the BM25 child can be a fork of this process (POSIX): it then inherits
+    the documents instead of receiving their texts pickled (1.4 GB at 1M documents)."""
+    return hasattr(os, "fork") and hasattr(os, "waitpid")
+
+
 class _BM25Build:
     """The BM25 side of a build: inline, or in a child process started right away.
+
+    The child is a fork of this process where the platform has fork: it collects the
+    texts from the inherited documents itself, so it starts at once and nothing is
+    pickled. Elsewhere it is a fresh interpreter that reads the texts from a pickled job
+    file. Either way it writes only under ``path`` (the staging directory) plus a times
+    file, and reports failure through its exit status and an error file.
 
     ``reuse``: (previous version, previous row of each row or -1), when the previous
     version's term store can serve the unchanged rows (indexing.reuse.reusable_terms);
@@ -196,12 +215,12 @@ class _BM25Build:
         cfg: IndexConfig,
         parallel: bool,
         reuse: tuple[Path, np.ndarray] | None = None,
+        fork: bool | None = None,
     ):
         self.text_fields = text_field_names(docs)
         todo = None if reuse is None else np.flatnonzero(reuse[1] < 0).tolist()
         self.job: dict[str, Any] = {
             "path": str(path),
-            "texts": _field_texts(docs, self.text_fields, todo),
             "text_fields": self.text_fields,
             "k1": cfg.k1,
             "b": cfg.b,
@@ -212,47 +231,114 @@ class _BM25Build:
         }
         self.times: dict[str, float] = {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # the forked child
         self.job_file = path / layout.BM25_JOB
         self.err_file = path / layout.BM25_JOB_ERR
-        if parallel:
-            with open(self.job_file, "wb") as f:
-                pickle.dump(self.job, f, protocol=pickle.HIGHEST_PROTOCOL)
-            code = "import sys; from indexing.build import _bm25_job; _bm25_job(sys.argv[1])"
-            env = dict(os.environ)  # the child imports this very package, wherever it is
-            root = str(Path(__file__).resolve().parents[1])
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-            with open(self.err_file, "wb") as err:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-c", code, str(self.job_file)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    env=env,
-                )
+        self.times_file = path / layout.BM25_JOB_TIMES
+        if not parallel:
+            self.job["texts"] = _field_texts(docs, self.text_fields, todo)
+        elif _can_fork() if fork is None else fork:
+            self.pid = self._fork(docs, todo)
+        else:
+            self.job["texts"] = _field_texts(docs, self.text_fields, todo)
+            self._spawn()
+
+    @property
+    def in_child(self) -> bool:
+        """Whether a second process builds the BM25 side (what the manifest records)."""
+        return self.proc is not None or self.pid is not None
+
+    def _fork(self, docs: Sequence[Document], todo: list[int] | None) -> int:
+        # Frozen objects are skipped by the child's collector, which then does not copy
+        # the pages of the inherited documents (a freeze made by the caller is kept).
+        frozen_before = gc.get_freeze_count()
+        gc.freeze()
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0 and not frozen_before:
+                gc.unfreeze()
+        if pid == 0:  # the child: never returns into the caller's code
+            code = 1
+            try:
+                with open(self.err_file, "w", encoding="utf-8") as err:
+                    try:
+                        _forked_job(self.job, docs, todo, self.times_file)
+                        code = 0
+                    except BaseException:
+                        traceback.print_exc(file=err)
+            finally:
+                os._exit(code)
+        return pid
+
+    def _spawn(self) -> None:
+        with open(self.job_file, "wb") as f:
+            pickle.dump(self.job, f, protocol=pickle.HIGHEST_PROTOCOL)
+        code = "import sys; from indexing.build import _bm25_job; _bm25_job(sys.argv[1])"
+        env = dict(os.environ)  # the child imports this very package, wherever it is
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        with open(self.err_file, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(self.job_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+            )
 
     def finish(self) -> None:
         """Wait for (or do) the BM25 side; raises IndexingError if the process failed."""
-        if self.proc is None:
+        if not self.in_child:
             self.times = write_bm25(**self.job)
             return
-        rc = self.proc.wait()
-        err = self.err_file.read_text(encoding="utf-8", errors="replace")[-2000:]
-        times_file = self.job_file.with_name(layout.BM25_JOB_TIMES)
-        if rc == 0 and times_file.is_file():
-            self.times = json.loads(times_file.read_text(encoding="utf-8"))
-        for f in (self.job_file, self.err_file, times_file):
+        if self.proc is not None:
+            rc = self.proc.wait()
+        else:
+            assert self.pid is not None
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = None
+            rc = os.waitstatus_to_exitcode(status)
+        err = ""
+        if self.err_file.is_file():
+            err = self.err_file.read_text(encoding="utf-8", errors="replace")[-2000:]
+        if rc == 0 and self.times_file.is_file():
+            self.times = json.loads(self.times_file.read_text(encoding="utf-8"))
+        for f in (self.job_file, self.err_file, self.times_file):
             f.unlink(missing_ok=True)
         if rc != 0:
             raise IndexingError(f"BM25 build process exited with {rc}: {err.strip()}")
 
     def cancel(self) -> None:
+        """Kill the child if it still runs (the caller removes the staging directory)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = None
+
+
+def _forked_job(
+    job: dict[str, Any], docs: Sequence[Document], todo: list[int] | None, times_file: Path
+) -> None:
+    """The forked BM25 child's work: the texts from the inherited documents, then
+    write_bm25. NumPy's BLAS stays on one thread: the parent builds the ANN on the other
+    core meanwhile."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        texts = _field_texts(docs, job["text_fields"], todo)
+        times = write_bm25(texts=texts, **job)
+    times_file.write_text(json.dumps(times), encoding="utf-8")
 
 
 def _bm25_job(job_file: str) -> None:
-    """Entry point of the BM25 build process (see _BM25Build)."""
+    """Entry point of the BM25 build process where fork is missing (see _BM25Build)."""
     with open(job_file, "rb") as f:
         job = pickle.load(f)
     times = write_bm25(**job)
@@ -322,7 +408,7 @@ def _write_version(
         (path / layout.CATEGORIES).write_text(json.dumps(categories), encoding="utf-8")
         (path / layout.IDS).write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
         write_blobs(path / layout.DOCS, lines)
-    with stages("bm25_wait" if bm25.proc is not None else "bm25_inline"):
+    with stages("bm25_wait" if bm25.in_child else "bm25_inline"):
         bm25.finish()
     stages.update(bm25.times)
 
@@ -337,7 +423,7 @@ def _write_version(
         "model_id": model_id,
         "dim": int(vectors.shape[1]),
         "bm25": {"method": "lucene", "k1": cfg.k1, "b": cfg.b},
-        "bm25_child_process": bm25.proc is not None,  # how it was built (same result)
+        "bm25_child_process": bm25.in_child,  # how it was built (same result)
         "ann": {
             "enabled": ann,
             "ef_search": cfg.ann_ef_search,
@@ -466,6 +552,10 @@ def build_local_index(
             version = dirs.new_name()
             cur = dirs.current()
             previous = dirs.path(cur) if cur and reuse_previous else None
+            n_todo = len(docs)
+            if previous is None:  # nothing to reuse: the BM25 side starts before the rest
+                with clock("bm25_start"):
+                    bm25 = _BM25Build(tmp, docs, cfg, _parallel(parallel, n_todo))
             with clock("write"):
                 lines = [doc_line(d) for d in docs]
             with clock("compare"):
@@ -478,11 +568,10 @@ def build_local_index(
                 and reusable_terms(previous, text_field_names(docs), cfg)
             ):
                 reuse = (previous, rows)
-            n_todo = len(docs) if reuse is None else int(np.count_nonzero(reuse[1] < 0))
-            if parallel is None:
-                parallel = _parallel_by_default(n_todo)
-            with clock("bm25_start"):
-                bm25 = _BM25Build(tmp, docs, cfg, parallel, reuse)
+            if bm25 is None:
+                n_todo = len(docs) if reuse is None else int(np.count_nonzero(reuse[1] < 0))
+                with clock("bm25_start"):
+                    bm25 = _BM25Build(tmp, docs, cfg, _parallel(parallel, n_todo), reuse)
             with clock("vectors"):
                 vectors = document_vectors(encoder, docs, cache, progress, previous, rows)
                 vectors = _check_vectors(vectors, len(docs), encoder.dim)

@@ -191,22 +191,6 @@ def test_parallel_build_equals_inline(tmp_path: Path, encoder: Any, embedding_ca
         np.testing.assert_array_equal(ha.scores, hb.scores)
 
 
-def test_failed_bm25_process_raises(tmp_path: Path) -> None:
-    """A BM25 process that fails surfaces as IndexingError with its error text (the
-    build then publishes nothing, like any failed build)."""
-    from indexing.build import _BM25Build
-    from indexing.config import IndexConfig
-    from indexing.errors import IndexingError
-
-    (tmp_path / "bm25").mkdir()  # the child's mkdir of bm25/ fails: FileExistsError
-    job = _BM25Build(tmp_path, CONTRACT_DOCS[:5], IndexConfig(), parallel=True)
-    with pytest.raises(
-        IndexingError, match=r"(?s)BM25 build process exited with 1.*FileExistsError"
-    ):
-        job.finish()
-    assert not list(tmp_path.glob(".bm25-job*"))
-
-
 @pytest.mark.parametrize("stemmer", ["english", ""])
 def test_term_streams_equal_the_analyzer_per_text(stemmer: str) -> None:
     """analyze_fields (distinct texts once, ASCII texts split in batches) gives exactly

@@ -1,0 +1,118 @@
+"""The BM25 side of a build in a second process: a fork that inherits the documents, or
+(where fork is missing) a fresh interpreter fed a pickled job. Same files as inline; a
+failed child is an IndexingError and nothing is published; cancel() kills it.
+
+A child is made to die or hang by an at-fork hook of this test process (the kernel kills
+a real child the same way, e.g. the OOM killer at 1M documents); the hook acts only
+while a test arms it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexing.build import _BM25Build, build_local_index
+from indexing.config import IndexConfig
+from indexing.errors import IndexingError
+from indexing.layout import current_version
+from tests.contract import CONTRACT_DOCS
+
+_ARMED: dict[str, str] = {}  # "child": "die" | "hang" while a test arms the hook
+
+
+def _in_forked_child() -> None:
+    what = _ARMED.get("child")
+    if what == "die":
+        os._exit(3)
+    if what == "hang":
+        time.sleep(120)
+        os._exit(4)
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
+
+
+@pytest.fixture()
+def arm() -> Iterator[dict[str, str]]:
+    yield _ARMED
+    _ARMED.clear()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_forked_child_writes_the_inline_files_byte_for_byte(tmp_path: Path) -> None:
+    """Same process image, same hash seed: the fork's vocabulary order, matrices and term
+    store are the inline build's to the byte."""
+    out = {}
+    for mode in ("inline", "fork"):
+        path = tmp_path / mode
+        path.mkdir()
+        job = _BM25Build(path, CONTRACT_DOCS, IndexConfig(), parallel=mode == "fork")
+        assert job.in_child is (mode == "fork") and job.proc is None
+        job.finish()
+        assert set(job.times) >= {"analysis", "bm25", "term_store"}
+        out[mode] = _files(path)
+    assert out["fork"] == out["inline"]
+    assert any(name.startswith("bm25") for name in out["fork"])
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_failed_bm25_process_raises(tmp_path: Path, fork: bool) -> None:
+    """A BM25 process that fails surfaces as IndexingError with its error text, and its
+    job, error and times files are gone (the build then publishes nothing)."""
+    (tmp_path / "bm25").mkdir()  # the child's mkdir of bm25/ fails: FileExistsError
+    job = _BM25Build(tmp_path, CONTRACT_DOCS[:5], IndexConfig(), parallel=True, fork=fork)
+    assert (job.pid is not None) is fork and (job.proc is not None) is (not fork)
+    with pytest.raises(
+        IndexingError, match=r"(?s)BM25 build process exited with 1.*FileExistsError"
+    ):
+        job.finish()
+    assert not list(tmp_path.glob(".bm25-job*"))
+
+
+def test_killed_child_fails_the_build_and_publishes_nothing(
+    tmp_path: Path, encoder: Any, embedding_cache: Any, arm: dict[str, str]
+) -> None:
+    root = tmp_path / "idx"
+    first = build_local_index(
+        CONTRACT_DOCS, root, encoder, IndexConfig(), embedding_cache, parallel=False
+    )
+    arm["child"] = "die"
+    with pytest.raises(IndexingError, match="BM25 build process exited with 3"):
+        build_local_index(
+            CONTRACT_DOCS[:-1],
+            root,
+            encoder,
+            IndexConfig(),
+            embedding_cache,
+            parallel=True,
+            reuse_previous=False,
+        )
+    arm.clear()
+    assert current_version(root) == first
+    assert sorted(p.name for p in (root / "versions").iterdir()) == [first]
+
+
+def test_cancel_kills_a_running_child(tmp_path: Path, arm: dict[str, str]) -> None:
+    arm["child"] = "hang"
+    job = _BM25Build(tmp_path, CONTRACT_DOCS, IndexConfig(), parallel=True)
+    arm.clear()
+    pid = job.pid
+    assert pid is not None
+    t0 = time.perf_counter()
+    job.cancel()
+    assert time.perf_counter() - t0 < 10
+    assert job.pid is None
+    with pytest.raises(ChildProcessError):  # killed and reaped: no zombie left
+        os.waitpid(pid, os.WNOHANG)
+    job.cancel()  # twice is harmless
