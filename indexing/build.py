@@ -331,10 +331,12 @@ def _forked_job(
     core meanwhile."""
     from threadpoolctl import threadpool_limits
 
+    clock = Stages()
     with threadpool_limits(limits=1, user_api="blas"):
-        texts = _field_texts(docs, job["text_fields"], todo)
-        times = write_bm25(texts=texts, **job)
-    times_file.write_text(json.dumps(times), encoding="utf-8")
+        with clock("texts"):
+            texts = _field_texts(docs, job["text_fields"], todo)
+        clock.update(write_bm25(texts=texts, **job))
+    times_file.write_text(json.dumps(clock), encoding="utf-8")
 
 
 def _bm25_job(job_file: str) -> None:
