@@ -235,6 +235,7 @@ class _BM25Build:
         self.job_file = path / layout.BM25_JOB
         self.err_file = path / layout.BM25_JOB_ERR
         self.times_file = path / layout.BM25_JOB_TIMES
+        self.in_child = parallel  # a second process builds it (the manifest records it)
         if not parallel:
             self.job["texts"] = _field_texts(docs, self.text_fields, todo)
         elif _can_fork() if fork is None else fork:
@@ -242,11 +243,6 @@ class _BM25Build:
         else:
             self.job["texts"] = _field_texts(docs, self.text_fields, todo)
             self._spawn()
-
-    @property
-    def in_child(self) -> bool:
-        """Whether a second process builds the BM25 side (what the manifest records)."""
-        return self.proc is not None or self.pid is not None
 
     def _fork(self, docs: Sequence[Document], todo: list[int] | None) -> int:
         # Frozen objects are skipped by the child's collector, which then does not copy
