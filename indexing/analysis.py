@@ -29,10 +29,11 @@ _split = re.compile(TOKEN_PATTERN).findall
 _ASCII_WORDS = str.maketrans(
     {i: chr(i).lower() if chr(i).isalnum() or chr(i) == "_" else " " for i in range(128)}
 )
-# Joins the texts split in one pass (split_ascii_texts): kept as its own token by
-# _ASCII_SPLIT, never produced by a text that lacks it.
-SEPARATOR = "\x01"
-_ASCII_SPLIT = {**_ASCII_WORDS, ord(SEPARATOR): SEPARATOR}
+# The same map as bytes, byte -> byte for the ASCII range (identity above it): what the
+# bulk tokenizer of indexing.term_streams applies to a whole buffer of ASCII texts.
+ASCII_BYTE_MAP = bytes(
+    ord(_ASCII_WORDS[i]) if isinstance(_ASCII_WORDS.get(i), str) else i for i in range(256)
+)
 STEM_CACHE_MAX = 1_000_000  # distinct tokens remembered: bounds memory on huge vocabularies
 
 
@@ -88,13 +89,6 @@ class _TermMap(dict[str, str | None]):
         if len(self) < STEM_CACHE_MAX:
             self[token] = term
         return term
-
-
-def split_ascii_texts(texts: Sequence[str]) -> list[str]:
-    """The tokens of ASCII texts that lack SEPARATOR, each text's followed by SEPARATOR:
-    what Analyzer.tokens gives per text, from one translate and one split for them all."""
-    sep = f" {SEPARATOR} "
-    return (sep.join(texts) + sep).translate(_ASCII_SPLIT).split()
 
 
 class Analyzer:

@@ -23,11 +23,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from indexing import layout
-from indexing.analysis import SEPARATOR, STEM_CACHE_MAX, Analyzer, split_ascii_texts
+from indexing.analysis import ASCII_BYTE_MAP, STEM_CACHE_MAX, Analyzer
+
+if TYPE_CHECKING:  # imported where a build needs it: bm25.py, which queries use, imports this
+    import pyarrow as pa
 
 # (int32 term ids of every token of a field in document order, int64 tokens per document)
 Stream = tuple[np.ndarray, np.ndarray]
@@ -90,12 +94,11 @@ class PreviousTerms:
 
 
 class _TokenIds(dict[str, int]):
-    """Lowercased token -> term id (-1: the analyzer drops it; -2: the separator of
-    split_ascii_texts); a miss asks the analyzer and ``ids``. Bounded like the analyzer's
-    own token cache."""
+    """Lowercased token -> term id (-1: the analyzer drops it); a miss asks the analyzer
+    and ``ids``. Bounded like the analyzer's own token cache."""
 
     def __init__(self, analyzer: Analyzer, ids: TermIds) -> None:
-        super().__init__({SEPARATOR: -2})
+        super().__init__()
         self.term = analyzer.term
         self.ids = ids
 
@@ -107,43 +110,77 @@ class _TokenIds(dict[str, int]):
         return i
 
 
-ASCII_CHUNK = 20_000  # texts split at once (bounds the token list's memory)
+ASCII_CHUNK = 200_000  # texts tokenized at once (bounds the tokens' memory)
+_BYTE_MAP = np.frombuffer(ASCII_BYTE_MAP, dtype=np.uint8)
+
+
+def _ascii_ids(token_ids: _TokenIds, texts: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(term ids of the texts' terms, concatenated; terms per text) of ASCII texts, in
+    Arrow: one byte map over the buffer lowercases and blanks every non-word byte (what
+    Analyzer.tokens does per text), a whitespace split, then each distinct token goes
+    through ``token_ids`` once. Empty and one-character tokens map to -1 like any
+    dropped token."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(texts)
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + n + 1]
+    buf = texts.buffers()[2]  # None when every text is empty
+    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else _BYTE_MAP[:0]
+    data = data[offsets[0] : offsets[-1]]
+    mapped = pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets - offsets[0]), pa.py_buffer(_BYTE_MAP[data])
+    )
+    split = pc.ascii_split_whitespace(mapped)
+    tokens = pc.dictionary_encode(split.flatten())
+    lookup = token_ids.__getitem__
+    distinct = tokens.dictionary.to_pylist()
+    table = np.fromiter(map(lookup, distinct), dtype=np.int32, count=len(distinct))
+    ids = table[tokens.indices.to_numpy()]
+    keep = ids >= 0
+    kept = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept[1:])
+    bounds = kept[split.offsets.to_numpy()]
+    return ids[keep], np.diff(bounds)
 
 
 def _encode(
-    analyzer: Analyzer, token_ids: _TokenIds, texts: list[str]
+    analyzer: Analyzer, token_ids: _TokenIds, texts: pa.LargeStringArray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(term ids of every text's terms, concatenated; start of each text in them; terms
-    per text): Analyzer.terms of each text as ids. ASCII texts are split ASCII_CHUNK at a
-    time in one pass; the others one by one."""
+    per text): Analyzer.terms of each text as ids. ASCII texts are tokenized in bulk
+    (_ascii_ids, ASCII_CHUNK at a time); the others one by one."""
+    import pyarrow.compute as pc
+
     n = len(texts)
-    lookup = token_ids.__getitem__
-    starts = np.zeros(n, dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
+    ascii_rows = np.flatnonzero(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
     parts: list[np.ndarray] = []
-    size = 0
-    batch = [i for i, t in enumerate(texts) if t.isascii() and SEPARATOR not in t]
-    for c in range(0, len(batch), ASCII_CHUNK):
-        rows = batch[c : c + ASCII_CHUNK]
-        tokens = split_ascii_texts([texts[i] for i in rows])
-        a = np.fromiter(map(lookup, tokens), dtype=np.int32, count=len(tokens))
-        keep = a >= 0
-        kept_before_sep = np.cumsum(keep)[a == -2]  # terms up to each text's end
-        ln = np.diff(kept_before_sep, prepend=0)
+    order: list[np.ndarray] = []  # rows in the order of their ids in ``parts``
+    ascii_texts = texts if len(ascii_rows) == n else texts.take(ascii_rows)
+    for c in range(0, len(ascii_rows), ASCII_CHUNK):
+        ids, ln = _ascii_ids(token_ids, ascii_texts.slice(c, ASCII_CHUNK))
+        rows = ascii_rows[c : c + ASCII_CHUNK]
         lengths[rows] = ln
-        starts[rows] = size + kept_before_sep - ln
-        parts.append(a[keep])
-        size += int(kept_before_sep[-1]) if len(rows) else 0
-    if len(batch) < n:
-        done = np.zeros(n, dtype=bool)
-        done[batch] = True
-        for i in np.flatnonzero(~done).tolist():
-            a = np.fromiter(map(lookup, analyzer.tokens(texts[i])), dtype=np.int32)
+        parts.append(ids)
+        order.append(rows)
+    if len(ascii_rows) < n:
+        lookup = token_ids.__getitem__
+        other = np.ones(n, dtype=bool)
+        other[ascii_rows] = False
+        rows = np.flatnonzero(other)
+        for i in rows.tolist():
+            a = np.fromiter(map(lookup, analyzer.tokens(texts[i].as_py())), dtype=np.int32)
             a = a[a >= 0]
-            starts[i], lengths[i] = size, len(a)
+            lengths[i] = len(a)
             parts.append(a)
-            size += len(a)
+        order.append(rows)
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    # start of each text: its rows' lengths summed in the order the parts were appended
+    in_order = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+    starts = np.zeros(n, dtype=np.int64)
+    placed = lengths[in_order]
+    starts[in_order] = np.cumsum(placed) - placed
     return flat, starts, lengths
 
 
@@ -153,6 +190,9 @@ def analyze_fields(
     previous: PreviousTerms | None = None,
 ) -> tuple[list[str], list[Stream]]:
     """(words, one Stream per field) of ``texts[field][row]`` (see the module docstring)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n = len(texts[0]) if texts else 0
     ids = TermIds(previous.words if previous is not None else ())
     token_ids = _TokenIds(analyzer, ids)
@@ -176,11 +216,11 @@ def analyze_fields(
             offsets = previous.offsets
             starts[reuse] = offsets[seq]
             lengths[reuse] = offsets[seq + 1] - offsets[seq]
-        rows_texts = list(field) if every else [field[i] for i in todo.tolist()]
-        distinct = dict.fromkeys(rows_texts)
-        slot = dict(zip(distinct, itertools.count()))
-        t_ids, t_start, t_len = _encode(analyzer, token_ids, list(distinct))
-        which = np.fromiter(map(slot.__getitem__, rows_texts), np.int64, count=len(rows_texts))
+        rows_texts = field if every else [field[i] for i in todo.tolist()]
+        # each distinct text once: a catalog's brand or color holds a few dozen values
+        coded = pc.dictionary_encode(pa.array(rows_texts, type=pa.large_string()))
+        t_ids, t_start, t_len = _encode(analyzer, token_ids, coded.dictionary)
+        which = coded.indices.to_numpy()
         starts[todo] = pool_size + t_start[which]
         lengths[todo] = t_len[which]
         pool.append(t_ids)

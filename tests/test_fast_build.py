@@ -192,11 +192,17 @@ def test_parallel_build_equals_inline(tmp_path: Path, encoder: Any, embedding_ca
 
 
 @pytest.mark.parametrize("stemmer", ["english", ""])
-def test_term_streams_equal_the_analyzer_per_text(stemmer: str) -> None:
-    """analyze_fields (distinct texts once, ASCII texts split in batches) gives exactly
-    Analyzer.terms of every row: non-ASCII text, the batch separator inside a text, empty
-    texts, one-letter tokens, stopwords, underscores and repeated texts included."""
-    from indexing.term_streams import ASCII_CHUNK, analyze_fields
+def test_term_streams_equal_the_analyzer_per_text(
+    stemmer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """analyze_fields (distinct texts once, ASCII texts tokenized in bulk ASCII_CHUNK at a
+    time, the others one by one) gives exactly Analyzer.terms of every row: non-ASCII text
+    between ASCII texts across chunk boundaries, control characters, empty texts,
+    one-letter tokens, stopwords, underscores and repeated texts included."""
+    from indexing import term_streams
+    from indexing.term_streams import analyze_fields
+
+    monkeypatch.setattr(term_streams, "ASCII_CHUNK", 7)  # many chunks of distinct texts
 
     odd = [
         "",
@@ -204,11 +210,11 @@ def test_term_streams_equal_the_analyzer_per_text(stemmer: str) -> None:
         "The running SHOES_x2 of the day",
         "Crème brûlée — naïve café",
         "sep\x01inside text\x01",
-        "  spaced   out\ttabs\nnewlines  ",
+        "  spaced   out\ttabs\nnewlines\x1c\x1fx\x0bv\x0c\rz  ",
         "über-cool 東京 shoes",
         "running runs ran",
     ]
-    titles = [odd[i % len(odd)] + f" item{i % 50}" for i in range(ASCII_CHUNK + 300)]
+    titles = [odd[i % len(odd)] + f" item{i % 50}" for i in range(2_000)]
     bodies = [odd[(i * 3) % len(odd)] for i in range(len(titles))]
     analyzer = Analyzer("en", stemmer)
     words, streams = analyze_fields(Analyzer("en", stemmer), [titles, bodies])
