@@ -110,16 +110,41 @@ class _TokenIds(dict[str, int]):
         return i
 
 
-ASCII_CHUNK = 200_000  # texts tokenized at once (bounds the tokens' memory)
+# Fields with at least this many texts to analyze are tokenized in bulk with Arrow; below
+# it, text by text in Python (importing pyarrow costs ~0.9 s, more than a small field's
+# whole analysis).
+BULK_MIN_TEXTS = 20_000
+ASCII_CHUNK = 200_000  # texts tokenized at once in bulk (bounds the tokens' memory)
 _BYTE_MAP = np.frombuffer(ASCII_BYTE_MAP, dtype=np.uint8)
 
 
+def _kept(ids: np.ndarray, token_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids without the dropped tokens' -1, terms per text) of texts whose tokens' ids are
+    ``ids[token_offsets[i]:token_offsets[i + 1]]``."""
+    keep = ids >= 0
+    kept = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept[1:])
+    return ids[keep], np.diff(kept[token_offsets])
+
+
+def _python_ids(
+    analyzer: Analyzer, token_ids: _TokenIds, texts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(term ids of the texts' terms, concatenated; terms per text): Analyzer.tokens per
+    text, every token through ``token_ids`` in one pass."""
+    tokens = [analyzer.tokens(t) for t in texts]
+    offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, tokens), np.int64, count=len(tokens)), out=offsets[1:])
+    flat = itertools.chain.from_iterable(tokens)
+    ids = np.fromiter(map(token_ids.__getitem__, flat), np.int32, count=int(offsets[-1]))
+    return _kept(ids, offsets)
+
+
 def _ascii_ids(token_ids: _TokenIds, texts: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
-    """(term ids of the texts' terms, concatenated; terms per text) of ASCII texts, in
-    Arrow: one byte map over the buffer lowercases and blanks every non-word byte (what
-    Analyzer.tokens does per text), a whitespace split, then each distinct token goes
-    through ``token_ids`` once. Empty and one-character tokens map to -1 like any
-    dropped token."""
+    """_python_ids of ASCII texts, in Arrow: one byte map over the buffer lowercases and
+    blanks every non-word byte (what Analyzer.tokens does per text), a whitespace split,
+    then each distinct token goes through ``token_ids`` once. Empty and one-character
+    tokens map to -1 like any dropped token."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -133,23 +158,17 @@ def _ascii_ids(token_ids: _TokenIds, texts: pa.LargeStringArray) -> tuple[np.nda
     )
     split = pc.ascii_split_whitespace(mapped)
     tokens = pc.dictionary_encode(split.flatten())
-    lookup = token_ids.__getitem__
     distinct = tokens.dictionary.to_pylist()
-    table = np.fromiter(map(lookup, distinct), dtype=np.int32, count=len(distinct))
-    ids = table[tokens.indices.to_numpy()]
-    keep = ids >= 0
-    kept = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(keep, out=kept[1:])
-    bounds = kept[split.offsets.to_numpy()]
-    return ids[keep], np.diff(bounds)
+    table = np.fromiter(map(token_ids.__getitem__, distinct), np.int32, count=len(distinct))
+    return _kept(table[tokens.indices.to_numpy()], split.offsets.to_numpy())
 
 
-def _encode(
+def _bulk_ids(
     analyzer: Analyzer, token_ids: _TokenIds, texts: pa.LargeStringArray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(term ids of every text's terms, concatenated; start of each text in them; terms
-    per text): Analyzer.terms of each text as ids. ASCII texts are tokenized in bulk
-    (_ascii_ids, ASCII_CHUNK at a time); the others one by one."""
+    per text) of an Arrow array: ASCII texts by _ascii_ids, ASCII_CHUNK at a time, the
+    others by _python_ids."""
     import pyarrow.compute as pc
 
     n = len(texts)
@@ -165,15 +184,11 @@ def _encode(
         parts.append(ids)
         order.append(rows)
     if len(ascii_rows) < n:
-        lookup = token_ids.__getitem__
         other = np.ones(n, dtype=bool)
         other[ascii_rows] = False
         rows = np.flatnonzero(other)
-        for i in rows.tolist():
-            a = np.fromiter(map(lookup, analyzer.tokens(texts[i].as_py())), dtype=np.int32)
-            a = a[a >= 0]
-            lengths[i] = len(a)
-            parts.append(a)
+        ids, lengths[rows] = _python_ids(analyzer, token_ids, texts.take(rows).to_pylist())
+        parts.append(ids)
         order.append(rows)
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
     # start of each text: its rows' lengths summed in the order the parts were appended
@@ -184,15 +199,31 @@ def _encode(
     return flat, starts, lengths
 
 
+def _encode(
+    analyzer: Analyzer, token_ids: _TokenIds, texts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each distinct text of ``texts`` analyzed once (a catalog's brand or color holds a
+    few dozen values): (term ids of the distinct texts' terms, concatenated; start and
+    terms of each distinct text; the distinct text of each row)."""
+    if len(texts) >= BULK_MIN_TEXTS:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        coded = pc.dictionary_encode(pa.array(texts, type=pa.large_string()))
+        flat, starts, lengths = _bulk_ids(analyzer, token_ids, coded.dictionary)
+        return flat, starts, lengths, coded.indices.to_numpy()
+    slot: dict[str, int] = {}
+    which = np.fromiter((slot.setdefault(t, len(slot)) for t in texts), np.int64, len(texts))
+    flat, lengths = _python_ids(analyzer, token_ids, list(slot))
+    return flat, np.cumsum(lengths) - lengths, lengths, which
+
+
 def analyze_fields(
     analyzer: Analyzer,
     texts: Sequence[Sequence[str]],
     previous: PreviousTerms | None = None,
 ) -> tuple[list[str], list[Stream]]:
     """(words, one Stream per field) of ``texts[field][row]`` (see the module docstring)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     n = len(texts[0]) if texts else 0
     ids = TermIds(previous.words if previous is not None else ())
     token_ids = _TokenIds(analyzer, ids)
@@ -217,10 +248,7 @@ def analyze_fields(
             starts[reuse] = offsets[seq]
             lengths[reuse] = offsets[seq + 1] - offsets[seq]
         rows_texts = field if every else [field[i] for i in todo.tolist()]
-        # each distinct text once: a catalog's brand or color holds a few dozen values
-        coded = pc.dictionary_encode(pa.array(rows_texts, type=pa.large_string()))
-        t_ids, t_start, t_len = _encode(analyzer, token_ids, coded.dictionary)
-        which = coded.indices.to_numpy()
+        t_ids, t_start, t_len, which = _encode(analyzer, token_ids, rows_texts)
         starts[todo] = pool_size + t_start[which]
         lengths[todo] = t_len[which]
         pool.append(t_ids)

@@ -191,17 +191,20 @@ def test_parallel_build_equals_inline(tmp_path: Path, encoder: Any, embedding_ca
         np.testing.assert_array_equal(ha.scores, hb.scores)
 
 
+@pytest.mark.parametrize("bulk", [True, False])
 @pytest.mark.parametrize("stemmer", ["english", ""])
 def test_term_streams_equal_the_analyzer_per_text(
-    stemmer: str, monkeypatch: pytest.MonkeyPatch
+    stemmer: str, bulk: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """analyze_fields (distinct texts once, ASCII texts tokenized in bulk ASCII_CHUNK at a
-    time, the others one by one) gives exactly Analyzer.terms of every row: non-ASCII text
-    between ASCII texts across chunk boundaries, control characters, empty texts,
-    one-letter tokens, stopwords, underscores and repeated texts included."""
+    """analyze_fields (distinct texts once; in bulk: ASCII texts tokenized by Arrow
+    ASCII_CHUNK at a time, the others in Python; else all in Python) gives exactly
+    Analyzer.terms of every row: non-ASCII text between ASCII texts across chunk
+    boundaries, control characters, empty texts, one-letter tokens, stopwords,
+    underscores and repeated texts included."""
     from indexing import term_streams
     from indexing.term_streams import analyze_fields
 
+    monkeypatch.setattr(term_streams, "BULK_MIN_TEXTS", 0 if bulk else 10**9)
     monkeypatch.setattr(term_streams, "ASCII_CHUNK", 7)  # many chunks of distinct texts
 
     odd = [
