@@ -342,35 +342,30 @@ def bm25s_vocab(tokens: Iterable[str]) -> dict[str, int]:
 
 
 def _postings(
-    term: np.ndarray, doc: np.ndarray, n: int, n_terms: int, doc_order: bool = True
+    term: np.ndarray, doc: np.ndarray, n: int, n_terms: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (term, doc) pairs of a token stream, sorted by (term, doc), with counts.
-
-    With ``doc`` non-decreasing (``doc_order``: tokens in document order), a stable sort
-    by term alone orders the pairs by (term, doc); for a vocabulary of at most 65536
-    terms that sort is NumPy's radix sort of uint16 keys, O(tokens), ~5x faster than
-    np.unique of term * n + doc. A stream of concatenated per-field streams (sorted runs
-    of doc) is first put in document order by a stable sort (timsort merges the runs).
-    """
-    if n_terms > 65536:
-        uniq, tf = np.unique(term.astype(np.int64) * n + doc, return_counts=True)
-        t = uniq // n
-        return t, uniq - t * n, tf
-    if not doc_order:
-        by_doc = np.argsort(doc, kind="stable")
-        term, doc = term[by_doc], doc[by_doc]
+    """Unique (term, doc) pairs of a token stream (any order), sorted by (term, doc), with
+    counts: one in-place sort of the keys term * n + doc. Keys of 32 bits where
+    n_terms * n fits (NumPy's AVX-512 / AVX2 sort: at 1M documents and 30M tokens ~2.5x
+    faster than a stable radix argsort of the terms and a gather of the documents)."""
     if not len(term):
         return term, doc, np.zeros(0, dtype=np.int64)
-    d = doc[np.argsort(term.astype(np.uint16), kind="stable")]
-    counts = np.bincount(term, minlength=n_terms)
-    t = np.repeat(np.arange(len(counts), dtype=term.dtype), counts)  # = the sorted terms
-    first = np.empty(len(d), dtype=bool)  # a new (term, doc) pair starts here
+    kind = np.uint32 if n_terms * n < 1 << 32 else np.uint64
+    key = term.astype(kind)
+    key *= kind(n)
+    key += doc.astype(kind, copy=False)
+    key.sort()
+    first = np.empty(len(key), dtype=bool)  # a new (term, doc) pair starts here
     first[0] = True
-    np.not_equal(d[1:], d[:-1], out=first[1:])
-    term_starts = np.cumsum(counts)[:-1]
-    first[term_starts[term_starts < len(d)]] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:])
     starts = np.flatnonzero(first)
-    return t[starts], d[starts], np.diff(starts, append=len(d))
+    del first
+    uniq = key[starts]
+    del key
+    t = uniq // kind(n)
+    uniq -= t * kind(n)
+    tf = np.diff(starts, append=len(term))
+    return t.astype(term.dtype), uniq.astype(doc.dtype), tf
 
 
 def build_field_indexes(

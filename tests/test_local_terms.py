@@ -195,7 +195,7 @@ def _postings_reference(
     return t, uniq - t * n, tf
 
 
-@pytest.mark.parametrize("n_terms", [7, 300, 65536, 70000])
+@pytest.mark.parametrize("n_terms", [7, 300, 65536, 70000, 10_000_000])  # last: 64-bit keys
 def test_postings_equal_unique(n_terms: int) -> None:
     rng = np.random.default_rng(n_terms)
     n = 500
@@ -211,7 +211,11 @@ def test_postings_equal_unique(n_terms: int) -> None:
             np.testing.assert_array_equal(g, w)
     term = np.concatenate([t for t, _ in streams])
     doc = np.concatenate([d for _, d in streams])
-    got = _postings(term, doc, n, n_terms, doc_order=False)
+    got = _postings(term, doc, n, n_terms)  # runs of documents, not in document order
+    for g, w in zip(got, _postings_reference(term, doc, n), strict=True):
+        np.testing.assert_array_equal(g, w)
+    got = _postings(term.astype(np.int32), doc.astype(np.int32), n, n_terms)
+    assert [g.dtype for g in got] == [np.int32, np.int32, np.int64]  # what from_postings takes
     for g, w in zip(got, _postings_reference(term, doc, n), strict=True):
         np.testing.assert_array_equal(g, w)
 
