@@ -350,10 +350,11 @@ def _postings(
     faster than a stable radix argsort of the terms and a gather of the documents)."""
     if not len(term):
         return term, doc, np.zeros(0, dtype=np.int64)
-    kind = np.uint32 if n_terms * n < 1 << 32 else np.uint64
+    kind = np.dtype(np.uint32 if n_terms * n < 1 << 32 else np.uint64)
+    width = kind.type(n)
     key = term.astype(kind)
-    key *= kind(n)
-    key += doc.astype(kind, copy=False)
+    np.multiply(key, width, out=key)
+    np.add(key, doc.astype(kind, copy=False), out=key)
     key.sort()
     first = np.empty(len(key), dtype=bool)  # a new (term, doc) pair starts here
     first[0] = True
@@ -362,8 +363,8 @@ def _postings(
     del first
     uniq = key[starts]
     del key
-    t = uniq // kind(n)
-    uniq -= t * kind(n)
+    t = np.floor_divide(uniq, width)
+    np.subtract(uniq, t * width, out=uniq)
     tf = np.diff(starts, append=len(term))
     return t.astype(term.dtype), uniq.astype(doc.dtype), tf
 
