@@ -168,10 +168,11 @@ def write_bm25(
 
 # Corpora at least this large get their BM25 side (analysis, matrices, terms store) built
 # by a second process while this one loads the vectors and writes the other files, unless
-# the machine is saturated (1-minute load average >= cores). The child costs ~1.3 CPU-s
-# more at 100K documents (interpreter start, pickling, a fresh heap): with a core to spare
-# it cut a 100K build from 6-7 s to 3.8-5 s wall, with both cores busy it gained nothing
-# (docs/benchmarks.md, "Reindex").
+# the machine is saturated (1-minute load average >= cores): with both cores busy it
+# gains nothing. A forked child costs no measurable CPU over inline at 100K documents
+# (6.6-9.1 vs 7.1-9.2 CPU s, shared machine) but holds pages the parent then copies on
+# write: process tree 2.5 vs 1.8-1.9 GB at 100K, 14.7 vs ~12.8 GB at 1M (docs/benchmarks.md,
+# "Reindex at 1M: forked BM25 child").
 PARALLEL_MIN_DOCS = 20_000
 
 
@@ -258,6 +259,7 @@ class _BM25Build:
         if pid == 0:  # the child: never returns into the caller's code
             code = 1
             try:
+                _detach_signals()
                 with open(self.err_file, "w", encoding="utf-8") as err:
                     try:
                         _forked_job(self.job, docs, todo, self.times_file)
@@ -317,6 +319,15 @@ class _BM25Build:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
             self.pid = None
+
+
+def _detach_signals() -> None:
+    """In the forked child: SIGINT and SIGTERM end it (the parent's handlers, e.g. a
+    server's graceful shutdown, are not its own) and no signal wakes the parent's event
+    loop through the inherited wakeup fd."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
 
 
 def _forked_job(

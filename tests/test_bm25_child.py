@@ -10,6 +10,7 @@ while a test arms it.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,3 +117,24 @@ def test_cancel_kills_a_running_child(tmp_path: Path, arm: dict[str, str]) -> No
     with pytest.raises(ChildProcessError):  # killed and reaped: no zombie left
         os.waitpid(pid, os.WNOHANG)
     job.cancel()  # twice is harmless
+
+
+def test_forked_child_does_not_run_the_parents_signal_handlers() -> None:
+    """A parent (a server) that handles SIGTERM itself: its forked BM25 child still dies
+    on SIGTERM instead of running the parent's handler."""
+    from indexing.build import _detach_signals
+
+    before = signal.signal(signal.SIGTERM, lambda *_: None)  # the parent ignores it
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _detach_signals()
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
