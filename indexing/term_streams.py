@@ -163,12 +163,37 @@ def _ascii_ids(token_ids: _TokenIds, texts: pa.LargeStringArray) -> tuple[np.nda
     return _kept(table[tokens.indices.to_numpy()], split.offsets.to_numpy())
 
 
+# Split ASCII texts into sentences (at ".") when they hold at least this many per text
+# on average, and tokenize each distinct sentence once: a product description repeats its
+# catalog's stock sentences (100K demo bodies: 807K sentences, 66K distinct; 2.4x faster).
+# Tokens never span a ".", so the terms are the same.
+PIECES_MIN_PER_TEXT = 2.0
+
+
+def _sentence_ids(
+    token_ids: _TokenIds, texts: pa.LargeStringArray
+) -> tuple[np.ndarray, np.ndarray]:
+    """_ascii_ids of texts made of repeated sentences: each distinct piece between two
+    "." tokenized once, the texts' ids gathered from their pieces'."""
+    import pyarrow.compute as pc
+
+    pieces = pc.split_pattern(texts, pattern=".")
+    coded = pc.dictionary_encode(pieces.flatten())
+    ids, lengths = _ascii_ids(token_ids, coded.dictionary)
+    which = coded.indices.to_numpy()
+    per_piece = lengths[which]
+    flat = ids[slices((np.cumsum(lengths) - lengths)[which], per_piece)]
+    ends = np.zeros(len(which) + 1, dtype=np.int64)
+    np.cumsum(per_piece, out=ends[1:])
+    return flat, np.diff(ends[pieces.offsets.to_numpy()])
+
+
 def _bulk_ids(
     analyzer: Analyzer, token_ids: _TokenIds, texts: pa.LargeStringArray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(term ids of every text's terms, concatenated; start of each text in them; terms
-    per text) of an Arrow array: ASCII texts by _ascii_ids, ASCII_CHUNK at a time, the
-    others by _python_ids."""
+    per text) of an Arrow array: ASCII texts by _ascii_ids (or _sentence_ids), ASCII_CHUNK
+    at a time, the others by _python_ids."""
     import pyarrow.compute as pc
 
     n = len(texts)
@@ -178,7 +203,12 @@ def _bulk_ids(
     order: list[np.ndarray] = []  # rows in the order of their ids in ``parts``
     ascii_texts = texts if len(ascii_rows) == n else texts.take(ascii_rows)
     for c in range(0, len(ascii_rows), ASCII_CHUNK):
-        ids, ln = _ascii_ids(token_ids, ascii_texts.slice(c, ASCII_CHUNK))
+        chunk = ascii_texts.slice(c, ASCII_CHUNK)
+        periods = pc.sum(pc.count_substring(chunk, ".")).as_py() or 0
+        if periods >= PIECES_MIN_PER_TEXT * len(chunk):
+            ids, ln = _sentence_ids(token_ids, chunk)
+        else:
+            ids, ln = _ascii_ids(token_ids, chunk)
         rows = ascii_rows[c : c + ASCII_CHUNK]
         lengths[rows] = ln
         parts.append(ids)

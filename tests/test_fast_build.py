@@ -196,15 +196,17 @@ def test_parallel_build_equals_inline(tmp_path: Path, encoder: Any, embedding_ca
 def test_term_streams_equal_the_analyzer_per_text(
     stemmer: str, bulk: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """analyze_fields (distinct texts once; in bulk: ASCII texts tokenized by Arrow
-    ASCII_CHUNK at a time, the others in Python; else all in Python) gives exactly
-    Analyzer.terms of every row: non-ASCII text between ASCII texts across chunk
-    boundaries, control characters, empty texts, one-letter tokens, stopwords,
-    underscores and repeated texts included."""
+    """analyze_fields (distinct texts once; in bulk: ASCII texts tokenized by Arrow, by
+    sentence where they hold periods, ASCII_CHUNK at a time, the others in Python; else
+    all in Python) gives exactly Analyzer.terms of every row: non-ASCII text between
+    ASCII texts across chunk boundaries, control characters, periods (leading, doubled,
+    inside tokens), empty texts, one-letter tokens, stopwords, underscores and repeated
+    texts included."""
     from indexing import term_streams
     from indexing.term_streams import analyze_fields
 
     monkeypatch.setattr(term_streams, "BULK_MIN_TEXTS", 0 if bulk else 10**9)
+    monkeypatch.setattr(term_streams, "PIECES_MIN_PER_TEXT", 0.5)  # sentences in some chunks
     monkeypatch.setattr(term_streams, "ASCII_CHUNK", 7)  # many chunks of distinct texts
 
     odd = [
@@ -216,6 +218,8 @@ def test_term_streams_equal_the_analyzer_per_text(
         "  spaced   out\ttabs\nnewlines\x1c\x1fx\x0bv\x0c\rz  ",
         "über-cool 東京 shoes",
         "running runs ran",
+        "Ships today. Ships today.Ships today. ..a.b. The end.",
+        ". leading and trailing periods .",
     ]
     titles = [odd[i % len(odd)] + f" item{i % 50}" for i in range(2_000)]
     bodies = [odd[(i * 3) % len(odd)] for i in range(len(titles))]
