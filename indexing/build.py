@@ -171,8 +171,8 @@ def write_bm25(
 # the machine is saturated (1-minute load average >= cores): with both cores busy it
 # gains nothing. A forked child costs no measurable CPU over inline at 100K documents
 # (6.6-9.1 vs 7.1-9.2 CPU s, shared machine) but holds pages the parent then copies on
-# write: process tree PSS 2.5 vs 1.8-1.9 GB inline at 100K; 14.3-14.7 GB at 1M against
-# 13.3 with the pickled-job child (docs/benchmarks.md, "Reindex at 1M: forked BM25 child").
+# write: process tree PSS 2.5 vs 1.8-1.9 GB inline at 100K; 14.2-14.7 GB at 1M against
+# 13.0-13.3 with the pickled-job child (docs/benchmarks.md, "Reindex at 1M: forked BM25 child").
 PARALLEL_MIN_DOCS = 20_000
 
 
