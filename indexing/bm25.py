@@ -108,6 +108,9 @@ class FieldIndex:
     indptr: np.ndarray  # [n_terms + 1]
     num_docs: int
     block_max: BlockMax | None = None  # None: top() scores every document
+    # term frequency of each entry: built, saved and read back by builds only (what an
+    # incremental build recomputes ``data`` from); None when loaded for serving
+    tf: np.ndarray | None = None
 
     @classmethod
     def build(cls, token_lists: Sequence[Sequence[str]], k1: float, b: float) -> FieldIndex:
@@ -126,30 +129,25 @@ class FieldIndex:
         k1: float,
         b: float,
     ) -> FieldIndex:
-        """The CSC matrix from unique (term, doc, tf) postings sorted by (term, doc).
-
-        Reproduces bm25s (method "lucene") operation by operation so the float32 data are
-        the same: idf = log(1 + (N - df + .5) / (df + .5)) in double rounded to float32,
-        tfc = tf / (k1 * ((1 - b) + b * len / avg_len) + tf) with bm25s' dtype promotion,
-        contribution = float32(idf * tfc).
-        """
-        n = len(lengths)
+        """The CSC matrix from unique (term, doc, tf) postings sorted by (term, doc)
+        (see contributions for the float32 data)."""
         df = np.bincount(term, minlength=len(vocab))
         indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
         np.cumsum(df, out=indptr[1:])
-        idf = np.array(
-            [math.log(1 + (n - d + 0.5) / (d + 0.5)) for d in df.tolist()], dtype=np.float32
-        )
-        avg_len = np.asarray(lengths, dtype=np.int64).mean()
-        k_doc = k1 * ((1 - b) + b * lengths.astype(np.float64) / avg_len)
-        tfc = tf.astype(_TF_DTYPE) / (k_doc.astype(_TF_DTYPE)[doc] + tf.astype(_TF_DTYPE))
-        data = (idf[term] * tfc).astype(np.float32)
-        return cls(vocab, data, doc.astype(np.int32), indptr, n)
+        data = contributions(indptr, doc, tf, lengths, k1, b)
+        return cls(vocab, data, doc.astype(np.int32), indptr, len(lengths), tf=narrow_tf(tf))
 
     @classmethod
     def empty(cls, n: int) -> FieldIndex:
         """A field no document has any term in (every score 0)."""
-        return cls({}, np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(1, np.int64), n)
+        return cls(
+            {},
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int32),
+            np.zeros(1, np.int64),
+            n,
+            tf=np.zeros(0, np.uint16),
+        )
 
     def term_ids(self, terms: Iterable[str]) -> list[int]:
         """Vocabulary ids of the known terms (duplicates kept: each occurrence adds a clause)."""
@@ -332,6 +330,45 @@ class FieldIndex:
 # bm25s computes tf / (k1 * (...) + tf) with tf a float32 array and k1 * (...) a numpy
 # float64 scalar: float64 under NumPy 2's promotion rules, float32 under NumPy 1's.
 _TF_DTYPE = (np.zeros(1, dtype=np.float32) + np.float64(0.5)).dtype
+
+
+def narrow_tf(tf: np.ndarray) -> np.ndarray:
+    """Term frequencies in the smallest unsigned type that holds them (uint16 unless a
+    term occurs 65536+ times in one document)."""
+    tf = np.asarray(tf)
+    if not len(tf) or int(tf.max()) < 1 << 16:
+        return tf.astype(np.uint16)
+    return tf.astype(np.uint32)
+
+
+def contributions(
+    indptr: np.ndarray, doc: np.ndarray, tf: np.ndarray, lengths: np.ndarray, k1: float, b: float
+) -> np.ndarray:
+    """float32 BM25 contribution of every entry of a CSC matrix (term t's entries are
+    [indptr[t], indptr[t + 1]), ``doc`` their rows, ``tf`` their term frequencies) over
+    documents of ``lengths`` terms: the one formula of full and incremental builds.
+
+    Reproduces bm25s (method "lucene") operation by operation so the float32 data are
+    the same: idf = log(1 + (N - df + .5) / (df + .5)) in double (math.log, once per
+    distinct df) rounded to float32, tfc = tf / (k1 * ((1 - b) + b * len / avg_len) + tf)
+    with bm25s' dtype promotion, contribution = float32(idf * tfc).
+    """
+    if not len(doc):  # no term in any document (and an average length of 0)
+        return np.zeros(0, dtype=np.float32)
+    n = len(lengths)
+    df = np.diff(indptr)
+    dfs, which = np.unique(df, return_inverse=True)
+    idf_of = [math.log(1 + (n - d + 0.5) / (d + 0.5)) for d in dfs.tolist()]
+    idf = np.asarray(idf_of, dtype=np.float32)[which]
+    avg_len = np.asarray(lengths, dtype=np.int64).mean()
+    k_doc = k1 * ((1 - b) + b * np.asarray(lengths).astype(np.float64) / avg_len)
+    tfc = np.asarray(tf).astype(_TF_DTYPE)
+    denom = k_doc.astype(_TF_DTYPE)[doc]
+    denom += tfc
+    tfc /= denom
+    del denom
+    tfc *= np.repeat(idf, df)  # = idf[term]: float32 times float64 is float64, as in bm25s
+    return tfc.astype(np.float32)
 
 
 def bm25s_vocab(tokens: Iterable[str]) -> dict[str, int]:

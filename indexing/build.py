@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing import layout
+from indexing import bm25_update, layout
 from indexing.analysis import Analyzer
 from indexing.ann import build_ann
 from indexing.bm25 import build_from_streams
@@ -143,12 +143,24 @@ def write_bm25(
     (indexing.term_streams); with ``previous`` (a version whose term store holds the same
     fields under the same analyzer), rows with ``reuse_rows[row] >= 0`` take that
     previous row's terms instead of being analyzed. Matrices, statistics and the term
-    store come out as a full analysis of the same texts would make them.
+    store come out as a full analysis of the same texts would make them. When the
+    previous version allows it (indexing.bm25_update.plan: rows in order, few changed),
+    its matrices and term store are updated for the changed rows instead (same scores,
+    terms and answers; vocabulary ids kept).
     """
     path = Path(path)
     times = Stages()
+    analyzer = Analyzer(stopwords, stemmer)
+    if previous is not None and reuse_rows is not None:
+        why = bm25_update.plan(Path(previous), reuse_rows, text_fields, k1, b, analyzer)
+        if why is None:
+            bm25_update.update_bm25(
+                path, Path(previous), texts, text_fields, reuse_rows, k1, b, analyzer, times
+            )
+            times["bm25_incremental"] = 1.0
+            return times
+        log.info("BM25 side built from every row's terms: %s", why)
     with times("analysis"):
-        analyzer = Analyzer(stopwords, stemmer)
         prev = None
         if previous is not None and reuse_rows is not None:
             prev = PreviousTerms.load(Path(previous), reuse_rows)

@@ -18,7 +18,9 @@ A version directory holds everything one immutable index needs:
   (a zip: it cannot be memory-mapped). The combined field also has
   ``bm25/_all.{block_indptr,block_ids,block_max}.npy`` (indexing.bm25.BlockMax: per term,
   the largest contribution in each block of rows; ``block_rows`` in its vocab.json), which
-  let a top-k skip documents; versions without them score every document.
+  let a top-k skip documents; versions without them score every document. Every field
+  also has ``bm25/<field>.tf.npy`` (the term frequency of each entry; ``"tf": true`` in
+  its vocab.json), read only by the next build to update the matrices incrementally.
 - ``vectors.npy``: L2-normalized float32 [N, dim] (memory-mapped by every reader, so the
   worker processes of a server share one copy in the page cache).
 - the ANN index (optional; manifest ``ann.library``): format 4 ``ann.faiss``, a faiss IVF
@@ -85,6 +87,8 @@ COMBINED = "_all"  # name of the combined-field BM25 index
 BM25_MATRIX_SUFFIX = ".npz"  # formats 1-3
 BM25_ARRAYS = ("data", "indices", "indptr")  # format 4: bm25/<field>.<array>.npy
 BM25_BLOCK_ARRAYS = ("block_indptr", "block_ids", "block_max")  # BlockMax, optional
+# uint16/uint32 term frequency of each entry (builds read it; "tf": true in vocab.json)
+BM25_TF = "tf"
 BM25_VOCAB_SUFFIX = ".vocab.json"
 OFFSETS_SUFFIX = ".offsets.npy"  # beside a JSON-lines file: the byte offset of each line
 # transient files of a build in progress (never in a published version)

@@ -17,6 +17,7 @@ import json
 import math
 import mmap
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -47,14 +48,30 @@ TERMS_CACHE_ROWS = 10_000
 TERMS_CACHE_TERMS = 6_000_000
 
 
-def save_field_index(fi: FieldIndex, path: Path, block_max: bool = False) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Give ``dst`` the content of a previous version's file: a hard link (version files
+    are never changed once written, so both versions may share it), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def save_field_index(
+    fi: FieldIndex, path: Path, block_max: bool = False, vocab_from: Path | None = None
+) -> None:
     """Write a field's BM25 matrix in format 4 (``path``: layout.bm25_field, without
     suffixes): one .npy per array, so readers can memory-map them; with ``block_max``
-    also its BlockMax bounds (what FieldIndex.top skips documents by)."""
+    also its BlockMax bounds (what FieldIndex.top skips documents by). ``vocab_from``:
+    the same field of a previous version whose vocab.json is exactly the one this would
+    write (same vocabulary, num_docs and flags), hard-linked instead of encoded again."""
     version, field = path.parent.parent, path.name
     for name in layout.BM25_ARRAYS:
         np.save(layout.bm25_array(version, field, name), getattr(fi, name))
     meta: dict[str, Any] = {"num_docs": fi.num_docs, "vocab": fi.vocab}
+    if fi.tf is not None:  # what the next incremental build recomputes the data from
+        np.save(layout.bm25_array(version, field, layout.BM25_TF), fi.tf)
+        meta["tf"] = True
     if block_max:
         bm = fi.block_max or BlockMax.build(fi)
         for name, arr in zip(
@@ -62,7 +79,11 @@ def save_field_index(fi: FieldIndex, path: Path, block_max: bool = False) -> Non
         ):
             np.save(layout.bm25_array(version, field, name), arr)
         meta["block_rows"] = bm.rows
-    path.with_name(field + layout.BM25_VOCAB_SUFFIX).write_text(json.dumps(meta), "utf-8")
+    vocab_file = path.with_name(field + layout.BM25_VOCAB_SUFFIX)
+    if vocab_from is not None:
+        link_or_copy(vocab_from.with_name(vocab_from.name + layout.BM25_VOCAB_SUFFIX), vocab_file)
+        return
+    vocab_file.write_text(json.dumps(meta), "utf-8")
 
 
 def load_field_index(path: Path) -> FieldIndex:

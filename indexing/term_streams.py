@@ -286,3 +286,21 @@ def analyze_fields(
         spans.append((starts, lengths))
     flat = np.concatenate(pool) if pool else np.zeros(0, dtype=np.int32)
     return ids.words, [(flat[slices(s, ln)], ln) for s, ln in spans]
+
+
+def analyze_rows(
+    analyzer: Analyzer, texts: Sequence[Sequence[str]], rows: np.ndarray, ids: TermIds
+) -> list[Stream]:
+    """One Stream per field of just ``rows``' texts (``texts[field][row]``), as ids of
+    ``ids`` (new terms appended to it): what an incremental build analyzes. Each distinct
+    text is analyzed once, as in analyze_fields."""
+    token_ids = _TokenIds(analyzer, ids)
+    out: list[Stream] = []
+    for field in texts:
+        rows_texts = [field[i] for i in rows.tolist()]
+        distinct = dict.fromkeys(rows_texts)
+        slot = dict(zip(distinct, itertools.count()))
+        t_ids, t_start, t_len = _encode(analyzer, token_ids, list(distinct))
+        which = np.fromiter(map(slot.__getitem__, rows_texts), np.int64, count=len(rows_texts))
+        out.append((t_ids[slices(t_start[which], t_len[which])], t_len[which]))
+    return out

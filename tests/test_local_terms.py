@@ -27,6 +27,7 @@ from indexing.layout import (
     BM25_BLOCK_ARRAYS,
     BM25_DIR,
     BM25_MATRIX_SUFFIX,
+    BM25_TF,
     BM25_VOCAB_SUFFIX,
     FORMAT_VERSION,
     TERM_IDS,
@@ -117,15 +118,16 @@ def test_term_cache_starting_over_keeps_values(built: Path) -> None:
 
 def bm25_to_npz(version: Path) -> None:
     """Rewrite format 4's per-array BM25 files as the one npz per field of formats 1-3
-    (which had no BlockMax bounds)."""
+    (which had no BlockMax bounds nor term frequencies)."""
     for vocab in (version / BM25_DIR).glob("*" + BM25_VOCAB_SUFFIX):
         field = vocab.name[: -len(BM25_VOCAB_SUFFIX)]
         arrays = {a: np.load(bm25_array(version, field, a)) for a in BM25_ARRAYS}
         np.savez(version / BM25_DIR / (field + BM25_MATRIX_SUFFIX), **arrays)
-        for a in BM25_ARRAYS + BM25_BLOCK_ARRAYS:
+        for a in (*BM25_ARRAYS, *BM25_BLOCK_ARRAYS, BM25_TF):
             bm25_array(version, field, a).unlink(missing_ok=True)
         meta = json.loads(vocab.read_text())
         meta.pop("block_rows", None)
+        meta.pop("tf", None)
         vocab.write_text(json.dumps(meta))
 
 
