@@ -37,7 +37,14 @@ from indexing.documents import Document, check_unique_ids
 from indexing.embedding_cache import EmbeddingCache
 from indexing.encoders import Encoder
 from indexing.errors import IndexingError, IndexNotFoundError, ValidationError
-from indexing.local_store import Snapshot, doc_line, save_field_index, write_blobs
+from indexing.local_store import (
+    Snapshot,
+    doc_line,
+    join_lines,
+    link_or_copy,
+    save_field_index,
+    write_joined,
+)
 from indexing.reuse import document_vectors, reusable_terms, unchanged_rows
 from indexing.term_store import write_term_store
 from indexing.term_streams import PreviousTerms, analyze_fields
@@ -391,10 +398,30 @@ class Stages(dict[str, float]):
             self[cpu] = self.get(cpu, 0.0) + time.process_time() - c0
 
 
+def _save_or_link(path: Path, name: str, arr: np.ndarray, previous: Path | None) -> None:
+    """np.save the array, or link the previous version's file of that name when it holds
+    exactly these bytes (an unchanged catalog's attributes, categories)."""
+    arr = np.ascontiguousarray(arr)
+    if previous is not None and (previous / name).is_file():
+        try:
+            old = layout.load_mapped(previous / name)
+        except (OSError, ValueError):
+            old = None
+        if (
+            old is not None
+            and old.dtype == arr.dtype
+            and old.shape == arr.shape
+            and np.array_equal(old.reshape(-1).view(np.uint8), arr.reshape(-1).view(np.uint8))
+        ):
+            link_or_copy(previous / name, path / name)
+            return
+    np.save(path / name, arr)
+
+
 def _write_version(
     path: Path,
     docs: list[Document],
-    lines: list[bytes],
+    lines: tuple[bytes, np.ndarray],
     vectors: np.ndarray,
     version: str,
     model_id: str,
@@ -402,7 +429,11 @@ def _write_version(
     stages: Stages,
     previous: Path | None = None,
     bm25: _BM25Build | None = None,
+    same_ids: bool = False,
 ) -> None:
+    """Write every file of a version into ``path`` (``lines``: join_lines of the stored
+    documents). ``same_ids``: ``previous`` holds the same ids in the same rows, so its
+    ids file is linked; arrays equal to the previous version's are linked too."""
     analyzer = Analyzer(cfg.stopwords, cfg.stemmer)  # its settings go into the manifest
     bm25 = bm25 or _BM25Build(path, docs, cfg, parallel=False)
     text_fields = bm25.text_fields
@@ -421,14 +452,17 @@ def _write_version(
             ann_build = build_ann(path, ids, vectors, previous, model_id, cfg.ann_nprobe)
 
     with stages("write"):
-        np.save(path / layout.ATTRS, _attr_matrix(docs, attr_names))
+        _save_or_link(path, layout.ATTRS, _attr_matrix(docs, attr_names), previous)
         categories = sorted({d.category for d in docs if d.category is not None})
         code = {c: i for i, c in enumerate(categories)}
         cat = np.array([code.get(d.category, -1) if d.category is not None else -1 for d in docs])
-        np.save(path / layout.CATEGORY, cat.astype(np.int32))
+        _save_or_link(path, layout.CATEGORY, cat.astype(np.int32), previous)
         (path / layout.CATEGORIES).write_text(json.dumps(categories), encoding="utf-8")
-        (path / layout.IDS).write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
-        write_blobs(path / layout.DOCS, lines)
+        if same_ids and previous is not None:
+            link_or_copy(previous / layout.IDS, path / layout.IDS)
+        else:
+            (path / layout.IDS).write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
+        write_joined(path / layout.DOCS, *lines)
     with stages("bm25_wait" if bm25.in_child else "bm25_inline"):
         bm25.finish()
     stages.update(bm25.times)
@@ -577,10 +611,11 @@ def build_local_index(
             if previous is None:  # nothing to reuse: the BM25 side starts before the rest
                 with clock("bm25_start"):
                     bm25 = _BM25Build(tmp, docs, cfg, _parallel(parallel, n_todo))
-            with clock("write"):
-                lines = [doc_line(d) for d in docs]
+            with clock("lines"):
+                lines = join_lines([doc_line(d) for d in docs])
             with clock("compare"):
-                rows = unchanged_rows(previous, docs, lines)
+                same = unchanged_rows(previous, [d.id for d in docs], *lines)
+                rows = None if same is None else same.rows
             reuse = None
             if (
                 previous is not None
@@ -597,7 +632,17 @@ def build_local_index(
                 vectors = document_vectors(encoder, docs, cache, progress, previous, rows)
                 vectors = _check_vectors(vectors, len(docs), encoder.dim)
             _write_version(
-                tmp, docs, lines, vectors, version, encoder.model_id, cfg, clock, previous, bm25
+                tmp,
+                docs,
+                lines,
+                vectors,
+                version,
+                encoder.model_id,
+                cfg,
+                clock,
+                previous,
+                bm25,
+                same_ids=same is not None and same.same_ids,
             )
             with clock("validate"):
                 snap = Snapshot(tmp)

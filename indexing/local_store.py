@@ -147,6 +147,10 @@ class LineStore:
     def get(self, row: int) -> Any:
         return read_line(self.raw(row))
 
+    def view(self) -> memoryview | bytes:
+        """Every stored byte, without a copy (b"" for an empty store)."""
+        return b"" if self._mm is None else memoryview(self._mm)
+
     def close(self) -> None:
         if self._mm is not None:
             self._mm.close()
@@ -183,15 +187,26 @@ def doc_line(doc: Document) -> bytes:
     return json_line(obj).encode() + b"\n"
 
 
-def write_blobs(path: Path, blobs: Sequence[bytes]) -> None:
-    """Write encoded lines (each ending in a newline) plus the byte offset of each line."""
+def join_lines(blobs: Sequence[bytes]) -> tuple[bytes, np.ndarray]:
+    """Encoded lines (each ending in a newline) as one buffer plus the byte offset of each
+    line (offsets[-1] = size): what write_joined writes."""
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)), out=offsets[1:])
+    return b"".join(blobs), offsets
+
+
+def write_joined(path: Path, data: bytes, offsets: np.ndarray) -> None:
+    """Write join_lines' buffer (synced) and its offsets beside it."""
     with open(path, "wb") as f:
-        f.write(b"".join(blobs))
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     np.save(layout.offsets_path(path), offsets)
+
+
+def write_blobs(path: Path, blobs: Sequence[bytes]) -> None:
+    """Write encoded lines (each ending in a newline) plus the byte offset of each line."""
+    write_joined(path, *join_lines(blobs))
 
 
 class Snapshot:

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,31 @@ from indexing.local_store import LineStore
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Unchanged:
+    """Which documents the previous version stored exactly as they are now."""
+
+    rows: np.ndarray  # per document, the previous row with the very same stored line, or -1
+    same_ids: bool  # the previous version holds the same ids in the same rows
+
+
+# Rows compared at once by unchanged_rows: a block of rows that are consecutive rows of
+# the previous version too is one comparison of their stored bytes; a block that differs
+# is compared row by row.
+COMPARE_BLOCK = 256
+
+
 def unchanged_rows(
-    previous: Path | None, docs: Sequence[Document], lines: Sequence[bytes]
-) -> np.ndarray | None:
-    """Per document, the row of the previous version that stored the very same document
-    (same stored line: same id, texts, category and attributes), else -1; None when there
-    is no readable previous version."""
+    previous: Path | None, ids: Sequence[str], data: bytes, offsets: np.ndarray
+) -> Unchanged | None:
+    """Per document (``ids``; their stored lines ``data[offsets[i]:offsets[i + 1]]``,
+    indexing.local_store.join_lines), the row of the previous version that stored the
+    very same document (same stored line: same id, texts, category and attributes), else
+    -1; None when there is no readable previous version.
+
+    Documents kept in the previous order (the usual reindex) are compared COMPARE_BLOCK
+    rows at a time, as bytes; only blocks holding a change are compared line by line.
+    """
     if previous is None:
         return None
     try:
@@ -44,15 +64,48 @@ def unchanged_rows(
         log.warning("previous version %s unreadable for reuse: %s", previous, e)
         return None
     try:
-        row_of = dict(zip(prev_ids, itertools.count()))
-        rows = np.fromiter((row_of.get(d.id, -1) for d in docs), np.int64, count=len(docs))
+        n = len(ids)
+        same_ids = prev_ids == list(ids)
+        if same_ids:
+            rows = np.arange(n, dtype=np.int64)
+        else:
+            row_of = dict(zip(prev_ids, itertools.count()))
+            rows = np.fromiter((row_of.get(d, -1) for d in ids), np.int64, count=n)
+        prev_off = np.asarray(store.offsets)
+        lens = np.diff(offsets)
+        known = rows >= 0
+        prev_lens = np.diff(prev_off)
+        if len(prev_lens):  # a line of another length is another document
+            rows[known & (lens != prev_lens[np.where(known, rows, 0)])] = -1
+        view = store.view()
+        new_bytes = np.frombuffer(data, dtype=np.uint8)
+        prev_bytes = np.frombuffer(view, dtype=np.uint8)
+        check: list[int] = []
+        for lo in range(0, n, COMPARE_BLOCK):
+            hi = min(lo + COMPARE_BLOCK, n)
+            r = rows[lo:hi]
+            a, z = int(r[0]), int(r[-1])
+            if (
+                a >= 0
+                and z - a == hi - lo - 1
+                and bool((np.diff(r) == 1).all())
+                and np.array_equal(
+                    new_bytes[offsets[lo] : offsets[hi]], prev_bytes[prev_off[a] : prev_off[z + 1]]
+                )
+            ):
+                continue  # equal bytes of equal-length lines: every line equal
+            check.extend(range(lo, hi))
+        del prev_bytes  # the map closes below: no array may still point into it
+        if isinstance(view, memoryview):
+            view.release()
         raw = store.raw
-        for i in np.flatnonzero(rows >= 0).tolist():
-            if raw(int(rows[i])) != lines[i]:
+        for i in check:
+            r0 = int(rows[i])
+            if r0 >= 0 and raw(r0) != data[offsets[i] : offsets[i + 1]]:
                 rows[i] = -1
     finally:
         store.close()
-    return rows
+    return Unchanged(rows, same_ids)
 
 
 def _previous_manifest(previous: Path) -> dict[str, Any] | None:
