@@ -443,7 +443,8 @@ def _write_version(
     n = len(docs)
 
     with stages("write"):
-        np.save(path / layout.VECTORS, vectors)
+        if not (path / layout.VECTORS).is_file():  # document_vectors may have written it
+            np.save(path / layout.VECTORS, vectors)
     ann = n > cfg.ann_threshold
     ann_build: dict[str, Any] = {}
     if ann:
@@ -629,7 +630,9 @@ def build_local_index(
                 with clock("bm25_start"):
                     bm25 = _BM25Build(tmp, docs, cfg, _parallel(parallel, n_todo), reuse)
             with clock("vectors"):
-                vectors = document_vectors(encoder, docs, cache, progress, previous, rows)
+                vectors = document_vectors(
+                    encoder, docs, cache, progress, previous, rows, out=tmp / layout.VECTORS
+                )
                 vectors = _check_vectors(vectors, len(docs), encoder.dim)
             _write_version(
                 tmp,

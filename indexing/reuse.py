@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +140,16 @@ def document_vectors(
     progress: bool,
     previous: Path | None,
     rows: np.ndarray | None,
+    out: Path | None = None,
 ) -> np.ndarray:
     """Vectors of the documents: an unchanged document's from the previous version (same
-    model and dimension: the vector it served), the others through the cache/encoder."""
+    model and dimension: the vector it served), the others through the cache/encoder.
+
+    ``out``: where the new version's vectors file goes. When every unchanged document
+    keeps its row (same count), that file is the previous one copied by the kernel with
+    the other rows overwritten (the very bytes np.save would write), and the result is a
+    read-only map of it: no 1.5 GB array per million documents is assembled and saved.
+    """
     m = _previous_manifest(previous) if previous is not None and rows is not None else None
     if (
         m is None
@@ -158,11 +167,42 @@ def document_vectors(
     if prev.ndim != 2 or prev.shape[1] != encoder.dim or int(rows.max()) >= len(prev):
         log.warning("previous version %s: vectors unusable for reuse", previous)
         return document_vectors(encoder, docs, cache, progress, None, None)
-    out = np.empty((len(docs), encoder.dim), dtype=np.float32)
-    out[keep] = prev[rows[keep]]
     todo = np.flatnonzero(~keep).tolist()
+    if (
+        out is not None
+        and prev.shape == (len(docs), encoder.dim)
+        and prev.dtype == np.float32
+        and np.array_equal(rows[keep], np.flatnonzero(keep))
+    ):
+        copy_file(previous / layout.VECTORS, out)
+        if todo:
+            new = embed_texts(
+                encoder, [embedding_text(docs[i]) for i in todo], cache=cache, progress=progress
+            )
+            patch = np.load(out, mmap_mode="r+")
+            patch[todo] = new
+            patch.flush()
+            del patch
+        return layout.load_mapped(out)
+    vectors = np.empty((len(docs), encoder.dim), dtype=np.float32)
+    vectors[keep] = prev[rows[keep]]
     if todo:
-        out[todo] = embed_texts(
+        vectors[todo] = embed_texts(
             encoder, [embedding_text(docs[i]) for i in todo], cache=cache, progress=progress
         )
-    return out
+    return vectors
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy a file inside the kernel (copy_file_range: no pass through this process's
+    memory), else with shutil."""
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            left = os.fstat(fin.fileno()).st_size
+            while left > 0:
+                done = os.copy_file_range(fin.fileno(), fout.fileno(), left)
+                if done == 0:
+                    raise OSError("copy_file_range copied nothing")
+                left -= done
+    except (OSError, AttributeError):
+        shutil.copyfile(src, dst)

@@ -73,7 +73,8 @@ def test_no_previous_or_unreadable(tmp_path: Path) -> None:
 
 def test_unchanged_files_are_linked(tmp_path: Path, encoder: Any) -> None:
     """Same ids and attributes: the reindex links ids.json, attrs.npy, category.npy of
-    the previous version; a changed price writes attrs.npy anew."""
+    the previous version; a changed price writes attrs.npy anew; the vectors file (copied,
+    changed rows patched) is a full build's."""
     import dataclasses
 
     from indexing.build import build_local_index
@@ -104,6 +105,12 @@ def test_unchanged_files_are_linked(tmp_path: Path, encoder: Any) -> None:
             root / "versions" / build_local_index(d, root, encoder, cfg, cache=cache)
             for d in (docs, changed, repriced)
         ]
+        fresh = tmp_path / "fresh"
+        v_full = build_local_index(repriced, fresh, encoder, cfg, cache=cache, reuse_previous=False)
+    # the vectors file copied from the previous version, changed rows overwritten: the
+    # bytes a full build writes
+    full_vectors = (fresh / "versions" / v_full / layout.VECTORS).read_bytes()
+    assert (versions[2] / layout.VECTORS).read_bytes() == full_vectors
     ino = [
         {f: (v / f).stat().st_ino for f in (layout.IDS, layout.ATTRS, layout.CATEGORY)}
         for v in versions
