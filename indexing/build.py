@@ -45,7 +45,13 @@ from indexing.local_store import (
     save_field_index,
     write_joined,
 )
-from indexing.reuse import document_vectors, reusable_terms, unchanged_rows
+from indexing.reuse import (
+    attrs_and_categories,
+    document_vectors,
+    reusable_terms,
+    save_or_link,
+    unchanged_rows,
+)
 from indexing.term_store import write_term_store
 from indexing.term_streams import PreviousTerms, analyze_fields
 from ltr.versions import LockBusyError, VersionedDir
@@ -374,15 +380,6 @@ def _bm25_job(job_file: str) -> None:
 
 
 # --- the other files ------------------------------------------------------------------
-def _attr_matrix(docs: Sequence[Document], attr_names: Sequence[str]) -> np.ndarray:
-    """float64 [N, A]; NaN where a document has no value."""
-    attrs = np.full((len(docs), len(attr_names)), np.nan, dtype=np.float64)
-    for j, a in enumerate(attr_names):
-        col = [d.attrs.get(a) for d in docs]
-        attrs[:, j] = [np.nan if v is None else float(v) for v in col]
-    return attrs
-
-
 class Stages(dict[str, float]):
     """Seconds spent per stage of a build (what scripts/benchmark_scale.py reports): wall
     under the stage's name, this process's CPU (every thread) under ``<name>_cpu``."""
@@ -398,26 +395,6 @@ class Stages(dict[str, float]):
             self[cpu] = self.get(cpu, 0.0) + time.process_time() - c0
 
 
-def _save_or_link(path: Path, name: str, arr: np.ndarray, previous: Path | None) -> None:
-    """np.save the array, or link the previous version's file of that name when it holds
-    exactly these bytes (an unchanged catalog's attributes, categories)."""
-    arr = np.ascontiguousarray(arr)
-    if previous is not None and (previous / name).is_file():
-        try:
-            old = layout.load_mapped(previous / name)
-        except (OSError, ValueError):
-            old = None
-        if (
-            old is not None
-            and old.dtype == arr.dtype
-            and old.shape == arr.shape
-            and np.array_equal(old.reshape(-1).view(np.uint8), arr.reshape(-1).view(np.uint8))
-        ):
-            link_or_copy(previous / name, path / name)
-            return
-    np.save(path / name, arr)
-
-
 def _write_version(
     path: Path,
     docs: list[Document],
@@ -430,10 +407,13 @@ def _write_version(
     previous: Path | None = None,
     bm25: _BM25Build | None = None,
     same_ids: bool = False,
+    rows: np.ndarray | None = None,
 ) -> None:
     """Write every file of a version into ``path`` (``lines``: join_lines of the stored
     documents). ``same_ids``: ``previous`` holds the same ids in the same rows, so its
-    ids file is linked; arrays equal to the previous version's are linked too."""
+    ids file is linked; arrays equal to the previous version's are linked too.
+    ``rows``: indexing.reuse.unchanged_rows (unchanged documents' attributes and
+    categories are taken from the previous version)."""
     analyzer = Analyzer(cfg.stopwords, cfg.stemmer)  # its settings go into the manifest
     bm25 = bm25 or _BM25Build(path, docs, cfg, parallel=False)
     text_fields = bm25.text_fields
@@ -453,11 +433,9 @@ def _write_version(
             ann_build = build_ann(path, ids, vectors, previous, model_id, cfg.ann_nprobe)
 
     with stages("write"):
-        _save_or_link(path, layout.ATTRS, _attr_matrix(docs, attr_names), previous)
-        categories = sorted({d.category for d in docs if d.category is not None})
-        code = {c: i for i, c in enumerate(categories)}
-        cat = np.array([code.get(d.category, -1) if d.category is not None else -1 for d in docs])
-        _save_or_link(path, layout.CATEGORY, cat.astype(np.int32), previous)
+        attrs, categories, cat = attrs_and_categories(docs, attr_names, previous, rows)
+        save_or_link(path, layout.ATTRS, attrs, previous)
+        save_or_link(path, layout.CATEGORY, cat, previous)
         (path / layout.CATEGORIES).write_text(json.dumps(categories), encoding="utf-8")
         if same_ids and previous is not None:
             link_or_copy(previous / layout.IDS, path / layout.IDS)
@@ -646,6 +624,7 @@ def build_local_index(
                 previous,
                 bm25,
                 same_ids=same is not None and same.same_ids,
+                rows=rows,
             )
             with clock("validate"):
                 snap = Snapshot(tmp)

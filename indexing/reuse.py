@@ -4,7 +4,9 @@ indexing.build asks ``unchanged_rows`` which documents the current version store
 as they are now (same stored line); those keep their analyzed terms (``reusable_terms``
 says whether the previous term store can lend them: same text fields, same analyzer) and
 their vectors (``document_vectors``: same model), and indexing.ann keeps their graph
-nodes. Everything here only reads the previous version.
+nodes. Unchanged documents' attributes and category codes come from the previous arrays
+(``attrs_and_categories``), and a file equal to the previous version's is hard-linked
+(``save_or_link``). Everything here only reads the previous version.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from indexing.config import IndexConfig
 from indexing.documents import Document, embedding_text
 from indexing.embedding_cache import EmbeddingCache, embed_texts
 from indexing.encoders import Encoder
-from indexing.local_store import LineStore
+from indexing.local_store import LineStore, link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +208,75 @@ def copy_file(src: Path, dst: Path) -> None:
                 left -= done
     except (OSError, AttributeError):
         shutil.copyfile(src, dst)
+
+
+def _attr_matrix(docs: Sequence[Document], attr_names: Sequence[str]) -> np.ndarray:
+    """float64 [N, A]; NaN where a document has no value."""
+    attrs = np.full((len(docs), len(attr_names)), np.nan, dtype=np.float64)
+    for j, a in enumerate(attr_names):
+        col = [d.attrs.get(a) for d in docs]
+        attrs[:, j] = [np.nan if v is None else float(v) for v in col]
+    return attrs
+
+
+def attrs_and_categories(
+    docs: Sequence[Document],
+    attr_names: Sequence[str],
+    previous: Path | None,
+    rows: np.ndarray | None,
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(attribute matrix, sorted categories, int32 category code per row). A document
+    stored unchanged in ``previous`` (``rows[i] >= 0``: the same line, so the same
+    attributes and category) takes its row of the previous arrays when that version
+    names the same attributes and categories; only the others are converted."""
+    n = len(docs)
+    categories = sorted({d.category for d in docs if d.category is not None})
+    attrs = np.full((n, len(attr_names)), np.nan, dtype=np.float64)
+    cat = np.full(n, -1, dtype=np.int32)
+    todo: list[int] | None = None
+    if previous is not None and rows is not None and len(rows) == n and (rows >= 0).any():
+        try:
+            m = json.loads((previous / layout.MANIFEST).read_text(encoding="utf-8"))
+            prev_cats = json.loads((previous / layout.CATEGORIES).read_text(encoding="utf-8"))
+            prev_attrs = layout.load_mapped(previous / layout.ATTRS)
+            prev_cat = layout.load_mapped(previous / layout.CATEGORY)
+        except (OSError, ValueError):
+            m = None
+        if (
+            m is not None
+            and m.get("attr_names") == list(attr_names)
+            and prev_cats == categories
+            and prev_attrs.shape[1:] == (len(attr_names),)
+            and len(prev_cat) == len(prev_attrs) > int(rows.max())
+        ):
+            keep = rows >= 0
+            attrs[keep] = prev_attrs[rows[keep]]
+            cat[keep] = prev_cat[rows[keep]]
+            todo = np.flatnonzero(~keep).tolist()
+    pick = docs if todo is None else [docs[i] for i in todo]
+    where: slice | list[int] = slice(None) if todo is None else todo
+    if len(pick):
+        attrs[where] = _attr_matrix(pick, attr_names)
+        code = {c: i for i, c in enumerate(categories)}
+        cat[where] = [code[d.category] if d.category is not None else -1 for d in pick]
+    return attrs, categories, cat
+
+
+def save_or_link(path: Path, name: str, arr: np.ndarray, previous: Path | None) -> None:
+    """np.save the array, or link the previous version's file of that name when it holds
+    exactly these bytes (an unchanged catalog's attributes, categories)."""
+    arr = np.ascontiguousarray(arr)
+    if previous is not None and (previous / name).is_file():
+        try:
+            old = layout.load_mapped(previous / name)
+        except (OSError, ValueError):
+            old = None
+        if (
+            old is not None
+            and old.dtype == arr.dtype
+            and old.shape == arr.shape
+            and np.array_equal(old.reshape(-1).view(np.uint8), arr.reshape(-1).view(np.uint8))
+        ):
+            link_or_copy(previous / name, path / name)
+            return
+    np.save(path / name, arr)

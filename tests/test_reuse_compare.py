@@ -107,10 +107,20 @@ def test_unchanged_files_are_linked(tmp_path: Path, encoder: Any) -> None:
         ]
         fresh = tmp_path / "fresh"
         v_full = build_local_index(repriced, fresh, encoder, cfg, cache=cache, reuse_previous=False)
-    # the vectors file copied from the previous version, changed rows overwritten: the
-    # bytes a full build writes
-    full_vectors = (fresh / "versions" / v_full / layout.VECTORS).read_bytes()
-    assert (versions[2] / layout.VECTORS).read_bytes() == full_vectors
+        recategorized = list(repriced)  # a category no version had: every code recomputed
+        recategorized[9] = dataclasses.replace(repriced[9], category="b", attrs={"weight": 2.0})
+        v4 = build_local_index(recategorized, root, encoder, cfg, cache=cache)
+        v4_full = build_local_index(
+            recategorized, tmp_path / "fresh4", encoder, cfg, cache=cache, reuse_previous=False
+        )
+    # unchanged rows' attributes and codes taken from the previous version, the vectors
+    # file copied from it with the changed rows overwritten: the bytes a full build writes
+    for inc, full in (
+        (versions[2], fresh / "versions" / v_full),
+        (root / "versions" / v4, tmp_path / "fresh4" / "versions" / v4_full),
+    ):
+        for name in (layout.VECTORS, layout.ATTRS, layout.CATEGORY, layout.CATEGORIES):
+            assert (inc / name).read_bytes() == (full / name).read_bytes(), name
     ino = [
         {f: (v / f).stat().st_ino for f in (layout.IDS, layout.ATTRS, layout.CATEGORY)}
         for v in versions
