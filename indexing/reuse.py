@@ -181,10 +181,13 @@ def document_vectors(
             new = embed_texts(
                 encoder, [embedding_text(docs[i]) for i in todo], cache=cache, progress=progress
             )
-            patch = np.load(out, mmap_mode="r+")
-            patch[todo] = new
-            patch.flush()
-            del patch
+            start = int(np.load(out, mmap_mode="r").offset)  # the .npy header's length
+            row_bytes = 4 * encoder.dim
+            new = np.ascontiguousarray(new, dtype=np.float32)
+            # pwrite, not a writable map: flushing a map syncs the whole 1.5 GB copy
+            with open(out, "r+b") as f:
+                for k, i in enumerate(todo):
+                    os.pwrite(f.fileno(), new[k].tobytes(), start + i * row_bytes)
         return layout.load_mapped(out)
     vectors = np.empty((len(docs), encoder.dim), dtype=np.float32)
     vectors[keep] = prev[rows[keep]]
