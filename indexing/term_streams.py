@@ -297,10 +297,8 @@ def analyze_rows(
     token_ids = _TokenIds(analyzer, ids)
     out: list[Stream] = []
     for field in texts:
-        rows_texts = [field[i] for i in rows.tolist()]
-        distinct = dict.fromkeys(rows_texts)
-        slot = dict(zip(distinct, itertools.count()))
-        t_ids, t_start, t_len = _encode(analyzer, token_ids, list(distinct))
-        which = np.fromiter(map(slot.__getitem__, rows_texts), np.int64, count=len(rows_texts))
+        t_ids, t_start, t_len, which = _encode(
+            analyzer, token_ids, [field[i] for i in rows.tolist()]
+        )
         out.append((t_ids[slices(t_start[which], t_len[which])], t_len[which]))
     return out
