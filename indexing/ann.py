@@ -221,10 +221,11 @@ def _add(
 
 
 def _reusable(
-    previous: Path | None, model_id: str, dim: int
-) -> tuple[dict[str, Any], list[str], np.ndarray, np.ndarray] | None:
+    previous: Path | None, model_id: str, dim: int, read_ids: bool = True
+) -> tuple[dict[str, Any], list[str] | None, np.ndarray, np.ndarray] | None:
     """(manifest, ids, vectors (memory-mapped), label -> row) of a previous version whose
-    IVF a new build can extend, or None (no version, other model/dim/library, no index)."""
+    IVF a new build can extend, or None (no version, other model/dim/library, no index).
+    ``read_ids`` False: ids is None (the caller knows them; saves parsing 1M ids)."""
     if previous is None:
         return None
     try:
@@ -240,15 +241,16 @@ def _reusable(
             or not (previous / layout.ANN_FAISS).is_file()
         ):
             return None
-        ids = json.loads((previous / layout.IDS).read_text(encoding="utf-8"))
+        ids = json.loads((previous / layout.IDS).read_text(encoding="utf-8")) if read_ids else None
         vectors = layout.load_mapped(previous / layout.VECTORS)
+        n_prev = len(ids) if ids is not None else len(vectors)
         rows = load_ann_rows(previous, m)
         if rows is None:
-            rows = np.arange(len(ids), dtype=np.int64)
+            rows = np.arange(n_prev, dtype=np.int64)
     except (OSError, ValueError, KeyError) as e:
         log.warning("previous version %s unusable for ANN reuse: %s", previous, e)
         return None
-    if vectors.shape != (len(ids), dim):
+    if vectors.ndim != 2 or vectors.shape != (n_prev, dim):
         return None
     return m, ids, vectors, rows
 
@@ -260,6 +262,7 @@ def build_ann(
     previous: Path | None,
     model_id: str,
     nprobe: int,
+    same_ids: bool = False,
 ) -> dict[str, Any]:
     """Write layout.ANN_FAISS (+ layout.ANN_ROWS: label -> row, -1 = removed).
 
@@ -267,20 +270,28 @@ def build_ann(
     are unchanged keep their code, removed or changed ones are removed, new or changed
     ones are added under fresh labels. The previous version is only read (its index is
     loaded into memory and saved into ``path``). Returns the manifest's record of what
-    was done.
+    was done. ``same_ids``: the previous version holds exactly ``ids`` in the same rows
+    (indexing.reuse.Unchanged.same_ids), so row i maps to previous row i without reading
+    and mapping its ids.
     """
     import faiss
 
     n, dim = vectors.shape
     record: dict[str, Any] = {"library": ANN_LIBRARY, "index": ANN_KIND, "space": "ip"}
-    prev = _reusable(previous, model_id, dim)
+    prev = _reusable(previous, model_id, dim, read_ids=not same_ids)
     if prev is not None and previous is not None:
         _, prev_ids, prev_vectors, prev_rows = prev
-        label_of_prev_row = np.full(len(prev_ids), -1, dtype=np.int64)
+        n_prev = len(prev_vectors)
+        if same_ids and n_prev != n:
+            raise ValueError(f"same_ids with {n} ids but {n_prev} previous rows")
+        label_of_prev_row = np.full(n_prev, -1, dtype=np.int64)
         live = np.flatnonzero(prev_rows >= 0)
         label_of_prev_row[prev_rows[live]] = live
-        prev_row_of = {d: i for i, d in enumerate(prev_ids)}
-        prev_row = np.fromiter((prev_row_of.get(d, -1) for d in ids), dtype=np.int64, count=n)
+        if prev_ids is None:  # same ids in the same rows
+            prev_row = np.arange(n, dtype=np.int64)
+        else:
+            prev_row_of = {d: i for i, d in enumerate(prev_ids)}
+            prev_row = np.fromiter((prev_row_of.get(d, -1) for d in ids), dtype=np.int64, count=n)
         common = np.flatnonzero(prev_row >= 0)
         same = np.zeros(n, dtype=bool)
         step = 100_000  # compare in slices: no [N, dim] temporaries at 1M documents
@@ -289,7 +300,7 @@ def build_ann(
             a = np.ascontiguousarray(vectors[c]).view(np.uint32)
             b = np.ascontiguousarray(prev_vectors[prev_row[c]], dtype=np.float32).view(np.uint32)
             same[c] = np.all(a == b, axis=1)
-        kept_prev = np.zeros(len(prev_ids), dtype=bool)
+        kept_prev = np.zeros(n_prev, dtype=bool)
         kept_prev[prev_row[same]] = True
         added = np.flatnonzero(~same)
         n_labels_prev = len(prev_rows)

@@ -242,8 +242,10 @@ class _BM25Build:
         parallel: bool,
         reuse: tuple[Path, np.ndarray] | None = None,
         fork: bool | None = None,
+        text_fields: tuple[str, ...] | None = None,
     ):
-        self.text_fields = text_field_names(docs)
+        # text_fields: text_field_names(docs) when the caller has it (a pass over every doc)
+        self.text_fields = text_field_names(docs) if text_fields is None else text_fields
         todo = None if reuse is None else np.flatnonzero(reuse[1] < 0).tolist()
         self.job: dict[str, Any] = {
             "path": str(path),
@@ -430,7 +432,9 @@ def _write_version(
     if ann:
         with stages("graph"):
             ids = [d.id for d in docs]
-            ann_build = build_ann(path, ids, vectors, previous, model_id, cfg.ann_nprobe)
+            ann_build = build_ann(
+                path, ids, vectors, previous, model_id, cfg.ann_nprobe, same_ids=same_ids
+            )
 
     with stages("write"):
         attrs, categories, cat = attrs_and_categories(docs, attr_names, previous, rows)
@@ -596,17 +600,20 @@ def build_local_index(
                 same = unchanged_rows(previous, [d.id for d in docs], *lines)
                 rows = None if same is None else same.rows
             reuse = None
-            if (
-                previous is not None
-                and rows is not None
-                and (rows >= 0).any()
-                and reusable_terms(previous, text_field_names(docs), cfg)
-            ):
-                reuse = (previous, rows)
             if bm25 is None:
+                text_fields = text_field_names(docs)
+                if (
+                    previous is not None
+                    and rows is not None
+                    and (rows >= 0).any()
+                    and reusable_terms(previous, text_fields, cfg)
+                ):
+                    reuse = (previous, rows)
                 n_todo = len(docs) if reuse is None else int(np.count_nonzero(reuse[1] < 0))
                 with clock("bm25_start"):
-                    bm25 = _BM25Build(tmp, docs, cfg, _parallel(parallel, n_todo), reuse)
+                    bm25 = _BM25Build(
+                        tmp, docs, cfg, _parallel(parallel, n_todo), reuse, text_fields=text_fields
+                    )
             with clock("vectors"):
                 vectors = document_vectors(
                     encoder, docs, cache, progress, previous, rows, out=tmp / layout.VECTORS

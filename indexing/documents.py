@@ -61,8 +61,11 @@ def check_unique_ids(docs: Sequence[Document]) -> None:
 
     if not docs:
         raise ValidationError("no documents to index")
+    ids = [d.id for d in docs]
+    if len(set(ids)) == len(ids):  # one set built in C: the common case at 1M documents
+        return
     seen: set[str] = set()
-    for d in docs:
-        if d.id in seen:
-            raise ValidationError(f"duplicate document id {d.id!r}")
-        seen.add(d.id)
+    for i in ids:  # name the first repeated id
+        if i in seen:
+            raise ValidationError(f"duplicate document id {i!r}")
+        seen.add(i)

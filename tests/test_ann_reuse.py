@@ -318,3 +318,36 @@ def test_other_text_fields_or_analyzer_analyze_everything(
         tmp_path / "full3" / "versions" / v_full3
     )
     cache.close()
+
+
+def test_same_ids_mapping_equals_the_id_lookup(setup: Any, encoder: Any, tmp_path: Path) -> None:
+    """build_ann's shortcut for a previous version with the same ids in the same rows
+    (no ids file read, row i -> previous row i) writes the very same index and label map
+    as looking every id up; a wrong mapping would keep a changed vector's old code."""
+    from indexing.ann import build_ann
+
+    root, cache, docs = setup
+    v1 = build_local_index(docs, root, encoder, CFG, cache=cache)
+    prev = root / "versions" / v1
+    vectors = np.array(Snapshot(prev).vectors, dtype=np.float32)
+    changed = [5, 77, 300, 599]
+    vectors[changed] = clustered(len(changed), encoder.dim, seed=21)
+    ids = [d.id for d in docs]
+    out = {}
+    for same in (False, True):
+        d = tmp_path / f"out-{same}"
+        d.mkdir()
+        out[same] = build_ann(d, ids, vectors, prev, encoder.model_id, 8, same_ids=same)
+        out[same]["files"] = tree_digest(d)
+    assert out[True] == out[False]
+    assert (out[True]["build"], out[True]["kept"], out[True]["added"]) == (
+        "incremental",
+        N - len(changed),
+        len(changed),
+    )
+    rows = np.load(tmp_path / "out-True" / "ann_rows.npy")
+    assert rows[N:].tolist() == changed  # the changed rows' new labels
+    assert sorted(rows[rows >= 0].tolist()) == list(range(N))
+    with pytest.raises(ValueError, match="same_ids"):
+        build_ann(tmp_path, ids[:-1], vectors[:-1], prev, encoder.model_id, 8, same_ids=True)
+    cache.close()

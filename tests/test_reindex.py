@@ -336,3 +336,13 @@ def test_version_names_sort_after_existing_even_if_clock_is_behind(
     v2 = build(tmp_path, encoder, 2)
     assert v2 == "29991231-235959-999999.1"
     assert list_versions(tmp_path)[-1] == v2 == current_version(tmp_path)
+
+
+def test_duplicate_id_named_first_repeat() -> None:
+    """check_unique_ids' set shortcut still names the first id that repeats."""
+    from indexing.documents import check_unique_ids
+
+    docs = [*DOCS, DOCS[2], DOCS[1]]
+    with pytest.raises(ValidationError, match=f"duplicate document id {DOCS[2].id!r}"):
+        check_unique_ids(docs)
+    check_unique_ids(DOCS)  # no repeat: no error
