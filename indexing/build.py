@@ -634,7 +634,7 @@ def build_local_index(
                 rows=rows,
             )
             with clock("validate"):
-                snap = Snapshot(tmp)
+                snap = Snapshot(tmp, id_map=False)  # validation looks no id up
                 try:
                     validate_snapshot(snap, docs)
                 finally:

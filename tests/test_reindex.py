@@ -346,3 +346,23 @@ def test_duplicate_id_named_first_repeat() -> None:
     with pytest.raises(ValidationError, match=f"duplicate document id {DOCS[2].id!r}"):
         check_unique_ids(docs)
     check_unique_ids(DOCS)  # no repeat: no error
+
+
+def test_snapshot_id_map_on_first_use(tmp_path: Path, encoder: Any) -> None:
+    """A Snapshot opened with id_map=False (a build's validation) answers rows() exactly
+    as the eager one does, building the id -> row map only when first asked."""
+    from indexing.local_store import Snapshot
+
+    v = build(tmp_path, encoder, 1)
+    path = tmp_path / "versions" / v
+    eager, lazy = Snapshot(path), Snapshot(path, id_map=False)
+    try:
+        assert lazy._row_of is None
+        ids = [*reversed(eager.ids), "nope", eager.ids[3]]
+        want = [len(eager.ids) - 1 - i for i in range(len(eager.ids))] + [-1, 3]
+        assert eager.rows(ids).tolist() == want
+        assert lazy.rows(ids).tolist() == want
+        assert lazy.row_of == eager.row_of and len(lazy.row_of) == len(eager.ids)
+    finally:
+        eager.close()
+        lazy.close()
