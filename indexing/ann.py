@@ -296,9 +296,15 @@ def build_ann(
         same = np.zeros(n, dtype=bool)
         step = 100_000  # compare in slices: no [N, dim] temporaries at 1M documents
         for s in range(0, len(common), step):
-            c = common[s : s + step]
-            a = np.ascontiguousarray(vectors[c]).view(np.uint32)
-            b = np.ascontiguousarray(prev_vectors[prev_row[c]], dtype=np.float32).view(np.uint32)
+            if prev_ids is None:  # row i is previous row i: compare in place, no gathers
+                c: Any = slice(s, s + step)
+                a = np.ascontiguousarray(vectors[c]).view(np.uint32)
+                b = np.ascontiguousarray(prev_vectors[c], dtype=np.float32).view(np.uint32)
+            else:
+                c = common[s : s + step]
+                a = np.ascontiguousarray(vectors[c]).view(np.uint32)
+                b = np.ascontiguousarray(prev_vectors[prev_row[c]], dtype=np.float32)
+                b = b.view(np.uint32)
             same[c] = np.all(a == b, axis=1)
         kept_prev = np.zeros(n_prev, dtype=bool)
         kept_prev[prev_row[same]] = True
