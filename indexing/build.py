@@ -595,7 +595,7 @@ def build_local_index(
                 with clock("bm25_start"):
                     bm25 = _BM25Build(tmp, docs, cfg, _parallel(parallel, n_todo))
             with clock("lines"):
-                lines = join_lines([doc_line(d) for d in docs])
+                lines = join_lines(list(map(doc_line, docs)))
             with clock("compare"):
                 same = unchanged_rows(previous, [d.id for d in docs], *lines)
                 rows = None if same is None else same.rows

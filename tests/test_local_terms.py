@@ -258,3 +258,30 @@ def test_doc_lines_read_back_like_json_lines() -> None:
             if isinstance(v, float):
                 assert math.copysign(1, g) == math.copysign(1, v)
         assert Document.from_json(got) == Document.from_json(want) or d.id.startswith("n")
+
+
+def test_doc_line_bytes_same_for_dict_and_other_mappings() -> None:
+    """doc_line's plain-dict shortcut writes the very bytes of orjson over to_json(), and a
+    document whose fields are other mappings gets the same line (the stored lines are
+    compared byte for byte to find unchanged documents)."""
+    from types import MappingProxyType
+
+    import orjson
+
+    from indexing.local_store import doc_line
+
+    docs = [
+        *DOCS,
+        Document(id="x", title="t", extra={"b": "2", "a": "1"}, category=None, attrs={"z": 1.5}),
+    ]
+    for d in docs:
+        assert doc_line(d) == orjson.dumps(d.to_json()) + b"\n"
+        proxied = Document(
+            id=d.id,
+            title=d.title,
+            body=d.body,
+            extra=MappingProxyType(dict(d.extra)),
+            category=d.category,
+            attrs=MappingProxyType(dict(d.attrs)),
+        )
+        assert doc_line(proxied) == doc_line(d)
