@@ -647,7 +647,8 @@ def build_local_index(
                 bm25.cancel()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _prune(dirs, cfg.keep_versions)
+        with clock("prune"):
+            _prune(dirs, cfg.keep_versions)
     if stages is not None:
         stages.update(clock)
         stages["total"] = time.perf_counter() - t_start
