@@ -419,9 +419,10 @@ def _write_version(
     analyzer = Analyzer(cfg.stopwords, cfg.stemmer)  # its settings go into the manifest
     bm25 = bm25 or _BM25Build(path, docs, cfg, parallel=False)
     text_fields = bm25.text_fields
-    attr_names = (
-        tuple(cfg.attrs) if cfg.attrs else tuple(sorted({a for d in docs for a in d.attrs}))
-    )
+    with stages("fields"):
+        attr_names = (
+            tuple(cfg.attrs) if cfg.attrs else tuple(sorted({a for d in docs for a in d.attrs}))
+        )
     n = len(docs)
 
     with stages("write"):
@@ -469,9 +470,10 @@ def _write_version(
             **ann_build,
         },
     }
-    tmp = path / layout.MANIFEST_TMP
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, path / layout.MANIFEST)
+    with stages("manifest"):
+        tmp = path / layout.MANIFEST_TMP
+        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        os.replace(tmp, path / layout.MANIFEST)
 
 
 # --- validation and publishing --------------------------------------------------------
@@ -601,14 +603,15 @@ def build_local_index(
                 rows = None if same is None else same.rows
             reuse = None
             if bm25 is None:
-                text_fields = text_field_names(docs)
-                if (
-                    previous is not None
-                    and rows is not None
-                    and (rows >= 0).any()
-                    and reusable_terms(previous, text_fields, cfg)
-                ):
-                    reuse = (previous, rows)
+                with clock("fields"):
+                    text_fields = text_field_names(docs)
+                    if (
+                        previous is not None
+                        and rows is not None
+                        and (rows >= 0).any()
+                        and reusable_terms(previous, text_fields, cfg)
+                    ):
+                        reuse = (previous, rows)
                 n_todo = len(docs) if reuse is None else int(np.count_nonzero(reuse[1] < 0))
                 with clock("bm25_start"):
                     bm25 = _BM25Build(
