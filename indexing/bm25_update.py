@@ -1,7 +1,7 @@
 """The BM25 side of an incremental build: the previous version's matrices and term store
 updated for the few changed rows, instead of rebuilt from every row's terms.
 
-A full build (indexing.build.write_bm25 -> indexing.bm25.build_from_streams) sorts every
+A full build (indexing.bm25_side.write_bm25 -> indexing.bm25.build_from_streams) sorts every
 token of the corpus and computes every contribution from it. When most rows are unchanged
 and keep their order, this module instead, per field and for the combined field:
 

@@ -8,7 +8,7 @@ engine is built and then queried in fresh processes (so RSS is its own), over th
 text: every text field of a document (title, body, extra fields) concatenated, which is
 what our combined field indexes.
 
-- ``ours``: indexing.build.write_bm25 (what a reindex runs for the BM25 side: analysis,
+- ``ours``: indexing.bm25_side.write_bm25 (what a reindex runs for the BM25 side: analysis,
   per-field and combined matrices, term store), or with ``--lean`` only the combined
   matrix (from streamed text: a 1M catalog fits in memory); queried as Snapshot.bm25
   queries the combined field (memory-mapped .npy matrices).
@@ -70,12 +70,12 @@ def _du_mb(path: Path) -> float:
 
 def _corpus(data: Path) -> tuple[list[str], list[list[str]], list[str]]:
     """(ids, per-field texts, field names) as indexing.build reads them."""
-    from indexing.build import _field_texts, text_field_names
+    from indexing.bm25_side import field_texts, text_field_names
     from indexing.loaders import load_beir
 
     docs = load_beir(data).corpus
     fields = text_field_names(docs)
-    return [d.id for d in docs], _field_texts(docs, fields), list(fields)
+    return [d.id for d in docs], field_texts(docs, fields), list(fields)
 
 
 def _joined(data: Path) -> Iterator[str]:
@@ -140,7 +140,7 @@ def _build(engine: str, data: str, out_dir: str, lean: bool) -> None:
         save_field_index(fi, layout.bm25_field(out, layout.COMBINED))
         n_docs = fi.num_docs
     elif engine == "ours":
-        from indexing.build import write_bm25
+        from indexing.bm25_side import write_bm25
 
         ids, texts, fields = _corpus(Path(data))
         write_bm25(out, texts, fields, cfg.k1, cfg.b, cfg.stopwords, cfg.stemmer)

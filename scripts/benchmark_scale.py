@@ -16,7 +16,7 @@ so an index build finds every document cached. Deterministic (seeded by row).
 
 ``build``: reindexes from the cache (see BUILD_STEPS): from scratch, then incrementally with
 ``--changed`` documents' titles changed, that changed catalog from scratch beside it, and
-back; each with its seconds per stage (indexing.build.Stages: compare, vectors, graph,
+back; each with its seconds per stage (indexing.bm25_side.Stages: compare, vectors, graph,
 analysis, bm25, term_store, write, validate, publish).
 
 The ANN structures themselves are compared by scripts/benchmark_ann.py, over the vectors

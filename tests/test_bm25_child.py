@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from indexing.build import _BM25Build, build_local_index
+from indexing.bm25_side import BM25Build
+from indexing.build import build_local_index
 from indexing.config import IndexConfig
 from indexing.errors import IndexingError
 from indexing.layout import current_version
@@ -58,7 +59,7 @@ def test_forked_child_writes_the_inline_files_byte_for_byte(tmp_path: Path) -> N
     for mode in ("inline", "fork"):
         path = tmp_path / mode
         path.mkdir()
-        job = _BM25Build(path, CONTRACT_DOCS, IndexConfig(), parallel=mode == "fork")
+        job = BM25Build(path, CONTRACT_DOCS, IndexConfig(), parallel=mode == "fork")
         assert job.in_child is (mode == "fork") and job.proc is None
         job.finish()
         assert set(job.times) >= {"analysis", "bm25", "term_store"}
@@ -72,7 +73,7 @@ def test_failed_bm25_process_raises(tmp_path: Path, fork: bool) -> None:
     """A BM25 process that fails surfaces as IndexingError with its error text, and its
     job, error and times files are gone (the build then publishes nothing)."""
     (tmp_path / "bm25").mkdir()  # the child's mkdir of bm25/ fails: FileExistsError
-    job = _BM25Build(tmp_path, CONTRACT_DOCS[:5], IndexConfig(), parallel=True, fork=fork)
+    job = BM25Build(tmp_path, CONTRACT_DOCS[:5], IndexConfig(), parallel=True, fork=fork)
     assert (job.pid is not None) is fork and (job.proc is not None) is (not fork)
     with pytest.raises(
         IndexingError, match=r"(?s)BM25 build process exited with 1.*FileExistsError"
@@ -106,7 +107,7 @@ def test_killed_child_fails_the_build_and_publishes_nothing(
 
 def test_cancel_kills_a_running_child(tmp_path: Path, arm: dict[str, str]) -> None:
     arm["child"] = "hang"
-    job = _BM25Build(tmp_path, CONTRACT_DOCS, IndexConfig(), parallel=True)
+    job = BM25Build(tmp_path, CONTRACT_DOCS, IndexConfig(), parallel=True)
     arm.clear()
     pid = job.pid
     assert pid is not None
@@ -122,7 +123,7 @@ def test_cancel_kills_a_running_child(tmp_path: Path, arm: dict[str, str]) -> No
 def test_forked_child_does_not_run_the_parents_signal_handlers() -> None:
     """A parent (a server) that handles SIGTERM itself: its forked BM25 child still dies
     on SIGTERM instead of running the parent's handler."""
-    from indexing.build import _detach_signals
+    from indexing.bm25_side import _detach_signals
 
     before = signal.signal(signal.SIGTERM, lambda *_: None)  # the parent ignores it
     try:

@@ -17,7 +17,8 @@ import pytest
 
 from indexing.analysis import Analyzer
 from indexing.bm25 import _postings
-from indexing.build import build_local_index, text_field_names
+from indexing.bm25_side import text_field_names
+from indexing.build import build_local_index
 from indexing.config import IndexConfig
 from indexing.documents import Document
 from indexing.embedding_cache import EmbeddingCache
