@@ -38,6 +38,7 @@ from indexing import layout
 from indexing.analysis import Analyzer
 from indexing.bm25 import FieldIndex, contributions, narrow_tf
 from indexing.local_store import link_or_copy, save_field_index
+from indexing.reuse import previous_manifest
 from indexing.term_streams import PreviousTerms, Stream, TermIds, analyze_rows, slices
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ def plan(
     """None when the previous version can be updated into this build's BM25 side, else
     the reason it cannot (the caller then builds from scratch). ``rows``: per new row, the
     previous row holding the same document, or -1."""
+    m = previous_manifest(previous)
+    if m is None:
+        return "previous version unreadable"
     try:
-        m = json.loads((previous / layout.MANIFEST).read_text(encoding="utf-8"))
         metas = [
             json.loads(
                 layout.bm25_field(previous, f)

@@ -112,7 +112,9 @@ def unchanged_rows(
     return Unchanged(rows, same_ids)
 
 
-def _previous_manifest(previous: Path) -> dict[str, Any] | None:
+def previous_manifest(previous: Path) -> dict[str, Any] | None:
+    """The previous version's manifest, None when unreadable or of a format this code
+    cannot read."""
     try:
         m: dict[str, Any] = json.loads((previous / layout.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -122,7 +124,7 @@ def _previous_manifest(previous: Path) -> dict[str, Any] | None:
 
 def reusable_terms(previous: Path, text_fields: Sequence[str], cfg: IndexConfig) -> bool:
     """Whether the previous version's term store holds the same fields, analyzed alike."""
-    m = _previous_manifest(previous)
+    m = previous_manifest(previous)
     return (
         m is not None
         and int(m["format"]) >= 3
@@ -152,7 +154,7 @@ def document_vectors(
     the other rows overwritten (the very bytes np.save would write), and the result is a
     read-only map of it: no 1.5 GB array per million documents is assembled and saved.
     """
-    m = _previous_manifest(previous) if previous is not None and rows is not None else None
+    m = previous_manifest(previous) if previous is not None and rows is not None else None
     if (
         m is None
         or rows is None
@@ -238,8 +240,8 @@ def attrs_and_categories(
     cat = np.full(n, -1, dtype=np.int32)
     todo: list[int] | None = None
     if previous is not None and rows is not None and len(rows) == n and (rows >= 0).any():
+        m = previous_manifest(previous)
         try:
-            m = json.loads((previous / layout.MANIFEST).read_text(encoding="utf-8"))
             prev_cats = json.loads((previous / layout.CATEGORIES).read_text(encoding="utf-8"))
             prev_attrs = layout.load_mapped(previous / layout.ATTRS)
             prev_cat = layout.load_mapped(previous / layout.CATEGORY)
