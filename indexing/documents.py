@@ -26,13 +26,17 @@ class Document:
         return out
 
     def to_json(self) -> dict[str, object]:
+        """The document as JSON-ready fields. ``extra`` and ``attrs`` are the document's own
+        dicts when they are plain dicts (no copy: a reindex encodes a million of these;
+        callers only add top-level keys), a dict copy of any other mapping."""
+        extra, attrs = self.extra, self.attrs
         return {
             "id": self.id,
             "title": self.title,
             "body": self.body,
-            "extra": dict(self.extra),
+            "extra": extra if type(extra) is dict else dict(extra),
             "category": self.category,
-            "attrs": dict(self.attrs),
+            "attrs": attrs if type(attrs) is dict else dict(attrs),
         }
 
     @classmethod
