@@ -119,6 +119,32 @@ def read_line(raw: bytes) -> Any:
         return json.loads(raw)
 
 
+def _scores_for_ids(
+    fi: FieldIndex, tids: Sequence[int], rows: np.ndarray, keys_of: dict[np.dtype[Any], np.ndarray]
+) -> np.ndarray:
+    """fi.scores_for_ids(tids, rows) (rows ascending, all valid), the same float64 bits in
+    3 fewer NumPy calls per term: take(mode="clip") clips a searchsorted position past
+    the column's end, and each hit's contribution is added in place (adding 0.0 where a
+    row has no posting, as scores_for_ids does, leaves the sum unchanged). ``keys_of``
+    caches the rows cast to a column's dtype (searchsorted would otherwise copy the whole
+    column to the rows' wider dtype) across fields."""
+    indices, data = fi.indices, fi.data
+    keys = keys_of.get(indices.dtype)
+    if keys is None:
+        keys = keys_of[indices.dtype] = rows.astype(indices.dtype)  # rows < N: exact
+    bounds = fi._bounds
+    out = np.zeros(len(rows), dtype=np.float64)
+    for tid in tids:
+        s, e = bounds[tid], bounds[tid + 1]
+        if e == s:
+            continue
+        col = indices[s:e]
+        pos = col.searchsorted(keys)
+        hit = col.take(pos, mode="clip") == keys
+        np.add(out, data[s:e].take(pos, mode="clip"), out=out, where=hit)
+    return out
+
+
 class LineStore:
     """JSON lines addressed by row through an offsets array, read from a read-only mmap.
 
@@ -391,15 +417,23 @@ class Snapshot:
         return self._field_scores(self.analyzer.terms(query), self.rows(ids))
 
     def _field_scores(self, terms: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """FieldIndex.scores_for_ids of every field, in fewer NumPy calls (~15 (field,
+        term) pairs of ~200 rows per search at 1M, each call ~1 us): the rows are cast
+        once for every field, a field without query terms is one copy."""
         # the known rows in ascending order: binary searches for increasing keys stay in
         # the part of a posting column the previous key touched (~18% faster at 1M)
         known = np.flatnonzero(rows >= 0)
         order = known[np.argsort(rows[known], kind="stable")]
         ascending = rows[order]
+        unmatched = np.full(len(rows), np.nan, dtype=np.float64)  # 0 for every known row
+        unmatched[order] = 0.0
+        keys_of: dict[np.dtype[Any], np.ndarray] = {}  # the rows as each column's dtype
         out: dict[str, np.ndarray] = {}
         for name, fi in self.fields.items():
-            col = np.full(len(rows), np.nan, dtype=np.float64)
-            col[order] = fi.scores_for_ids(fi.term_ids(terms), ascending)
+            col = unmatched.copy()
+            tids = fi.term_ids(terms)
+            if tids and len(ascending):
+                col[order] = _scores_for_ids(fi, tids, ascending, keys_of)
             out[name] = col
         return out
 
