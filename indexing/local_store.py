@@ -346,8 +346,8 @@ class Snapshot:
             raise InvalidRequestError(f"k must be a positive integer, got {k!r}")
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray) -> Hits:
-        ids = self.ids
-        return Hits(tuple(ids[r] for r in rows.tolist()), np.asarray(scores, dtype=np.float64))
+        ids = self.ids.__getitem__
+        return Hits(tuple(map(ids, rows.tolist())), np.asarray(scores, dtype=np.float64))
 
     # --- retrieval -----------------------------------------------------------------
     def bm25(
