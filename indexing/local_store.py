@@ -501,6 +501,9 @@ class Snapshot:
 
     def _static_attrs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         known = rows >= 0
+        if known.all():  # one gather of the rows (attributes are contiguous per row)
+            block = self.attrs.take(rows, axis=0)
+            return {n: block[:, j].astype(np.float64) for j, n in enumerate(self.attr_names)}
         out: dict[str, np.ndarray] = {}
         for j, name in enumerate(self.attr_names):
             col = np.full(len(rows), np.nan, dtype=np.float64)
