@@ -476,16 +476,21 @@ class Snapshot:
         per_doc = [empty if r < 0 else self.term_row(r) for r in rows.tolist()]
         return {f: tuple(d[j] for d in per_doc) for j, f in enumerate(self.text_fields)}
 
-    def _term_ids(self, terms: Sequence[str], rows: np.ndarray) -> TermIds | None:
-        """_doc_terms(rows) as combined-vocabulary ids (format 3; None for formats 1-2)."""
+    def _terms_and_ids(
+        self, terms: Sequence[str], rows: np.ndarray
+    ) -> tuple[dict[str, tuple[tuple[str, ...], ...]], TermIds | None]:
+        """(_doc_terms(rows), the same as combined-vocabulary ids: format 3; None for
+        formats 1-2), the rows' term sequences gathered once for both."""
         store = self.term_store
         if store is None:
-            return None
-        ids, lens = store.id_rows(rows)
+            return self._doc_terms(rows), None
+        seqs = store.sequences(rows)
+        doc_terms = dict(zip(self.text_fields, store.columns_of(*seqs), strict=True))
+        ids, lens = store.id_rows_of(*seqs)
         ids.flags.writeable = lens.flags.writeable = False  # a cached set shares them
         vocab = self.combined.vocab
         qids = {t: vocab[t] for t in terms if t in vocab}
-        return TermIds(self.text_fields, ids, lens, qids, len(store.words))
+        return doc_terms, TermIds(self.text_fields, ids, lens, qids, len(store.words))
 
     def idf(self, terms: Sequence[str]) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -525,12 +530,13 @@ class Snapshot:
         else:
             cos = self._cosine(self._vector(vector), rows)
         distinct = list(dict.fromkeys(terms))
+        doc_terms, term_ids = self._terms_and_ids(distinct, rows)
         return Lookups(
             query_terms=terms,
             field_bm25=self._field_scores(terms, rows),
             cosine=cos,
-            doc_terms=self._doc_terms(rows),
+            doc_terms=doc_terms,
             idf=self.idf(distinct),
             static=self._static_attrs(rows),
-            term_ids=self._term_ids(distinct, rows),
+            term_ids=term_ids,
         )

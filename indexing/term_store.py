@@ -183,11 +183,25 @@ class TermStore:
         self._held += need
         return tuples
 
+    def sequences(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(sequence id per (field, row) [fields, rows], known) for columns_of and
+        id_rows_of: one gather that both share (a lookup needs both). ``known`` is None
+        when every row is >= 0; else the rows >= 0, the others read row 0's sequences."""
+        known = rows >= 0
+        if known.all():
+            return self.seqs.take(rows, axis=1), None
+        return self.seqs.take(np.where(known, rows, 0), axis=1), known
+
     def columns(self, rows: np.ndarray) -> list[tuple[tuple[str, ...], ...]]:
         """Per field, the analyzed terms of each row (() for a row < 0)."""
-        known = rows >= 0
-        seqs = self.seqs[:, np.where(known, rows, 0)]
-        if not known.all():
+        return self.columns_of(*self.sequences(rows))
+
+    def columns_of(
+        self, seqs: np.ndarray, known: np.ndarray | None
+    ) -> list[tuple[tuple[str, ...], ...]]:
+        """columns() of sequences() output."""
+        if known is not None:
+            seqs = seqs.copy()
             seqs[:, ~known] = self.empty
         tuples, done = self._state
         if not done[seqs].all():
@@ -198,12 +212,15 @@ class TermStore:
         """columns(rows) as vocabulary ids, gathered without touching a string: (int32 ids
         of the terms of every (field, row), concatenated field-major; int64 terms per
         (field, row), 0 for a row < 0)."""
-        known = rows >= 0
-        every = bool(known.all())
-        seqs = self.seqs[:, rows if every else np.where(known, rows, 0)]
+        return self.id_rows_of(*self.sequences(rows))
+
+    def id_rows_of(
+        self, seqs: np.ndarray, known: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """id_rows() of sequences() output."""
         starts = self.offsets[seqs]
         lens = self.offsets[seqs + 1] - starts
-        if not every:
+        if known is not None:
             lens[:, ~known] = 0
         starts, lens = starts.ravel(), lens.ravel()
         return self.ids[slices(starts, lens)], lens
