@@ -14,7 +14,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from itertools import chain, zip_longest
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -277,17 +278,18 @@ class CandidateGenerator:
 
 def _union(per_retriever: Mapping[str, Hits | None]) -> tuple[str, ...]:
     """Ids of all retrievers, ordered by best rank; ties by retriever order (bm25 first,
-    then dense, then the extra retrievers in their configured order)."""
-    best: dict[str, tuple[int, int]] = {}
-    for order, name in enumerate(per_retriever):
-        hits = per_retriever.get(name)
-        if hits is None:
-            continue
-        for rank, doc_id in enumerate(hits.ids):
-            key = (rank, order)
-            if doc_id not in best or key < best[doc_id]:
-                best[doc_id] = key
-    return tuple(sorted(best, key=best.__getitem__))
+    then dense, then the extra retrievers in their configured order).
+
+    That order is each id's first appearance when the lists are read rank by rank, each
+    rank in retriever order, so one dict.fromkeys over the interleaved lists gives it (C
+    loops instead of keeping every id's best (rank, retriever), then sorting)."""
+    lists = [hits.ids for hits in per_retriever.values() if hits is not None]
+    if len(lists) == 1:
+        return tuple(dict.fromkeys(lists[0]))
+    gap = object()  # pads the shorter lists; never an id
+    merged = dict.fromkeys(chain.from_iterable(zip_longest(*lists, fillvalue=gap)))
+    merged.pop(gap, None)
+    return cast("tuple[str, ...]", tuple(merged))
 
 
 class CandidateCache:

@@ -15,7 +15,7 @@ from indexing.backend import Filters, Hits
 from indexing.errors import BackendError
 from indexing.local import LocalBackend
 from ltr.types import BM25, DENSE, CandidateSet, Query
-from search.candidates import CandidateGenerator, QueryVectorCache
+from search.candidates import CandidateGenerator, QueryVectorCache, _union
 from search.config import RetrievalConfig
 from tests.contract import DOCS_BY_ID
 
@@ -259,3 +259,27 @@ async def test_stage_timeouts_bound_threaded_local_calls_only(
         gen.query_cache.put("kettle", encoder.encode(["kettle"])[0])  # no embedding wait
         _, degraded = await gen.generate("kettle")
         assert degraded == [DENSE]
+
+
+def _union_by_best_key(per_retriever: dict[str, Hits | None]) -> tuple[str, ...]:
+    """The union's definition, literally: each id's best (rank, retriever order), sorted."""
+    best: dict[str, tuple[int, int]] = {}
+    for order, hits in enumerate(per_retriever.values()):
+        for rank, doc_id in enumerate(hits.ids if hits is not None else ()):
+            best[doc_id] = min(best.get(doc_id, (rank, order)), (rank, order))
+    return tuple(sorted(best, key=best.__getitem__))
+
+
+def test_union_orders_by_best_rank_then_retriever() -> None:
+    two = {BM25: Hits(("a", "b"), np.ones(2)), DENSE: Hits(("b", "c", "a"), np.ones(3))}
+    assert _union(two) == ("a", "b", "c")
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        lists: dict[str, Hits | None] = {}
+        for name in ("bm25", "dense", "title", "rm3")[: int(rng.integers(1, 5))]:
+            if rng.random() < 0.15:
+                lists[name] = None  # a degraded retriever
+                continue
+            ids = tuple(f"d{i}" for i in rng.integers(0, 12, int(rng.integers(0, 9))))
+            lists[name] = Hits(ids, np.zeros(len(ids)))  # repeats, any length, empty
+        assert _union(lists) == _union_by_best_key(lists), lists
