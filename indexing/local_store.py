@@ -411,7 +411,8 @@ class Snapshot:
 
     # --- per-candidate lookups -----------------------------------------------------
     def fetch(self, ids: Sequence[str]) -> list[Document | None]:
-        return [None if r < 0 else Document.from_json(self.docs.get(r)) for r in self.rows(ids)]
+        rows = self.rows(ids).tolist()  # Python ints: cheaper to compare and index with
+        return [None if r < 0 else Document.from_json(self.docs.get(r)) for r in rows]
 
     def field_scores(self, query: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         return self._field_scores(self.analyzer.terms(query), self.rows(ids))
