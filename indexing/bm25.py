@@ -37,6 +37,13 @@ BLOCK_ROWS = 16
 # share of the query terms' postings; beyond it the dense pass over every document is
 # cheaper (measured at 1M: the block path cost about the dense pass at 15-20% read).
 MAX_BLOCK_READ = 0.15
+# FieldIndex.top_blocks reads the blocks of the highest bounds first, FIRST_ROUND_ROWS * k
+# rows of them, then 4x more per round. Each round costs passes over every block's bound,
+# and a first round short of k matches gives no k-th score to drop blocks by. 1M demo
+# catalog, 293 queries, top 100: 4 rows per k left 233 first rounds short (3.0 rounds on
+# average), 32 left none (1.6 rounds, 766 blocks read on average against 708), and took
+# 0.72x / 0.78x the time (p50 / mean; docs/benchmarks.md, "BM25 top-k").
+FIRST_ROUND_ROWS = 32
 # Below this many documents the dense pass is cheaper than the bounds (100K: 0.27 vs 0.62
 # ms p50; 1M: 3.4 vs 1.8 ms); a power law through those puts the crossing near 370-390K
 # documents (not measured in between).
@@ -192,16 +199,18 @@ class FieldIndex:
         k: int,
         mask: np.ndarray | None = None,
         max_read: float = MAX_BLOCK_READ,
+        first_rows: int = FIRST_ROUND_ROWS,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """top() by block bounds; None when it would read more than ``max_read`` of the
         query terms' postings (the caller scores every document instead).
 
-        Blocks are scored in rounds of growing size, highest bounds first, keeping the k
-        best rows so far; theta is the k-th best score. A document scores at most its
-        block's bound, so a block whose bound is below theta (strictly: none of its rows
-        can even tie) is dropped unread; theta only grows, so once no block is left the
-        k best are final. The scores are the dense pass's float64 sums (postings added in
-        the query's term order), ties broken by row."""
+        Blocks are scored in rounds of growing size (``first_rows`` * k rows, then 4x
+        more per round), highest bounds first, keeping the k best rows so far; theta is
+        the k-th best score. A document scores at most its block's bound, so a block
+        whose bound is below theta (strictly: none of its rows can even tie) is dropped
+        unread; theta only grows, so once no block is left the k best are final. The
+        scores are the dense pass's float64 sums (postings added in the query's term
+        order), ties broken by row."""
         bm = self.block_max
         assert bm is not None
         n_blocks = -(-self.num_docs // bm.rows)
@@ -212,7 +221,7 @@ class FieldIndex:
         budget = max_read * sum(bounds[t + 1] - bounds[t] for t in set(ids))
         rows = np.zeros(0, dtype=np.int64)
         scores = np.zeros(0, dtype=np.float64)
-        step = -(-4 * k // bm.rows)
+        step = -(-first_rows * k // bm.rows)
         # the first round's blocks straight from ub: most blocks of a query of common
         # terms have a positive bound (~57K of 62.5K at 1M), so no list of them is built
         if step < n_blocks:

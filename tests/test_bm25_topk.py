@@ -21,7 +21,7 @@ import pytest
 
 from indexing import layout
 from indexing.backend import Filters
-from indexing.bm25 import BLOCK_MIN_DOCS, BlockMax, FieldIndex, top_matching
+from indexing.bm25 import BLOCK_MIN_DOCS, FIRST_ROUND_ROWS, BlockMax, FieldIndex, top_matching
 from indexing.build import build_local_index
 from indexing.embedding_cache import EmbeddingCache
 from indexing.local_store import Snapshot, load_field_index
@@ -79,10 +79,11 @@ def test_block_top_equals_dense_on_synthetic_indexes(kind: str) -> None:
                     want = top_matching(fi.scores(terms), k, mask)
                     _same(fb.top(terms, k, mask), want)
                     if ids:
-                        got = fb.top_blocks(ids, k, mask, max_read=INF)
-                        assert got is not None
-                        _same(got, want)
-                        checked += 1
+                        for first in (1, FIRST_ROUND_ROWS):  # many rounds; the default
+                            got = fb.top_blocks(ids, k, mask, max_read=INF, first_rows=first)
+                            assert got is not None
+                            _same(got, want)
+                            checked += 1
     assert checked > 1_000
 
 
@@ -91,7 +92,8 @@ def test_ties_are_broken_by_row_across_blocks() -> None:
     blocks the rounds read first."""
     fi = FieldIndex.build([["a", "b"]] * 200 + [["c"]] * 50, K1, B)
     fb = dataclasses.replace(fi, block_max=BlockMax.build(fi, 7))
-    rows, scores = fb.top_blocks(fi.term_ids(["b", "a"]), 10, None, max_read=INF) or ([], [])
+    ids = fi.term_ids(["b", "a"])
+    rows, scores = fb.top_blocks(ids, 10, None, max_read=INF, first_rows=1) or ([], [])
     assert list(rows) == list(range(10))
     assert len(set(np.asarray(scores).tolist())) == 1
 
