@@ -42,7 +42,7 @@ MAX_BLOCK_READ = 0.15
 # and a first round short of k matches gives no k-th score to drop blocks by. 1M demo
 # catalog, 293 queries, top 100: 4 rows per k left 233 first rounds short (3.0 rounds on
 # average), 32 left none (1.6 rounds, 766 blocks read on average against 708), and took
-# 0.72x / 0.78x the time (p50 / mean; docs/benchmarks.md, "BM25 top-k").
+# 0.72x / 0.78x the time (p50 / mean; docs/benchmarks.md, "BM25 top-k at 1M").
 FIRST_ROUND_ROWS = 32
 # Below this many documents the dense pass is cheaper than the bounds (100K: 0.27 vs 0.62
 # ms p50; 1M: 3.4 vs 1.8 ms); a power law through those puts the crossing near 370-390K
