@@ -17,6 +17,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -219,6 +220,7 @@ class BM25Build:
         # the pages of the inherited documents (a freeze made by the caller is kept).
         frozen_before = gc.get_freeze_count()
         gc.freeze()
+        parent = os.getpid()
         pid = -1
         try:
             pid = os.fork()
@@ -228,6 +230,7 @@ class BM25Build:
         if pid == 0:  # the child: never returns into the caller's code
             code = 1
             try:
+                _exit_with_parent(parent)
                 _detach_signals()
                 with open(self.err_file, "w", encoding="utf-8") as err:
                     try:
@@ -288,6 +291,27 @@ class BM25Build:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
             self.pid = None
+
+
+PARENT_POLL_S = 0.2
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the forked child: exit within PARENT_POLL_S of the building process's death.
+
+    The child holds copies of all the parent's descriptors, the index's build lock among
+    them (a flock lives until its last copy closes), so an orphaned child would refuse
+    the next build until it finished on its own: tens of seconds at 1M documents, for a
+    version nobody will publish. A thread polls the parent id, which changes when the
+    parent dies (the child is re-parented); PR_SET_PDEATHSIG would fire on the death of
+    the forking thread instead, e.g. an executor thread of a server."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bm25-parent-watch", daemon=True).start()
 
 
 def _detach_signals() -> None:

@@ -9,6 +9,7 @@ while a test arms it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -139,3 +140,50 @@ def test_forked_child_does_not_run_the_parents_signal_handlers() -> None:
     finally:
         signal.signal(signal.SIGTERM, before)
     assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
+
+
+def test_orphaned_child_exits_and_frees_the_build_lock(tmp_path: Path) -> None:
+    """The building process dies (kill -9, OOM) while its forked BM25 child runs: the
+    child inherited the build lock's descriptor, and it exits within a second or so, so
+    the next build is not refused until the orphan's work is done."""
+    from indexing.bm25_side import _exit_with_parent
+    from ltr.versions import LockBusyError, exclusive_lock
+
+    lock = tmp_path / ".lock"
+    r, w = os.pipe()  # the child's pid, to the test
+    started_r, started_w = os.pipe()  # the child runs, to the building process
+    builder = os.fork()
+    if builder == 0:  # the building process: takes the lock, forks the child, dies
+        try:
+            with exclusive_lock(lock, wait=False):
+                me = os.getpid()
+                if os.fork() == 0:  # the BM25 child: would work for a minute
+                    try:
+                        _exit_with_parent(me)
+                        os.write(w, str(os.getpid()).encode())
+                        os.write(started_w, b"1")
+                        time.sleep(60)
+                    finally:
+                        os._exit(0)
+                os.read(started_r, 1)
+        finally:
+            os._exit(0)
+    os.close(started_w)
+    os.close(started_r)
+    os.close(w)
+    child_pid = int(os.read(r, 32) or b"0")
+    os.close(r)
+    os.waitpid(builder, 0)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            try:
+                with exclusive_lock(lock, wait=False):
+                    break
+            except LockBusyError:
+                assert time.monotonic() < deadline, "the orphaned child still holds the lock"
+                time.sleep(0.05)
+    finally:
+        if child_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)
