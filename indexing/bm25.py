@@ -305,23 +305,28 @@ class FieldIndex:
         """
         return self.scores_for_ids(self.term_ids(terms), np.asarray(rows, dtype=np.int64))
 
-    def scores_for_ids(self, tids: Sequence[int], rows: np.ndarray) -> np.ndarray:
-        """scores_for with the query's term ids (rows: int64, all valid)."""
+    def scores_for_ids(
+        self, tids: Sequence[int], rows: np.ndarray, keys: np.ndarray | None = None
+    ) -> np.ndarray:
+        """scores_for with the query's term ids (rows: int64, all valid). ``keys``: the
+        rows as the postings' dtype, when the caller has them cast for several fields
+        (searchsorted would otherwise copy the whole column to the rows' wider dtype)."""
         out = np.zeros(len(rows), dtype=np.float64)
         if not len(rows):
             return out
         bounds = self._bounds
-        keys = rows.astype(self.indices.dtype)  # the column's dtype: searchsorted copies
-        for tid in tids:  # the whole column to a wider one otherwise (rows < N: exact)
+        if keys is None:
+            keys = rows.astype(self.indices.dtype)  # rows < N: exact
+        for tid in tids:
             s, e = bounds[tid], bounds[tid + 1]
             if e == s:
                 continue
             col = self.indices[s:e]
             pos = col.searchsorted(keys)
-            np.minimum(pos, e - s - 1, out=pos)
+            hit = col.take(pos, mode="clip") == keys  # clip: a position past the end
             # adding 0.0 where the row has no posting leaves it unchanged: same sums as
             # adding the hits alone, in the same term order
-            out += np.where(col[pos] == rows, self.data[s:e][pos], 0)
+            np.add(out, self.data[s:e].take(pos, mode="clip"), out=out, where=hit)
         return out
 
     @functools.cached_property

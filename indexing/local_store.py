@@ -119,32 +119,6 @@ def read_line(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-def _scores_for_ids(
-    fi: FieldIndex, tids: Sequence[int], rows: np.ndarray, keys_of: dict[np.dtype[Any], np.ndarray]
-) -> np.ndarray:
-    """fi.scores_for_ids(tids, rows) (rows ascending, all valid), the same float64 bits in
-    3 fewer NumPy calls per term: take(mode="clip") clips a searchsorted position past
-    the column's end, and each hit's contribution is added in place (adding 0.0 where a
-    row has no posting, as scores_for_ids does, leaves the sum unchanged). ``keys_of``
-    caches the rows cast to a column's dtype (searchsorted would otherwise copy the whole
-    column to the rows' wider dtype) across fields."""
-    indices, data = fi.indices, fi.data
-    keys = keys_of.get(indices.dtype)
-    if keys is None:
-        keys = keys_of[indices.dtype] = rows.astype(indices.dtype)  # rows < N: exact
-    bounds = fi._bounds
-    out = np.zeros(len(rows), dtype=np.float64)
-    for tid in tids:
-        s, e = bounds[tid], bounds[tid + 1]
-        if e == s:
-            continue
-        col = indices[s:e]
-        pos = col.searchsorted(keys)
-        hit = col.take(pos, mode="clip") == keys
-        np.add(out, data[s:e].take(pos, mode="clip"), out=out, where=hit)
-    return out
-
-
 class LineStore:
     """JSON lines addressed by row through an offsets array, read from a read-only mmap.
 
@@ -434,7 +408,10 @@ class Snapshot:
             col = unmatched.copy()
             tids = fi.term_ids(terms)
             if tids and len(ascending):
-                col[order] = _scores_for_ids(fi, tids, ascending, keys_of)
+                keys = keys_of.get(fi.indices.dtype)
+                if keys is None:
+                    keys = keys_of[fi.indices.dtype] = ascending.astype(fi.indices.dtype)
+                col[order] = fi.scores_for_ids(tids, ascending, keys)
             out[name] = col
         return out
 
