@@ -147,6 +147,7 @@ class Derived:
         self._col = _EMPTY_I32  # per term of _flat: its word column + 1 (0 = no word)
         self._ends = _EMPTY_I64  # end of each row (candidate x field) in _flat
         self._lens = _EMPTY_I64  # terms per row
+        self._tok_row = _EMPTY_I64  # per term of _flat: its row
         self._rows: dict[str, tuple[int, int]] = {}  # field -> (first row, rows)
         self._len: dict[str, np.ndarray] = {}
         self._any: np.ndarray | None = None
@@ -201,6 +202,7 @@ class Derived:
             qids = table.lookup(self.qterms)
             bound = len(table.ids)  # > every id read so far (the table only grows)
         self._flat, self._ends, self._lens = flat, ends, lens
+        self._tok_row = np.repeat(np.arange(nrows), lens)
         start = 0
         for f, rws in zip(fields, per_field, strict=True):
             self._rows[f] = (start, len(rws))
@@ -217,18 +219,23 @@ class Derived:
         wids = np.concatenate([qids, np.fromiter(extra, np.int64, len(extra))])
         self._wids = wids
         known = np.flatnonzero(wids >= 0)
-        hit = np.zeros((nrows, len(wids)), dtype=bool)
+        w = len(wids)
         col = _EMPTY_I32
         if known.size and flat.size:
             lut = words_lut(bound + 1)
             lut[wids[known]] = known + 1
             try:
-                col = lut[flat]
+                col = lut.take(flat)
             finally:
                 lut[wids[known]] = 0
-            pos = np.flatnonzero(col)
-            if pos.size:
-                hit[np.searchsorted(ends, pos, side="right"), col[pos] - 1] = True
+            # every term sets (its row, its column + 1); column 0 collects the non-words.
+            # One scatter of every term costs less than finding the few word terms first
+            # (nonzero + searchsorted).
+            hit0 = np.zeros((nrows, w + 1), dtype=bool)
+            hit0.reshape(-1)[self._tok_row * (w + 1) + col] = True
+            hit = np.ascontiguousarray(hit0[:, 1:])
+        else:
+            hit = np.zeros((nrows, w), dtype=bool)
         self._col = col
         self._hit = hit
         out: dict[str, np.ndarray] = {}
@@ -289,7 +296,7 @@ class Derived:
         if not pos.size:
             return out
         ends = self._ends[start : start + size] - t0
-        rows = np.searchsorted(ends, pos, side="right")
+        rows = self._tok_row[pos + t0] - start
         same = pos + 1 < ends[rows]  # both terms in the same candidate's field
         key = rows[same] * (k * k) + code[same]
         if key.size > 1:  # each distinct pair counts once per candidate
@@ -319,7 +326,7 @@ class Derived:
         seg = self._flat[t0:t1]
         if not seg.size:
             return np.zeros(size, dtype=np.float64)
-        row = np.repeat(np.arange(size, dtype=np.int64), self._lens[start : start + size])
+        row = self._tok_row[t0:t1] - start
         v = int(seg.max()) + 1
         key = row * v + seg
         key.sort()
