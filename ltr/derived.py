@@ -150,7 +150,9 @@ class Derived:
         self._tok_row = _EMPTY_I64  # per term of _flat: its row
         self._rows: dict[str, tuple[int, int]] = {}  # field -> (first row, rows)
         self._len: dict[str, np.ndarray] = {}
+        self._distinct: dict[str, np.ndarray] = {}
         self._any: np.ndarray | None = None
+        self._qhits = _EMPTY_I64  # per row: distinct query terms in it
         self._hit = np.zeros((0, 0), dtype=bool)  # every field's presence table, stacked
         self._memo: dict[object, np.ndarray] = {}  # small shared intermediates (see memo)
 
@@ -317,23 +319,52 @@ class Derived:
         p = self.presence()[field]
         return p[:, : len(self.qterms)]  # the query terms are the first words
 
+    def query_hits(self, field: str) -> np.ndarray | None:
+        """[n] int: distinct query terms in the candidate's field (``match(field)``'s row
+        sums, counted once for every row of every field); None if the field is absent."""
+        if field not in self.cs.doc_terms:
+            return None
+        self.presence()
+        if self._qhits.shape[0] != self._hit.shape[0]:
+            qh = np.add.reduce(self._hit[:, : len(self.qterms)], axis=1, dtype=np.int64)
+            qh.flags.writeable = False
+            self._qhits = qh
+        start, size = self._rows[field]
+        return self._qhits[start : start + size]
+
     def distinct(self, field: str) -> np.ndarray | None:
         """Number of distinct terms of each candidate's field (distinct ids: one table)."""
         if field not in self.cs.doc_terms:
             return None
+        got = self._distinct.get(field)
+        if got is None:
+            self.count_distinct((field,))
+            got = self._distinct[field]
+        return got
+
+    def count_distinct(self, fields: Sequence[str]) -> None:
+        """distinct() of several fields (present ones) with one sort: (row, id) keys."""
         self.presence()
-        start, size, t0, t1 = self._segment(field)
-        seg = self._flat[t0:t1]
-        if not seg.size:
-            return np.zeros(size, dtype=np.float64)
-        row = self._tok_row[t0:t1] - start
-        v = int(seg.max()) + 1
-        key = row * v + seg
-        key.sort()
-        first = np.empty(key.size, dtype=bool)  # first of each distinct (row, term)
-        first[0] = True
-        np.not_equal(key[1:], key[:-1], out=first[1:])
-        return np.bincount(key[first] // v, minlength=size).astype(np.float64)
+        todo = [f for f in fields if f in self.cs.doc_terms and f not in self._distinct]
+        if not todo:
+            return
+        segs = [self._segment(f) for f in todo]
+        ids = np.concatenate([self._flat[t0:t1] for _, _, t0, t1 in segs])
+        counts = np.zeros(0, dtype=np.int64)
+        if ids.size:
+            rows = np.concatenate([self._tok_row[t0:t1] for _, _, t0, t1 in segs])
+            v = int(ids.max()) + 1
+            key = rows * v + ids
+            key.sort()
+            first = np.empty(key.size, dtype=bool)  # first of each distinct (row, term)
+            first[0] = True
+            np.not_equal(key[1:], key[:-1], out=first[1:])
+            counts = np.bincount(key[first] // v, minlength=self._lens.size)
+        for f, (start, size, t0, t1) in zip(todo, segs, strict=True):
+            a = counts[start : start + size] if t1 > t0 else np.zeros(size, dtype=np.int64)
+            a = a.astype(np.float64)
+            a.flags.writeable = False  # shared by every feature that asks
+            self._distinct[f] = a
 
     def match_any(self) -> np.ndarray:
         """[n, Q] bool: query term j occurs in any text field."""

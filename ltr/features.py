@@ -298,9 +298,9 @@ def _fields_hit(cs: CandidateSet) -> np.ndarray:
     hit = np.zeros(d.n, dtype=np.float64)
     filled = np.zeros(d.n, dtype=np.float64)
     for f in fields:
-        m, ln = d.match(f), d.length(f)
-        assert m is not None and ln is not None
-        hit += m.any(axis=1)
+        qh, ln = d.query_hits(f), d.length(f)
+        assert qh is not None and ln is not None
+        hit += qh > 0
         filled += ln > 0
     return np.where(filled > 0, hit / np.maximum(filled, 1.0), np.nan)
 
@@ -313,10 +313,11 @@ def _fields_in_query(cs: CandidateSet) -> np.ndarray:
     if not fields or not d.qterms:
         return _nan(d.n)
     out = np.zeros(d.n, dtype=np.float64)
+    d.count_distinct(fields)  # every field's in one pass
     for f in fields:
-        m, distinct = d.match(f), d.distinct(f)
-        assert m is not None and distinct is not None
-        out += (distinct > 0) & (m.sum(axis=1) >= distinct)
+        qh, distinct = d.query_hits(f), d.distinct(f)
+        assert qh is not None and distinct is not None
+        out += (distinct > 0) & (qh >= distinct)
     return out
 
 
