@@ -148,6 +148,7 @@ class Derived:
         self._ends = _EMPTY_I64  # end of each row (candidate x field) in _flat
         self._lens = _EMPTY_I64  # terms per row
         self._tok_row = _EMPTY_I64  # per term of _flat: its row
+        self._bound = 0  # > every id of _flat
         self._rows: dict[str, tuple[int, int]] = {}  # field -> (first row, rows)
         self._len: dict[str, np.ndarray] = {}
         self._distinct: dict[str, np.ndarray] = {}
@@ -205,6 +206,7 @@ class Derived:
             bound = len(table.ids)  # > every id read so far (the table only grows)
         self._flat, self._ends, self._lens = flat, ends, lens
         self._tok_row = np.repeat(np.arange(nrows), lens)
+        self._bound = bound
         start = 0
         for f, rws in zip(fields, per_field, strict=True):
             self._rows[f] = (start, len(rws))
@@ -365,6 +367,43 @@ class Derived:
             a = a.astype(np.float64)
             a.flags.writeable = False  # shared by every feature that asks
             self._distinct[f] = a
+
+    def vocabulary(self) -> tuple[np.ndarray, list[str]]:
+        """The distinct term ids of every field of every candidate (sorted) and each one's
+        string, read off one of its occurrences: per distinct term, not per occurrence."""
+        self.presence()
+        flat = self._flat
+        if not flat.size:
+            return _EMPTY_I64, []
+        s = np.sort(flat)
+        first = np.empty(s.size, dtype=bool)
+        first[0] = True
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+        ids = s[first]
+        lut = words_lut(self._bound + 1)
+        lut[flat] = np.arange(1, flat.size + 1, dtype=np.int32)  # one position + 1 per id
+        try:
+            pos = lut.take(ids) - 1
+        finally:
+            lut[ids] = 0
+        rows = self._tok_row[pos]
+        off = (pos - (self._ends[rows] - self._lens[rows])).tolist()
+        terms = list(itertools.chain.from_iterable(self.cs.doc_terms[f] for f in self.fields()))
+        return ids, [terms[r][o] for r, o in zip(rows.tolist(), off, strict=True)]
+
+    def occurrences(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate, k) of every occurrence, in any field, of the term with id ``ids[k]``
+        (distinct ids of vocabulary())."""
+        self.presence()
+        lut = words_lut(self._bound + 1)
+        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        try:
+            c = lut.take(self._flat)
+        finally:
+            lut[ids] = 0
+        pos = np.flatnonzero(c)
+        cand = np.concatenate([np.arange(size) for _, size in self._rows.values()] or [_EMPTY_I64])
+        return cand[self._tok_row[pos]], c[pos] - 1
 
     def match_any(self) -> np.ndarray:
         """[n, Q] bool: query term j occurs in any text field."""

@@ -333,22 +333,28 @@ def _fuzzy_cov(cs: CandidateSet) -> np.ndarray:
     """Share of the query terms the index does not know (no IDF: typically a typo) that
     match a candidate's term within one edit (two terms whose one-deletion neighbourhoods
     meet: a swap, a dropped, doubled or replaced letter). NaN when every query term is
-    known, so it only speaks for queries that BM25 cannot match as typed."""
+    known, so it only speaks for queries that BM25 cannot match as typed.
+
+    Each distinct term of the set is compared once (ltr.derived: Derived.vocabulary);
+    the candidates holding a near term are found on the term ids."""
     n = len(cs.ids)
     unknown = [t for t in dict.fromkeys(cs.query_terms) if t not in cs.idf and len(t) >= 4]
     if not unknown:
         return _nan(n)
     keys = [_deletes(u) for u in unknown]
-    vocab = {t for f in cs.doc_terms.values() for terms in f for t in terms}
-    hits = {t: {j for j, k in enumerate(keys) if not k.isdisjoint(_deletes(t))} for t in vocab}
-    out = np.zeros(n, dtype=np.float64)
-    for i in range(n):
-        got: set[int] = set()
-        for f in cs.doc_terms.values():
-            for t in f[i]:
-                got |= hits[t]
-        out[i] = len(got) / len(unknown)
-    return out
+    d = derived(cs)
+    ids, words = d.vocabulary()
+    near = [[j for j, k in enumerate(keys) if not k.isdisjoint(_deletes(t))] for t in words]
+    which = [i for i, js in enumerate(near) if js]
+    got = np.zeros((n, len(keys)), dtype=bool)  # candidate i holds a term near unknown[j]
+    if which:
+        table = np.zeros((len(which), len(keys)), dtype=bool)
+        for r, i in enumerate(which):
+            table[r, near[i]] = True
+        cand, k = d.occurrences(ids[which])
+        rows, cols = np.nonzero(table[k])
+        got[cand[rows], cols] = True
+    return np.add.reduce(got, axis=1, dtype=np.float64) / len(keys)
 
 
 def _unk_share(cs: CandidateSet) -> np.ndarray:
