@@ -106,6 +106,18 @@ def words_lut(need: int) -> np.ndarray:
     return lut
 
 
+def row_sums(m: np.ndarray) -> np.ndarray:
+    """``m.sum(axis=1)`` (int64) of a [rows, k] bool table. Column by column for a few
+    columns: numpy's reduction along a short last axis costs ~20-40 ns per row (2,000 rows x 3
+    columns: ~40 us against ~8); whole numbers, so the order cannot change a value."""
+    if m.shape[1] > 12:
+        return np.add.reduce(m, axis=1, dtype=np.int64)
+    out = np.zeros(m.shape[0], dtype=np.int64)
+    for j in range(m.shape[1]):
+        out += m[:, j]
+    return out
+
+
 _TABLE = TermTable()
 _TABLE_LOCK = threading.Lock()
 
@@ -328,7 +340,7 @@ class Derived:
             return None
         self.presence()
         if self._qhits.shape[0] != self._hit.shape[0]:
-            qh = np.add.reduce(self._hit[:, : len(self.qterms)], axis=1, dtype=np.int64)
+            qh = row_sums(self._hit[:, : len(self.qterms)])
             qh.flags.writeable = False
             self._qhits = qh
         start, size = self._rows[field]

@@ -295,13 +295,9 @@ def _fields_hit(cs: CandidateSet) -> np.ndarray:
     fields = _short_fields(cs)
     if not fields or not d.qterms:
         return _nan(d.n)
-    hit = np.zeros(d.n, dtype=np.float64)
-    filled = np.zeros(d.n, dtype=np.float64)
-    for f in fields:
-        qh, ln = d.query_hits(f), d.length(f)
-        assert qh is not None and ln is not None
-        hit += qh > 0
-        filled += ln > 0
+    # [fields, n] tables, summed over the fields (whole numbers: exact in any order)
+    hit = np.add.reduce(_per_field(d.query_hits, fields) > 0, axis=0, dtype=np.float64)
+    filled = np.add.reduce(_per_field(d.length, fields) > 0, axis=0, dtype=np.float64)
     return np.where(filled > 0, hit / np.maximum(filled, 1.0), np.nan)
 
 
@@ -312,13 +308,16 @@ def _fields_in_query(cs: CandidateSet) -> np.ndarray:
     fields = _short_fields(cs)
     if not fields or not d.qterms:
         return _nan(d.n)
-    out = np.zeros(d.n, dtype=np.float64)
     d.count_distinct(fields)  # every field's in one pass
-    for f in fields:
-        qh, distinct = d.query_hits(f), d.distinct(f)
-        assert qh is not None and distinct is not None
-        out += (distinct > 0) & (qh >= distinct)
-    return out
+    qh, distinct = _per_field(d.query_hits, fields), _per_field(d.distinct, fields)
+    return np.add.reduce((distinct > 0) & (qh >= distinct), axis=0, dtype=np.float64)
+
+
+def _per_field(get: Callable[[str], np.ndarray | None], fields: list[str]) -> np.ndarray:
+    """[len(fields), n]: a per-candidate Derived array of each field (all present)."""
+    rows = [get(f) for f in fields]
+    assert all(r is not None for r in rows)
+    return np.stack(rows)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=1 << 16)
