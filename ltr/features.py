@@ -189,9 +189,10 @@ def _title_phrase(cs: CandidateSet) -> np.ndarray:
     rows: Iterable[int] = range(n)
     if _single_tokens(cs.query_terms):
         # single-token terms: a title holding the phrase holds every query term
-        m = derived(cs).match("title")
-        assert m is not None
-        rows = np.flatnonzero(m.all(axis=1)).tolist()
+        d = derived(cs)
+        qh = d.query_hits("title")
+        assert qh is not None
+        rows = np.flatnonzero(qh == len(d.qterms)).tolist()
     out = np.zeros(n, dtype=np.float64)
     for i in rows:
         out[i] = needle in (" " + " ".join(title[i]) + " ")
@@ -201,13 +202,12 @@ def _title_phrase(cs: CandidateSet) -> np.ndarray:
 def _title_jaccard(cs: CandidateSet) -> np.ndarray:
     """Jaccard(query terms, title terms): near-duplicates of the query score close to 1."""
     d = derived(cs)
-    m = d.match("title")
-    ln = d.length("title")
-    if m is None or ln is None or not d.qterms:
+    qh = d.query_hits("title")
+    if qh is None or not d.qterms:
         return _nan(d.n)
     distinct = d.distinct("title")
     assert distinct is not None
-    inter = m.sum(axis=1).astype(np.float64)
+    inter = qh.astype(np.float64)
     union = distinct + len(d.qterms) - inter
     return np.where(union > 0, inter / np.maximum(union, 1.0), np.nan)
 
