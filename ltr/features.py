@@ -101,7 +101,12 @@ def _fields_sum(cs: CandidateSet) -> np.ndarray:
 def _fields_sum_of(cs: CandidateSet) -> np.ndarray:
     if not cs.field_bm25:
         return _nan(len(cs.ids))
-    return np.sum([_f64(a) for a in cs.field_bm25.values()], axis=0)
+    # np.sum(stack, axis=0) adds the rows in order; so do these adds, without the stack
+    arrays = [_f64(a) for a in cs.field_bm25.values()]
+    out = arrays[0].copy()
+    for a in arrays[1:]:
+        out += a
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -416,12 +421,18 @@ def _fields_sum_z(cs: CandidateSet) -> np.ndarray:
 def _zscore(a: np.ndarray) -> np.ndarray:
     """(a - mean) / std over the finite values; NaN if fewer than 2 or no spread."""
     fin = a[np.isfinite(a)]
-    if fin.size < 2:
+    k = fin.size
+    if k < 2:
         return _nan(a.shape[0])
-    sd = fin.std()
+    # fin.mean() and fin.std() with the operations numpy's own use (pairwise sum / k;
+    # sqrt(sum of squared deviations / k)), so the same bits, without their Python wrappers
+    mean = np.add.reduce(fin) / k
+    dev = fin - mean
+    np.multiply(dev, dev, out=dev)
+    sd = np.sqrt(np.add.reduce(dev) / k)
     if sd == 0:
         return _nan(a.shape[0])
-    return (a - fin.mean()) / sd
+    return (a - mean) / sd
 
 
 def _minmax_of(retriever: str) -> FeatureFn:
