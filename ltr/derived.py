@@ -322,6 +322,25 @@ class Derived:
         out += np.bincount(key // (k * k), minlength=self.n)
         return out
 
+    def phrase(self, field: str, seq: Sequence[int]) -> np.ndarray:
+        """[rows of field] bool: the query terms of columns ``seq`` (non-empty) occur in
+        this order, one right after the other, in the candidate's field."""
+        self.presence()
+        start, size, t0, t1 = self._segment(field)
+        out = np.zeros(size, dtype=bool)
+        k = len(seq)
+        if t1 - t0 < k or not self._col.size:
+            return out
+        c = self._col[t0:t1]
+        end = c.size - k + 1
+        at = c[:end] == seq[0] + 1  # phrase starts: term j of the phrase at start + j
+        for j in range(1, k):
+            at &= c[j : end + j] == seq[j] + 1
+        pos = np.flatnonzero(at) + t0
+        rows = self._tok_row[pos]
+        out[rows[rows == self._tok_row[pos + k - 1]] - start] = True  # all in one row
+        return out
+
     def prf_columns(self, field: str) -> np.ndarray:
         """Presence columns of a field's feedback vocabulary (empty: none or no field)."""
         self.presence()

@@ -190,16 +190,14 @@ def _title_phrase(cs: CandidateSet) -> np.ndarray:
     title = cs.doc_terms.get("title")
     if title is None or not cs.query_terms:
         return _nan(n)
-    needle = " " + " ".join(cs.query_terms) + " "
-    rows: Iterable[int] = range(n)
     if _single_tokens(cs.query_terms):
-        # single-token terms: a title holding the phrase holds every query term
+        # single-token terms (the analyzer's): the phrase is the sequence of their ids
         d = derived(cs)
-        qh = d.query_hits("title")
-        assert qh is not None
-        rows = np.flatnonzero(qh == len(d.qterms)).tolist()
+        col = {t: j for j, t in enumerate(d.qterms)}
+        return d.phrase("title", [col[t] for t in cs.query_terms]).astype(np.float64)
+    needle = " " + " ".join(cs.query_terms) + " "
     out = np.zeros(n, dtype=np.float64)
-    for i in rows:
+    for i in range(n):
         out[i] = needle in (" " + " ".join(title[i]) + " ")
     return out
 
