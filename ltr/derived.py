@@ -3,7 +3,10 @@
 The term-id engine: term membership (which query terms and feedback words occur in which
 candidate's field) works on integer term ids, with distinct terms, adjacent query-term
 pairs and the pseudo-relevance-feedback vocabulary read off the same id arrays; plus field
-lengths, the set's RRF and small memos of inputs several features derive alike.
+lengths, the set's RRF and small memos of inputs several features derive alike. Counts
+that many features read per row (query terms, distinct terms, phrase and pair positions)
+come from one pass over every row with a per-term row array, not a small numpy call per
+field or feature (their fixed cost was much of the features' CPU at 1M, issue 17).
 ``derived(cs)`` returns the one ``Derived`` of a set (identity-keyed LRU); ltr.features
 holds the feature functions that read it.
 """
