@@ -363,17 +363,16 @@ def contributions(
     documents of ``lengths`` terms: the one formula of full and incremental builds.
 
     Reproduces bm25s (method "lucene") operation by operation so the float32 data are
-    the same: idf = log(1 + (N - df + .5) / (df + .5)) in double (math.log, once per
-    distinct df) rounded to float32, tfc = tf / (k1 * ((1 - b) + b * len / avg_len) + tf)
-    with bm25s' dtype promotion, contribution = float32(idf * tfc).
+    the same: idf = lucene_idf in double (once per distinct df) rounded to float32,
+    tfc = tf / (k1 * ((1 - b) + b * len / avg_len) + tf) with bm25s' dtype promotion,
+    contribution = float32(idf * tfc).
     """
     if not len(doc):  # no term in any document (and an average length of 0)
         return np.zeros(0, dtype=np.float32)
     n = len(lengths)
     df = np.diff(indptr)
     dfs, which = np.unique(df, return_inverse=True)
-    idf_of = [math.log(1 + (n - d + 0.5) / (d + 0.5)) for d in dfs.tolist()]
-    idf = np.asarray(idf_of, dtype=np.float32)[which]
+    idf = np.asarray([lucene_idf(d, n) for d in dfs.tolist()], dtype=np.float32)[which]
     avg_len = np.asarray(lengths, dtype=np.int64).mean()
     k_doc = k1 * ((1 - b) + b * np.asarray(lengths).astype(np.float64) / avg_len)
     tfc = np.asarray(tf).astype(_TF_DTYPE)
