@@ -208,16 +208,12 @@ class TermStore:
             tuples = self._fill(seqs)
         return list(map(tuple, tuples[seqs].tolist()))  # C loops: gather, then the tuples
 
-    def id_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """columns(rows) as vocabulary ids, gathered without touching a string: (int32 ids
-        of the terms of every (field, row), concatenated field-major; int64 terms per
-        (field, row), 0 for a row < 0)."""
-        return self.id_rows_of(*self.sequences(rows))
-
     def id_rows_of(
         self, seqs: np.ndarray, known: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """id_rows() of sequences() output."""
+        """columns_of() as vocabulary ids, gathered without touching a string: (int32 ids
+        of the terms of every (field, row), concatenated field-major; int64 terms per
+        (field, row), 0 for a row < 0)."""
         starts = self.offsets[seqs]
         lens = self.offsets[seqs + 1] - starts
         if known is not None:
