@@ -3,13 +3,15 @@
 Small on purpose: BM25 (combined or one field), kNN, fetch by id, plus the per-candidate
 lookups the feature code needs so that features are identical whichever backend served
 the candidates (each one separately, and all of them at once as ``Lookups``, which is
-what search.candidates calls). All methods are async; implementations keep CPU-bound work
-off the event loop (asyncio.to_thread) and raise indexing.errors.BackendError subclasses.
+what search.candidates calls). All methods are async and raise
+indexing.errors.BackendError subclasses; where CPU-bound work runs (the event loop or a
+thread) is each implementation's choice, which ``OVERLAP`` informs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -18,6 +20,12 @@ import numpy as np
 from indexing.documents import Document
 from indexing.prf import DEFAULT_RM3, Rm3Params
 from ltr.types import TermIds
+
+# Set by the caller (search.pipeline) for each search: true when it is the only search in
+# flight on its event loop, so a stage that runs without the GIL (kNN) gains by going to a
+# thread beside the loop's own stages (BM25) on a core that would otherwise idle. Under
+# load every core is busy and the thread hop only costs CPU (docs/benchmarks.md).
+OVERLAP: ContextVar[bool] = ContextVar("overlap", default=False)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 
 from indexing import layout
-from indexing.backend import Filters, Hits, IndexInfo, Lookups
+from indexing.backend import OVERLAP, Filters, Hits, IndexInfo, Lookups
 from indexing.documents import Document
 from indexing.encoders import Encoder
 from indexing.errors import BackendError, IndexingError, IndexNotFoundError
@@ -36,12 +36,14 @@ class LocalBackend:
     the snapshot they started with). Every answer comes from the snapshot ``version``
     names, which is why search.candidates.CandidateCache may keep its candidate sets.
 
-    Where the work runs: kNN always runs in a thread (hnswlib searches without the GIL, so
-    it overlaps BM25). With ``inline`` (the default) BM25, the per-candidate lookups and
-    fetch run on the calling event loop: each is ~0.3-1 ms of GIL-holding CPU at 100K
-    documents, and a thread hop added ~0.3 ms of waiting to each while saving nothing
+    Where the work runs: with ``inline`` (the default) BM25, the per-candidate lookups and
+    fetch run on the calling event loop, and so does kNN unless the caller marks its search
+    as the only one in flight (indexing.backend.OVERLAP): then kNN (faiss, no GIL) goes to
+    a thread and overlaps BM25. Each stage is ~0.3-2 ms of CPU at 1M documents; a thread
+    hop costs more CPU than that overlap saves once other searches keep the cores busy
     (docs/benchmarks.md). The price: a stage timeout cannot interrupt an inline stage, so
-    ``inline=False`` puts every call in a thread again, for catalogs whose BM25 takes long.
+    ``inline=False`` puts every call in a thread again, for catalogs whose BM25 or ANN
+    takes long.
     """
 
     name = "local"
@@ -117,12 +119,15 @@ class LocalBackend:
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` on this loop when ``inline``, else in a thread (see the class docstring)."""
-        return await self._call(self.inline, fn, *args, **kwargs)
-
-    async def _call(self, inline: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if not self.inline:
+            return await self._threaded(fn, *args, **kwargs)
         try:
-            if inline:
-                return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
+        except OSError as e:
+            raise BackendError(f"local index I/O failed: {e}") from e
+
+    async def _threaded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except OSError as e:
             raise BackendError(f"local index I/O failed: {e}") from e
@@ -156,7 +161,9 @@ class LocalBackend:
         return await self._run(self._state().rm3, query, feedback, k, filters, params)
 
     async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
-        return await self._call(False, self._state().knn, vector, k, filters)  # always a thread
+        if self.inline and OVERLAP.get():  # alone on the loop: beside BM25 in a thread
+            return await self._threaded(self._state().knn, vector, k, filters)
+        return await self._run(self._state().knn, vector, k, filters)
 
     async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
         return await self._run(self._state().fetch, list(ids))

@@ -212,6 +212,7 @@ class RankModel:
         self._nthread = nthread
         self._booster = booster
         self.manifest = manifest
+        self.trees = booster.num_boosted_rounds()  # a LambdaMART round is one tree
         self._fast = self._fast_predictor()
 
     def _fast_predictor(self) -> _DensePredictor | None:

@@ -81,6 +81,10 @@ class ApiConfig:
     require_model: bool = True  # /ready is 503 while no model serves (search still ranks by RRF)
     candidates_timeout_ms: float = 2000.0  # candidates + features for one request
     model_timeout_ms: float = 500.0  # then the page is ranked by fusion, "model" degraded
+    # predict on the event loop, not in a thread, when candidates x trees is small
+    # (search.pipeline.INLINE_TREE_WALKS: ~1 ms), where the thread hop costs more CPU than
+    # the prediction; model_timeout_ms then cannot interrupt it. false: always a thread
+    model_inline: bool = True
     body_chars: int = 300  # body characters returned per hit
     rerank_depth: int = 0  # the model reorders the RRF top-R only (0 = every candidate)
     explain_max_hits: int = 10  # explain=true: SHAP contributions for the top N hits (0 = off)
@@ -92,8 +96,8 @@ class ApiConfig:
     workers: int = 1  # server processes on the port (scripts/serve.py; SO_REUSEPORT)
     workers_timeout_s: float = 30.0  # how long a reload/flush waits for every worker
     model_threads: int = 1  # XGBoost threads per prediction (requests run concurrently)
-    # local backend: BM25, lookups and fetch on the event loop, not in a thread (faster;
-    # their stage timeouts then cannot interrupt them; see indexing.local.LocalBackend)
+    # local backend: BM25, kNN, lookups and fetch on the event loop, not in a thread
+    # (faster; their stage timeouts then cannot interrupt them; indexing.local.LocalBackend)
     local_inline: bool = True
     features: tuple[str, ...] = ()  # served features without a model; () = all features
     featureset_id: str = ""  # pin: refuse models of any other featureset ("" = no pin)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexing.backend import Filters, RetrievalBackend
+from indexing.backend import OVERLAP, Filters, RetrievalBackend
 from indexing.documents import Document
 from indexing.encoders import Encoder
 from indexing.errors import BackendError
@@ -66,6 +66,21 @@ def default_generator_factory(cfg: RetrievalConfig | None = None) -> GeneratorFa
     return make
 
 
+# A prediction runs on the event loop (api.model_inline) up to this many rows x trees:
+# 200 candidates x 300 depth-3 trees took ~1 ms at 1M documents (docs/benchmarks.md), and
+# a thread hop cost more CPU than that. A bigger model goes to a thread, where
+# model_timeout_ms can still cut it off and rank by fusion.
+INLINE_TREE_WALKS = 250_000
+
+
+def _loop_idle() -> bool:
+    """Nothing else is ready to run on this event loop: no other request's task waits for
+    the core. CPython's loop keeps them in ``_ready``; a loop without it (uvloop) counts as
+    busy, so its stages stay inline."""
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return ready is not None and len(ready) == 0
+
+
 class PipelineSettings(Protocol):
     """The serving knobs Pipeline reads. PipelineConfig has them (standalone use) and so
     has search.config.ApiConfig: the API hands the pipeline its own config as is."""
@@ -74,6 +89,8 @@ class PipelineSettings(Protocol):
     def candidates_timeout_ms(self) -> float: ...
     @property
     def model_timeout_ms(self) -> float: ...
+    @property
+    def model_inline(self) -> bool: ...
     @property
     def body_chars(self) -> int: ...
     @property
@@ -92,6 +109,7 @@ class PipelineConfig:
 
     candidates_timeout_ms: float = 2000.0  # candidate generation + features, whole stage
     model_timeout_ms: float = 500.0  # then the page is ranked by fusion and "model" degraded
+    model_inline: bool = True  # small predictions on the event loop (INLINE_TREE_WALKS)
     body_chars: int = 300  # body text returned per hit (0 = none)
     max_k: int = 100
     max_offset: int = 1000
@@ -214,6 +232,7 @@ class Pipeline:
         self._encoder = encoder
         self._factory = generator_factory or default_generator_factory()
         self._index = self._make_state(backend, index_version)
+        self._searching = 0  # searches in flight on this pipeline (its event loop)
         self._model: RankModel | None = None
         if model is not None:
             self.set_model(model)
@@ -361,11 +380,15 @@ class Pipeline:
         """
         state = self._index
         state.inflight += 1
+        self._searching += 1
+        alone = OVERLAP.set(self._searching == 1 and _loop_idle())  # kNN beside BM25
         try:
             chosen = self._model if model is SERVING else model
             rid = request_id or uuid.uuid4().hex
             return await self._search(req, rid, state, chosen, interleave)
         finally:
+            OVERLAP.reset(alone)
+            self._searching -= 1
             state.inflight -= 1
             await state.maybe_close()
 
@@ -528,8 +551,11 @@ class Pipeline:
         t0 = time.perf_counter()
         bm = model.margin(cs)  # the manifest's fusion and params (ltr.model)
         try:
-            async with asyncio.timeout(self.config.model_timeout_ms / 1000.0):
-                pred = await asyncio.to_thread(model.predict, X, bm)
+            if self.config.model_inline and len(cs) * model.trees <= INLINE_TREE_WALKS:
+                pred = model.predict(X, bm)  # cheaper than the thread hop; no timeout
+            else:
+                async with asyncio.timeout(self.config.model_timeout_ms / 1000.0):
+                    pred = await asyncio.to_thread(model.predict, X, bm)
             scores = np.asarray(pred, dtype=np.float64)
             used: RankModel | None = model
         except Exception as e:  # includes TimeoutError: serve the fusion ranking instead

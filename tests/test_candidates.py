@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from indexing.backend import Filters, Hits
+from indexing.backend import OVERLAP, Filters, Hits
 from indexing.errors import BackendError
 from indexing.local import LocalBackend
 from ltr.types import BM25, DENSE, CandidateSet, Query
@@ -246,19 +246,30 @@ async def test_inline_and_threaded_backends_give_the_same_candidates(
 async def test_stage_timeouts_bound_threaded_local_calls_only(
     backend: LocalBackend, threaded: LocalBackend, encoder: Any
 ) -> None:
-    # The documented trade of inline mode: BM25 runs to completion on the loop, so its stage
-    # timeout cannot fire; in a thread it can (no BM25 answers in a microsecond). kNN always
-    # runs in a thread, so its timeout applies in both modes.
+    # The documented trade of inline mode: BM25 and kNN run to completion on the loop, so
+    # their stage timeouts cannot fire; in a thread they can (neither answers in a
+    # microsecond).
     tiny = {"bm25": 0.001}
     _, degraded = await CandidateGenerator(threaded, encoder, timeouts=tiny).generate("kettle")
     assert degraded == [BM25]
     cs, degraded = await CandidateGenerator(backend, encoder, timeouts=tiny).generate("kettle")
     assert degraded == [] and not np.isnan(cs.scores[BM25]).all()
-    for b in (backend, threaded):
+    for b, want in ((backend, []), (threaded, [DENSE])):
         gen = CandidateGenerator(b, encoder, timeouts={"knn": 0.001})
         gen.query_cache.put("kettle", encoder.encode(["kettle"])[0])  # no embedding wait
+        cs, degraded = await gen.generate("kettle")
+        assert degraded == want
+        assert np.isnan(cs.scores[DENSE]).all() == bool(want)
+    # a search alone on its loop (search.pipeline sets OVERLAP) sends kNN to a thread, to
+    # overlap BM25: there the kNN timeout applies again
+    alone = OVERLAP.set(True)
+    try:
+        gen = CandidateGenerator(backend, encoder, timeouts={"knn": 0.001})
+        gen.query_cache.put("kettle", encoder.encode(["kettle"])[0])
         _, degraded = await gen.generate("kettle")
         assert degraded == [DENSE]
+    finally:
+        OVERLAP.reset(alone)
 
 
 def _union_by_best_key(per_retriever: dict[str, Hits | None]) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import search.pipeline as pipeline_module
 from indexing.local import LocalBackend
 from ltr.errors import FeaturesetMismatchError
 from ltr.fusion import fusion_score
@@ -74,11 +75,12 @@ async def test_without_a_model_ranks_by_rrf(encoder: Any, small_index: Path) -> 
 
 
 async def test_model_timeout_degrades_to_fusion(
-    encoder: Any, small_index: Path, model_dir: Path
+    encoder: Any, small_index: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = LocalBackend.open(small_index, encoder)
     model = ModelRegistry(model_dir).load()
-    cfg = PipelineConfig(model_timeout_ms=1e-6)  # no model answers this fast
+    # in a thread (model_inline off) no model answers this fast
+    cfg = PipelineConfig(model_timeout_ms=1e-6, model_inline=False)
     p = Pipeline(backend, encoder, DEFAULT_FEATURES, backend.version, model=model, config=cfg)
     try:
         res = await p.search(SearchRequest(q="supersonic inlet", k=5))
@@ -86,6 +88,19 @@ async def test_model_timeout_degrades_to_fusion(
         fz = await p.featurize("supersonic inlet")
         rrf = fusion_score(fz.cs, "rrf", {})
         assert [h["id"] for h in res.hits] == [fz.cs.ids[i] for i in np.argsort(-rrf)[:5]]
+        # the default predicts on the loop, where the timeout cannot interrupt it (the
+        # documented trade, search.config): the same timeout leaves the model ranking
+        inline = Pipeline(
+            backend, encoder, DEFAULT_FEATURES, backend.version, model=model,
+            config=PipelineConfig(model_timeout_ms=1e-6),
+        )  # fmt: skip
+        res = await inline.search(SearchRequest(q="supersonic inlet", k=5))
+        assert res.degraded == [] and res.model_version == model.version
+        # ... up to INLINE_TREE_WALKS rows x trees; a bigger prediction goes to a thread,
+        # where the timeout applies again
+        monkeypatch.setattr(pipeline_module, "INLINE_TREE_WALKS", model.trees - 1)
+        res = await inline.search(SearchRequest(q="supersonic inlet", k=5))
+        assert res.degraded == ["model"] and res.model_version is None
     finally:
         await p.close()
 
