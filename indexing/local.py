@@ -119,15 +119,12 @@ class LocalBackend:
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` on this loop when ``inline``, else in a thread (see the class docstring)."""
-        if not self.inline:
-            return await self._threaded(fn, *args, **kwargs)
-        try:
-            return fn(*args, **kwargs)
-        except OSError as e:
-            raise BackendError(f"local index I/O failed: {e}") from e
+        return await self._call(self.inline, fn, *args, **kwargs)
 
-    async def _threaded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _call(self, inline: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
+            if inline:
+                return fn(*args, **kwargs)
             return await asyncio.to_thread(fn, *args, **kwargs)
         except OSError as e:
             raise BackendError(f"local index I/O failed: {e}") from e
@@ -161,9 +158,8 @@ class LocalBackend:
         return await self._run(self._state().rm3, query, feedback, k, filters, params)
 
     async def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> Hits:
-        if self.inline and OVERLAP.get():  # alone on the loop: beside BM25 in a thread
-            return await self._threaded(self._state().knn, vector, k, filters)
-        return await self._run(self._state().knn, vector, k, filters)
+        inline = self.inline and not OVERLAP.get()  # alone on the loop: beside BM25 in a thread
+        return await self._call(inline, self._state().knn, vector, k, filters)
 
     async def fetch(self, ids: Sequence[str]) -> list[Document | None]:
         return await self._run(self._state().fetch, list(ids))
