@@ -13,11 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexing.build import build_local_index
-from indexing.config import IndexConfig
 from indexing.embedding_cache import EmbeddingCache
 from indexing.local_store import Snapshot
-from tests.test_local_terms import DOCS
+from tests.test_local_terms import DOCS, build_docs
 
 QUERIES = ["red shoes shoes", "laptop battery", "the", "acme crème", "zzz-unknown"]
 
@@ -26,11 +24,7 @@ QUERIES = ["red shoes shoes", "laptop battery", "the", "acme crème", "zzz-unkno
 def snap(
     tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
 ) -> Any:
-    root = tmp_path_factory.mktemp("lookups")
-    v = build_local_index(
-        DOCS, root / "idx", encoder, IndexConfig(), embedding_cache, parallel=False
-    )
-    s = Snapshot(root / "idx" / "versions" / v)
+    s = Snapshot(build_docs(tmp_path_factory.mktemp("lookups"), encoder, embedding_cache))
     yield s
     s.close()
 

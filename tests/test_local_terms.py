@@ -60,15 +60,19 @@ def expected_terms(docs: list[Document]) -> dict[str, list[tuple[str, ...]]]:
     }
 
 
-@pytest.fixture(scope="module")
-def built(
-    tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
-) -> Path:
-    root = tmp_path_factory.mktemp("terms")
+def build_docs(root: Path, encoder: Any, embedding_cache: EmbeddingCache) -> Path:
+    """The version directory of DOCS indexed under ``root`` (also tests.test_local_lookups)."""
     v = build_local_index(
         DOCS, root / "idx", encoder, IndexConfig(), embedding_cache, parallel=False
     )
     return root / "idx" / "versions" / v
+
+
+@pytest.fixture(scope="module")
+def built(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Any, embedding_cache: EmbeddingCache
+) -> Path:
+    return build_docs(tmp_path_factory.mktemp("terms"), encoder, embedding_cache)
 
 
 def test_format3_doc_terms_equal_the_analyzer(built: Path) -> None:
